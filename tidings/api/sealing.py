@@ -1,0 +1,62 @@
+"""Secrets cross Redis sealed, never in plain text.
+
+The operator reads Secrets (ingest tokens, signing keys) from the API and seals
+them with a symmetric key before writing the routing table; dispatchers unseal
+them in memory. The key comes from a Kubernetes Secret mounted into both
+(`TIDINGS_SEAL_KEY_FILE`) or `TIDINGS_SEAL_KEY`; someone who can read Redis but
+not that Secret sees only ciphertext. Fernet = AES-128-CBC + HMAC-SHA256, with
+a timestamp we ignore. See docs/design.md, "Secrets".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+ENV_KEY = "TIDINGS_SEAL_KEY"
+ENV_KEY_FILE = "TIDINGS_SEAL_KEY_FILE"
+
+
+class SealError(RuntimeError):
+    """No key configured, or a value sealed with another key."""
+
+
+def new_key() -> str:
+    return Fernet.generate_key().decode()
+
+
+def load_key(path: str | os.PathLike[str] | None = None) -> str:
+    """The seal key from `path`, $TIDINGS_SEAL_KEY_FILE or $TIDINGS_SEAL_KEY."""
+    file = path or os.environ.get(ENV_KEY_FILE)
+    if file:
+        return Path(file).read_text().strip()
+    key = os.environ.get(ENV_KEY)
+    if key:
+        return key.strip()
+    raise SealError(
+        f"no seal key: set {ENV_KEY_FILE} to a file holding a key (the Helm chart mounts one) "
+        f"or {ENV_KEY}; make one with `python -c 'from tidings.api.sealing import new_key; "
+        "print(new_key())'`"
+    )
+
+
+class Sealer:
+    def __init__(self, key: str) -> None:
+        try:
+            self._fernet = Fernet(key.encode())
+        except ValueError as error:
+            raise SealError(f"seal key is not a valid Fernet key: {error}") from None
+
+    def seal(self, plain: str) -> str:
+        return self._fernet.encrypt(plain.encode()).decode()
+
+    def unseal(self, sealed: str) -> str:
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken:
+            raise SealError(
+                "a sealed secret does not open with this seal key: operator and dispatcher "
+                "must mount the same key"
+            ) from None
