@@ -148,6 +148,10 @@ class HttpSource(ApiModel):
 TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$"
 
 
+Operation = Literal["insert", "update", "delete", "truncate"]
+DEFAULT_OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete")
+
+
 class PostgresSource(ApiModel):
     connection_secret_ref: SecretKeyRef = Field(
         description="Secret key holding a libpq DSN of a role with REPLICATION."
@@ -157,8 +161,8 @@ class PostgresSource(ApiModel):
         max_length=256,
         description="Tables to capture, schema-qualified (public.users).",
     )
-    operations: list[Literal["insert", "update", "delete", "truncate"]] = Field(
-        default_factory=lambda: ["insert", "update", "delete"],
+    operations: list[Operation] = Field(
+        default_factory=lambda: list(DEFAULT_OPERATIONS),
         json_schema_extra={"default": ["insert", "update", "delete"]},
         min_length=1,
         max_length=4,
@@ -429,7 +433,7 @@ class ObjectMeta(BaseModel):
 class EventSource(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    api_version: Literal["tidings.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
     kind: Literal["EventSource"] = "EventSource"
     metadata: ObjectMeta
     spec: EventSourceSpec
@@ -438,7 +442,7 @@ class EventSource(BaseModel):
 class Trigger(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    api_version: Literal["tidings.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
     kind: Literal["Trigger"] = "Trigger"
     metadata: ObjectMeta
     spec: TriggerSpec

@@ -1,0 +1,85 @@
+"""Keeps an in-memory copy of the routing table current.
+
+Change notifications (pub/sub) make updates visible within milliseconds; a
+periodic full re-read is the safety net for a missed message (pub/sub is
+fire-and-forget, e.g. across a Redis restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tidings.api import keys, table
+from tidings.api.table import RoutingTable
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[RoutingTable], Awaitable[None]]
+
+
+class TableWatcher:
+    def __init__(self, redis: Redis, *, resync_interval: float = 10.0) -> None:
+        self.redis = redis
+        self.resync_interval = resync_interval
+        self.current = RoutingTable()
+        self.loaded = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def on_change(self, listener: Listener) -> None:
+        """Call `listener(table)` after every load that changed the version."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [
+            asyncio.create_task(self._subscribe(), name="routing-subscribe"),
+            asyncio.create_task(self._resync(), name="routing-resync"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def refresh(self) -> None:
+        loaded = await table.load(self.redis)
+        changed = loaded.version != self.current.version or not self.loaded.is_set()
+        self.current = loaded
+        self.loaded.set()
+        for entry, error in loaded.rejected.items():
+            log.error("routing table entry %s rejected: %s", entry, error)
+        if changed:
+            for listener in self._listeners:
+                await listener(loaded)
+
+    async def _subscribe(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.TABLE_CHANGED)
+                    # Catch up on anything published before the subscription was live.
+                    await self.refresh()
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            await self.refresh()
+            except (RedisError, OSError) as error:
+                log.warning("routing table subscription lost (%s); retrying in 1s", error)
+                await asyncio.sleep(1)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as error:
+                log.warning("routing table resync failed: %s", error)
