@@ -1,0 +1,126 @@
+"""Compiling a Trigger: pure function of its spec and what exists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from tidings.api.routes import CompileError, compile_source, compile_trigger
+from tidings.api.sealing import Sealer, SealError, new_key
+from tidings.api.types import EventSourceSpec, TriggerSpec
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@dataclass
+class FakeWorld:
+    """A plain in-memory World: the compiler's only input besides the spec."""
+
+    sources: dict[str, EventSourceSpec] = field(default_factory=dict)
+    services: dict[str, list[int]] = field(default_factory=dict)
+    secrets: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def source(self, namespace: str, name: str) -> EventSourceSpec | None:
+        return self.sources.get(f"{namespace}/{name}")
+
+    def service_ports(self, namespace: str, name: str) -> list[int] | None:
+        return self.services.get(f"{namespace}/{name}")
+
+    def secret(self, namespace: str, name: str, key: str) -> str | None:
+        return self.secrets.get((f"{namespace}/{name}", key))
+
+
+def world() -> FakeWorld:
+    return FakeWorld(
+        sources={"shop/users-db": EventSourceSpec.model_validate({"http": {}})},
+        services={"shop/mailer": [8080], "shop/web": [80, 443]},
+        secrets={
+            ("shop/hook", "secret"): f"{SECRET} {SECRET}",
+            ("shop/users-db-ingest-token", "token"): "t0k",
+        },
+    )
+
+
+def trigger(**overrides: object) -> TriggerSpec:
+    spec: dict[str, object] = {"source": "users-db", "subscriber": {"ref": {"name": "mailer"}}}
+    spec.update(overrides)
+    return TriggerSpec.model_validate(spec)
+
+
+def compile_(spec: TriggerSpec, w: FakeWorld | None = None, sealer: Sealer | None = None):  # type: ignore[no-untyped-def]
+    return compile_trigger(
+        namespace="shop",
+        name="welcome",
+        spec=spec,
+        world=w or world(),
+        sealer=sealer or Sealer(new_key()),
+    )
+
+
+def test_service_ref_resolves_to_cluster_dns_with_its_single_port() -> None:
+    route = compile_(trigger(subscriber={"ref": {"name": "mailer"}, "path": "/hooks/signup"}))
+    assert route.subscriber_url == "http://mailer.shop.svc.cluster.local:8080/hooks/signup"
+    assert route.stream == "tidings:{shop/users-db}:events"
+    assert route.group == "welcome"
+
+
+def test_port_80_is_left_out_of_the_url() -> None:
+    route = compile_(trigger(subscriber={"ref": {"name": "web", "port": 80}}))
+    assert route.subscriber_url == "http://web.shop.svc.cluster.local"
+
+
+def test_durations_compile_to_seconds_with_defaults_filled() -> None:
+    route = compile_(trigger(delivery={"timeout": "2s", "retry": {"maxDelay": "5m"}}))
+    assert route.delivery.timeout == 2
+    assert route.delivery.retry.max_delay == 300
+    assert route.delivery.retry.initial_delay == 1
+    assert route.delivery.max_age == 72 * 3600
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        (trigger(source="nope"), "SourceNotFound"),
+        (trigger(subscriber={"ref": {"name": "ghost"}}), "SubscriberNotFound"),
+        (trigger(subscriber={"ref": {"name": "mailer", "port": 9}}), "SubscriberNotFound"),
+        (
+            trigger(delivery={"signing": {"secretRef": {"name": "missing", "key": "k"}}}),
+            "SecretNotFound",
+        ),
+        (trigger(filter={"expression": "event.data.plan =="}), "InvalidFilter"),
+        (trigger(filter={"expression": "data.plan == 'pro'"}), "InvalidFilter"),
+    ],
+)
+def test_failures_carry_the_condition_reason(spec: TriggerSpec, reason: str) -> None:
+    with pytest.raises(CompileError) as caught:
+        compile_(spec)
+    assert caught.value.reason == reason
+    assert caught.value.message.startswith("spec.")
+
+
+def test_signing_secrets_are_sealed_and_open_only_with_the_key() -> None:
+    sealer = Sealer(new_key())
+    route = compile_(
+        trigger(delivery={"signing": {"secretRef": {"name": "hook", "key": "secret"}}}),
+        sealer=sealer,
+    )
+    assert len(route.delivery.signing_secrets) == 2
+    assert SECRET not in route.model_dump_json()
+    assert sealer.unseal(route.delivery.signing_secrets[0]) == SECRET
+    with pytest.raises(SealError, match="same key"):
+        Sealer(new_key()).unseal(route.delivery.signing_secrets[0])
+
+
+def test_http_source_without_token_ref_uses_the_generated_secret() -> None:
+    sealer = Sealer(new_key())
+    compiled = compile_source(
+        namespace="shop",
+        name="users-db",
+        spec=EventSourceSpec.model_validate({"http": {}}),
+        world=world(),
+        sealer=sealer,
+    )
+    assert compiled.ingest is not None and compiled.ingest.token_sealed is not None
+    assert sealer.unseal(compiled.ingest.token_sealed) == "t0k"
+    assert compiled.api_path == "/apis/tidings.dev/v1alpha1/namespaces/shop/eventsources/users-db"
