@@ -66,6 +66,11 @@ def structural(schema: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
         return structural({**branches[0], **outer}, defs)
 
     out: JsonSchema = {k: schema[k] for k in _KEPT if k in schema}
+    # JSON Schema 2020-12 makes exclusive bounds numbers; OpenAPI v3 (CRDs) makes them flags.
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in out:
+            out[plain] = out[bound]
+            out[bound] = True
     if "const" in schema:
         out["enum"] = [schema["const"]]
         out.setdefault("type", "string")
