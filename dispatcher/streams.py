@@ -1,0 +1,153 @@
+"""Appending events to a source's stream: the one write path into the data plane.
+
+Ingest and every source adapter call `append`. Each event is added with XADD
+and remembered under a dedupe key (SET PX, the source's dedupe window) in the
+same Lua script, so a crash can never leave one without the other: an event
+is either in the stream and remembered, or neither. An event whose id was seen
+within the window is not added again; its first stream id is returned instead.
+
+The dedupe key is the pair (CloudEvents `source`, `id`), which is what the
+CloudEvents spec makes unique: two producers posting to one EventSource with
+their own `source` may reuse each other's ids without losing events.
+
+Batches are cut into chunks of `CHUNK` events; each chunk is one script call
+(atomic), and all chunks go out in one pipeline (one round trip). With
+`wait_replicas`, a WAIT on the same connection follows, so the result says
+how many replicas hold the writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from tidings.api import keys
+from tidings.api.events import CloudEvent, encode
+from tidings.api.routes import CompiledSource
+
+# Events per script call: large enough to amortise the round trip, small enough
+# that one call never blocks Redis for long (~100 µs per event).
+CHUNK = 100
+# Sources without an ingest section (postgres, kubernetes, schedule) still
+# dedupe replays after an adapter restart, with the API's default window.
+DEFAULT_DEDUPE_WINDOW = 300.0
+
+# KEYS[1] = stream, KEYS[2..] = one dedupe key per event.
+# ARGV[1] = window ms, ARGV[2] = event field, ARGV[3] = time field,
+# then per event: its stored JSON, its ingest time (ms).
+# Returns per event: the new stream id, or "=" .. the id it was first stored as.
+_APPEND = """
+local out = {}
+for i = 2, #KEYS do
+  local seen = redis.call('GET', KEYS[i])
+  if seen then
+    out[i - 1] = '=' .. seen
+  else
+    local j = 2 * i
+    local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[j], ARGV[3], ARGV[j + 1])
+    redis.call('SET', KEYS[i], id, 'PX', ARGV[1])
+    out[i - 1] = id
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What happened to one event: its stream id, and whether it was a duplicate
+    (then `stream_id` is where the first copy was stored)."""
+
+    event_id: str
+    stream_id: str
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    events: list[Appended]
+    # Replicas that acknowledged the writes (WAIT); None when not asked for.
+    replicas: int | None = None
+
+    @property
+    def accepted(self) -> list[Appended]:
+        return [e for e in self.events if not e.duplicate]
+
+    @property
+    def duplicates(self) -> list[Appended]:
+        return [e for e in self.events if e.duplicate]
+
+
+def dedupe_key(source: CompiledSource, event: CloudEvent) -> str:
+    """The dedupe key of (event.source, event.id); hashed to bound its length."""
+    digest = hashlib.sha256(f"{event.source}\0{event.id}".encode()).hexdigest()[:32]
+    return keys.dedupe(source.namespace, source.name, digest)
+
+
+def dedupe_window(source: CompiledSource) -> float:
+    return source.ingest.dedupe_window if source.ingest is not None else DEFAULT_DEDUPE_WINDOW
+
+
+async def append(
+    redis: Redis,
+    source: CompiledSource,
+    events: Sequence[CloudEvent],
+    *,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+) -> AppendResult:
+    """Store `events` in the source's stream, each at most once per dedupe window.
+
+    Returns once Redis has them (and, with `wait_replicas`, after WAIT returned;
+    compare `result.replicas`). Raises redis errors as they come: the caller
+    must not report success then.
+    """
+    if not events:
+        return AppendResult(events=[])
+    script = _script(redis)
+    window_ms = str(max(1, round(dedupe_window(source) * 1000)))
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, len(events), CHUNK):
+            chunk = events[start : start + CHUNK]
+            argv: list[str] = [window_ms, keys.FIELD_EVENT, keys.FIELD_TIME]
+            for event in chunk:
+                fields = encode(event, now_ms)
+                argv += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
+            await script(
+                keys=[source.stream, *(dedupe_key(source, e) for e in chunk)],
+                args=argv,
+                client=pipe,
+            )
+        if wait_replicas > 0:
+            pipe.wait(wait_replicas, max(1, round(wait_timeout * 1000)))
+        replies = await pipe.execute()
+    replicas: int | None = None
+    if wait_replicas > 0:
+        replicas = int(replies.pop())
+    results: list[Appended] = []
+    ids = [_text(stream_id) for reply in replies for stream_id in reply]
+    for event, stream_id in zip(events, ids, strict=True):
+        duplicate = stream_id.startswith("=")
+        results.append(Appended(event.id, stream_id.lstrip("="), duplicate))
+    return AppendResult(events=results, replicas=replicas)
+
+
+_scripts: weakref.WeakKeyDictionary[Redis, AsyncScript] = weakref.WeakKeyDictionary()
+
+
+def _script(redis: Redis) -> AsyncScript:
+    script = _scripts.get(redis)
+    if script is None:
+        script = _scripts[redis] = redis.register_script(_APPEND)
+    return script
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,160 @@
+"""An ack means stored: with Redis gone the answer is 503, never 202; readiness
+follows Redis and the routing table; WAIT for replicas when configured."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from ingest_harness import AUTH, IngestUnderTest
+from prometheus_client import CollectorRegistry, Counter
+from redis.asyncio import Redis
+from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.redis_server import RedisServer
+from tidings.dispatcher.routing import TableWatcher
+
+from tidings.api.sealing import Sealer, new_key
+
+
+@pytest.fixture
+async def throwaway(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server this test may kill."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+async def serve(
+    redis_url: str, *, start_watcher: bool = True, sealer: Sealer | None = None, **options: object
+) -> tuple[IngestUnderTest, TableWatcher]:
+    # The socket timeout must outlast WAIT's, or the client gives up first.
+    redis = Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=1)
+    watcher = TableWatcher(redis)
+    if start_watcher:
+        await watcher.start()
+    sealer = sealer or Sealer(new_key())
+    registry = CollectorRegistry()
+    app = build_app(redis, watcher, registry, sealer, **options)  # type: ignore[arg-type]
+    client: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    under_test = IngestUnderTest(
+        client=client,
+        redis=redis,
+        watcher=watcher,
+        sealer=sealer,
+        registry=registry,
+        namespace=f"t-{uuid.uuid4().hex[:10]}",
+    )
+    return under_test, watcher
+
+
+async def close(under_test: IngestUnderTest) -> None:
+    await under_test.client.close()
+    await under_test.watcher.stop()
+    await under_test.redis.aclose()
+
+
+async def test_with_redis_killed_ingest_answers_503_and_recovers_when_it_returns(
+    throwaway: RedisServer,
+) -> None:
+    ingest, _ = await serve(throwaway.url)
+    try:
+        await ingest.add_source("orders")
+        ok = await ingest.client.post(ingest.url("orders"), json={"n": 1}, headers=AUTH)
+        assert ok.status == 202
+
+        throwaway.kill()
+        for n in range(3):
+            down = await ingest.client.post(ingest.url("orders"), json={"n": n}, headers=AUTH)
+            assert down.status == 503
+            assert down.headers["Retry-After"] == "1"
+            assert "Redis is unavailable" in (await down.json())["error"]
+        ready = await ingest.client.get("/readyz")
+        assert ready.status == 503 and "Redis unreachable" in (await ready.json())["reason"]
+
+        throwaway.start()  # same port, same AOF directory
+        await asyncio.sleep(0.1)
+        back = await ingest.client.post(ingest.url("orders"), json={"n": 9}, headers=AUTH)
+        assert back.status == 202, await back.text()
+        # Only the events answered 202 are in the stream (AOF kept the first one).
+        assert [e.data for e in await ingest.stored("orders")] == [{"n": 1}, {"n": 9}]
+    finally:
+        await close(ingest)
+
+
+async def test_readyz_is_503_until_the_routing_table_is_loaded(throwaway: RedisServer) -> None:
+    ingest, watcher = await serve(throwaway.url, start_watcher=False)
+    try:
+        before = await ingest.client.get("/readyz")
+        assert before.status == 503
+        assert "routing table" in (await before.json())["reason"]
+        posted = await ingest.client.post("/sources/a/b", json={}, headers=AUTH)
+        assert posted.status == 503
+        await watcher.start()
+        after = await ingest.client.get("/readyz")
+        assert after.status == 200 and (await after.json())["ready"] is True
+        assert (await ingest.client.get("/healthz")).status == 200
+    finally:
+        await close(ingest)
+
+
+async def test_metrics_serve_the_shared_registry_and_count_ingest_by_source_and_code(
+    ingest: IngestUnderTest,
+) -> None:
+    engine_counter = Counter(
+        "engine_things", "Something the engine counts.", registry=ingest.registry
+    )
+    engine_counter.inc(3)
+    source = await ingest.add_source("orders")
+    await ingest.client.post(ingest.url("orders"), json={}, headers=AUTH)
+    await ingest.client.post(ingest.url("orders"), json={}, headers={})
+    await ingest.client.post(ingest.url("unknown"), json={}, headers=AUTH)
+    text = await (await ingest.client.get("/metrics")).text()
+    assert "engine_things_total 3.0" in text
+    assert f'tidings_ingest_requests_total{{code="202",source="{source.id}"}} 1.0' in text
+    assert f'tidings_ingest_requests_total{{code="401",source="{source.id}"}} 1.0' in text
+    # Unknown sources share one unlabelled series: URLs cannot inflate cardinality.
+    assert 'tidings_ingest_requests_total{code="404",source=""} 1.0' in text
+    assert f'tidings_ingest_events_total{{outcome="accepted",source="{source.id}"}} 1.0' in text
+
+
+async def test_with_wait_a_replica_must_acknowledge_before_202(
+    throwaway: RedisServer, tmp_path: Path
+) -> None:
+    primary = Redis.from_url(throwaway.url)
+    await primary.config_set("repl-diskless-sync-delay", 0)  # default: waits 5 s for more
+    await primary.aclose()
+    replica = RedisServer(
+        tmp_path / "replica", extra_args=["--replicaof", "127.0.0.1", str(throwaway.port)]
+    )
+    replica.start()
+    one, _ = await serve(throwaway.url, wait_replicas=1, wait_timeout=2.0)
+    two, _ = await serve(throwaway.url, sealer=one.sealer, wait_replicas=2, wait_timeout=0.3)
+    try:
+        source = await one.add_source("orders")
+        await two.watcher.refresh()
+        replica_redis = Redis.from_url(replica.url)
+        for _ in range(100):  # the replica's first sync
+            info = await replica_redis.info("replication")
+            if info.get("master_link_status") == "up":
+                break
+            await asyncio.sleep(0.1)
+        ok = await one.client.post(one.url("orders"), json={"n": 1}, headers=AUTH)
+        assert ok.status == 202, await ok.text()
+        assert await replica_redis.xlen(source.stream) == 1
+        await replica_redis.aclose()
+
+        short = await two.client.post(
+            f"/sources/{one.namespace}/orders", json={"n": 2}, headers=AUTH
+        )
+        assert short.status == 503
+        assert "only 1 of 2 replicas acknowledged" in (await short.json())["error"]
+    finally:
+        await close(one)
+        await close(two)
+        replica.stop()
