@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Everything the integration tests and the demo need, for real: Redis,
+# PostgreSQL and a Kubernetes control plane, each on free loopback ports.
+#
+#   hack/test-env.sh up       # prints the exports; eval "$(hack/test-env.sh up)"
+#   hack/test-env.sh env|status|down
+set -euo pipefail
+
+HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+COMPONENTS=(redis postgres control-plane)
+
+# A fresh CI machine has none of the servers; Debian packages them all
+# (kube-apiserver is built from source by hack/build-k8s-tools.sh instead).
+install_missing() {
+  local missing=()
+  command -v python3 >/dev/null || missing+=(python3)
+  command -v openssl >/dev/null || missing+=(openssl)
+  [[ -n ${REDIS_SERVER:-} ]] || command -v redis-server >/dev/null || missing+=(redis-server)
+  [[ -n ${ETCD:-} ]] || command -v etcd >/dev/null || missing+=(etcd-server)
+  [[ -n ${PG_BIN:-} ]] || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+  ((${#missing[@]})) || return 0
+  if ! command -v apt-get >/dev/null || [[ $(id -u) != 0 ]]; then
+    echo "test-env: missing ${missing[*]}; install them (Debian: apt-get install -y ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "test-env: installing ${missing[*]}" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# All at once: the control plane dominates, the others start while it does.
+each() {
+  local pids=() c failed=0
+  for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" "$1" >/dev/null & pids+=($!); done
+  for c in "${pids[@]}"; do wait "$c" || failed=1; done
+  return "$failed"
+}
+
+print_env() { for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" env; done; }
+
+case "${1:-}" in
+  up) install_missing; each up; print_env ;;
+  down) each down ;;
+  env) print_env ;;
+  status) each status || exit 3 ;;
+  *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+esac
