@@ -4,12 +4,11 @@
 # so it checks a tree of symlinks laid out the way Python imports the code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-"$PY" -m ruff check .
-"$PY" -m ruff format --check .
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 TREE=.tidings/typecheck
 rm -rf "$TREE" && mkdir -p "$TREE/tidings"
 for entry in tidings/*; do ln -s "$PWD/$entry" "$TREE/tidings/"; done
 ln -s "$PWD/operator" "$TREE/tidings/operator"
 ln -s "$PWD/dispatcher" "$TREE/tidings/dispatcher"
-"$PY" -m mypy --config-file pyproject.toml --cache-dir .tidings/mypy-cache "$TREE/tidings" "$@"
+.venv/bin/mypy --config-file pyproject.toml --cache-dir .tidings/mypy-cache "$TREE/tidings" "$@"

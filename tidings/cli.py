@@ -14,6 +14,7 @@ from typing import Any
 # name -> module with `register(subparsers)`; each sets `func` on its parser.
 COMMANDS = {
     "crds": "tidings.api.crd_cli",
+    "send": "tidings.dispatcher.send",
 }
 
 

@@ -296,6 +296,8 @@ class BackoffPolicy(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_validations(
             (
+                # has(): the API server also checks this rule on the schema's `default: {}`.
+                "!has(self.maxDelay) || !has(self.initialDelay) || "
                 "duration(self.maxDelay) >= duration(self.initialDelay)",
                 "retry.maxDelay must be at least retry.initialDelay",
             )

@@ -8,7 +8,7 @@ from tidings.api import crd
 
 
 def test_crd_files_match_the_api_models() -> None:
-    assert crd.main(["--check"]) == 0, "CRDs drifted: run `python -m tidings.api.crd`"
+    assert crd.main(["--check"]) == 0, "CRDs drifted: run `tidings crds --write`"
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
