@@ -15,6 +15,7 @@ from typing import Any
 COMMANDS = {
     "crds": "tidings.api.crd_cli",
     "send": "tidings.dispatcher.send",
+    "dev": "tidings.dispatcher.dev",
 }
 
 
