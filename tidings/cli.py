@@ -16,6 +16,7 @@ COMMANDS = {
     "crds": "tidings.api.crd_cli",
     "send": "tidings.dispatcher.send",
     "dev": "tidings.dispatcher.dev",
+    "dispatcher": "tidings.dispatcher.cli",
 }
 
 

@@ -14,6 +14,9 @@ ROUTES = f"{PREFIX}:{{routing}}:routes"  # HASH "ns/trigger" -> Route JSON
 SOURCES = f"{PREFIX}:{{routing}}:sources"  # HASH "ns/source" -> CompiledSource JSON
 TABLE_VERSION = f"{PREFIX}:{{routing}}:version"  # INT, bumped on every change
 TABLE_CHANGED = f"{PREFIX}:routing:changed"  # pub/sub channel; message = new version
+# Operator bookkeeping: HASH "ns/trigger" -> the source whose stream holds its consumer
+# group, so a Trigger moved to another source (or deleted) has its old cursor removed.
+CURSORS = f"{PREFIX}:{{routing}}:cursors"
 
 # --- stream entry fields ---
 FIELD_EVENT = "e"  # the CloudEvent, JSON (structured form; data inline or data_base64)
@@ -98,4 +101,35 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         in_flight(namespace, source, trigger),
         rate_bucket(namespace, source, trigger),
         ordering(namespace, source, trigger),
+        held(namespace, source, trigger),
+        parked(namespace, source, trigger),
     ]
+
+
+def held(namespace: str, source: str, trigger: str) -> str:
+    """ZSET of stream ids a Trigger holds outside its PEL (scheduled retries and
+    entries parked behind an ordering key), scored by the id's time part (ms):
+    retention reads its lowest score so it never trims them."""
+    return _trigger_key(namespace, source, trigger, "held")
+
+
+def parked(namespace: str, source: str, trigger: str) -> str:
+    """ZSET (all scores 0) of "<ordering key>\\0<zero-padded stream id>": entries
+    waiting for an earlier event of their ordering key, in stream order per key."""
+    return _trigger_key(namespace, source, trigger, "parked")
+
+
+# --- trigger_state HASH fields (written by the dispatcher, read by the operator) ---
+STATE_STATE = "state"  # Delivering | Backoff | Paused
+STATE_LAG = "lag"  # events not yet delivered: unread + scheduled retries + parked
+STATE_PENDING = "pending"  # entries being delivered right now (the group's PEL)
+STATE_RETRIES = "retries"  # entries scheduled for another attempt
+STATE_DEAD_LETTERED = "deadLettered"  # total dead letters (counter)
+STATE_EXPIRED = "expired"  # trimmed by retention before delivery (counter)
+STATE_FAILURES = "failures"  # consecutive failed attempts, all replicas together
+STATE_LAST_FAILURE_TIME = "lastFailureTime"  # RFC 3339
+STATE_LAST_FAILURE_STATUS = "lastFailureStatus"  # HTTP status, "" for network/timeout
+STATE_LAST_FAILURE_MESSAGE = "lastFailureMessage"
+STATE_PROBE_DUE = "probeDue"  # Backoff: ms since epoch of the next probe
+STATE_PROBE_INTERVAL = "probeInterval"  # Backoff: current probe interval, ms
+STATE_UPDATED = "updated"  # ms since epoch of the last publish

@@ -1,0 +1,121 @@
+"""Prometheus metrics of delivery, per Trigger (label `trigger` = "namespace/name").
+
+    tidings_deliveries_total{trigger,outcome}   delivered | retried | dead_lettered | filtered
+    tidings_delivery_attempt_seconds{trigger}   one HTTP attempt, answered or not
+    tidings_delivery_retries_total{trigger}     attempts scheduled for later
+    tidings_trigger_lag{trigger}                events not yet delivered
+    tidings_trigger_dead_letters{trigger}       entries in the Trigger's DLQ stream
+    tidings_trigger_expired_total{trigger}      trimmed by retention before delivery
+    tidings_trigger_state{trigger,state}        1 for the current state, else 0
+
+They go into the CollectorRegistry the process serves on /metrics (the ingest
+app serves the same registry). Labelled children are cached per Trigger: a
+label lookup costs more than the increment on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STATES = ("Delivering", "Backoff", "Paused")
+
+
+class DispatchMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter(
+            "tidings_deliveries",
+            "Delivery outcomes per Trigger.",
+            ["trigger", "outcome"],
+            registry=registry,
+        )
+        self.attempt_seconds = Histogram(
+            "tidings_delivery_attempt_seconds",
+            "Duration of one delivery attempt (HTTP request to answer or failure).",
+            ["trigger"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.retries = Counter(
+            "tidings_delivery_retries",
+            "Attempts that failed and were scheduled again.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "tidings_trigger_lag", "Events not yet delivered.", ["trigger"], registry=registry
+        )
+        self.dead_letters = Gauge(
+            "tidings_trigger_dead_letters",
+            "Entries in the Trigger's dead-letter stream.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.expired = Gauge(
+            "tidings_trigger_expired",
+            "Events trimmed by the source's retention before this Trigger delivered them.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.state = Gauge(
+            "tidings_trigger_state",
+            "1 for the Trigger's current delivery state.",
+            ["trigger", "state"],
+            registry=registry,
+        )
+
+    def of(self, trigger: str) -> TriggerMetrics:
+        return TriggerMetrics(
+            delivered=self.deliveries.labels(trigger, "delivered"),
+            retried=self.deliveries.labels(trigger, "retried"),
+            dead_lettered=self.deliveries.labels(trigger, "dead_lettered"),
+            filtered=self.deliveries.labels(trigger, "filtered"),
+            attempt_seconds=self.attempt_seconds.labels(trigger),
+            retries=self.retries.labels(trigger),
+            lag=self.lag.labels(trigger),
+            dead_letters=self.dead_letters.labels(trigger),
+            expired=self.expired.labels(trigger),
+            states={state: self.state.labels(trigger, state) for state in STATES},
+        )
+
+    def forget(self, trigger: str) -> None:
+        """Drop a deleted Trigger's series."""
+        for metric, label_sets in (
+            (
+                self.deliveries,
+                [(trigger, o) for o in ("delivered", "retried", "dead_lettered", "filtered")],
+            ),
+            (self.state, [(trigger, s) for s in STATES]),
+        ):
+            for labels in label_sets:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels)
+        for single in (
+            self.attempt_seconds,
+            self.retries,
+            self.lag,
+            self.dead_letters,
+            self.expired,
+        ):
+            with contextlib.suppress(KeyError):
+                single.remove(trigger)
+
+
+@dataclass
+class TriggerMetrics:
+    delivered: Counter
+    retried: Counter
+    dead_lettered: Counter
+    filtered: Counter
+    attempt_seconds: Histogram
+    retries: Counter
+    lag: Gauge
+    dead_letters: Gauge
+    expired: Gauge
+    states: dict[str, Gauge]
+
+    def set_state(self, current: str) -> None:
+        for state, gauge in self.states.items():
+            gauge.set(1 if state == current else 0)
