@@ -52,7 +52,8 @@ class Subscriber:
     """A real HTTP server on 127.0.0.1 recording every request it answers."""
 
     def __init__(self) -> None:
-        self.received: list[Received] = []
+        self.received: list[Received] = []  # answered 2xx
+        self.attempts: list[Received] = []  # every request
         self.behaviour: Behaviour = ok
         self.in_flight = 0
         self.max_in_flight = 0
@@ -82,6 +83,7 @@ class Subscriber:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.attempts.append(Received(dict(request.headers), body, time.time()))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -96,6 +98,9 @@ class Subscriber:
 
     def ids(self) -> list[str]:
         return [r.id for r in self.received]
+
+    def attempts_of(self, event_id: str) -> list[Received]:
+        return [r for r in self.attempts if r.id == event_id]
 
 
 @dataclass
@@ -115,11 +120,11 @@ class World:
 
 async def wait_until(
     check: Callable[[], Any] | Callable[[], Awaitable[Any]],
-    timeout: float,
+    within: float,
     message: str = "",
     interval: float = 0.05,
 ) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):
@@ -127,7 +132,7 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
+            raise AssertionError(f"timed out after {within}s: {message}")
         await asyncio.sleep(interval)
 
 
