@@ -1,0 +1,121 @@
+"""What a source adapter tells the operator: its health, in Redis.
+
+The adapter never writes the EventSource's status itself (the operator owns
+it). It keeps one JSON document in the `status` field of keys.adapter_state;
+the operator reads it with `read` and turns it into conditions with
+`conditions`:
+
+- `SourceReady`: True/Running while the adapter streams; False with the
+  error's reason (ConnectionFailed, WalLevelNotLogical, TableNotFound, …)
+  and message while it retries; False/Standby for a replica waiting for the
+  Lease.
+- `WalRetained` (Postgres): True/RetainedWalOverThreshold when the slot keeps
+  more WAL than spec.postgres.maxRetainedWalBytes, else False/WithinThreshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tidings.api import keys
+from tidings.api.types import Condition
+
+FIELD = "status"
+
+
+@dataclass
+class AdapterStatus:
+    state: str  # Running | Retrying | Standby | Stopped
+    reason: str
+    message: str = ""
+    since: float = 0.0  # when `state`/`reason` last changed (s since epoch)
+    updated: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class StatusReporter:
+    """Writes an adapter's status when it changes (and `details` when they do)."""
+
+    def __init__(self, redis: Redis, namespace: str, name: str) -> None:
+        self._redis = redis
+        self._key = keys.adapter_state(namespace, name)
+        self.current: AdapterStatus | None = None
+
+    async def report(self, state: str, reason: str, message: str = "", **details: Any) -> None:
+        now = time.time()
+        previous = self.current
+        merged = dict(previous.details) if previous else {}
+        merged.update(details)
+        since = now
+        if previous and (previous.state, previous.reason) == (state, reason):
+            since = previous.since
+            if previous.message == message and previous.details == merged:
+                return
+        self.current = AdapterStatus(state, reason, message, since, now, merged)
+        # Best effort: a status that cannot be written must not stop the adapter.
+        with contextlib.suppress(Exception):
+            await self._redis.hset(self._key, FIELD, json.dumps(asdict(self.current)))  # type: ignore[misc]
+
+
+async def read(redis: Redis, namespace: str, name: str) -> AdapterStatus | None:
+    """The adapter's last reported status (for the operator), or None."""
+    raw = await redis.hget(keys.adapter_state(namespace, name), FIELD)  # type: ignore[misc]
+    if raw is None:
+        return None
+    return AdapterStatus(**json.loads(raw))
+
+
+def conditions(status: AdapterStatus | None, generation: int | None = None) -> list[Condition]:
+    """SourceReady (and WalRetained for Postgres) from an adapter status."""
+    if status is None:
+        return [
+            Condition(
+                type="SourceReady",
+                status="Unknown",
+                reason="AdapterNotReporting",
+                message="the source adapter has not reported yet",
+                observed_generation=generation,
+            )
+        ]
+    ready = Condition(
+        type="SourceReady",
+        status="True" if status.state == "Running" else "False",
+        reason=status.reason,
+        message=status.message,
+        observed_generation=generation,
+        last_transition_time=_iso(status.since),
+    )
+    out = [ready]
+    wal = status.details.get("walRetainedBytes")
+    if wal is not None:
+        threshold = int(status.details.get("walThresholdBytes", 0))
+        over = int(wal) > threshold
+        out.append(
+            Condition(
+                type="WalRetained",
+                status="True" if over else "False",
+                reason="RetainedWalOverThreshold" if over else "WithinThreshold",
+                message=(
+                    f"replication slot {status.details.get('slot')} retains {int(wal)} bytes of "
+                    f"WAL (threshold spec.postgres.maxRetainedWalBytes={threshold})"
+                    + (
+                        "; the adapter is behind or stopped: the database disk fills up "
+                        "until it catches up or the EventSource is deleted"
+                        if over
+                        else ""
+                    )
+                ),
+                observed_generation=generation,
+            )
+        )
+    return out
