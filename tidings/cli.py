@@ -17,6 +17,7 @@ COMMANDS = {
     "send": "tidings.dispatcher.send",
     "dev": "tidings.dispatcher.dev",
     "dispatcher": "tidings.dispatcher.cli",
+    "operator": "tidings.operator.main",
 }
 
 

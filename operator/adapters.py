@@ -1,0 +1,206 @@
+"""The Kubernetes objects an EventSource owns, as pure manifests.
+
+- postgres, kubernetes and schedule sources run an adapter: a one-replica
+  Deployment `tidings-source-<name>` running
+  `tidings source KIND --eventsource NS/NAME`, in the EventSource's namespace,
+  owned by it. Its Redis URL comes from a Secret `tidings-source-<name>` the
+  operator writes next to it (a URL may carry a password; Deployments are
+  readable by more roles than Secrets). A postgres adapter also gets its DSN
+  from the user's `connectionSecretRef` as `TIDINGS_PG_DSN`.
+- http sources without `tokenSecretRef` (and without HMAC or anonymous access)
+  get a generated bearer token in the Secret `<name>-ingest-token`, key `token`,
+  created once and never rewritten, so producers keep working across restarts.
+
+A template hash annotation on the Deployment lets the operator skip the write
+when nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tidings.api.routes import CLUSTER_DOMAIN, ingest_token_secret_name
+from tidings.api.types import API_VERSION, EventSourceSpec
+
+MANAGED_BY = "tidings-operator"
+SOURCE_LABEL = "tidings.dev/eventsource"
+TEMPLATE_HASH = "tidings.dev/template-hash"
+ADAPTER_KINDS = ("postgres", "kubernetes", "schedule")
+TOKEN_KEY = "token"
+REDIS_URL_KEY = "REDIS_URL"
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Operator flags that shape adapter Deployments."""
+
+    image: str
+    redis_url: str
+    service_account: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+
+
+def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
+    # No blockOwnerDeletion: it would need `update` on eventsources/finalizers
+    # under OwnerReferencesPermissionEnforcement, and our finalizer cleans up anyway.
+    return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True}
+
+
+def labels(source: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tidings-source",
+        "app.kubernetes.io/instance": source,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "tidings",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        SOURCE_LABEL: source,
+    }
+
+
+def ingest_url(namespace: str, name: str, *, service: str, service_namespace: str) -> str:
+    """Where producers POST events to an http EventSource."""
+    return f"http://{service}.{service_namespace}.svc.{CLUSTER_DOMAIN}/sources/{namespace}/{name}"
+
+
+def needs_generated_token(spec: EventSourceSpec) -> bool:
+    if spec.http is None:
+        return False
+    auth = spec.http.auth
+    return (
+        auth.token_secret_ref is None and auth.hmac_secret_ref is None and not auth.allow_anonymous
+    )
+
+
+def token_secret(namespace: str, source: str, uid: str, token: str | None = None) -> dict[str, Any]:
+    """The generated ingest token Secret of an http source."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": ingest_token_secret_name(source),
+            "namespace": namespace,
+            "labels": labels(source, "ingest-token"),
+            "ownerReferences": [owner_reference("EventSource", source, uid)],
+        },
+        "stringData": {TOKEN_KEY: token or secrets.token_urlsafe(32)},
+    }
+
+
+def adapter_name(source: str) -> str:
+    """`tidings-source-<name>`, shortened with a hash to fit a 63-character name."""
+    name = f"tidings-source-{source}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-.')}-{digest}"
+
+
+def adapter_config_secret(
+    namespace: str, source: str, uid: str, settings: AdapterSettings
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": adapter_name(source),
+            "namespace": namespace,
+            "labels": labels(source, "adapter-config"),
+            "ownerReferences": [owner_reference("EventSource", source, uid)],
+        },
+        "stringData": {REDIS_URL_KEY: settings.redis_url},
+    }
+
+
+def _hash(value: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def adapter_deployment(
+    namespace: str,
+    source: str,
+    uid: str,
+    spec: EventSourceSpec,
+    settings: AdapterSettings,
+) -> dict[str, Any]:
+    """The adapter Deployment of a postgres, kubernetes or schedule source."""
+    kind = spec.kind
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"{kind} sources have no adapter")
+    name = adapter_name(source)
+    pod_labels = labels(source, f"{kind}-source")
+    env: list[dict[str, Any]] = [
+        {"name": "TIDINGS_EVENTSOURCE", "value": f"{namespace}/{source}"},
+        # The spec travels with the pod, so a spec change rolls the adapter.
+        {"name": "TIDINGS_EVENTSOURCE_SPEC", "value": json.dumps(spec.to_wire(), sort_keys=True)},
+        {"name": "TIDINGS_LOG_FORMAT", "value": "json"},
+    ]
+    if spec.postgres is not None:
+        ref = spec.postgres.connection_secret_ref
+        env.append(
+            {
+                "name": "TIDINGS_PG_DSN",
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
+    container: dict[str, Any] = {
+        "name": "source",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "args": ["source", kind, "--eventsource", f"{namespace}/{source}"],
+        "env": env,
+        "envFrom": [{"secretRef": {"name": name}}],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    # The config Secret's content is hashed into the pod template: a new Redis URL rolls it.
+    config_hash = hashlib.sha256(settings.redis_url.encode()).hexdigest()[:16]
+    template = {
+        "metadata": {"labels": pod_labels, "annotations": {"tidings.dev/config-hash": config_hash}},
+        "spec": pod_spec,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": pod_labels,
+            "annotations": {TEMPLATE_HASH: _hash(template)},
+            "ownerReferences": [owner_reference("EventSource", source, uid)],
+        },
+        "spec": {
+            "replicas": 1,
+            # One adapter at a time: the old one stops before the new one starts.
+            "strategy": {"type": "Recreate"},
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": "tidings-source", SOURCE_LABEL: source}
+            },
+            "template": template,
+        },
+    }
+
+
+def template_hash(deployment: Mapping[str, Any]) -> str:
+    value: str = deployment["metadata"]["annotations"][TEMPLATE_HASH]
+    return value

@@ -1,0 +1,61 @@
+"""What every controller shares: settings, clients, the seal, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from tidings.operator.adapters import AdapterSettings
+from tidings.operator.kube import Kube
+from tidings.operator.publishing import StableSealer
+from tidings.operator.world import Key, Wakeups
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's flags, as the controllers need them."""
+
+    adapters: AdapterSettings
+    ingest_service: str = "tidings-ingest"
+    ingest_namespace: str = "tidings"
+    # How often a Trigger's delivery report is read from Redis.
+    health_interval: float = 5.0
+    # A report older than this is shown as stale (Delivering=Unknown).
+    stale_after: float = 120.0
+    # Every object is fully re-reconciled this often even without events: the
+    # safety net for a routing table lost with its Redis.
+    resync_interval: float = 300.0
+    # After a Redis or API error, wait this long before trying again.
+    retry_delay: float = 2.0
+
+
+@dataclass
+class Context:
+    settings: Settings
+    redis: Redis
+    kube: Kube
+    sealer: StableSealer
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    # Controllers running now, by key, so deletion waits for its daemon to stop.
+    _running: dict[Key, asyncio.Event] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def running(self, key: Key) -> Iterator[None]:
+        done = asyncio.Event()
+        self._running[key] = done
+        try:
+            yield
+        finally:
+            done.set()
+            if self._running.get(key) is done:
+                del self._running[key]
+
+    async def stopped(self, key: Key, limit: float = 10.0) -> None:
+        """Wait (at most `limit` seconds) until the controller of `key`, if any, has exited."""
+        done = self._running.get(key)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), limit)

@@ -1,0 +1,202 @@
+"""Delivery health: the data plane's per-Trigger report, read for status.
+
+Dispatchers publish a HASH per Trigger (`tidings.api.keys.trigger_state`, fields
+`keys.STATE_*`): state (Delivering | Backoff | Paused), lag, dead-lettered and
+expired counters, the last failure, and when they last wrote it. The operator
+reads it on a timer and surfaces it in `status.delivery` and the STATE / LAG
+columns — but only when it changed meaningfully (`settle`), so a busy Trigger
+whose lag wobbles costs no API writes: a state change is written at once; new
+dead letters, expiries or a different failure within seconds; lag only when it
+moved by half (and at least 10) and not more often than every 30 s.
+
+A Trigger no dispatcher has reported on has no reading (Delivering=Unknown,
+NoReport); a report older than the staleness limit is shown as it was, with
+Delivering=Unknown, ReportStale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tidings.api import keys
+
+# How often settled values may change (seconds since the last delivery write).
+COUNTERS_INTERVAL = 5.0
+LAG_INTERVAL = 30.0
+FAILURE_TIME_INTERVAL = 60.0
+# Lag changes smaller than this (absolute, and relative to the last written lag) are noise.
+LAG_MIN_CHANGE = 10
+LAG_RELATIVE_CHANGE = 0.5
+
+STATES = ("Delivering", "Backoff", "Paused", "Idle")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One Trigger's delivery report, as the data plane wrote it."""
+
+    state: str | None = None
+    lag: int | None = None
+    dead_lettered: int | None = None
+    expired: int | None = None
+    failure_time: str | None = None
+    failure_status: int | None = None
+    failure_message: str | None = None
+    updated_ms: int | None = None  # when a dispatcher last wrote it
+
+    def as_status(self) -> dict[str, Any]:
+        """The `status.delivery` object (camelCase, unset fields left out)."""
+        out: dict[str, Any] = {}
+        if self.state is not None:
+            out["state"] = self.state
+        for name, value in (
+            ("lag", self.lag),
+            ("deadLettered", self.dead_lettered),
+            ("expired", self.expired),
+        ):
+            if value is not None:
+                out[name] = value
+        failure = {
+            k: v
+            for k, v in (
+                ("time", self.failure_time),
+                ("status", self.failure_status),
+                ("message", self.failure_message),
+            )
+            if v is not None
+        }
+        if failure:
+            out["lastFailure"] = failure
+        return out
+
+    def failure_summary(self) -> str:
+        """The last failure in a few words, without its time (it goes in a message)."""
+        parts = []
+        if self.failure_status is not None:
+            parts.append(f"HTTP {self.failure_status}")
+        if self.failure_message:
+            parts.append(self.failure_message[:200])
+        return ": ".join(parts) if parts else "no failure recorded"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def parse(raw: Mapping[Any, Any]) -> Reading | None:
+    """A Reading from the state HASH (bytes or str keys); None when it is empty."""
+    if not raw:
+        return None
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    state = fields.get(keys.STATE_STATE)
+    return Reading(
+        state=state if state in STATES else None,
+        lag=_int(fields.get(keys.STATE_LAG)),
+        dead_lettered=_int(fields.get(keys.STATE_DEAD_LETTERED)),
+        expired=_int(fields.get(keys.STATE_EXPIRED)),
+        failure_time=fields.get(keys.STATE_LAST_FAILURE_TIME) or None,
+        failure_status=_int(fields.get(keys.STATE_LAST_FAILURE_STATUS)),
+        failure_message=fields.get(keys.STATE_LAST_FAILURE_MESSAGE) or None,
+        updated_ms=_int(fields.get(keys.STATE_UPDATED)),
+    )
+
+
+def from_status(delivery: Mapping[str, Any] | None) -> Reading | None:
+    """The Reading last written into status.delivery (to settle against after a restart)."""
+    if not delivery:
+        return None
+    failure = delivery.get("lastFailure") or {}
+    return Reading(
+        state=delivery.get("state"),
+        lag=delivery.get("lag"),
+        dead_lettered=delivery.get("deadLettered"),
+        expired=delivery.get("expired"),
+        failure_time=failure.get("time"),
+        failure_status=failure.get("status"),
+        failure_message=failure.get("message"),
+    )
+
+
+async def read(redis: Redis, namespace: str, source: str, trigger: str) -> Reading | None:
+    raw = await redis.hgetall(keys.trigger_state(namespace, source, trigger))  # type: ignore[misc]
+    return parse(raw)
+
+
+def is_stale(reading: Reading | None, now_ms: int, stale_after: float) -> bool:
+    if reading is None or reading.updated_ms is None:
+        return False
+    return now_ms - reading.updated_ms > stale_after * 1000
+
+
+def _lag_moved(before: int | None, after: int | None) -> bool:
+    if before is None or after is None:
+        return before != after
+    return abs(after - before) >= max(LAG_MIN_CHANGE, LAG_RELATIVE_CHANGE * before)
+
+
+def settle(previous: Reading | None, fresh: Reading | None, since_write: float) -> Reading | None:
+    """What to show: `fresh` when it differs meaningfully from `previous` (what status
+    shows now), else `previous`. `since_write` is the time since status.delivery was
+    last written (infinite when unknown)."""
+    if previous is None or fresh is None or previous.state != fresh.state:
+        return fresh
+    fresh = replace(fresh, updated_ms=previous.updated_ms)  # not a status field
+    if since_write >= COUNTERS_INTERVAL and (
+        (previous.dead_lettered, previous.expired) != (fresh.dead_lettered, fresh.expired)
+        or (previous.failure_status, previous.failure_message)
+        != (fresh.failure_status, fresh.failure_message)
+    ):
+        return fresh
+    if since_write >= FAILURE_TIME_INTERVAL and previous.failure_time != fresh.failure_time:
+        return fresh
+    if since_write >= LAG_INTERVAL and _lag_moved(previous.lag, fresh.lag):
+        return fresh
+    return previous
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A Kubernetes Event to record: type (Normal / Warning), reason, message."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def backoff_transition(
+    before: str | None, after: str | None, reading: Reading | None
+) -> Transition | None:
+    """The Event for a move into or out of Backoff, if this is one."""
+    if before != "Backoff" and after == "Backoff":
+        failure = reading.failure_summary() if reading else "no failure recorded"
+        return Transition(
+            "Warning",
+            "BackoffStarted",
+            f"the subscriber keeps failing ({failure}); delivery stopped, probing until it "
+            "recovers",
+        )
+    if before == "Backoff" and after is not None and after != "Backoff":
+        if after == "Paused":
+            message = "left Backoff: the Trigger is paused"
+        else:
+            message = "the subscriber recovered; delivering again"
+        return Transition("Normal", "BackoffEnded", message)
+    return None
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

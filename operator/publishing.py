@@ -1,0 +1,196 @@
+"""Putting compiled objects into the routing table, and taking them out with their state.
+
+The table itself (versioned, change-only writes, pub/sub) is tidings.api.table;
+this module adds what only the control plane does:
+
+- **Stable sealing.** Fernet ciphertexts differ on every call (random IV), so
+  re-sealing an unchanged secret would rewrite every route and bump the table
+  version on each operator restart. `StableSealer` re-uses the ciphertext already
+  in the table when it opens to the same plaintext.
+- **Cursors.** The operator creates a Trigger's consumer group (at `$`: a new
+  Trigger gets the events that arrive from then on) before its route appears,
+  and records where in `keys.CURSORS`. A Trigger that is not Ready loses its
+  route but keeps its cursor, so nothing is lost while it is broken. A Trigger
+  moved to another source, or deleted, has its old group and per-Trigger keys
+  removed.
+- **Deletion** (the finalizers' policy, docs/operator.md): a deleted Trigger's
+  route, consumer group and every per-Trigger key (retries, attempts, dead
+  letters, state, limits, ordering) are removed; a deleted EventSource's table
+  entry and every key under its hash tag (stream — and with it all consumer
+  groups —, dedupe keys, adapter state, per-Trigger keys) are removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tidings.api import keys, table
+from tidings.api.routes import CompiledSource, Route
+from tidings.api.sealing import Sealer, SealError
+
+log = logging.getLogger(__name__)
+
+# Creates an empty stream (no entry, no group) if it does not exist.
+_ENSURE_STREAM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+return 1
+"""
+# Kubernetes names cannot contain ':', so no Trigger's group can be called this.
+_PLACEHOLDER_GROUP = "tidings:init"
+SCAN_BATCH = 500
+
+
+class StableSealer(Sealer):
+    """A Sealer that gives the same ciphertext for the same plaintext: the one it
+    learned from the table, else the one it made first."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self._known: dict[str, str] = {}
+
+    def seal(self, plain: str) -> str:
+        sealed = self._known.get(plain)
+        if sealed is None:
+            sealed = self._known[plain] = super().seal(plain)
+        return sealed
+
+    def learn(self, sealed_values: Iterable[str | None]) -> None:
+        """Adopt ciphertexts found in the table (ones sealed with another key are
+        ignored: they get re-sealed, which is how a new seal key rolls out)."""
+        for sealed in sealed_values:
+            if not sealed:
+                continue
+            try:
+                self._known[self.unseal(sealed)] = sealed
+            except SealError:
+                continue
+
+
+def sealed_in_route(route: Route | None) -> list[str]:
+    return list(route.delivery.signing_secrets) if route is not None else []
+
+
+def sealed_in_source(source: CompiledSource | None) -> list[str]:
+    if source is None or source.ingest is None:
+        return []
+    return [v for v in (source.ingest.token_sealed, source.ingest.hmac_secret_sealed) if v]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def current_route(redis: Redis, namespace: str, name: str) -> Route | None:
+    raw = _text(await redis.hget(keys.ROUTES, keys.source_id(namespace, name)))  # type: ignore[misc]
+    if raw is None:
+        return None
+    try:
+        return Route.model_validate_json(raw)
+    except ValueError:
+        return None  # another format: overwritten by this one
+
+
+async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSource | None:
+    raw = _text(await redis.hget(keys.SOURCES, keys.source_id(namespace, name)))  # type: ignore[misc]
+    if raw is None:
+        return None
+    try:
+        return CompiledSource.model_validate_json(raw)
+    except ValueError:
+        return None
+
+
+# --- Triggers --------------------------------------------------------------------------
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+    """Create the consumer group at `$` (and the stream); False if it existed."""
+    try:
+        await redis.xgroup_create(stream, group, id="$", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" in str(error):
+            return False
+        raise
+    return True
+
+
+async def publish_route(redis: Redis, route: Route) -> int | None:
+    """Make `route` live: its cursor first, then the route. The new table version,
+    or None when the route was already there unchanged."""
+    cursor = _text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
+    if cursor is not None and cursor != route.source:
+        log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
+        await _remove_cursor(redis, route.namespace, cursor, route.name)
+    if await ensure_group(redis, route.stream, route.group):
+        log.info("trigger %s: consumer group created on %s", route.id, route.stream)
+    if cursor != route.source:
+        await redis.hset(keys.CURSORS, route.id, route.source)  # type: ignore[misc]
+    return await table.put_route(redis, route)
+
+
+async def withdraw_route(redis: Redis, namespace: str, name: str) -> int | None:
+    """Take a Trigger that is not Ready out of the table; its cursor stays."""
+    return await table.delete_route(redis, namespace, name)
+
+
+async def _remove_cursor(redis: Redis, namespace: str, source: str, trigger: str) -> None:
+    try:
+        await redis.xgroup_destroy(keys.stream(namespace, source), keys.group(trigger))
+    except ResponseError as error:
+        if "no such key" not in str(error).lower():  # the stream is already gone
+            raise
+    await redis.delete(*keys.trigger_keys(namespace, source, trigger))
+
+
+async def remove_trigger(redis: Redis, namespace: str, name: str, source: str | None) -> None:
+    """A deleted Trigger: route, consumer group and per-Trigger keys. `source` is
+    spec.source (used when no cursor was ever recorded)."""
+    trigger_id = keys.source_id(namespace, name)
+    await table.delete_route(redis, namespace, name)
+    cursor = _text(await redis.hget(keys.CURSORS, trigger_id))  # type: ignore[misc]
+    for where in {s for s in (cursor, source) if s}:
+        await _remove_cursor(redis, namespace, where, name)
+    await redis.hdel(keys.CURSORS, trigger_id)  # type: ignore[misc]
+
+
+# --- EventSources ----------------------------------------------------------------------
+
+
+async def ensure_stream(redis: Redis, stream: str) -> bool:
+    created = await redis.eval(_ENSURE_STREAM, 1, stream, _PLACEHOLDER_GROUP)  # type: ignore[misc]
+    return bool(created)
+
+
+async def publish_source(redis: Redis, source: CompiledSource) -> int | None:
+    if await ensure_stream(redis, source.stream):
+        log.info("source %s: stream %s created", source.id, source.stream)
+    return await table.put_source(redis, source)
+
+
+async def withdraw_source(redis: Redis, namespace: str, name: str) -> int | None:
+    """Take a source that does not compile out of the table (its stream stays):
+    a revoked token must stop working."""
+    return await table.delete_source(redis, namespace, name)
+
+
+async def remove_source(redis: Redis, namespace: str, name: str) -> int:
+    """A deleted EventSource: its table entry and every key under its hash tag.
+    Returns how many keys were deleted."""
+    await table.delete_source(redis, namespace, name)
+    pattern = f"{keys.PREFIX}:{keys.source_tag(namespace, name)}:*"
+    deleted = 0
+    batch: list[bytes | str] = []
+    async for key in redis.scan_iter(match=pattern, count=SCAN_BATCH):
+        batch.append(key)
+        if len(batch) >= SCAN_BATCH:
+            deleted += await redis.delete(*batch)
+            batch = []
+    if batch:
+        deleted += await redis.delete(*batch)
+    return deleted

@@ -1,0 +1,230 @@
+"""One EventSource's controller: its stream, its table entry, its owned objects, its status.
+
+Per EventSource: the stream exists; the compiled source (sealed ingest
+credentials) is in the routing table; an http source without a token Secret
+gets a generated one (created once, never rewritten); an adapter source runs
+its adapter Deployment; status carries the ingest URL and the truth about all
+of it. Like Triggers, it reconciles when woken by a watch event on itself or
+what it depends on (its Secrets, its Deployment), and writes only changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from tidings.operator import adapters, health, publishing, status
+from tidings.operator.context import Context
+from tidings.operator.kube import StatusWriter
+from tidings.operator.world import IndexWorld, Key, source_dependencies
+
+from tidings.api.routes import (
+    CompiledSource,
+    CompileError,
+    compile_source,
+    ingest_token_secret_name,
+)
+from tidings.api.types import EventSourceSpec
+
+log = logging.getLogger(__name__)
+
+
+class WithSecret:
+    """A World that also knows one Secret value we just created (the watch has
+    not brought it back yet)."""
+
+    def __init__(self, world: IndexWorld, namespace: str, name: str, key: str, value: str):
+        self._world = world
+        self._known = (namespace, name, key)
+        self._value = value
+
+    def source(self, namespace: str, name: str) -> EventSourceSpec | None:
+        return self._world.source(namespace, name)
+
+    def service_ports(self, namespace: str, name: str) -> list[int] | None:
+        return self._world.service_ports(namespace, name)
+
+    def secret(self, namespace: str, name: str, key: str) -> str | None:
+        if (namespace, name, key) == self._known:
+            return self._value
+        return self._world.secret(namespace, name, key)
+
+
+@dataclass(frozen=True)
+class SourceOutcome:
+    generation: int
+    spec: EventSourceSpec | None
+    compiled: CompiledSource | None
+    error: CompileError | None
+    url: str | None
+
+
+def check_adapter_secrets(world: IndexWorld, namespace: str, spec: EventSourceSpec) -> None:
+    """Secrets an adapter pod reads at start (a missing one would only show as a
+    pod that cannot start)."""
+    if spec.postgres is not None:
+        ref = spec.postgres.connection_secret_ref
+        if world.secret(namespace, ref.name, ref.key) is None:
+            raise CompileError(
+                "SecretNotFound",
+                f"spec.postgres.connectionSecretRef: Secret {namespace}/{ref.name} with key "
+                f"{ref.key!r} not found; create it or fix the reference",
+            )
+
+
+class SourceController:
+    def __init__(
+        self,
+        ctx: Context,
+        body: Mapping[str, Any],
+        world: IndexWorld,
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+    ) -> None:
+        self.ctx = ctx
+        self.body = body
+        self.world = world
+        self.log = logger
+        meta = body["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.key: Key = ("EventSource", self.namespace, self.name)
+        self.writer = StatusWriter(
+            ctx.kube,
+            kind="EventSource",
+            plural="eventsources",
+            namespace=self.namespace,
+            name=self.name,
+            fields=status.SOURCE_FIELDS,
+            types=status.SOURCE_CONDITIONS,
+        )
+
+    async def run(self, stopped: Any) -> None:
+        settings = self.ctx.settings
+        loop = asyncio.get_running_loop()
+        subscription = self.ctx.wakeups.subscribe()
+        subscription.follow({self.key})
+        woken, next_resync = True, 0.0
+        try:
+            while not stopped:
+                delay = settings.resync_interval * random.uniform(0.8, 1.2)
+                try:
+                    if woken or loop.time() >= next_resync:
+                        subscription.follow(await self.reconcile())
+                        next_resync = loop.time() + delay
+                except (RedisError, OSError, ApiException) as error:
+                    self.log.warning("will retry in %gs: %s", settings.retry_delay, error)
+                    delay = settings.retry_delay
+                woken = await subscription.wait(delay) or delay == settings.retry_delay
+        finally:
+            subscription.close()
+
+    def _url(self, spec: EventSourceSpec) -> str | None:
+        if spec.http is None:
+            return None
+        return adapters.ingest_url(
+            self.namespace,
+            self.name,
+            service=self.ctx.settings.ingest_service,
+            service_namespace=self.ctx.settings.ingest_namespace,
+        )
+
+    async def reconcile(self) -> set[Key]:
+        meta = self.body["metadata"]
+        generation = int(meta.get("generation") or 0)
+        uid = meta.get("uid", "")
+        try:
+            spec = EventSourceSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError as bad_spec:
+            outcome = SourceOutcome(
+                generation, None, None, CompileError("InvalidSpec", f"spec: {bad_spec}"), None
+            )
+            await publishing.withdraw_source(self.ctx.redis, self.namespace, self.name)
+            await self.write_status(outcome)
+            return source_dependencies(self.namespace, self.name, None)
+
+        world: Any = self.world
+        if adapters.needs_generated_token(spec):
+            world = await self.ensure_token(uid) or world
+        redis = self.ctx.redis
+        current = await publishing.current_source(redis, self.namespace, self.name)
+        self.ctx.sealer.learn(publishing.sealed_in_source(current))
+        compiled: CompiledSource | None = None
+        error: CompileError | None = None
+        try:
+            compiled = compile_source(
+                namespace=self.namespace,
+                name=self.name,
+                spec=spec,
+                world=world,
+                sealer=self.ctx.sealer,
+                uid=uid,
+                generation=generation,
+            )
+            check_adapter_secrets(self.world, self.namespace, spec)
+        except CompileError as failure:
+            compiled, error = None, failure
+        if compiled is not None:
+            version = await publishing.publish_source(redis, compiled)
+            if version is not None:
+                self.log.info("source published (table version %d)", version)
+        elif await publishing.withdraw_source(redis, self.namespace, self.name) is not None:
+            assert error is not None
+            self.log.info("source withdrawn: %s", error.message)
+        await self.reconcile_adapter(spec, uid, compiled is not None)
+        await self.write_status(SourceOutcome(generation, spec, compiled, error, self._url(spec)))
+        return source_dependencies(self.namespace, self.name, spec)
+
+    async def ensure_token(self, uid: str) -> WithSecret | None:
+        """Create the generated ingest token Secret if it does not exist yet."""
+        name = ingest_token_secret_name(self.name)
+        if self.world.secret(self.namespace, name, adapters.TOKEN_KEY) is not None:
+            return None
+        manifest = adapters.token_secret(self.namespace, self.name, uid)
+        if not await self.ctx.kube.create_secret_if_missing(manifest):
+            return None  # it exists (maybe without a `token` key: compiling says so)
+        self.log.info("generated ingest token Secret %s/%s", self.namespace, name)
+        token = manifest["stringData"][adapters.TOKEN_KEY]
+        return WithSecret(self.world, self.namespace, name, adapters.TOKEN_KEY, token)
+
+    async def reconcile_adapter(self, spec: EventSourceSpec, uid: str, compiled: bool) -> None:
+        current = self.world.adapter(self.namespace, self.name)
+        kube = self.ctx.kube
+        if spec.kind not in adapters.ADAPTER_KINDS:
+            if current is not None:  # it was an adapter source before this change
+                await kube.delete("Deployment", self.namespace, current.name)
+                await kube.delete("Secret", self.namespace, current.name)
+            return
+        if not compiled:
+            return  # keep a running adapter until the spec compiles again
+        settings = self.ctx.settings.adapters
+        deployment = adapters.adapter_deployment(self.namespace, self.name, uid, spec, settings)
+        if current is not None and current.template_hash == adapters.template_hash(deployment):
+            return
+        await kube.apply(adapters.adapter_config_secret(self.namespace, self.name, uid, settings))
+        await kube.apply(deployment)
+        self.log.info("adapter Deployment %s applied", deployment["metadata"]["name"])
+
+    async def write_status(self, outcome: SourceOutcome) -> None:
+        spec = outcome.spec
+        kind = spec.kind if spec is not None else ""
+        facts = status.SourceFacts(
+            namespace=self.namespace,
+            name=self.name,
+            generation=outcome.generation,
+            kind=kind,
+            url=outcome.url,
+            compile_error=outcome.error,
+            adapter_expected=kind in adapters.ADAPTER_KINDS,
+            adapter=self.world.adapter(self.namespace, self.name),
+        )
+        known = self.writer.known(self.body)
+        desired = status.source_status(facts, known, now=health.now_rfc3339())
+        await self.writer.write(self.body, desired)
