@@ -73,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="Ingest answers 202 only after this many replicas have the event (WAIT)",
     )
     parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=512,
+        help="Deliveries one Trigger may have in flight in this process (default 512); "
+        "the Trigger's concurrency limits all processes together",
+    )
+    parser.add_argument(
         "--no-ingest", action="store_true", help="Deliver only; serve just health and metrics"
     )
     parser.set_defaults(func=run)
@@ -111,7 +118,12 @@ async def serve(args: argparse.Namespace, host: str, port: int) -> int:
     sealer = _sealer()
     await watcher.start()
     dispatcher = Dispatcher(
-        redis, watcher, consumer=args.consumer_name, sealer=sealer, registry=registry
+        redis,
+        watcher,
+        consumer=args.consumer_name,
+        sealer=sealer,
+        registry=registry,
+        max_in_flight=args.max_in_flight,
     )
     await dispatcher.start()
     if args.no_ingest:
