@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent, encode
@@ -57,6 +57,7 @@ for i = 2, #KEYS do
 end
 return out
 """
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -110,24 +111,18 @@ async def append(
     """
     if not events:
         return AppendResult(events=[])
-    script = _script(redis)
     window_ms = str(max(1, round(dedupe_window(source) * 1000)))
     now_ms = int(time.time() * 1000)
-    async with redis.pipeline(transaction=False) as pipe:
-        for start in range(0, len(events), CHUNK):
-            chunk = events[start : start + CHUNK]
-            argv: list[str] = [window_ms, keys.FIELD_EVENT, keys.FIELD_TIME]
-            for event in chunk:
-                fields = encode(event, now_ms)
-                argv += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
-            await script(
-                keys=[source.stream, *(dedupe_key(source, e) for e in chunk)],
-                args=argv,
-                client=pipe,
-            )
-        if wait_replicas > 0:
-            pipe.wait(wait_replicas, max(1, round(wait_timeout * 1000)))
-        replies = await pipe.execute()
+    calls: list[list[str]] = []
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start : start + CHUNK]
+        call = [str(len(chunk) + 1), source.stream, *(dedupe_key(source, e) for e in chunk)]
+        call += [window_ms, keys.FIELD_EVENT, keys.FIELD_TIME]
+        for event in chunk:
+            fields = encode(event, now_ms)
+            call += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
+        calls.append(call)
+    replies = await _run(redis, calls, wait_replicas, wait_timeout)
     replicas: int | None = None
     if wait_replicas > 0:
         replicas = int(replies.pop())
@@ -139,14 +134,27 @@ async def append(
     return AppendResult(events=results, replicas=replicas)
 
 
-_scripts: weakref.WeakKeyDictionary[Redis, AsyncScript] = weakref.WeakKeyDictionary()
-
-
-def _script(redis: Redis) -> AsyncScript:
-    script = _scripts.get(redis)
-    if script is None:
-        script = _scripts[redis] = redis.register_script(_APPEND)
-    return script
+async def _run(
+    redis: Redis, calls: list[list[str]], wait_replicas: int, wait_timeout: float
+) -> list[Any]:
+    """EVALSHA each call in one round trip (redis-py's Script objects would add a
+    SCRIPT EXISTS round trip per pipeline); load the script on NOSCRIPT."""
+    for _ in range(2):
+        try:
+            if len(calls) == 1 and wait_replicas <= 0:
+                return [await redis.evalsha(_APPEND_SHA, *calls[0])]  # type: ignore[no-untyped-call]
+            async with redis.pipeline(transaction=False) as pipe:
+                for call in calls:
+                    pipe.evalsha(_APPEND_SHA, *call)  # type: ignore[no-untyped-call]
+                if wait_replicas > 0:
+                    pipe.wait(wait_replicas, max(1, round(wait_timeout * 1000)))
+                replies: list[Any] = await pipe.execute()
+                return replies
+        except NoScriptError:
+            # A restarted or new Redis: load the script, then run again. Events a
+            # call did store before the error come back as duplicates the second time.
+            await redis.script_load(_APPEND)
+    raise NoScriptError("the append script could not be loaded")
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,310 @@
+"""Ingest throughput, single events and batches, against baselines from the same run.
+
+    .venv/bin/python hack/bench_ingest.py [--seconds 4] [--concurrency 32] [--batch 100]
+
+Starts a private redis-server (AOF on, appendfsync everysec, as production),
+then measures, one after the other:
+
+  redis XADD            raw XADD from redis-py, `concurrency` in flight (no HTTP)
+  redis XADD x batch    raw pipelined XADD, `batch` per round trip (no HTTP)
+  bare HTTP -> XADD     a minimal aiohttp server: read body, one XADD, 202
+  ingest single         POST /sources/NS/NAME, binary mode, bearer token, dedupe script
+  bare HTTP batch       minimal server: JSON array -> pipelined XADD
+  ingest batch          POST application/cloudevents-batch+json, `batch` events
+
+Servers run in a child process (one core), the load generator here (the other
+core), so "bare" and "ingest" share the same client cost and their ratio is
+the price of Tidings' parsing, auth, dedupe and metrics. Prints a table; paste
+it into docs/benchmarks.md under "## Ingest".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.redis_server import RedisServer, free_port
+from tidings.dispatcher.routing import TableWatcher
+
+from tidings.api import keys, table
+from tidings.api.routes import compile_source
+from tidings.api.sealing import Sealer, new_key
+from tidings.api.types import EventSourceSpec
+
+TOKEN = "bench-token"
+
+
+class OneSecret:
+    def source(self, namespace: str, name: str) -> EventSourceSpec | None:
+        return None
+
+    def service_ports(self, namespace: str, name: str) -> list[int] | None:
+        return None
+
+    def secret(self, namespace: str, name: str, key: str) -> str | None:
+        return TOKEN
+
+
+# --- servers (run in the child process) -------------------------------------------------
+
+
+async def serve_bare(redis_url: str, port: int) -> None:
+    redis = Redis.from_url(redis_url)
+    stream = keys.stream("bench", "bare")
+
+    async def single(request: web.Request) -> web.Response:
+        body = await request.read()
+        await redis.xadd(stream, {"e": body})
+        return web.json_response({"ok": True}, status=202)
+
+    async def batch(request: web.Request) -> web.Response:
+        events = json.loads(await request.read())
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.xadd(stream, {"e": json.dumps(event)})
+            await pipe.execute()
+        return web.json_response({"ok": True}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/single", single)
+    app.router.add_post("/batch", batch)
+    await _run(app, port)
+
+
+async def serve_ingest(redis_url: str, port: int) -> None:
+    redis = Redis.from_url(redis_url)
+    sealer = Sealer(new_key())
+    spec = EventSourceSpec.model_validate(
+        {"http": {"auth": {"tokenSecretRef": {"name": "t", "key": "token"}}}}
+    )
+    source = compile_source(
+        namespace="bench", name="orders", spec=spec, world=OneSecret(), sealer=sealer
+    )
+    await table.put_source(redis, source)
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    await _run(build_app(redis, watcher, CollectorRegistry(), sealer), port)
+
+
+async def _run(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("serving", flush=True)
+    await asyncio.Event().wait()
+
+
+# --- load -------------------------------------------------------------------------------
+
+
+async def load(url: str, make: object, seconds: float, concurrency: int) -> tuple[int, list[float]]:
+    """POST as fast as `concurrency` workers can for `seconds`; (requests, latencies)."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                headers, body = make()  # type: ignore[operator]
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 202:
+                        raise RuntimeError(f"{url}: {response.status} {await response.text()}")
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies), latencies
+
+
+def single_event() -> tuple[dict[str, str], bytes]:
+    return (
+        {
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": str(uuid.uuid4()),
+            "ce-source": "/bench",
+            "ce-type": "com.bench.event",
+        },
+        b'{"order": 12345, "total": 99.5, "items": ["a", "b", "c"]}',
+    )
+
+
+def batch_of(size: int) -> object:
+    def make() -> tuple[dict[str, str], bytes]:
+        events = [
+            {
+                "specversion": "1.0",
+                "id": str(uuid.uuid4()),
+                "source": "/bench",
+                "type": "com.bench.event",
+                "data": {"order": 12345, "total": 99.5, "items": ["a", "b", "c"]},
+            }
+            for _ in range(size)
+        ]
+        return (
+            {
+                "Authorization": f"Bearer {TOKEN}",
+                "Content-Type": "application/cloudevents-batch+json",
+            },
+            json.dumps(events).encode(),
+        )
+
+    return make
+
+
+async def raw_xadd(redis: Redis, seconds: float, concurrency: int, batch: int) -> int:
+    stream = keys.stream("bench", "raw")
+    fields = {"e": json.dumps({"id": "x", "data": {"order": 12345}})}
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            if batch == 1:
+                await redis.xadd(stream, fields)
+            else:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for _ in range(batch):
+                        pipe.xadd(stream, fields)
+                    await pipe.execute()
+            done += batch
+
+    await asyncio.gather(*(worker() for _ in range(concurrency if batch == 1 else 1)))
+    return done
+
+
+class Child:
+    def __init__(self, kind: str, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, f"--serve-{kind}", redis_url, str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        if self.process.stdout.readline().strip() != "serving":
+            raise RuntimeError(f"{kind} server did not start")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.quantiles(values, n=100)[int(q) - 1] * 1000:.1f}"
+
+
+async def bench(seconds: float, concurrency: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory))
+        server.start()
+        try:
+            await _bench(server.url, seconds, concurrency, batch)
+        finally:
+            server.stop()
+
+
+async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int) -> None:
+    redis = Redis.from_url(redis_url)
+    rows: list[tuple[str, float, str, str]] = []
+
+    xadd = await raw_xadd(redis, seconds, concurrency, 1) / seconds
+    rows.append(("redis XADD (no HTTP)", xadd, "-", "-"))
+    pipelined = await raw_xadd(redis, seconds, concurrency, batch) / seconds
+    rows.append((f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-"))
+
+    bare = Child("bare", redis_url)
+    try:
+        count, lat = await load(bare.url("/single"), single_event, seconds, concurrency)
+        bare_single = count / seconds
+        rows.append(("bare HTTP -> XADD", bare_single, ms(lat, 50), ms(lat, 99)))
+        count, lat = await load(bare.url("/batch"), batch_of(batch), seconds, concurrency // 4)
+        bare_batch = count * batch / seconds
+        rows.append((f"bare HTTP batch of {batch}", bare_batch, ms(lat, 50), ms(lat, 99)))
+    finally:
+        bare.stop()
+
+    ingest = Child("ingest", redis_url)
+    try:
+        url = ingest.url("/sources/bench/orders")
+        count, lat = await load(url, single_event, seconds, concurrency)
+        ingest_single = count / seconds
+        rows.append(
+            ("ingest single (binary, token, dedupe)", ingest_single, ms(lat, 50), ms(lat, 99))
+        )
+        count, lat = await load(url, batch_of(batch), seconds, concurrency // 4)
+        ingest_batch = count * batch / seconds
+        rows.append((f"ingest batch of {batch}", ingest_batch, ms(lat, 50), ms(lat, 99)))
+    finally:
+        ingest.stop()
+    await redis.aclose()
+
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, {await _redis_version(redis_url)}"
+    )
+    print(
+        f"{seconds:g} s per row, {concurrency} concurrent single requests, "
+        f"{concurrency // 4} concurrent batches\n"
+    )
+    print("| measurement | events/s | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, rate, p50, p99 in rows:
+        print(f"| {name} | {rate:,.0f} | {p50} | {p99} |")
+    print()
+    print(f"ingest single / bare HTTP -> XADD:   {ingest_single / bare_single:.2f}")
+    print(f"ingest single / raw XADD:            {ingest_single / xadd:.2f}")
+    print(f"ingest batch / bare HTTP batch:      {ingest_batch / bare_batch:.2f}")
+    print(f"ingest batch / raw pipelined XADD:   {ingest_batch / pipelined:.2f}")
+    print(f"ingest batch / ingest single:        {ingest_batch / ingest_single:.1f}x")
+
+
+async def _redis_version(url: str) -> str:
+    redis = Redis.from_url(url)
+    info = await redis.info("server")
+    await redis.aclose()
+    return f"Redis {info['redis_version']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--serve-bare", nargs=2, metavar=("REDIS_URL", "PORT"))
+    parser.add_argument("--serve-ingest", nargs=2, metavar=("REDIS_URL", "PORT"))
+    args = parser.parse_args()
+    if args.serve_bare:
+        asyncio.run(serve_bare(args.serve_bare[0], int(args.serve_bare[1])))
+    elif args.serve_ingest:
+        asyncio.run(serve_ingest(args.serve_ingest[0], int(args.serve_ingest[1])))
+    else:
+        asyncio.run(bench(args.seconds, args.concurrency, args.batch))
+
+
+if __name__ == "__main__":
+    main()
