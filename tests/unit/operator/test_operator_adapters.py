@@ -1,0 +1,86 @@
+"""The objects an EventSource owns, as manifests."""
+
+from __future__ import annotations
+
+from tidings.api.types import EventSourceSpec
+from tidings.operator import adapters
+from tidings.operator.adapters import AdapterSettings
+
+SETTINGS = AdapterSettings(image="tidings:1.0", redis_url="redis://:pw@redis:6379/0")
+POSTGRES = EventSourceSpec.model_validate(
+    {"postgres": {"connectionSecretRef": {"name": "db", "key": "dsn"}, "tables": ["public.users"]}}
+)
+
+
+def test_the_adapter_runs_tidings_source_for_its_eventsource_owned_by_it() -> None:
+    deployment = adapters.adapter_deployment("shop", "users-db", "uid-1", POSTGRES, SETTINGS)
+    meta = deployment["metadata"]
+    assert meta["name"] == "tidings-source-users-db"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "tidings.dev/v1alpha1",
+            "kind": "EventSource",
+            "name": "users-db",
+            "uid": "uid-1",
+            "controller": True,
+        }
+    ]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["image"] == "tidings:1.0"
+    assert container["args"] == ["source", "postgres", "--eventsource", "shop/users-db"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TIDINGS_PG_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "db", "key": "dsn"}}
+    # The Redis URL (it may carry a password) is never written into the Deployment.
+    assert "pw" not in str(deployment)
+    assert container["envFrom"] == [{"secretRef": {"name": "tidings-source-users-db"}}]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_the_config_secret_holds_the_redis_url() -> None:
+    secret = adapters.adapter_config_secret("shop", "users-db", "uid-1", SETTINGS)
+    assert secret["stringData"] == {"REDIS_URL": "redis://:pw@redis:6379/0"}
+    assert secret["metadata"]["name"] == adapters.adapter_name("users-db")
+
+
+def test_the_template_hash_changes_with_the_spec_and_only_then() -> None:
+    one = adapters.adapter_deployment("shop", "db", "u", POSTGRES, SETTINGS)
+    again = adapters.adapter_deployment("shop", "db", "u", POSTGRES, SETTINGS)
+    changed = EventSourceSpec.model_validate(
+        {"postgres": {"connectionSecretRef": {"name": "db", "key": "dsn"}, "tables": ["a.b"]}}
+    )
+    other = adapters.adapter_deployment("shop", "db", "u", changed, SETTINGS)
+    assert adapters.template_hash(one) == adapters.template_hash(again)
+    assert adapters.template_hash(one) != adapters.template_hash(other)
+
+
+def test_long_source_names_still_give_a_valid_deployment_name() -> None:
+    name = adapters.adapter_name("x" * 63)
+    assert len(name) <= 63 and name.startswith("tidings-source-")
+    assert name != adapters.adapter_name("x" * 62 + "y")
+
+
+def test_http_sources_get_a_generated_token_only_without_other_credentials() -> None:
+    def spec(auth: dict[str, object]) -> EventSourceSpec:
+        return EventSourceSpec.model_validate({"http": {"auth": auth}})
+
+    assert adapters.needs_generated_token(spec({}))
+    assert not adapters.needs_generated_token(spec({"allowAnonymous": True}))
+    assert not adapters.needs_generated_token(spec({"tokenSecretRef": {"name": "t", "key": "k"}}))
+    assert not adapters.needs_generated_token(spec({"hmacSecretRef": {"name": "h", "key": "k"}}))
+    assert not adapters.needs_generated_token(POSTGRES)
+
+
+def test_the_generated_token_secret_is_named_by_the_contract_and_random() -> None:
+    one = adapters.token_secret("shop", "web", "uid")
+    two = adapters.token_secret("shop", "web", "uid")
+    assert one["metadata"]["name"] == "web-ingest-token"
+    assert len(one["stringData"]["token"]) >= 32
+    assert one["stringData"] != two["stringData"]
+
+
+def test_the_ingest_url_names_the_ingest_service_and_the_source() -> None:
+    assert adapters.ingest_url(
+        "shop", "web", service="tidings-ingest", service_namespace="tidings"
+    ) == ("http://tidings-ingest.tidings.svc.cluster.local/sources/shop/web")

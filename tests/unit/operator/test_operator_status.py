@@ -1,0 +1,226 @@
+"""Status as a pure function: conditions that tell the truth, timestamps that hold still."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidings.api.routes import CompileError
+from tidings.api.types import EventSourceSpec
+from tidings.operator import status
+from tidings.operator.health import Reading
+from tidings.operator.status import SourceFacts, TriggerFacts
+from tidings.operator.world import AdapterEntry, SourceEntry
+
+URL = "http://mailer.shop.svc.cluster.local:8080/hook"
+READY_SOURCE = SourceEntry(spec=EventSourceSpec.model_validate({"http": {}}), ready=True)
+
+
+def facts(**overrides: Any) -> TriggerFacts:
+    values: dict[str, Any] = {
+        "namespace": "shop",
+        "source": "users",
+        "generation": 3,
+        "paused": False,
+        "source_entry": READY_SOURCE,
+        "subscriber_url": URL,
+        "subscriber_error": None,
+        "compile_error": None,
+        "reading": Reading(state="Delivering", lag=0, dead_lettered=0, expired=0),
+    }
+    values.update(overrides)
+    return TriggerFacts(**values)
+
+
+def by_type(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in built["conditions"]}
+
+
+def build(
+    f: TriggerFacts, current: dict[str, Any] | None = None, now: str = "T1"
+) -> dict[str, Any]:
+    return status.trigger_status(f, current, now=now, stale_after=120)
+
+
+def test_a_healthy_trigger_is_ready_and_delivering() -> None:
+    built = build(facts())
+    conditions = by_type(built)
+    assert {t: c["status"] for t, c in conditions.items()} == {
+        "Ready": "True",
+        "SourceReady": "True",
+        "SubscriberResolved": "True",
+        "Delivering": "True",
+    }
+    assert built["observedGeneration"] == 3
+    assert built["subscriberURI"] == URL
+    assert all(c["observedGeneration"] == 3 for c in conditions.values())
+    assert built["delivery"] == {"state": "Delivering", "lag": 0, "deadLettered": 0, "expired": 0}
+
+
+def test_a_missing_source_is_source_not_found_and_not_ready() -> None:
+    error = CompileError("SourceNotFound", "spec.source: EventSource shop/users not found")
+    conditions = by_type(build(facts(source_entry=None, compile_error=error)))
+    assert conditions["Ready"]["status"] == "False"
+    assert conditions["Ready"]["reason"] == "SourceNotFound"
+    assert conditions["SourceReady"]["reason"] == "SourceNotFound"
+    assert "spec.source" in conditions["SourceReady"]["message"]
+    assert conditions["Delivering"] == conditions["Delivering"] | {
+        "status": "False",
+        "reason": "NotReady",
+    }
+
+
+def test_a_missing_service_is_subscriber_not_found_with_the_compilers_message() -> None:
+    error = CompileError("SubscriberNotFound", "spec.subscriber.ref: Service shop/mailer not found")
+    built = build(facts(subscriber_url=None, subscriber_error=error, compile_error=error))
+    conditions = by_type(built)
+    assert conditions["SubscriberResolved"]["reason"] == "SubscriberNotFound"
+    assert conditions["Ready"]["reason"] == "SubscriberNotFound"
+    assert conditions["Ready"]["message"] == error.message
+    assert "subscriberURI" not in built
+    assert "state" not in built.get("delivery", {})  # no route, nobody delivers
+
+
+def test_an_invalid_filter_is_reported_with_the_compilers_message() -> None:
+    error = CompileError("InvalidFilter", "spec.filter.expression: unknown variable foo")
+    conditions = by_type(build(facts(compile_error=error)))
+    assert (conditions["Ready"]["reason"], conditions["Ready"]["message"]) == (
+        "InvalidFilter",
+        error.message,
+    )
+    # The subscriber itself is fine: each condition tells its own truth.
+    assert conditions["SubscriberResolved"]["status"] == "True"
+
+
+def test_a_source_that_is_not_ready_makes_the_trigger_not_ready() -> None:
+    entry = SourceEntry(spec=READY_SOURCE.spec, ready=False, message="Secret x not found")
+    conditions = by_type(build(facts(source_entry=entry)))
+    assert conditions["SourceReady"]["reason"] == "SourceNotReady"
+    assert "Secret x not found" in conditions["SourceReady"]["message"]
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "SourceNotReady",
+    )
+
+
+def test_paused_shows_state_paused_before_dispatchers_report_it() -> None:
+    built = build(facts(paused=True))
+    assert built["delivery"]["state"] == "Paused"
+    conditions = by_type(built)
+    assert conditions["Ready"]["status"] == "True"
+    assert (conditions["Delivering"]["status"], conditions["Delivering"]["reason"]) == (
+        "False",
+        "Paused",
+    )
+
+
+def test_backoff_is_delivering_false_naming_the_failure_but_still_ready() -> None:
+    reading = Reading(state="Backoff", lag=40, failure_status=503, failure_message="unavailable")
+    conditions = by_type(build(facts(reading=reading)))
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["Delivering"]["reason"] == "Backoff"
+    assert "HTTP 503: unavailable" in conditions["Delivering"]["message"]
+
+
+def test_no_report_and_a_stale_report_are_unknown_not_a_guess() -> None:
+    no_report = by_type(build(facts(reading=None)))["Delivering"]
+    assert (no_report["status"], no_report["reason"]) == ("Unknown", "NoReport")
+    stale = by_type(build(facts(stale=True)))["Delivering"]
+    assert (stale["status"], stale["reason"]) == ("Unknown", "ReportStale")
+
+
+def test_last_transition_time_is_kept_while_the_status_holds() -> None:
+    first = build(facts(), now="T1")
+    # Same situation later; a message change alone does not move the timestamp either.
+    later = build(facts(subscriber_url=URL + "x"), first, now="T2")
+    assert {c["lastTransitionTime"] for c in later["conditions"]} == {"T1"}
+    broken = build(
+        facts(source_entry=None, compile_error=CompileError("SourceNotFound", "m")), later, now="T3"
+    )
+    times = {c["type"]: c["lastTransitionTime"] for c in broken["conditions"]}
+    assert times["Ready"] == "T3" and times["SourceReady"] == "T3"
+    assert times["SubscriberResolved"] == "T1"
+
+
+def test_an_unchanged_situation_gives_identical_status() -> None:
+    first = build(facts(), now="T1")
+    again = build(facts(), first, now="T9")
+    assert status.same(first, again)
+
+
+def test_owned_keeps_only_our_fields_and_condition_types() -> None:
+    live = {
+        "observedGeneration": 1,
+        "somethingElse": {"x": 1},
+        "conditions": [
+            {"type": "Ready", "status": "True"},
+            {"type": "WalRetained", "status": "False"},
+        ],
+    }
+    mine = status.owned(live, status.TRIGGER_FIELDS, status.TRIGGER_CONDITIONS)
+    assert mine == {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}
+
+
+def test_same_ignores_condition_order() -> None:
+    a = {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]}
+    b = {"conditions": [{"type": "B", "status": "False"}, {"type": "A", "status": "True"}]}
+    assert status.same(a, b)
+    assert not status.same(a, {"conditions": [{"type": "A", "status": "True"}]})
+
+
+# --- EventSource -----------------------------------------------------------------------
+
+
+def source_facts(**overrides: Any) -> SourceFacts:
+    values: dict[str, Any] = {
+        "namespace": "shop",
+        "name": "users",
+        "generation": 2,
+        "kind": "http",
+        "url": "http://tidings-ingest.tidings.svc.cluster.local/sources/shop/users",
+        "compile_error": None,
+        "adapter_expected": False,
+        "adapter": None,
+    }
+    values.update(overrides)
+    return SourceFacts(**values)
+
+
+def test_an_http_source_is_ready_with_its_url() -> None:
+    built = status.source_status(source_facts(), None, now="T1")
+    assert built["url"].endswith("/sources/shop/users")
+    assert [(c["type"], c["status"]) for c in built["conditions"]] == [("Ready", "True")]
+
+
+def test_a_source_with_a_missing_secret_is_not_ready() -> None:
+    error = CompileError("SecretNotFound", "spec.http.auth.tokenSecretRef: Secret shop/t not found")
+    built = status.source_status(source_facts(compile_error=error), None, now="T1")
+    ready = built["conditions"][0]
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "SecretNotFound",
+        error.message,
+    )
+
+
+def test_an_adapter_source_is_ready_only_when_its_adapter_is_available() -> None:
+    pending = source_facts(
+        kind="postgres",
+        url=None,
+        adapter_expected=True,
+        adapter=AdapterEntry("tidings-source-users", "h", 0, "0/1 ready"),
+    )
+    conditions = {c["type"]: c for c in status.source_status(pending, None, now="T")["conditions"]}
+    assert conditions["AdapterReady"]["reason"] == "AdapterUnavailable"
+    assert "0/1 ready" in conditions["AdapterReady"]["message"]
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "False",
+        "AdapterUnavailable",
+    )
+    running = source_facts(
+        kind="postgres",
+        url=None,
+        adapter_expected=True,
+        adapter=AdapterEntry("tidings-source-users", "h", 1),
+    )
+    conditions = {c["type"]: c for c in status.source_status(running, None, now="T")["conditions"]}
+    assert conditions["Ready"]["status"] == conditions["AdapterReady"]["status"] == "True"
