@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.api.routes import CompileError
-from tidings.api.types import EventSourceSpec
 from tidings.operator import status
 from tidings.operator.health import Reading
 from tidings.operator.status import SourceFacts, TriggerFacts
 from tidings.operator.world import AdapterEntry, SourceEntry
+
+from tidings.api.routes import CompileError
+from tidings.api.types import EventSourceSpec
 
 URL = "http://mailer.shop.svc.cluster.local:8080/hook"
 READY_SOURCE = SourceEntry(spec=EventSourceSpec.model_validate({"http": {}}), ready=True)
