@@ -1,0 +1,88 @@
+"""Retention trims by maxEvents / maxAge, never an entry a Trigger still holds,
+and counts what falls out undelivered per Trigger."""
+
+from __future__ import annotations
+
+from dispatch_harness import Plane, Subscriber, wait_until
+from tidings.dispatcher import retention
+
+from tidings.api import keys, table
+
+
+async def test_retention_never_trims_pending_or_scheduled_entries(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    subscriber.behaviour = lambda request: (503, {}, 0.0)
+    source = await plane.add_source(maxEvents=50)
+    await plane.dispatcher()
+    route = await plane.add_trigger(
+        "failing", subscriber.url, delivery={"retry": {"initialDelay": "1h", "jitter": 0}}
+    )
+    await plane.publish(200)
+    retries = keys.retries(route.namespace, route.source, route.name)
+
+    async def all_scheduled() -> bool:
+        return int(await plane.redis.zcard(retries)) == 200
+
+    await wait_until(all_scheduled, 20, "200 retries scheduled")
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    assert trimmed == 0 and expired == {}
+    assert await plane.redis.xlen(plane.stream()) == 200
+    for stream_id in await plane.redis.zrange(retries, 0, -1):
+        assert await plane.redis.xrange(plane.stream(), stream_id, stream_id)
+
+
+async def test_unread_events_beyond_max_events_are_trimmed_and_counted(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    source = await plane.add_source(maxEvents=50)
+    await plane.dispatcher()
+    route = await plane.add_trigger("paused", subscriber.url, paused=True)
+    await plane.publish(200)
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    assert trimmed == 150
+    assert expired == {route.id: 150}
+    assert await plane.redis.xlen(plane.stream()) == 50
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "150"
+    # Once resumed, the Trigger gets what is left: the newest 50.
+    await plane.add_trigger("paused", subscriber.url, paused=False, wait=False)
+    await wait_until(lambda: len(subscriber.received) >= 50, 10, "50 deliveries")
+    assert sorted(subscriber.ids()) == sorted(f"e-{i}" for i in range(150, 200))
+
+
+async def test_delivered_events_past_max_age_are_trimmed_without_counting(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    source = await plane.add_source(maxAge="1ms")
+    await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    await plane.publish(30)
+    await wait_until(lambda: len(subscriber.received) >= 30, 10, "30 deliveries")
+
+    async def nothing_pending() -> bool:
+        return int((await plane.redis.xpending(route.stream, route.group))["pending"]) == 0
+
+    await wait_until(nothing_pending, 5, "all acknowledged")
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    assert trimmed == 30 and expired == {}
+
+
+async def test_entries_being_delivered_are_not_trimmed(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    subscriber.behaviour = lambda request: (200, {}, 1.5)
+    source = await plane.add_source(maxEvents=1, maxAge="1ms")
+    await plane.dispatcher()
+    route = await plane.add_trigger("slow", subscriber.url)
+    await plane.publish(20)
+
+    async def all_pending() -> bool:
+        return int((await plane.redis.xpending(route.stream, route.group))["pending"]) == 20
+
+    await wait_until(all_pending, 5, "20 deliveries in flight")
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    assert await retention.trim(plane.redis, source, routes) == (0, {})
+    await wait_until(lambda: len(subscriber.received) >= 20, 10, "20 deliveries")
