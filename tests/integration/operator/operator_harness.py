@@ -156,10 +156,10 @@ class Cluster:
 
 
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.1
+    check: Callable[[], T | Awaitable[T]], *, within: float = 15.0, interval: float = 0.1
 ) -> T:
     """Retry `check` until it returns a truthy value without failing an assertion."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             value = check()
@@ -173,7 +173,7 @@ async def eventually(
         if time.monotonic() > deadline:
             if failure is not None:
                 raise failure
-            raise AssertionError(f"not true within {timeout}s: last value {value!r}")
+            raise AssertionError(f"not true within {within}s: last value {value!r}")
         await asyncio.sleep(interval)
 
 
