@@ -67,7 +67,9 @@ class DeadLetter:
 
 async def read(redis: Redis, namespace: str, source: str, trigger: str) -> list[DeadLetter]:
     """Every dead letter of a Trigger, oldest first (for replay tools and tests)."""
-    entries = await redis.xrange(keys.dead_letters(namespace, source, trigger))
+    entries: list[tuple[Any, dict[Any, Any]]] = await redis.xrange(
+        keys.dead_letters(namespace, source, trigger)
+    )  # type: ignore[assignment]
     out = []
     for dlq_id, raw in entries:
         fields = {_text(k): _text(v) for k, v in raw.items()}

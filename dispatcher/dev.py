@@ -23,22 +23,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from tidings.dispatcher import manifests as manifest_files
+from tidings.dispatcher.delivery import Result
+from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.manifests import Compiled, LocalServices, ManifestError, Manifests
 from tidings.dispatcher.redis_server import RedisServer, RedisServerError
@@ -205,20 +207,53 @@ def example_type(routes: list[Route]) -> str:
 
 
 EngineStop = Callable[[], Awaitable[None]]
+# Deliveries in flight get this long to finish when dev stops (Ctrl-C).
+STOP_GRACE = 5.0
+
+
+def attempt_line(route: Route, event: dict[str, Any], result: Result, op: str) -> str:
+    """One line per delivery attempt, for the terminal."""
+    took = f"{result.seconds * 1000:.0f} ms"
+    what = f"{event.get('type', '?')} id={event.get('id', '?')}"
+    if result.failure is None:
+        return (
+            f"-> {route.id}: delivered {what} to {route.subscriber_url} ({result.status}, {took})"
+        )
+    outcome = {"retry": "will retry", "dead": "dead-lettered"}.get(op, op)
+    return f"-> {route.id}: {what} failed: {result.failure.message} ({took}); {outcome}"
 
 
 async def start_engine(
     redis: Redis, watcher: TableWatcher, registry: CollectorRegistry, sealer: Sealer
-) -> EngineStop | None:
-    """Start the delivery engine in this process, printing one line per attempt.
-    None when this build has no engine (dispatcher/engine.py)."""
-    try:
-        importlib.import_module("tidings.dispatcher.engine")
-    except ModuleNotFoundError as missing:
-        if missing.name != "tidings.dispatcher.engine":
-            raise
-        return None
-    return None
+) -> EngineStop:
+    """The delivery engine of `tidings dispatcher`, in this process, printing
+    one line per attempt."""
+    dispatcher = Dispatcher(
+        redis,
+        watcher,
+        consumer=f"dev-{os.getpid()}",
+        sealer=sealer,
+        registry=registry,
+        on_attempt=lambda *attempt: say(attempt_line(*attempt)),
+    )
+    await dispatcher.start()
+
+    async def stop() -> None:
+        await dispatcher.stop(grace=STOP_GRACE)
+
+    return stop
+
+
+async def create_groups(redis: Redis, routes: Iterable[Route]) -> None:
+    """Create new Triggers' consumer groups now, at the stream's end (`$`), as the
+    engine would: an event sent right after dev says a Trigger is there must
+    reach it, even if the engine's worker for it has not started yet."""
+    for route in routes:
+        try:
+            await redis.xgroup_create(route.stream, route.group, id="$", mkstream=True)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
 
 
 # --- the session ----------------------------------------------------------------------
@@ -278,11 +313,6 @@ class DevSession:
         self.url = client_url(host, bound_port)
         say(f"tidings dev: ingest, /healthz, /readyz and /metrics on {host}:{bound_port}")
         self.engine_stop = await start_engine(self.redis, self.watcher, registry, self.sealer)
-        if self.engine_stop is None:
-            say(
-                "tidings dev: this build has no delivery engine (dispatcher/engine.py): "
-                "events are stored but not delivered"
-            )
         self._write_session()
         self._print_endpoints()
 
@@ -332,6 +362,7 @@ class DevSession:
         compiled = manifest_files.compile_all(manifests, self.sealer, self.options.services)
         for what, problem in sorted(compiled.errors.items()):
             say(f"tidings dev: {what} not compiled: {problem}")
+        await create_groups(self.redis, compiled.routes.values())
         changes = await publish(self.redis, compiled)
         self.credentials = credentials(manifests)
         if initial:
@@ -374,10 +405,11 @@ class DevSession:
                     self.fingerprint = {}
 
     async def stop(self) -> None:
-        if self.engine_stop is not None:
-            await self.engine_stop()
+        # As `tidings dispatcher` does: no more ingest, then drain deliveries.
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.engine_stop is not None:
+            await self.engine_stop()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.redis is not None:

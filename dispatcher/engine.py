@@ -235,10 +235,8 @@ class TriggerWorker:
         if fetched.next_due_ms >= 0:
             block = min(block, max(0.001, fetched.next_due_ms / 1000 - time.time()))
         self._wake.clear()
-        read = asyncio.create_task(
-            self.redis.xread(
-                {self.route.stream: fetched.last_id}, count=1, block=max(1, int(block * 1000))
-            )
+        read: asyncio.Task[Any] = asyncio.create_task(
+            self._xread(fetched.last_id, max(1, int(block * 1000)))
         )
         woken = asyncio.create_task(self._wake.wait())
         try:
@@ -248,6 +246,9 @@ class TriggerWorker:
                 if not task.done():
                     task.cancel()
             await asyncio.gather(read, woken, return_exceptions=True)
+
+    async def _xread(self, last_id: str, block_ms: int) -> Any:
+        return await self.redis.xread({self.route.stream: last_id}, count=1, block=block_ms)
 
     # --- one delivery -------------------------------------------------------------------
 

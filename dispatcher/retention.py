@@ -114,7 +114,7 @@ async def trim(
             keys.held(route.namespace, route.source, route.name),
             keys.trigger_state(route.namespace, route.source, route.name),
         ]
-    args: list[object] = [
+    args: list[str | int | float] = [
         int(time.time() * 1000),
         int(source.retention_max_age * 1000),
         source.retention_max_events,

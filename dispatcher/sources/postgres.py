@@ -224,33 +224,28 @@ class PostgresAdapter:
     async def _resume_point(
         self, stream: ReplicationStream, slot: pgsetup.SlotInfo
     ) -> tuple[int, str]:
-        """Where to start, and the guard position, from Redis; both reset when the
-        slot belongs to another database cluster than the one last streamed."""
+        """Where to start, and the guard position, from Redis.
+
+        LSNs grow across one database cluster, so the guard stays valid when the
+        slot or database changes, but not on another cluster (system id). A slot
+        just created cannot replay anything written before, so its guard starts
+        over too; that also covers a failover, where the new primary may reuse
+        LSNs the old one had already streamed."""
         state = await journal.read_state(self.redis, self.source)
-        origin = f"{stream.identity.system_id}/{stream.identity.database}/{self.names.slot}"
-        if state.get("origin") != origin:
-            if state.get(journal.GUARD):
-                log.warning(
-                    "%s: the slot is on another database than before (%s, was %s); "
-                    "starting over from the slot's position",
-                    self.source.id,
-                    origin,
-                    state.get("origin"),
+        origin = stream.identity.system_id
+        reset = state.get("origin") != origin or slot.created or slot.lost
+        if reset:
+            if state.get("lsn", "0/0") != "0/0" and (slot.created or slot.lost):
+                log.error(
+                    "%s: replication slot %s was missing and is created anew: changes "
+                    "committed while it was gone (after %s) were not captured",
+                    self.source.id, self.names.slot, state.get("lsn"),
                 )
             await journal.set_state(
                 self.redis, self.source, {"origin": origin, journal.GUARD: "", "lsn": "0/0"}
             )
-            state = {"origin": origin}
-        elif slot.created or slot.lost:
-            log.error(
-                "%s: replication slot %s was missing and is recreated: changes committed "
-                "while it was gone (after %s) were not captured",
-                self.source.id,
-                self.names.slot,
-                state.get("lsn"),
-            )
-        lsn = parse_lsn(state.get("lsn", "0/0"))
-        return lsn, state.get(journal.GUARD, "")
+            return 0, ""
+        return parse_lsn(state.get("lsn", "0/0")), state.get(journal.GUARD, "")
 
     # --- the stream ---------------------------------------------------------------------
 
@@ -363,7 +358,8 @@ class PostgresAdapter:
         txn.seq += 1
         at = position(txn.commit_lsn, seq)
         if at <= guard:
-            return None  # written before a restart
+            self.events_skipped += 1  # written before a restart
+            return None
         table = tables[message.relation_id]
         columns = table.relation.columns
         new: dict[str, Any] | None = None
@@ -421,6 +417,7 @@ class PostgresAdapter:
         txn.seq += 1
         at = position(txn.commit_lsn, seq)
         if at <= guard:
+            self.events_skipped += 1
             return None
         data = {
             "op": "truncate",

@@ -1,0 +1,295 @@
+"""`tidings source KIND --eventsource NS/NAME`: run one EventSource's adapter.
+
+In a cluster (the operator's adapter Deployment) the adapter reads its
+EventSource from the Kubernetes API, holds the source's Lease so only one
+replica is active, and restarts itself with the new spec when the
+EventSource changes (it polls the object's generation). With `--manifest`
+it reads the EventSource, and the Secret its DSN is in, from files instead
+(local runs; no Lease then).
+
+The Postgres DSN comes from $TIDINGS_POSTGRES_DSN when set (the operator can
+inject it from the Secret with a secretKeyRef, so the adapter needs no right
+to read Secrets), else from the Secret named in spec.postgres.connectionSecretRef.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tidings.api.routes import CompiledSource, compile_source
+from tidings.api.sealing import Sealer, new_key
+from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec
+from tidings.cli import add_common_options
+from tidings.dispatcher.sources import adapters
+from tidings.dispatcher.sources.kubeapi import ApiError, KubeApi
+from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lease_name
+
+log = logging.getLogger("tidings.source")
+
+DSN_ENV = "TIDINGS_POSTGRES_DSN"
+SPEC_POLL_SECONDS = 15.0
+
+
+class UsageError(Exception):
+    """Bad arguments or an EventSource this command cannot run; exit code 2."""
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "source",
+        help="run the adapter of one EventSource (postgres, kubernetes, schedule)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("kind", choices=adapters.ADAPTER_KINDS)
+    parser.add_argument("--eventsource", required=True, metavar="NS/NAME")
+    parser.add_argument(
+        "-f",
+        "--manifest",
+        action="append",
+        metavar="PATH",
+        help="read the EventSource (and its Secret) from YAML files instead of the API",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
+    )
+    parser.add_argument(
+        "--identity", default=None, help="Lease holder identity (default: POD_NAME or host_pid)"
+    )
+    parser.add_argument(
+        "--no-lease", action="store_true", help="do not hold the Lease (one replica only!)"
+    )
+    add_common_options(parser)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(run(args))
+    except UsageError as error:
+        print(f"tidings source: {error}", file=sys.stderr)
+        return 2
+
+
+def parse_ref(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise UsageError(f"--eventsource {text!r}: write NAMESPACE/NAME, e.g. shop/users-db")
+    return namespace, name
+
+
+@dataclass
+class Loaded:
+    eventsource: EventSource
+    secrets: dict[tuple[str, str], dict[str, str]]
+
+    @property
+    def generation(self) -> int:
+        return self.eventsource.metadata.generation
+
+
+async def load_from_api(api: KubeApi, namespace: str, name: str) -> Loaded | None:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/eventsources/{name}"
+    try:
+        body = await api.get(path)
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
+    return Loaded(EventSource.model_validate(body), {})
+
+
+def load_from_files(paths: list[str], namespace: str, name: str) -> Loaded:
+    from tidings.dispatcher.manifests import ManifestError, load
+
+    try:
+        manifests = load(paths)
+    except ManifestError as error:
+        raise UsageError(str(error)) from None
+    eventsource = manifests.sources.get((namespace, name))
+    if eventsource is None:
+        found = ", ".join(f"{ns}/{n}" for ns, n in manifests.sources) or "none"
+        raise UsageError(f"no EventSource {namespace}/{name} in {', '.join(paths)} (found: {found})")
+    return Loaded(eventsource, manifests.secrets)
+
+
+def compile_adapter_source(eventsource: EventSource) -> CompiledSource:
+    """The compiled form adapters write with (stream key, retention). Adapter
+    kinds use no Secrets or Services in compiling, so the World is empty."""
+
+    class _Empty:
+        def source(self, namespace: str, name: str) -> EventSourceSpec | None:
+            return None
+
+        def service_ports(self, namespace: str, name: str) -> list[int] | None:
+            return None
+
+        def secret(self, namespace: str, name: str, key: str) -> str | None:
+            return None
+
+    meta = eventsource.metadata
+    extra = meta.model_extra or {}
+    return compile_source(
+        namespace=meta.namespace,
+        name=meta.name,
+        spec=eventsource.spec,
+        world=_Empty(),
+        sealer=Sealer(new_key()),
+        uid=str(extra.get("uid", "")),
+        generation=meta.generation,
+    )
+
+
+async def resolve_dsn(loaded: Loaded, api: KubeApi | None) -> str:
+    if os.environ.get(DSN_ENV):
+        return os.environ[DSN_ENV]
+    spec = loaded.eventsource.spec.postgres
+    assert spec is not None
+    namespace = loaded.eventsource.metadata.namespace
+    ref = spec.connection_secret_ref
+    where = f"spec.postgres.connectionSecretRef: Secret {namespace}/{ref.name} key {ref.key!r}"
+    if api is None:
+        value = loaded.secrets.get((namespace, ref.name), {}).get(ref.key)
+        if value is None:
+            raise UsageError(f"{where} is not in the manifest files; add it or set {DSN_ENV}")
+        return value
+    try:
+        secret = await api.get(f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+    except ApiError as error:
+        raise UsageError(f"{where}: {error.message}") from None
+    encoded = (secret.get("data") or {}).get(ref.key)
+    if encoded is None:
+        raise UsageError(f"{where} not found; add the key or fix the reference")
+    return base64.b64decode(encoded).decode()
+
+
+async def run(args: argparse.Namespace) -> int:
+    namespace, name = parse_ref(args.eventsource)
+    if not args.redis_url:
+        raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
+    from_files = bool(args.manifest)
+    api = None if from_files else KubeApi.from_config(args.kubeconfig)
+    redis = Redis.from_url(args.redis_url)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    elector = None
+    if api is not None and not args.no_lease:
+        elector = LeaseElector(
+            api, namespace, lease_name(name), args.identity or default_identity()
+        )
+    try:
+        while not stopping.is_set():
+            if elector is not None and not await _until(elector.acquire(), stopping):
+                break
+            loaded = await _load(args, api, namespace, name)
+            if loaded is None:
+                log.info("EventSource %s/%s is gone: exiting", namespace, name)
+                break
+            kind = loaded.eventsource.spec.kind
+            if kind != args.kind:
+                raise UsageError(
+                    f"EventSource {namespace}/{name} is a {kind} source, not {args.kind}"
+                )
+            dsn = await resolve_dsn(loaded, api) if kind == "postgres" else None
+            adapter = adapters.build(
+                compile_adapter_source(loaded.eventsource),
+                loaded.eventsource.spec,
+                redis,
+                dsn=dsn,
+                kubeconfig=args.kubeconfig,
+            )
+            outcome = await _run_until(adapter, stopping, elector, api, loaded)
+            log.info("adapter of %s/%s stopped: %s", namespace, name, outcome)
+            if outcome == "deleted":
+                break
+    finally:
+        if elector is not None:
+            await elector.release()
+        if api is not None:
+            await api.close()
+        await redis.aclose()
+    return 0
+
+
+async def _load(
+    args: argparse.Namespace, api: KubeApi | None, namespace: str, name: str
+) -> Loaded | None:
+    if api is None:
+        return load_from_files(args.manifest, namespace, name)
+    return await load_from_api(api, namespace, name)
+
+
+async def _until(work: Any, stopping: asyncio.Event) -> bool:
+    """Run `work` unless `stopping` comes first; True if the work finished."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stop):
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+async def _run_until(
+    adapter: adapters.Adapter,
+    stopping: asyncio.Event,
+    elector: LeaseElector | None,
+    api: KubeApi | None,
+    loaded: Loaded,
+) -> str:
+    """Run the adapter until a signal, a lost Lease or a changed EventSource."""
+    running = asyncio.ensure_future(adapter.run())
+    watchers: dict[asyncio.Future[Any], str] = {
+        asyncio.ensure_future(stopping.wait()): "signal",
+        running: "adapter returned",
+    }
+    if elector is not None:
+        watchers[asyncio.ensure_future(elector.hold())] = "lease lost"
+    if api is not None:
+        watchers[asyncio.ensure_future(_spec_changes(api, loaded))] = "spec"
+    done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    first = next(iter(done))
+    outcome = watchers[first]
+    if outcome == "spec":
+        outcome = first.result()
+    await adapter.stop()
+    await running
+    for task in watchers:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return str(outcome)
+
+
+async def _spec_changes(api: KubeApi, loaded: Loaded) -> str:
+    """Returns "changed" when the EventSource's generation moves, "deleted" when it is gone."""
+    meta = loaded.eventsource.metadata
+    while True:
+        await asyncio.sleep(SPEC_POLL_SECONDS)
+        try:
+            current = await load_from_api(api, meta.namespace, meta.name)
+        except Exception as error:  # the API being away is no reason to stop streaming
+            log.warning("could not check EventSource %s/%s: %s", meta.namespace, meta.name, error)
+            continue
+        if current is None:
+            return "deleted"
+        if current.generation != loaded.generation:
+            return "changed"
