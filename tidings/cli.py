@@ -18,6 +18,7 @@ COMMANDS = {
     "dev": "tidings.dispatcher.dev",
     "dispatcher": "tidings.dispatcher.cli",
     "operator": "tidings.operator.main",
+    "source": "tidings.dispatcher.sources.cli",
 }
 
 

@@ -48,8 +48,8 @@ def build(
 
         return ScheduleAdapter(source, spec.schedule, redis)
     if spec.kubernetes is not None:
-        from tidings.dispatcher.sources.kubernetes import KubernetesAdapter
         from tidings.dispatcher.sources.kubeapi import KubeApi
+        from tidings.dispatcher.sources.kubernetes import KubernetesAdapter
 
         return KubernetesAdapter(
             source, spec.kubernetes, redis, api=KubeApi.from_config(kubeconfig)

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from tidings.dispatcher.sources import adapters
+from tidings.dispatcher.sources.kubeapi import ApiError, KubeApi
+from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lease_name
 
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec
 from tidings.cli import add_common_options
-from tidings.dispatcher.sources import adapters
-from tidings.dispatcher.sources.kubeapi import ApiError, KubeApi
-from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lease_name
 
 log = logging.getLogger("tidings.source")
 
@@ -122,7 +122,9 @@ def load_from_files(paths: list[str], namespace: str, name: str) -> Loaded:
     eventsource = manifests.sources.get((namespace, name))
     if eventsource is None:
         found = ", ".join(f"{ns}/{n}" for ns, n in manifests.sources) or "none"
-        raise UsageError(f"no EventSource {namespace}/{name} in {', '.join(paths)} (found: {found})")
+        raise UsageError(
+            f"no EventSource {namespace}/{name} in {', '.join(paths)} (found: {found})"
+        )
     return Loaded(eventsource, manifests.secrets)
 
 

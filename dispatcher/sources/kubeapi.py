@@ -49,8 +49,10 @@ class Resource:
     namespaced: bool
 
     def path(self, namespace: str | None = None, name: str | None = None) -> str:
-        base = f"/api/{self.api_version}" if "/" not in self.api_version else (
-            f"/apis/{self.api_version}"
+        base = (
+            f"/api/{self.api_version}"
+            if "/" not in self.api_version
+            else (f"/apis/{self.api_version}")
         )
         if self.namespaced and namespace:
             base += f"/namespaces/{namespace}"
@@ -84,11 +86,11 @@ class KubeApi:
         configuration = k8s_client.Configuration()
         in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
         if kubeconfig or os.environ.get("KUBECONFIG") or not in_cluster:
-            k8s_config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration
-            )
+            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
         else:
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         return cls(configuration)
 
     def _headers(self) -> dict[str, str]:
@@ -121,7 +123,7 @@ class KubeApi:
         *,
         params: dict[str, str] | None = None,
         body: Any = None,
-        timeout: float = 30,
+        seconds: float = 30,
     ) -> Any:
         headers = self._headers()
         if body is not None:
@@ -132,7 +134,7 @@ class KubeApi:
             params=params,
             data=None if body is None else json.dumps(body),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            timeout=aiohttp.ClientTimeout(total=seconds),
         ) as response:
             text = await response.text()
             if response.status >= 400:
@@ -151,7 +153,8 @@ class KubeApi:
                 listing = await self.get(prefix + api_version)
             except ApiError as error:
                 if error.status == 404:
-                    raise ApiError(404, "NotFound", f"apiVersion {api_version} is not served")
+                    message = f"apiVersion {api_version} is not served"
+                    raise ApiError(404, "NotFound", message) from None
                 raise
             for entry in listing.get("resources", []):
                 if "/" not in entry["name"]:
@@ -161,9 +164,7 @@ class KubeApi:
                 raise ApiError(404, "NotFound", f"kind {kind} is not served in {api_version}")
         return self._resources[key]
 
-    async def watch(
-        self, path: str, params: dict[str, str]
-    ) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
         """Watch events ({type, object}) until the server ends the watch.
         Raises Gone when the resourceVersion is too old."""
         query = {
@@ -176,7 +177,9 @@ class KubeApi:
             self.host + path,
             params=query,
             headers=self._headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=WATCH_TIMEOUT + 30),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=10, sock_read=WATCH_TIMEOUT + 30
+            ),
         ) as response:
             if response.status >= 400:
                 raise _error(response.status, await response.text())

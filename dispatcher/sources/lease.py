@@ -97,7 +97,7 @@ class LeaseElector:
         except ApiError as error:
             if error.status == 404:
                 return await self._create(wall)
-            raise self._forbidden(error) if error.status == 403 else error
+            raise self._forbidden(error) if error.status == 403 else error from None
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, str(spec.get("renewTime")))
@@ -115,11 +115,15 @@ class LeaseElector:
         except ApiError as error:
             if error.status == 409:
                 return False
-            raise self._forbidden(error) if error.status == 403 else error
+            raise self._forbidden(error) if error.status == 403 else error from None
         self._last_renewal = self.clock()
         if holder != self.identity:
-            log.info("took the Lease %s/%s (previous holder: %s)", self.namespace, self.name,
-                     holder or "none")
+            log.info(
+                "took the Lease %s/%s (previous holder: %s)",
+                self.namespace,
+                self.name,
+                holder or "none",
+            )
         return True
 
     async def _create(self, wall: float) -> bool:
@@ -134,7 +138,7 @@ class LeaseElector:
         except ApiError as error:
             if error.status == 409:
                 return False  # another replica created it first
-            raise self._forbidden(error) if error.status == 403 else error
+            raise self._forbidden(error) if error.status == 403 else error from None
         self._last_renewal = self.clock()
         log.info("created and took the Lease %s/%s", self.namespace, self.name)
         return True
@@ -153,7 +157,9 @@ class LeaseElector:
             if not announced:
                 log.info(
                     "standing by: Lease %s/%s is held by %s",
-                    self.namespace, self.name, (self._observed or ("?",))[0],
+                    self.namespace,
+                    self.name,
+                    (self._observed or ("?",))[0],
                 )
                 announced = True
             await asyncio.sleep(self.retry_every)
@@ -165,15 +171,22 @@ class LeaseElector:
             try:
                 if await self.try_acquire():
                     continue
-                log.error("lost the Lease %s/%s to %s", self.namespace, self.name,
-                          (self._observed or ("?",))[0])
+                log.error(
+                    "lost the Lease %s/%s to %s",
+                    self.namespace,
+                    self.name,
+                    (self._observed or ("?",))[0],
+                )
                 return
             except Exception as error:  # API unreachable: keep trying until it expires
-                log.warning("could not renew the Lease %s/%s: %s", self.namespace, self.name,
-                            error)
+                log.warning("could not renew the Lease %s/%s: %s", self.namespace, self.name, error)
             if self.clock() - self._last_renewal >= self.duration:
-                log.error("could not renew the Lease %s/%s for %.0fs: giving it up",
-                          self.namespace, self.name, self.duration)
+                log.error(
+                    "could not renew the Lease %s/%s for %.0fs: giving it up",
+                    self.namespace,
+                    self.name,
+                    self.duration,
+                )
                 return
 
     async def release(self) -> None:

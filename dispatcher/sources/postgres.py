@@ -239,7 +239,9 @@ class PostgresAdapter:
                 log.error(
                     "%s: replication slot %s was missing and is created anew: changes "
                     "committed while it was gone (after %s) were not captured",
-                    self.source.id, self.names.slot, state.get("lsn"),
+                    self.source.id,
+                    self.names.slot,
+                    state.get("lsn"),
                 )
             await journal.set_state(
                 self.redis, self.source, {"origin": origin, journal.GUARD: "", "lsn": "0/0"}

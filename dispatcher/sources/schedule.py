@@ -32,14 +32,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import redis.exceptions
 from croniter import croniter
 from redis.asyncio import Redis
-
-from tidings.api.events import CloudEvent
-from tidings.api.routes import CompiledSource
-from tidings.api.types import ScheduleSource
 from tidings.dispatcher.sources import journal
 from tidings.dispatcher.sources.errors import InvalidSchedule
 from tidings.dispatcher.sources.journal import Batch, position
 from tidings.dispatcher.sources.status import StatusReporter
+
+from tidings.api.events import CloudEvent
+from tidings.api.routes import CompiledSource
+from tidings.api.types import ScheduleSource
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,11 @@ class ScheduleAdapter:
             self.skipped += len(skipped)
             log.warning(
                 "%s: skipped %d missed tick(s) from %s to %s (spec.schedule.maxCatchUp=%d)",
-                self.source.id, len(skipped), schedule.iso(skipped[0]),
-                schedule.iso(skipped[-1]), self.spec.max_catch_up,
+                self.source.id,
+                len(skipped),
+                schedule.iso(skipped[0]),
+                schedule.iso(skipped[-1]),
+                self.spec.max_catch_up,
             )
         batch = Batch(state={CHECKED: repr(due[-1]), "lastTick": schedule.iso(due[-1])})
         for tick in fire:

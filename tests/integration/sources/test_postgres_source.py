@@ -16,6 +16,7 @@ from source_helpers import compiled, eventually, running, stream_events, wait_fo
 from tidings.dispatcher.sources import pgsetup, status
 from tidings.dispatcher.sources.postgres import PostgresAdapter
 
+from tidings.api import keys
 from tidings.api.types import PostgresSource, SecretKeyRef
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -290,6 +291,44 @@ async def test_a_restart_resumes_with_no_loss_and_no_duplicates(
     assert [e.data["new"]["id"] for e in events] == list(range(1, 31))
 
 
+async def test_transactions_the_server_sends_again_are_not_appended_twice(
+    pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis
+) -> None:
+    """Transactions already in Redis that the server sends again (after a crash
+    between the Redis write and the slot confirmation, or inside a transaction
+    written in chunks) are skipped by the position guard. A copy of the slot
+    taken earlier, with the resume LSN in Redis rolled back, replays them on purpose."""
+    await pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
+    first = make_adapter(spec_for(table_name))
+    async with running(first, redis_client, first.source):
+        await pg.execute(f"INSERT INTO {table_name} SELECT generate_series(1, 5)")
+        await wait_for_events(redis_client, first.source, 5)
+    behind = f"{first.names.slot[:50]}_copy"
+    await pg.execute("SELECT pg_copy_logical_replication_slot(%s, %s)", (first.names.slot, behind))
+    try:
+        second = make_adapter(spec_for(table_name))
+        async with running(second, redis_client, second.source):
+            await pg.execute(f"INSERT INTO {table_name} SELECT generate_series(6, 10)")
+            await wait_for_events(redis_client, second.source, 10)
+        # This slot was confirmed only up to row 5: it sends rows 6..10 again.
+        state_key = keys.adapter_state(first.source.namespace, first.source.name)
+        await redis_client.hset(state_key, "lsn", "0/0")
+        replaying = make_adapter(spec_for(table_name, slot_name=behind))
+        async with running(replaying, redis_client, replaying.source):
+            await pg.execute(f"INSERT INTO {table_name} VALUES (11)")
+            await wait_for_events(redis_client, replaying.source, 11)
+            await asyncio.sleep(0.5)
+        assert replaying.events_skipped == 5
+        events = await stream_events(redis_client, replaying.source)
+        assert [e.data["new"]["id"] for e in events] == list(range(1, 12))
+    finally:
+        await pg.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (behind,),
+        )
+
+
 async def test_the_slot_is_confirmed_only_up_to_what_redis_holds(
     pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis
 ) -> None:
@@ -298,7 +337,9 @@ async def test_the_slot_is_confirmed_only_up_to_what_redis_holds(
     async with running(adapter, redis_client, adapter.source):
         await pg.execute(f"INSERT INTO {table_name} VALUES (1)")
         await wait_for_events(redis_client, adapter.source, 1)
-        state = await redis_client.hgetall(f"tidings:{{{adapter.source.id}}}:adapter")
+        state = await redis_client.hgetall(
+            keys.adapter_state(adapter.source.namespace, adapter.source.name)
+        )
 
         async def confirmed() -> Any:
             cursor = await pg.execute(
