@@ -1,0 +1,189 @@
+"""Delivery health in status: what the data plane reports (simulated here by
+writing its state HASH, as the dispatcher does), surfaced only when it changes
+meaningfully, with an Event on every move into and out of Backoff. And pausing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from operator_harness import (
+    Cluster,
+    OperatorProcess,
+    eventually,
+    http_source,
+    routing_table,
+    service,
+    trigger,
+)
+from redis.asyncio import Redis
+
+from tidings.api import keys
+
+pytestmark = pytest.mark.integration
+
+
+async def report(redis: Redis, ns: str, **fields: Any) -> None:
+    """Write the Trigger's state HASH the way dispatchers publish it."""
+    values = {keys.STATE_UPDATED: int(time.time() * 1000), **fields}
+    await redis.hset(keys.trigger_state(ns, "users", "t"), mapping=values)
+
+
+def delivery(cluster: Cluster) -> dict[str, Any]:
+    return ((cluster.get("trigger", "t") or {}).get("status") or {}).get("delivery") or {}
+
+
+async def ready_trigger(cluster: Cluster, **spec: Any) -> None:
+    cluster.apply(http_source("users"), service("mailer"), trigger("t", "users", **spec))
+    await eventually(
+        lambda: (cluster.condition("trigger", "t", "Ready") or {}).get("status") == "True"
+    )
+
+
+async def test_delivery_state_lag_and_failures_reach_status_and_columns(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await report(
+        redis,
+        ns,
+        **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 1500, keys.STATE_DEAD_LETTERED: 2},
+        **{keys.STATE_EXPIRED: 0},
+    )
+    await eventually(lambda: delivery(cluster).get("lag") == 1500)
+    assert delivery(cluster) == {
+        "state": "Delivering",
+        "lag": 1500,
+        "deadLettered": 2,
+        "expired": 0,
+    }
+    delivering = cluster.condition("trigger", "t", "Delivering") or {}
+    assert (delivering["status"], delivering["reason"]) == ("True", "Delivering")
+
+    table = cluster.ok("get", "triggers", "-n", ns)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "SOURCE", "SUBSCRIBER", "READY", "STATE", "LAG", "AGE"]
+    assert row.split()[:6] == [
+        "t",
+        "users",
+        f"http://mailer.{ns}.svc.cluster.local:8080",
+        "True",
+        "Delivering",
+        "1500",
+    ]
+
+
+async def test_a_wobbling_lag_costs_no_api_writes(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 100})
+    await eventually(lambda: delivery(cluster).get("lag") == 100)
+    version = (cluster.get("trigger", "t") or {})["metadata"]["resourceVersion"]
+
+    # ~10 health ticks of a busy Trigger whose lag moves a little.
+    for lag in (104, 97, 110, 95, 101, 99, 108, 100):
+        await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: lag})
+        await asyncio.sleep(0.4)
+
+    assert (cluster.get("trigger", "t") or {})["metadata"]["resourceVersion"] == version
+    assert delivery(cluster)["lag"] == 100
+
+
+async def test_backoff_is_surfaced_with_an_event_into_it_and_one_out_of_it(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 0})
+    await eventually(lambda: delivery(cluster).get("state") == "Delivering")
+
+    await report(
+        redis,
+        ns,
+        **{
+            keys.STATE_STATE: "Backoff",
+            keys.STATE_LAG: 42,
+            keys.STATE_LAST_FAILURE_TIME: "2026-11-28T10:00:00Z",
+            keys.STATE_LAST_FAILURE_STATUS: 503,
+            keys.STATE_LAST_FAILURE_MESSAGE: "Service Unavailable",
+        },
+    )
+    await eventually(lambda: delivery(cluster).get("state") == "Backoff")
+    assert delivery(cluster)["lastFailure"] == {
+        "time": "2026-11-28T10:00:00Z",
+        "status": 503,
+        "message": "Service Unavailable",
+    }
+    condition = cluster.condition("trigger", "t", "Delivering") or {}
+    assert (condition["status"], condition["reason"]) == ("False", "Backoff")
+    assert "HTTP 503: Service Unavailable" in condition["message"]
+    assert (cluster.condition("trigger", "t", "Ready") or {})["status"] == "True"
+
+    def reasons() -> list[str]:
+        return [e["reason"] for e in cluster.events("t") if e["reason"].startswith("Backoff")]
+
+    started = await eventually(lambda: reasons() == ["BackoffStarted"] and cluster.events("t"))
+    warning = next(e for e in started if e["reason"] == "BackoffStarted")
+    assert warning["type"] == "Warning"
+    assert "HTTP 503" in warning["message"]
+
+    await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 0})
+    await eventually(lambda: sorted(reasons()) == ["BackoffEnded", "BackoffStarted"])
+    await asyncio.sleep(1.0)  # several more health ticks: no repeated Events
+    assert sorted(reasons()) == ["BackoffEnded", "BackoffStarted"]
+    assert all(e.get("count", 1) == 1 for e in cluster.events("t"))
+
+
+async def test_a_stale_report_is_shown_as_unknown(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 3})
+    await redis.hset(
+        keys.trigger_state(ns, "users", "t"),
+        keys.STATE_UPDATED,
+        int(time.time() * 1000) - 3_600_000,
+    )
+    condition = await eventually(
+        lambda: (
+            (cluster.condition("trigger", "t", "Delivering") or {}).get("reason") == "ReportStale"
+            and cluster.condition("trigger", "t", "Delivering")
+        )
+    )
+    assert condition["status"] == "Unknown"
+
+
+async def test_pausing_stops_delivery_keeps_the_cursor_and_unpausing_resumes(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    stream = keys.stream(ns, "users")
+    await ready_trigger(cluster)
+
+    cluster.apply(trigger("t", "users", paused=True))
+    await eventually(lambda: _route_paused(redis, ns), within=5)
+    await eventually(lambda: delivery(cluster).get("state") == "Paused")
+    condition = cluster.condition("trigger", "t", "Delivering") or {}
+    assert (condition["status"], condition["reason"]) == ("False", "Paused")
+    assert (cluster.condition("trigger", "t", "Ready") or {})["status"] == "True"
+    await redis.xadd(stream, {"e": "{}", "t": "0"})  # arrives while paused
+
+    cluster.apply(trigger("t", "users", paused=False))
+
+    async def resumed() -> bool:
+        return not await _route_paused(redis, ns)
+
+    await eventually(resumed, within=5)
+    (group,) = await redis.xinfo_groups(stream)
+    assert (group["name"], group["lag"]) == (b"t", 1)  # the cursor waited for it
+
+
+async def _route_paused(redis: Redis, ns: str) -> bool:
+    route = (await routing_table(redis)).routes.get(f"{ns}/t")
+    return route is not None and route.paused
