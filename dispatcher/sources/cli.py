@@ -1,15 +1,19 @@
 """`tidings source KIND --eventsource NS/NAME`: run one EventSource's adapter.
 
-In a cluster (the operator's adapter Deployment) the adapter reads its
-EventSource from the Kubernetes API, holds the source's Lease so only one
-replica is active, and restarts itself with the new spec when the
-EventSource changes (it polls the object's generation). With `--manifest`
-it reads the EventSource, and the Secret its DSN is in, from files instead
-(local runs; no Lease then).
+Where the EventSource comes from, first match wins:
+- `--manifest FILE…`: from files, with the Secret holding the DSN (local
+  runs; no Lease then);
+- $TIDINGS_EVENTSOURCE_SPEC: the spec as JSON, which the operator puts into
+  the adapter Deployment (a spec change rolls the pod);
+- otherwise the Kubernetes API (get on eventsources); the adapter then polls
+  the object and restarts with the new spec when its generation moves.
 
-The Postgres DSN comes from $TIDINGS_POSTGRES_DSN when set (the operator can
-inject it from the Secret with a secretKeyRef, so the adapter needs no right
-to read Secrets), else from the Secret named in spec.postgres.connectionSecretRef.
+In a cluster the adapter holds the Lease `tidings-source-<name>` in the
+EventSource's namespace, so a second replica waits instead of streaming too.
+
+The Postgres DSN comes from $TIDINGS_PG_DSN when set (the operator injects it
+from the Secret with a secretKeyRef, so the adapter needs no right to read
+Secrets), else from the Secret named in spec.postgres.connectionSecretRef.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -32,12 +37,13 @@ from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lea
 
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec
+from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec, ObjectMeta
 from tidings.cli import add_common_options
 
 log = logging.getLogger("tidings.source")
 
-DSN_ENV = "TIDINGS_POSTGRES_DSN"
+DSN_ENV = "TIDINGS_PG_DSN"
+SPEC_ENV = "TIDINGS_EVENTSOURCE_SPEC"
 SPEC_POLL_SECONDS = 15.0
 
 
@@ -228,11 +234,23 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_from_env(text: str, namespace: str, name: str) -> Loaded:
+    try:
+        spec = EventSourceSpec.model_validate(json.loads(text))
+    except ValueError as error:
+        raise UsageError(f"${SPEC_ENV} is not a valid EventSource spec: {error}") from None
+    meta = ObjectMeta(name=name, namespace=namespace)
+    return Loaded(EventSource(metadata=meta, spec=spec), {})
+
+
 async def _load(
     args: argparse.Namespace, api: KubeApi | None, namespace: str, name: str
 ) -> Loaded | None:
-    if api is None:
+    if args.manifest:
         return load_from_files(args.manifest, namespace, name)
+    if os.environ.get(SPEC_ENV):
+        return load_from_env(os.environ[SPEC_ENV], namespace, name)
+    assert api is not None
     return await load_from_api(api, namespace, name)
 
 
@@ -264,7 +282,7 @@ async def _run_until(
     }
     if elector is not None:
         watchers[asyncio.ensure_future(elector.hold())] = "lease lost"
-    if api is not None:
+    if api is not None and not os.environ.get(SPEC_ENV):
         watchers[asyncio.ensure_future(_spec_changes(api, loaded))] = "spec"
     done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     first = next(iter(done))

@@ -86,7 +86,8 @@ class KubeApi:
         configuration = k8s_client.Configuration()
         in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
         if kubeconfig or os.environ.get("KUBECONFIG") or not in_cluster:
-            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            load = k8s_config.load_kube_config
+            load(config_file=kubeconfig, client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
             k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
                 client_configuration=configuration
@@ -94,13 +95,12 @@ class KubeApi:
         return cls(configuration)
 
     def _headers(self) -> dict[str, str]:
-        hook = getattr(self._config, "refresh_api_key_hook", None)
-        if hook is not None:
-            hook(self._config)  # rotates projected service-account tokens
         headers = {"Accept": "application/json"}
-        token = self._config.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        # auth_settings() runs the token refresh hook (rotating service-account
+        # tokens) and names the header, whatever the client version calls the key.
+        for setting in self._config.auth_settings().values():
+            if setting.get("in") == "header" and setting.get("value"):
+                headers[str(setting["key"]).title()] = str(setting["value"])
         return headers
 
     def _client(self) -> aiohttp.ClientSession:

@@ -153,7 +153,14 @@ class LeaseElector:
     async def acquire(self) -> None:
         """Wait until this replica holds the Lease."""
         announced = False
-        while not await self.try_acquire():
+        while True:
+            try:
+                if await self.try_acquire():
+                    return
+            except Exception as error:  # RBAC, API away: say so, keep trying
+                log.error("cannot take the Lease %s/%s: %s", self.namespace, self.name, error)
+                await asyncio.sleep(self.retry_every)
+                continue
             if not announced:
                 log.info(
                     "standing by: Lease %s/%s is held by %s",

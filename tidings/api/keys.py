@@ -47,6 +47,12 @@ def adapter_state(namespace: str, name: str) -> str:
     return f"{PREFIX}:{source_tag(namespace, name)}:adapter"
 
 
+def adapter_objects(namespace: str, name: str) -> str:
+    """HASH of the objects a Kubernetes source adapter has seen: "<resource>|<uid>" ->
+    JSON {rv, name, namespace}; lets a re-list after 410 Gone emit only real changes."""
+    return f"{PREFIX}:{source_tag(namespace, name)}:objects"
+
+
 def group(trigger_name: str) -> str:
     """A Trigger's consumer group on its source's stream (Triggers share the namespace)."""
     return trigger_name
