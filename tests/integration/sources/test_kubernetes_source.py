@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ async def test_after_410_gone_a_relist_emits_only_real_changes(
     kubectl: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="tidings.dispatcher.sources.kubernetes")
     namespace = source.namespace
     spec = config_maps()
     first = adapter_for(source, spec, redis_client, kubeconfig)
