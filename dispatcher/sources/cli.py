@@ -78,6 +78,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--no-lease", action="store_true", help="do not hold the Lease (one replica only!)"
     )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=15.0,
+        help="Lease duration: how long a stopped holder blocks a standby (default 15)",
+    )
     add_common_options(parser)
     parser.set_defaults(func=main)
 
@@ -198,7 +204,13 @@ async def run(args: argparse.Namespace) -> int:
     elector = None
     if api is not None and not args.no_lease:
         elector = LeaseElector(
-            api, namespace, lease_name(name), args.identity or default_identity()
+            api,
+            namespace,
+            lease_name(name),
+            args.identity or default_identity(),
+            duration=args.lease_seconds,
+            renew_every=args.lease_seconds / 3,
+            retry_every=min(2.0, args.lease_seconds / 3),
         )
     try:
         while not stopping.is_set():

@@ -118,3 +118,14 @@ def replica_level_pg_dsn() -> Iterator[str]:
             cwd="/",
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tidings_crds(kubectl: Any) -> None:
+    """The EventSource and Trigger CRDs, applied to the test cluster (idempotent)."""
+    crds = Path(__file__).resolve().parents[3] / "crds"
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    assert applied.returncode == 0, applied.stderr
+    for name in ("eventsources.tidings.dev", "triggers.tidings.dev"):
+        ready = kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
+        assert ready.returncode == 0, ready.stderr
