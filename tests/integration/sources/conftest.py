@@ -16,9 +16,35 @@ from typing import Any
 import psycopg
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
+from tidings.dispatcher.redis_server import RedisServer
 from tidings.dispatcher.sources import pgsetup
 
 from tidings.api.types import PostgresSource
+
+
+@pytest.fixture(scope="session")
+def sources_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server (AOF on) for these tests: other suites flush theirs."""
+    server = RedisServer(tmp_path_factory.mktemp("sources-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(sources_redis: RedisServer) -> str:
+    return sources_redis.url
+
+
+@pytest_asyncio.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -153,14 +153,14 @@ async def test_column_types_are_decoded_faithfully(
 
 
 async def test_a_transaction_is_appended_atomically_and_in_order(
-    pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis
+    pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis, redis_url: str
 ) -> None:
     await pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, v text)")
     adapter = make_adapter(spec_for(table_name))
     rows = 2000
     seen_lengths: set[int] = set()
     async with running(adapter, redis_client, adapter.source):
-        watcher = aioredis.from_url(os.environ["REDIS_URL"])
+        watcher = aioredis.from_url(redis_url)
 
         async def watch() -> None:
             while True:
