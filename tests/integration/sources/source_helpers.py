@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -82,3 +86,22 @@ async def running(
     finally:
         await adapter.stop()
         await asyncio.wait_for(task, 20)
+
+
+def start_adapter(
+    kind: str, eventsource: str, redis_url: str, *args: str | Path
+) -> subprocess.Popen[bytes]:
+    """`tidings source KIND --eventsource NS/NAME ARGS...` as a child process."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "tidings"),
+            "source",
+            kind,
+            "--eventsource",
+            eventsource,
+            *map(str, args),
+            "--log-level",
+            "WARNING",
+        ],
+        env={**os.environ, "REDIS_URL": redis_url},
+    )

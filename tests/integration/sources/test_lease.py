@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from source_helpers import compiled, eventually, stream_events, wait_for_events
+from source_helpers import compiled, eventually, start_adapter, stream_events, wait_for_events
 from tidings.dispatcher.sources.kubeapi import KubeApi
 from tidings.dispatcher.sources.lease import LeaseElector, lease_name
 
@@ -103,22 +102,14 @@ async def test_a_holder_notices_it_lost_the_lease(api: KubeApi, k8s_namespace: s
 def start_source(
     namespace: str, name: str, kubeconfig: Path, redis_url: str
 ) -> subprocess.Popen[bytes]:
-    tidings = Path(sys.executable).parent / "tidings"
-    return subprocess.Popen(
-        [
-            str(tidings),
-            "source",
-            "kubernetes",
-            "--eventsource",
-            f"{namespace}/{name}",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--lease-seconds",
-            "2",
-            "--log-level",
-            "WARNING",
-        ],
-        env={**os.environ, "REDIS_URL": redis_url},
+    return start_adapter(
+        "kubernetes",
+        f"{namespace}/{name}",
+        redis_url,
+        "--kubeconfig",
+        kubeconfig,
+        "--lease-seconds",
+        "2",
     )
 
 

@@ -7,14 +7,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from source_helpers import compiled, eventually, stream_events
+from source_helpers import compiled, eventually, start_adapter, stream_events
 from tidings.dispatcher.sources import pgsetup
 
 from tidings.api.types import PostgresSource, SecretKeyRef
@@ -47,24 +46,8 @@ def write_manifest(path: Path, namespace: str, name: str, table: str, dsn: str) 
     path.write_text(yaml.safe_dump_all(documents))
 
 
-def start_adapter(
-    manifest: Path, namespace: str, name: str, redis_url: str
-) -> subprocess.Popen[bytes]:
-    tidings = Path(sys.executable).parent / "tidings"
-    return subprocess.Popen(
-        [
-            str(tidings),
-            "source",
-            "postgres",
-            "--eventsource",
-            f"{namespace}/{name}",
-            "--manifest",
-            str(manifest),
-            "--log-level",
-            "WARNING",
-        ],
-        env={**os.environ, "REDIS_URL": redis_url},
-    )
+def start(manifest: Path, namespace: str, name: str, redis_url: str) -> subprocess.Popen[bytes]:
+    return start_adapter("postgres", f"{namespace}/{name}", redis_url, "--manifest", manifest)
 
 
 async def test_kill_9_mid_stream_loses_nothing_and_repeats_nothing(
@@ -84,7 +67,7 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_nothing(
     await pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY, note text)")
     manifest = tmp_path / "source.yaml"
     write_manifest(manifest, namespace, name, table_name, pg_dsn)
-    process = start_adapter(manifest, namespace, name, redis_url)
+    process = start(manifest, namespace, name, redis_url)
     try:
         # The slot exists once the adapter has set up; rows before that are not captured.
         async def slot_ready() -> bool:
@@ -120,7 +103,7 @@ async def test_kill_9_mid_stream_loses_nothing_and_repeats_nothing(
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
             kills += 1
-            process = start_adapter(manifest, namespace, name, redis_url)
+            process = start(manifest, namespace, name, redis_url)
         await writer
 
         async def all_rows() -> bool:
