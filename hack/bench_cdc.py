@@ -81,7 +81,7 @@ def cpu_seconds(pid: int) -> float:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -257,9 +257,10 @@ class Bench:
             dispatcher_redis, watcher, sealer=self.sealer, registry=CollectorRegistry()
         )
         await dispatcher.start()
-        while not any(
-            g["name"] == b"bench" for g in await self.redis.xinfo_groups(self.source.stream)
-        ):
+        while True:  # the Trigger's group exists: events from now on are delivered
+            groups = await self.redis.xinfo_groups(self.source.stream)
+            if any(g["name"] == b"bench" for g in groups):
+                break
             await asyncio.sleep(0.05)
         start_len = await self.redis.xlen(self.source.stream)
         last_id = (await self.redis.xrevrange(self.source.stream, count=1))[0][0]
@@ -277,10 +278,10 @@ class Bench:
                     delay = began + (i + 1) / self.args.rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-            while (
-                len(received) < count
-                or await self.redis.xlen(self.source.stream) < start_len + count
-            ):
+            while True:
+                stored = await self.redis.xlen(self.source.stream)
+                if len(received) >= count and stored >= start_len + count:
+                    break
                 await asyncio.sleep(0.05)
         finally:
             self.stop_adapter(process)
@@ -337,6 +338,28 @@ async def main() -> None:
         await redis.aclose()
         server.stop()
 
+    report(
+        args,
+        pg_version,
+        (pg_batch, cdc_batch, cpu_batch),
+        (pg_single, cdc_single, cpu_single),
+        to_stream,
+        to_subscriber,
+        live_count,
+    )
+
+
+def report(
+    args: argparse.Namespace,
+    pg_version: str,
+    batched: tuple[float, float, float],
+    single: tuple[float, float, float],
+    to_stream: list[float],
+    to_subscriber: list[float],
+    live_count: int,
+) -> None:
+    pg_batch, cdc_batch, cpu_batch = batched
+    pg_single, cdc_single, cpu_single = single
     redis_version = subprocess.run(
         ["redis-server", "--version"], capture_output=True, text=True, check=False
     ).stdout.split()[2]
