@@ -239,7 +239,14 @@ async def start_engine(
     await dispatcher.start()
 
     async def stop() -> None:
-        await dispatcher.stop(grace=STOP_GRACE)
+        stopping = asyncio.ensure_future(dispatcher.stop(grace=STOP_GRACE))
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=0.5)
+            # Dispatcher.stop cancels its background loops once; on Python 3.11 a
+            # cancel landing in redis-py's asyncio.wait_for can be lost and the
+            # loop runs on. Cancelling again is harmless and ends them.
+            for task in getattr(dispatcher, "_tasks", []):
+                task.cancel()
 
     return stop
 
@@ -292,7 +299,9 @@ class DevSession:
             say(f"tidings dev: Redis {redis_url}")
         else:
             self.redis_server = RedisServer(self.state / "dev-redis")
-            redis_url = await asyncio.to_thread(self.redis_server.start)
+            # Started from the main thread on purpose: the child's parent-death signal
+            # follows the thread that forked it, and a pool thread may exit first.
+            redis_url = self.redis_server.start()
             say(
                 f"tidings dev: started redis-server on {redis_url} "
                 f"(AOF on, data in {self.state / 'dev-redis'})"
@@ -407,27 +416,44 @@ class DevSession:
     async def stop(self) -> None:
         # As `tidings dispatcher` does: no more ingest, then drain deliveries.
         if self.runner is not None:
-            await self.runner.cleanup()
+            await _bounded(self.runner.cleanup(), 5, "ingest server")
         if self.engine_stop is not None:
-            await self.engine_stop()
+            await _bounded(self.engine_stop(), STOP_GRACE + 5, "delivery engine")
         if self.watcher is not None:
-            await self.watcher.stop()
+            await _bounded(self.watcher.stop(), 5, "routing table watcher")
         if self.redis is not None:
-            await self.redis.aclose()
+            await _bounded(self.redis.aclose(), 5, "Redis client")
         if self.redis_server is not None:
-            await asyncio.to_thread(self.redis_server.stop)
+            self.redis_server.stop()
         with contextlib.suppress(OSError):
             session = self.state / SESSION_FILE
             if json.loads(session.read_text()).get("pid") == os.getpid():
                 session.unlink()
 
 
+async def _bounded(step: Awaitable[None], seconds: float, what: str) -> None:
+    """Await a shutdown step, but not forever: on Python 3.11 a cancellation that
+    meets a finishing asyncio.wait_for (redis-py uses it) can be lost, leaving a
+    loop that never ends. Exiting matters more than waiting for it."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        say(f"tidings dev: {what} did not stop within {seconds:g}s; exiting anyway")
+
+
 async def run_dev(options: DevOptions) -> int:
     session = DevSession(options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            say("tidings dev: second signal, exiting at once")
+            os._exit(130)  # the private redis-server follows (parent-death signal)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     try:
         await session.start()
         say("tidings dev: ready; Ctrl-C stops")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from dev_harness import Process, copy_quickstart, tidings
+from dev_harness import QUICKSTART, Process, copy_quickstart, tidings
 from redis import Redis
 from tidings.dispatcher.redis_server import RedisServer, free_port
 
@@ -57,33 +58,79 @@ def routes_eventually(port: int, expected: int, timeout: float = 5.0) -> int:
     return int(routes)  # type: ignore[call-overload]
 
 
-def test_dev_serves_the_quickstart_and_tidings_send_needs_no_flags(tmp_path: Path) -> None:
-    dev, port = start_dev(tmp_path)
+def test_the_quickstart_delivers_what_tidings_send_posts_to_the_subscriber(
+    tmp_path: Path, subscriber: tuple[Process, int]
+) -> None:
+    printer, port = subscriber
+    dev, dev_port = start_dev(tmp_path, "--service", f"subscriber=http://127.0.0.1:{port}")
     try:
         dev.wait_for("ready; Ctrl-C stops")
-        assert dev.wait_for(r"POST http://127.0.0.1:\d+/sources/shop/orders")
-        assert dev.wait_for(r"Trigger shop/print-orders: orders -> http://127.0.0.1:9000/events")
-        sent = send(tmp_path, "shop/orders", "--type", "com.shop.order.created", "--data", "{}")
-        assert sent.returncode == 0, sent.stderr
-        assert sent.stdout.startswith("202 accepted")
-        dev.wait_for(r"<- shop/orders: com.shop.order.created id=\S+ \(stored\)")
-        assert readyz(port)["ready"] is True
+        assert dev.wait_for(rf"POST http://127.0.0.1:{dev_port}/sources/shop/orders")
+        assert dev.wait_for(rf"Trigger shop/print-orders: orders -> http://127.0.0.1:{port}/events")
+        for n in range(3):
+            sent = send(
+                tmp_path,
+                "shop/orders",
+                "--type",
+                "com.shop.order.created",
+                "--data",
+                f'{{"n": {n}}}',
+            )
+            assert sent.returncode == 0, sent.stderr  # no --url, no --token: the session file
+            assert sent.stdout.startswith("202 accepted")
+        dev.wait_for(r"<- shop/orders: com.shop.order.created id=\S+ \(stored\)", count=3)
+        dev.wait_for(r"-> shop/print-orders: delivered com.shop.order.created .* \(200, ", count=3)
+        received = printer.wait_for(r"received com.shop.order.created id=\S+ on /events", count=3)
+        data = sorted(line.split(" on /events: ")[1] for line in received)
+        assert data == [f'{{"n": {n}}}' for n in range(3)]
+        assert readyz(dev_port)["ready"] is True
     finally:
         assert dev.stop() == 0, dev.output()
 
 
-def test_a_trigger_added_to_the_folder_is_compiled_and_published(tmp_path: Path) -> None:
-    dev, port = start_dev(tmp_path)
+def test_a_trigger_added_to_the_folder_starts_receiving(
+    tmp_path: Path, subscriber: tuple[Process, int]
+) -> None:
+    printer, port = subscriber
+    dev, dev_port = start_dev(tmp_path, "--service", f"auditor=http://127.0.0.1:{port}")
     try:
         dev.wait_for("ready")
         (tmp_path / "quickstart" / "audit.yaml").write_text(NEW_TRIGGER)
-        dev.wait_for(r"\+ Trigger shop/audit -> http://127.0.0.1:9100/audit")
-        assert routes_eventually(port, 2) == 2
+        dev.wait_for(rf"\+ Trigger shop/audit -> http://127.0.0.1:{port}/audit")
+        sent = send(tmp_path, "shop/orders", "--type", "anything.at.all", "--data", "1")
+        assert sent.returncode == 0, sent.stderr
+        printer.wait_for(r"received anything.at.all id=\S+ on /audit: 1")
         (tmp_path / "quickstart" / "audit.yaml").unlink()
         dev.wait_for(r"- Trigger shop/audit")
-        assert routes_eventually(port, 1) == 1
+        assert routes_eventually(dev_port, 1) == 1
     finally:
         dev.stop()
+
+
+def test_failed_attempts_are_printed_and_retried(tmp_path: Path) -> None:
+    port = free_port()
+    flaky = Process(
+        [
+            sys.executable,
+            str(QUICKSTART / "subscriber.py"),
+            "--port",
+            str(port),
+            "--fail-first",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
+    dev, _ = start_dev(tmp_path, "--service", f"subscriber=http://127.0.0.1:{port}")
+    try:
+        flaky.wait_for("listening")
+        dev.wait_for("ready")
+        assert send(tmp_path, "shop/orders", "--type", "com.shop.retry").returncode == 0
+        dev.wait_for(r"-> shop/print-orders: com.shop.retry id=\S+ failed: .*503.*; will retry")
+        dev.wait_for(r"-> shop/print-orders: delivered com.shop.retry")
+        flaky.wait_for(r"received com.shop.retry")
+    finally:
+        dev.stop()
+        flaky.stop()
 
 
 def test_a_broken_manifest_is_reported_and_the_last_good_set_keeps_running(
@@ -113,12 +160,11 @@ def test_sigterm_stops_dev_and_its_private_redis_keeping_the_data(tmp_path: Path
     assert not RedisServer(tmp_path, port=redis_port).ping()
     assert list((tmp_path / ".tidings" / "dev-redis").rglob("*.aof"))
     assert not (tmp_path / ".tidings" / "dev-session.json").exists()
-    # Started again, the stored event is still there (AOF).
-    again, _ = start_dev(tmp_path / "again", "--state-dir", str(tmp_path / ".tidings"))
+    # The data survives: a redis-server on the same directory has the event (AOF).
+    again = RedisServer(tmp_path / ".tidings" / "dev-redis")
+    again.start()
     try:
-        [line] = again.wait_for(r"started redis-server on (redis://\S+)")
-        again.wait_for("ready")
-        redis = Redis.from_url(line.split(" on ")[1].split(" ")[0])
+        redis = Redis.from_url(again.url)
         assert redis.xlen(keys.stream("shop", "orders")) == 1
         redis.close()
     finally:
