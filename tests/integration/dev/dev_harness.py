@@ -78,7 +78,8 @@ class Process:
 
 
 def tidings(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tidings.cli", *args]
+    # -P: the repo root on sys.path would let operator/ shadow the stdlib module.
+    return [sys.executable, "-P", "-m", "tidings.cli", *args]
 
 
 def copy_quickstart(into: Path) -> Path:
