@@ -14,7 +14,7 @@ and measures, one after the other, on one small table (id bigint, note text):
   cdc backlog, 1-row txns        the same for one-row transactions
   live latency                   `--rate` one-row commits per second for
                                   `--live-seconds`, adapter streaming: commit ->
-                                  stream (the entry's Redis time) and commit ->
+                                  stream (a blocking XREAD here sees the entry) and commit ->
                                   subscriber (a Dispatcher and an HTTP subscriber
                                   in this process), p50 / p99
 
@@ -264,6 +264,24 @@ class Bench:
             await asyncio.sleep(0.05)
         start_len = await self.redis.xlen(self.source.stream)
         last_id = (await self.redis.xrevrange(self.source.stream, count=1))[0][0]
+        arrived: dict[bytes, float] = {}
+
+        async def read_stream() -> None:
+            """Note when each entry becomes readable (stream ids have only ms resolution)."""
+            reader = Redis.from_url(self.redis_url)
+            cursor = last_id
+            try:
+                while True:
+                    reply = await reader.xread({self.source.stream: cursor}, block=1000)
+                    now = time.time()
+                    for _, entries in reply:
+                        for entry_id, _ in entries:
+                            arrived[entry_id] = now
+                            cursor = entry_id
+            finally:
+                await reader.aclose()
+
+        reading = asyncio.create_task(read_stream())
         process = self.start_adapter()
         await self.wait_running()
         count = int(self.args.rate * self.args.live_seconds)
@@ -284,6 +302,7 @@ class Bench:
                     break
                 await asyncio.sleep(0.05)
         finally:
+            reading.cancel()
             self.stop_adapter(process)
             await dispatcher.stop(grace=1.0)
             await watcher.stop()
@@ -294,7 +313,7 @@ class Bench:
         for entry_id, fields in entries:
             event, _ = decode(fields)
             committed = datetime.fromisoformat(event.data["commitTime"]).timestamp()
-            to_stream.append(int(entry_id.split(b"-")[0]) / 1000 - committed)
+            to_stream.append(arrived[entry_id] - committed)
         to_subscriber = [
             at - datetime.fromisoformat(data["commitTime"]).timestamp() for data, at in received
         ]

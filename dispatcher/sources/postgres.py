@@ -98,6 +98,9 @@ class _Transaction:
     xid: int
     seq: int = 0
 
+    def __post_init__(self) -> None:
+        self.id_prefix = f"{format_lsn(self.commit_lsn)}:"
+
 
 class PostgresAdapter:
     """Streams one EventSource's slot into its stream; see the module docstring."""
@@ -438,7 +441,7 @@ class PostgresAdapter:
     ) -> CloudEvent:
         return CloudEvent(
             # Stable across replays, so a subscriber can drop a duplicate by id.
-            id=f"{format_lsn(txn.commit_lsn)}:{seq}",
+            id=f"{txn.id_prefix}{seq}",
             source=self.source.api_path,
             type=TYPE_PREFIX + op,
             subject=subject,
