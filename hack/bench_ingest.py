@@ -1,6 +1,6 @@
 """Ingest throughput, single events and batches, against baselines from the same run.
 
-    .venv/bin/python hack/bench_ingest.py [--seconds 4] [--concurrency 32] [--batch 100]
+    .venv/bin/python -P hack/bench_ingest.py [--seconds 2] [--rounds 3] [--concurrency 32]
 
 Starts a private redis-server (AOF on, appendfsync everysec, as production),
 then measures, one after the other:
@@ -14,8 +14,9 @@ then measures, one after the other:
 
 Servers run in a child process (one core), the load generator here (the other
 core), so "bare" and "ingest" share the same client cost and their ratio is
-the price of Tidings' parsing, auth, dedupe and metrics. Prints a table; paste
-it into docs/benchmarks.md under "## Ingest".
+the price of Tidings' parsing, auth, dedupe and metrics. The HTTP rows run in
+interleaved rounds and report medians, so other load on the machine hits both
+sides alike. Prints a table; results go in docs/benchmarks.md, "## Ingest".
 """
 
 from __future__ import annotations
@@ -218,63 +219,76 @@ def ms(values: list[float], q: float) -> str:
     return f"{statistics.quantiles(values, n=100)[int(q) - 1] * 1000:.1f}"
 
 
-async def bench(seconds: float, concurrency: int, batch: int) -> None:
+async def bench(seconds: float, concurrency: int, batch: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory))
         server.start()
         try:
-            await _bench(server.url, seconds, concurrency, batch)
+            await _bench(server.url, seconds, concurrency, batch, rounds)
         finally:
             server.stop()
 
 
-async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int) -> None:
+async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, rounds: int) -> None:
     redis = Redis.from_url(redis_url)
-    rows: list[tuple[str, float, str, str]] = []
+    xadd = statistics.median(
+        [await raw_xadd(redis, seconds, concurrency, 1) / seconds for _ in range(rounds)]
+    )
+    pipelined = statistics.median(
+        [await raw_xadd(redis, seconds, concurrency, batch) / seconds for _ in range(rounds)]
+    )
+    await redis.aclose()
 
-    xadd = await raw_xadd(redis, seconds, concurrency, 1) / seconds
-    rows.append(("redis XADD (no HTTP)", xadd, "-", "-"))
-    pipelined = await raw_xadd(redis, seconds, concurrency, batch) / seconds
-    rows.append((f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-"))
-
-    bare = Child("bare", redis_url)
+    bare, ingest = Child("bare", redis_url), Child("ingest", redis_url)
+    # Interleaved rounds (bare, ingest, bare, ingest ...) and medians, so load from
+    # anything else on the machine hits both sides alike.
+    runs: dict[str, list[tuple[float, list[float]]]] = {}
+    cases = [
+        ("bare HTTP -> XADD", bare.url("/single"), single_event, concurrency, 1),
+        ("ingest single (binary, token, dedupe)", ingest.url("/sources/bench/orders"),
+         single_event, concurrency, 1),
+        (f"bare HTTP batch of {batch}", bare.url("/batch"), batch_of(batch),
+         max(1, concurrency // 4), batch),
+        (f"ingest batch of {batch}", ingest.url("/sources/bench/orders"), batch_of(batch),
+         max(1, concurrency // 4), batch),
+    ]  # fmt: skip
     try:
-        count, lat = await load(bare.url("/single"), single_event, seconds, concurrency)
-        bare_single = count / seconds
-        rows.append(("bare HTTP -> XADD", bare_single, ms(lat, 50), ms(lat, 99)))
-        count, lat = await load(bare.url("/batch"), batch_of(batch), seconds, concurrency // 4)
-        bare_batch = count * batch / seconds
-        rows.append((f"bare HTTP batch of {batch}", bare_batch, ms(lat, 50), ms(lat, 99)))
+        for _ in range(rounds):
+            for name, url, make, workers, size in cases:
+                count, lat = await load(url, make, seconds, workers)
+                runs.setdefault(name, []).append((count * size / seconds, lat))
     finally:
         bare.stop()
-
-    ingest = Child("ingest", redis_url)
-    try:
-        url = ingest.url("/sources/bench/orders")
-        count, lat = await load(url, single_event, seconds, concurrency)
-        ingest_single = count / seconds
-        rows.append(
-            ("ingest single (binary, token, dedupe)", ingest_single, ms(lat, 50), ms(lat, 99))
-        )
-        count, lat = await load(url, batch_of(batch), seconds, concurrency // 4)
-        ingest_batch = count * batch / seconds
-        rows.append((f"ingest batch of {batch}", ingest_batch, ms(lat, 50), ms(lat, 99)))
-    finally:
         ingest.stop()
-    await redis.aclose()
+
+    def median_run(name: str) -> tuple[float, list[float]]:
+        ordered = sorted(runs[name], key=lambda run: run[0])
+        return ordered[len(ordered) // 2]
+
+    rows: list[tuple[str, float, str, str]] = [
+        ("redis XADD (no HTTP)", xadd, "-", "-"),
+        (f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-"),
+    ]
+    for name, *_ in cases:
+        rate, lat = median_run(name)
+        rows.append((name, rate, ms(lat, 50), ms(lat, 99)))
+    rate = {name: median_run(name)[0] for name, *_ in cases}
+    bare_single, ingest_single = rate[cases[0][0]], rate[cases[1][0]]
+    bare_batch, ingest_batch = rate[cases[2][0]], rate[cases[3][0]]
 
     print(
         f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}, {await _redis_version(redis_url)}"
+        f"Python {platform.python_version()}, {await _redis_version(redis_url)}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(
-        f"{seconds:g} s per row, {concurrency} concurrent single requests, "
-        f"{concurrency // 4} concurrent batches\n"
+        f"median of {rounds} interleaved rounds of {seconds:g} s; {concurrency} concurrent "
+        f"single requests, {max(1, concurrency // 4)} concurrent batches\n"
     )
     print("| measurement | events/s | p50 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: |")
-    for name, rate, p50, p99 in rows:
-        print(f"| {name} | {rate:,.0f} | {p50} | {p99} |")
+    for name, value, p50, p99 in rows:
+        print(f"| {name} | {value:,.0f} | {p50} | {p99} |")
     print()
     print(f"ingest single / bare HTTP -> XADD:   {ingest_single / bare_single:.2f}")
     print(f"ingest single / raw XADD:            {ingest_single / xadd:.2f}")
@@ -292,9 +306,10 @@ async def _redis_version(url: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-bare", nargs=2, metavar=("REDIS_URL", "PORT"))
     parser.add_argument("--serve-ingest", nargs=2, metavar=("REDIS_URL", "PORT"))
     args = parser.parse_args()
@@ -303,7 +318,7 @@ def main() -> None:
     elif args.serve_ingest:
         asyncio.run(serve_ingest(args.serve_ingest[0], int(args.serve_ingest[1])))
     else:
-        asyncio.run(bench(args.seconds, args.concurrency, args.batch))
+        asyncio.run(bench(args.seconds, args.concurrency, args.batch, args.rounds))
 
 
 if __name__ == "__main__":
