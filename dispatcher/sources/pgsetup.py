@@ -166,6 +166,13 @@ async def resolve_tables(conn: psycopg.AsyncConnection[Any], spec: PostgresSourc
     tables: list[Table] = []
     database = await _one(conn, "SELECT current_database()::text")
     columns_by_table = column_lists(spec)
+    listed = {"{}.{}".format(*split_table(t)) for t in spec.tables}
+    for table in columns_by_table:
+        if table not in listed:
+            raise ColumnNotFound(
+                f"spec.postgres.columns: table {table} is not in spec.postgres.tables; "
+                "list it there or remove its column list"
+            )
     needs_identity = "update" in spec.operations or "delete" in spec.operations
     for index, spec_name in enumerate(spec.tables):
         schema, name = split_table(spec_name)
