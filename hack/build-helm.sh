@@ -47,9 +47,16 @@ GO
 
 echo "building helm v$HELM_VERSION (cold build: a few minutes)" >&2
 GOFLAGS=-mod=mod go mod tidy >&2
+# As helm's Makefile does: the Kubernetes version `helm template` and `helm lint`
+# assume is the one of its client-go (v0.35 -> 1.35), not the 1.20 fallback.
+client_go="$(go list -f '{{.Version}}' -m k8s.io/client-go)"
+k8s_minor="$(cut -d. -f2 <<<"$client_go")"
+ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+for pkg in pkg/lint/rules pkg/chartutil; do
+  ldflags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$k8s_minor"
+done
 # Build into a temporary name and rename: a build cut short leaves no broken binary behind.
-CGO_ENABLED=0 go build -trimpath \
-  -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION" \
+CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" \
   -o "$BIN_DIR/helm.tmp" helm.sh/helm/v3/cmd/helm >&2
 mv "$BIN_DIR/helm.tmp" "$BIN_DIR/helm"
 echo "$BIN_DIR/helm"

@@ -1,0 +1,261 @@
+{{/* Names, labels and the pieces every workload shares. */}}
+
+{{- define "tidings.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The prefix of every resource name: "tidings" for a release named tidings. */}}
+{{- define "tidings.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<suffix>", e.g. tidings-operator. Call with (list $ "operator"). */}}
+{{- define "tidings.component" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-%s" (include "tidings.fullname" $root | trunc 50 | trimSuffix "-") (index . 1) }}
+{{- end }}
+
+{{- define "tidings.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of one component. Call with (list $ "dispatcher"). */}}
+{{- define "tidings.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "tidings.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Standard labels of one component. Call with (list $ "dispatcher"). */}}
+{{- define "tidings.labels" -}}
+{{- $root := index . 0 -}}
+{{ include "tidings.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: tidings
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+helm.sh/chart: {{ include "tidings.chart" $root }}
+{{- with $root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tidings.image" -}}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "tidings.sealKeySecret" -}}
+{{- .Values.sealKey.existingSecret | default (include "tidings.component" (list . "seal-key")) }}
+{{- end }}
+
+{{- define "tidings.sealKeyKey" -}}
+{{- if .Values.sealKey.existingSecret }}{{ .Values.sealKey.existingSecretKey }}{{ else }}key{{ end }}
+{{- end }}
+
+{{/* Namespaces the operator watches; empty means all. */}}
+{{- define "tidings.watchNamespaces" -}}
+{{- toJson (.Values.operator.watchNamespaces | default list | uniq) }}
+{{- end }}
+
+{{/* Namespaces that get the adapters' ServiceAccount. */}}
+{{- define "tidings.sourceNamespaces" -}}
+{{- toJson (.Values.sources.namespaces | default .Values.operator.watchNamespaces | default list | uniq) }}
+{{- end }}
+
+{{- define "tidings.redisHost" -}}
+{{- printf "%s.%s.svc.%s" (include "tidings.component" (list . "redis")) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{- define "tidings.redisPasswordSecret" -}}
+{{- .Values.redis.existingSecret | default (include "tidings.component" (list . "redis")) }}
+{{- end }}
+
+{{- define "tidings.redisCAPath" -}}
+{{- printf "/etc/tidings/redis-ca/%s" .Values.externalRedis.tls.caKey }}
+{{- end }}
+
+{{/*
+The Redis URL of one process, password as $(REDIS_PASSWORD) (expanded by the
+kubelet from the env var before it). Call with (list $ withCA): adapters run
+in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
+*/}}
+{{- define "tidings.redisURL" -}}
+{{- $root := index . 0 }}
+{{- $withCA := index . 1 }}
+{{- if $root.Values.redis.enabled }}
+{{- printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "tidings.redisHost" $root) }}
+{{- else }}
+{{- $ext := $root.Values.externalRedis }}
+{{- $u := urlParse $ext.url }}
+{{- $auth := "" }}
+{{- if $ext.passwordSecret.name }}
+{{- $auth = printf "%s:$(REDIS_PASSWORD)@" $ext.username }}
+{{- end }}
+{{- $query := $u.query }}
+{{- if and $withCA $ext.tls.caSecret }}
+{{- $query = trimPrefix "&" (printf "%s&ssl_ca_certs=%s" $query (include "tidings.redisCAPath" $root)) }}
+{{- end }}
+{{- printf "%s://%s%s%s%s" $u.scheme $auth $u.host $u.path (ternary (printf "?%s" $query) "" (ne $query "")) }}
+{{- end }}
+{{- end }}
+
+{{/* host:port of Redis, for KEDA. */}}
+{{- define "tidings.redisAddress" -}}
+{{- if .Values.dispatcher.keda.address }}
+{{- .Values.dispatcher.keda.address }}
+{{- else if .Values.redis.enabled }}
+{{- printf "%s:6379" (include "tidings.redisHost" .) }}
+{{- else if .Values.externalRedis.url }}
+{{- $u := urlParse .Values.externalRedis.url }}
+{{- if contains ":" $u.host }}{{ $u.host }}{{ else }}{{ printf "%s:6379" $u.host }}{{ end }}
+{{- else }}
+{{- fail "dispatcher.keda.address: set host:port of your Redis (externalRedis.urlSecret hides it from the chart)" }}
+{{- end }}
+{{- end }}
+
+{{/* The Redis environment of the operator and the dispatchers. */}}
+{{- define "tidings.redisEnv" -}}
+{{- $root := . }}
+{{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "tidings.redisPasswordSecret" . }}, key: password}
+- name: REDIS_URL
+  value: {{ include "tidings.redisURL" (list . true) | quote }}
+{{- else if .Values.externalRedis.urlSecret.name }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.externalRedis.urlSecret.name }}, key: {{ .Values.externalRedis.urlSecret.key }}}
+{{- else }}
+{{- if .Values.externalRedis.passwordSecret.name }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.externalRedis.passwordSecret.name }}, key: {{ .Values.externalRedis.passwordSecret.key }}}
+{{- end }}
+- name: REDIS_URL
+  value: {{ include "tidings.redisURL" (list . true) | quote }}
+{{- end }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.cluster }}
+- name: TIDINGS_REDIS_CLUSTER
+  value: "true"
+{{- end }}
+{{- end }}
+
+{{/* Everything a Tidings container shares: logs, seal key. */}}
+{{- define "tidings.commonEnv" -}}
+- name: TIDINGS_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: TIDINGS_LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+- name: TIDINGS_SEAL_KEY_FILE
+  value: /etc/tidings/seal/{{ include "tidings.sealKeyKey" . }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+{{- end }}
+
+{{/* Volumes of the operator and the dispatchers: seal key, /tmp, Redis CA. */}}
+{{- define "tidings.volumes" -}}
+- name: seal-key
+  secret:
+    secretName: {{ include "tidings.sealKeySecret" . }}
+    defaultMode: 0440
+- name: tmp
+  emptyDir: {sizeLimit: 64Mi}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.externalRedis.tls.caSecret }}
+    defaultMode: 0444
+{{- end }}
+{{- end }}
+
+{{- define "tidings.volumeMounts" -}}
+- name: seal-key
+  mountPath: /etc/tidings/seal
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
+- name: redis-ca
+  mountPath: /etc/tidings/redis-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Scheduling fields of a pod spec. Call with the component's values. */}}
+{{- define "tidings.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{- define "tidings.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's cluster-wide rules (operator/rbac.py CLUSTER_RULES, PEERING_CLUSTER_RULES). */}}
+{{- define "tidings.operatorClusterRules" -}}
+# Kopf discovers the served resources and notices CRDs (re)installed.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if and .Values.operator.peering.enabled (not .Values.operator.watchNamespaces) }}
+# The cluster-wide peering object (all namespaces watched).
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [get, list, watch, patch, create]
+{{- end }}
+{{- end }}
+
+{{/* Combinations the schema cannot express, each failing with the fix. */}}
+{{- define "tidings.validate" -}}
+{{- $ext := .Values.externalRedis }}
+{{- if and (not .Values.redis.enabled) (not $ext.url) (not $ext.urlSecret.name) }}
+{{- fail "externalRedis: redis.enabled is false, so set externalRedis.url (e.g. redis://my-redis:6379/0) or externalRedis.urlSecret.name" }}
+{{- end }}
+{{- if and .Values.redis.enabled (or $ext.url $ext.urlSecret.name) }}
+{{- fail "externalRedis is set but redis.enabled is true (the bundled Redis would be used): set redis.enabled=false" }}
+{{- end }}
+{{- if and $ext.url $ext.urlSecret.name }}
+{{- fail "externalRedis: set url or urlSecret.name, not both" }}
+{{- end }}
+{{- if and $ext.tls.caSecret (not (hasPrefix "rediss://" $ext.url)) (not $ext.urlSecret.name) }}
+{{- fail "externalRedis.tls.caSecret: TLS needs a rediss:// URL in externalRedis.url" }}
+{{- end }}
+{{- if and .Values.dispatcher.autoscaling.enabled (lt (int .Values.dispatcher.autoscaling.maxReplicas) (int .Values.dispatcher.autoscaling.minReplicas)) }}
+{{- fail "dispatcher.autoscaling.maxReplicas must be at least minReplicas" }}
+{{- end }}
+{{- if and .Values.sealKey.existingSecret (not .Values.sealKey.existingSecretKey) }}
+{{- fail "sealKey.existingSecretKey: name the key holding the seal key" }}
+{{- end }}
+{{- end }}
