@@ -84,6 +84,12 @@ def register(subparsers: Any) -> None:
         default=15.0,
         help="Lease duration: how long a stopped holder blocks a standby (default 15)",
     )
+    parser.add_argument(
+        "--spec-poll-seconds",
+        type=float,
+        default=SPEC_POLL_SECONDS,
+        help="how often to check the EventSource for a new generation, when read from the API",
+    )
     add_common_options(parser)
     parser.set_defaults(func=main)
 
@@ -233,7 +239,9 @@ async def run(args: argparse.Namespace) -> int:
                 dsn=dsn,
                 kubeconfig=args.kubeconfig,
             )
-            outcome = await _run_until(adapter, stopping, elector, api, loaded)
+            outcome = await _run_until(
+                adapter, stopping, elector, api, loaded, args.spec_poll_seconds
+            )
             log.info("adapter of %s/%s stopped: %s", namespace, name, outcome)
             if outcome == "deleted":
                 break
@@ -285,6 +293,7 @@ async def _run_until(
     elector: LeaseElector | None,
     api: KubeApi | None,
     loaded: Loaded,
+    poll: float,
 ) -> str:
     """Run the adapter until a signal, a lost Lease or a changed EventSource."""
     running = asyncio.ensure_future(adapter.run())
@@ -295,7 +304,7 @@ async def _run_until(
     if elector is not None:
         watchers[asyncio.ensure_future(elector.hold())] = "lease lost"
     if api is not None and not os.environ.get(SPEC_ENV):
-        watchers[asyncio.ensure_future(_spec_changes(api, loaded))] = "spec"
+        watchers[asyncio.ensure_future(_spec_changes(api, loaded, poll))] = "spec"
     done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     first = next(iter(done))
     outcome = watchers[first]
@@ -311,11 +320,11 @@ async def _run_until(
     return str(outcome)
 
 
-async def _spec_changes(api: KubeApi, loaded: Loaded) -> str:
+async def _spec_changes(api: KubeApi, loaded: Loaded, every: float) -> str:
     """Returns "changed" when the EventSource's generation moves, "deleted" when it is gone."""
     meta = loaded.eventsource.metadata
     while True:
-        await asyncio.sleep(SPEC_POLL_SECONDS)
+        await asyncio.sleep(every)
         try:
             current = await load_from_api(api, meta.namespace, meta.name)
         except Exception as error:  # the API being away is no reason to stop streaming

@@ -89,9 +89,11 @@ async def running(
 
 
 def start_adapter(
-    kind: str, eventsource: str, redis_url: str, *args: str | Path
+    kind: str, eventsource: str, redis_url: str, *args: str | Path, without: tuple[str, ...] = ()
 ) -> subprocess.Popen[bytes]:
-    """`tidings source KIND --eventsource NS/NAME ARGS...` as a child process."""
+    """`tidings source KIND --eventsource NS/NAME ARGS...` as a child process
+    (environment variables in `without` are not passed on)."""
+    env = {k: v for k, v in os.environ.items() if k not in without}
     return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "tidings"),
@@ -103,5 +105,5 @@ def start_adapter(
             "--log-level",
             "WARNING",
         ],
-        env={**os.environ, "REDIS_URL": redis_url},
+        env={**env, "REDIS_URL": redis_url},
     )
