@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from tidings.operator.adapters import AdapterSettings
@@ -41,6 +42,7 @@ class Context:
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Controllers running now, by key, so deletion waits for its daemon to stop.
     _running: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @contextlib.contextmanager
     def running(self, key: Key) -> Iterator[None]:
@@ -52,6 +54,12 @@ class Context:
             done.set()
             if self._running.get(key) is done:
                 del self._running[key]
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `work` in the background, holding a reference until it is done."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stopped(self, key: Key, limit: float = 10.0) -> None:
         """Wait (at most `limit` seconds) until the controller of `key`, if any, has exited."""

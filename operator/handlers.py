@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from redis.exceptions import RedisError
 from tidings.operator import adapters, publishing, world
 from tidings.operator.context import Context
 from tidings.operator.health import Transition
@@ -25,12 +28,16 @@ from tidings.operator.triggers import TriggerController
 
 from tidings.api.routes import ingest_token_secret_name
 from tidings.api.types import GROUP, VERSION
+from tidings.durations import parse_duration
 
 FINALIZER = "tidings.dev/cleanup"
 ANNOTATIONS_PREFIX = "tidings.dev"
 MANAGED = {"app.kubernetes.io/managed-by": adapters.MANAGED_BY}
 # Async daemons are cancelled at once when stopped (deletion, peering pause, exit).
-CANCEL_AFTER = 10.0
+CANCEL_AFTER = 2.0
+
+# A deleted Trigger's keys are deleted again this long after its delivery timeout.
+SWEEP_MARGIN = 5.0
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
@@ -117,8 +124,12 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
 
     @kopf.on.delete(GROUP, VERSION, "triggers", registry=registry)
     async def trigger_deleted(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
-        await ctx.stopped(("Trigger", namespace or "", name))
-        await publishing.remove_trigger(ctx.redis, namespace or "", name, spec.get("source"))
+        namespace = namespace or ""
+        await ctx.stopped(("Trigger", namespace, name))
+        source = spec.get("source")
+        await publishing.remove_trigger(ctx.redis, namespace, name, source)
+        if source:
+            ctx.spawn(sweep_later(ctx, namespace, name, source, timeout_of(spec)), f"sweep {name}")
 
     @kopf.on.delete(GROUP, VERSION, "eventsources", registry=registry)
     async def eventsource_deleted(
@@ -131,6 +142,21 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         logger.info("removed stream and %d data-plane keys", removed)
 
     return registry
+
+
+def timeout_of(spec: Mapping[str, Any]) -> float:
+    """The Trigger's delivery timeout: how long a draining dispatcher may still
+    write its keys."""
+    try:
+        return parse_duration((spec.get("delivery") or {}).get("timeout") or "10s")
+    except ValueError:
+        return 10.0
+
+
+async def sweep_later(ctx: Context, namespace: str, name: str, source: str, after: float) -> None:
+    await asyncio.sleep(after + SWEEP_MARGIN)
+    with contextlib.suppress(RedisError, OSError):
+        await publishing.sweep_trigger(ctx.redis, namespace, name, source)
 
 
 async def remove_owned(ctx: Context, namespace: str, source: str) -> None:
@@ -156,6 +182,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
     )
     settings.posting.reporting_component = "tidings-operator"
+    # No watching of CRDs and Namespaces (cluster-wide permissions for little gain):
+    # the CRDs must be installed before the operator starts (Helm does), and
+    # `--namespace` takes exact names.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Filter on the server: only our adapter Deployments, and no Helm release

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import kopf
 import kubernetes  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from tidings.operator.status import owned, same
@@ -43,6 +44,32 @@ def load_config(kubeconfig: str | None = None) -> Any:
             config_file=kubeconfig, client_configuration=configuration
         )
     return configuration
+
+
+def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
+    """Kopf's credentials, from the same configuration the client uses (so Kopf's
+    watches and our writes act as the same user). Called again on a 401: an
+    in-cluster token that rotated is read afresh."""
+    configuration = load_config(kubeconfig)
+    # kubernetes >= 36 keeps a bearer token under "BearerToken", older under "authorization".
+    header: str | None = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    scheme, token = None, None
+    if header:
+        parts = header.split(" ", 1)
+        scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
 
 
 class Kube:

@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException  # type: ignore[import-unt
 from tidings.operator import handlers, peering
 from tidings.operator.adapters import AdapterSettings
 from tidings.operator.context import Context, Settings
-from tidings.operator.kube import Kube, load_config
+from tidings.operator.kube import Kube, connection_info, load_config
 from tidings.operator.publishing import StableSealer
 
 from tidings.api import sealing
@@ -146,8 +146,6 @@ def run(args: argparse.Namespace) -> int:
     except (sealing.SealError, OSError) as error:
         log.error("%s", error)
         return 2
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # Kopf logs in with the same one
     try:
         asyncio.run(serve(args, sealer))
     except PeeringError as error:
@@ -211,9 +209,8 @@ async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
     registry = handlers.build_registry(ctx)
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same credentials as the client (in-cluster, else $KUBECONFIG).
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(args.kubeconfig)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

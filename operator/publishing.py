@@ -159,6 +159,13 @@ async def remove_trigger(redis: Redis, namespace: str, name: str, source: str | 
     await redis.hdel(keys.CURSORS, trigger_id)  # type: ignore[misc]
 
 
+async def sweep_trigger(redis: Redis, namespace: str, name: str, source: str) -> int:
+    """Delete per-Trigger keys again: a dispatcher that was still draining the
+    deleted Trigger's deliveries may have written some after `remove_trigger`."""
+    deleted: int = await redis.delete(*keys.trigger_keys(namespace, source, name))
+    return deleted
+
+
 # --- EventSources ----------------------------------------------------------------------
 
 

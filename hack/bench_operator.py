@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Operator scale benchmark: 1,000 Triggers over 100 EventSources.
+
+Against the real kube-apiserver (hack/control-plane.sh) and a private
+redis-server, with the real `tidings operator` as a subprocess:
+
+1. baseline: the API server alone stores the 1,100 objects (kubectl apply),
+   the cost any controller pays before it can do anything;
+2. running operator: time from the start of that apply until all 1,000
+   Triggers are Ready (compiled, routed, status written);
+3. cold start: the operator restarted with everything in place — time until
+   it has re-reconciled all of them, and how many writes that caused (should
+   be none: table version and resourceVersions unchanged);
+4. deletion: every object deleted, time until all finalizers are released;
+and the operator's memory (RSS, peak). Prints ratios against the baseline.
+
+    eval "$(bash hack/control-plane.sh env)"
+    .venv/bin/python -P hack/bench_operator.py [--triggers 1000] [--sources 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from tidings.api import keys
+from tidings.api.sealing import new_key
+from tidings.dispatcher.redis_server import RedisServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    binary = os.environ.get("KUBECTL", "kubectl")
+    done = subprocess.run([binary, *args], input=input, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args[:3])}: {done.stderr}")
+    return done.stdout
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of a process, KiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def manifests(sources: int, triggers: int) -> str:
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "mailer"},
+            "spec": {"ports": [{"port": 8080}]},
+        }
+    ]
+    for s in range(sources):
+        docs.append(
+            {
+                "apiVersion": "tidings.dev/v1alpha1",
+                "kind": "EventSource",
+                "metadata": {"name": f"src-{s}"},
+                "spec": {"http": {}},  # default auth: a generated token Secret each
+            }
+        )
+    for t in range(triggers):
+        docs.append(
+            {
+                "apiVersion": "tidings.dev/v1alpha1",
+                "kind": "Trigger",
+                "metadata": {"name": f"trg-{t}"},
+                "spec": {
+                    "source": f"src-{t % sources}",
+                    "filter": {"types": ["com.example.created"], "expression": "event.data.n > 1"},
+                    "subscriber": {"ref": {"name": "mailer"}, "path": f"/hooks/{t}"},
+                },
+            }
+        )
+    return yaml.safe_dump_all(docs)
+
+
+def ready_counts(namespace: str) -> tuple[int, int]:
+    """(Triggers Ready, Triggers total)."""
+    items = json.loads(kubectl("get", "triggers", "-n", namespace, "-o", "json"))["items"]
+    ready = sum(
+        1
+        for item in items
+        for c in (item.get("status") or {}).get("conditions") or []
+        if c["type"] == "Ready" and c["status"] == "True"
+    )
+    return ready, len(items)
+
+
+def resource_versions(namespace: str) -> dict[str, str]:
+    out = {}
+    for kind in ("triggers", "eventsources", "secrets"):
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json"))["items"]
+        for item in items:
+            out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+    return out
+
+
+def wait_all_ready(namespace: str, count: int, started: float, limit: float) -> float:
+    while True:
+        ready, _ = ready_counts(namespace)
+        if ready >= count:
+            return time.monotonic() - started
+        if time.monotonic() - started > limit:
+            raise SystemExit(f"only {ready}/{count} Triggers Ready after {limit:.0f}s")
+        time.sleep(0.5)
+
+
+class Operator:
+    def __init__(self, namespace: str, redis_url: str, log: Path) -> None:
+        self.command = [
+            sys.executable, "-P", "-m", "tidings.cli", "operator",
+            "--namespace", namespace, "--redis-url", redis_url, "--standalone",
+        ]  # fmt: skip
+        self.env = {**os.environ, "TIDINGS_SEAL_KEY": new_key()}
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+            )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(60)
+            self.process = None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sources", type=int, default=100)
+    parser.add_argument("--triggers", type=int, default=1000)
+    parser.add_argument("--limit", type=float, default=300, help="give up after this many s")
+    args = parser.parse_args()
+    if not os.environ.get("KUBECONFIG"):
+        raise SystemExit('no cluster: eval "$(bash hack/control-plane.sh env)" first')
+
+    kubectl("apply", "-f", str(REPO / "crds"))
+    namespace = f"bench-operator-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    server = RedisServer(workdir / "redis")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    operator = Operator(namespace, server.url, workdir / "operator.log")
+    text = manifests(args.sources, args.triggers)
+    objects = 1 + args.sources + args.triggers
+    results: dict[str, Any] = {}
+    try:
+        # 1. Baseline: the API server stores the objects, no operator running.
+        baseline_ns = f"{namespace}-baseline"
+        kubectl("create", "namespace", baseline_ns)
+        started = time.monotonic()
+        kubectl("apply", "-n", baseline_ns, "-f", "-", input=text)
+        results["baseline_apply_s"] = time.monotonic() - started
+
+        # 2. The operator running while the same objects arrive.
+        operator.start()
+        time.sleep(3)  # started and watching (an empty namespace)
+        started = time.monotonic()
+        kubectl("apply", "-n", namespace, "-f", "-", input=text)
+        results["apply_s"] = time.monotonic() - started
+        results["all_ready_s"] = wait_all_ready(namespace, args.triggers, started, args.limit)
+        assert operator.process is not None
+        results["rss_kib"], results["peak_rss_kib"] = rss_kib(operator.process.pid)
+        routes = client.hlen(keys.ROUTES)
+        time.sleep(3)  # let the last status writes land
+        version = int(client.get(keys.TABLE_VERSION) or 0)
+        versions = resource_versions(namespace)
+
+        # 3. Cold start: everything exists; the restarted operator must change nothing.
+        operator.stop()
+        operator.start()
+        started = time.monotonic()
+        marker = f"late-{uuid.uuid4().hex[:4]}"
+        # A Trigger created after the restart, last in every queue, proves the
+        # operator has gone through the backlog (Kopf lists objects in order).
+        kubectl(
+            "apply", "-n", namespace, "-f", "-",
+            input=yaml.safe_dump({
+                "apiVersion": "tidings.dev/v1alpha1", "kind": "Trigger",
+                "metadata": {"name": marker},
+                "spec": {"source": "src-0", "subscriber": {"ref": {"name": "mailer"}}},
+            }),
+        )  # fmt: skip
+        results["restart_ready_s"] = wait_all_ready(
+            namespace, args.triggers + 1, started, args.limit
+        )
+        time.sleep(5)
+        after = resource_versions(namespace)
+        after.pop(f"triggers/{marker}", None)
+        results["restart_status_writes"] = sum(
+            1 for k, v in versions.items() if after.get(k) != v
+        )
+        results["restart_table_changes"] = int(client.get(keys.TABLE_VERSION) or 0) - version - 1
+        assert operator.process is not None
+        results["restart_rss_kib"], results["restart_peak_rss_kib"] = rss_kib(operator.process.pid)
+
+        # 4. Deletion of everything: finalizers clean up routes, cursors, streams.
+        started = time.monotonic()
+        kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=true")
+        results["delete_all_s"] = time.monotonic() - started
+        results["routes_left"] = client.hlen(keys.ROUTES)
+        results["routes_published"] = routes
+    finally:
+        operator.stop()
+        server.stop()
+        for ns in (namespace, f"{namespace}-baseline"):
+            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+    cpu = os.cpu_count()
+    print(f"machine: {platform.processor() or platform.machine()}, {cpu} cores, "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print(f"objects: {args.sources} EventSources, {args.triggers} Triggers, 1 Service")
+    print(f"baseline  kubectl apply of {objects} objects (no operator): "
+          f"{results['baseline_apply_s']:.1f} s")  # fmt: skip
+    print(f"running   apply {results['apply_s']:.1f} s; all {args.triggers} Ready after "
+          f"{results['all_ready_s']:.1f} s "
+          f"({results['all_ready_s'] / results['baseline_apply_s']:.2f}x baseline); "
+          f"routes in Redis: {results['routes_published']}")  # fmt: skip
+    print(f"          operator RSS {results['rss_kib'] / 1024:.0f} MiB "
+          f"(peak {results['peak_rss_kib'] / 1024:.0f} MiB)")  # fmt: skip
+    print(f"restart   all Ready again (+1 new) after {results['restart_ready_s']:.1f} s; "
+          f"objects rewritten: {results['restart_status_writes']}; "
+          f"table changes besides the new route: {results['restart_table_changes']}; "
+          f"RSS {results['restart_rss_kib'] / 1024:.0f} MiB")  # fmt: skip
+    print(f"delete    all Triggers and EventSources gone after {results['delete_all_s']:.1f} s; "
+          f"routes left: {results['routes_left']}")  # fmt: skip
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
