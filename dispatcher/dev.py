@@ -2,8 +2,9 @@
 
 It loads EventSource, Trigger and Secret manifests (tidings.dispatcher.manifests),
 compiles them with the operator's compiler and publishes them to the routing
-table, then serves ingest and runs the delivery engine — the same code a
-cluster runs, minus Kubernetes. Files are polled every second; a change is
+table, then serves ingest, runs the delivery engine and the adapters of
+postgres / kubernetes / schedule EventSources — the same code a cluster runs,
+in one process, minus the operator. Files are polled every second; a change is
 compiled and published while everything keeps running. A reload with errors is
 not applied (the last good manifests keep running) until the files are fixed.
 
@@ -46,12 +47,15 @@ from tidings.dispatcher.manifests import Compiled, LocalServices, ManifestError,
 from tidings.dispatcher.redis_server import RedisServer, RedisServerError
 from tidings.dispatcher.routing import TableWatcher
 from tidings.dispatcher.send import SESSION_FILE
+from tidings.dispatcher.sources import adapters
+from tidings.dispatcher.sources.adapters import Adapter
 from tidings.dispatcher.streams import AppendResult
 
 from tidings.api import sealing, table
 from tidings.api.events import CloudEvent
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
 from tidings.api.sealing import Sealer
+from tidings.api.types import EventSourceSpec
 from tidings.cli import add_common_options
 
 log = logging.getLogger(__name__)
@@ -263,6 +267,63 @@ async def create_groups(redis: Redis, routes: Iterable[Route]) -> None:
                 raise
 
 
+# --- source adapters (postgres, kubernetes, schedule) ---------------------------------
+
+
+@dataclass
+class RunningAdapter:
+    fingerprint: str  # the spec (and DSN) it was built from
+    adapter: Adapter
+    task: asyncio.Task[None]
+
+
+class SourceAdapters:
+    """The adapters of the loaded non-http EventSources, in this process, as
+    `tidings source` runs them in a cluster; restarted when their spec changes."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.running: dict[str, RunningAdapter] = {}
+
+    async def sync(self, manifests: Manifests, compiled: Compiled) -> None:
+        world = manifest_files.ManifestWorld(manifests)
+        wanted: dict[str, tuple[str, CompiledSource, EventSourceSpec, str | None]] = {}
+        for (namespace, name), eventsource in sorted(manifests.sources.items()):
+            spec = eventsource.spec
+            source = compiled.sources.get(f"{namespace}/{name}")
+            if spec.http is not None or source is None:
+                continue  # http events come through ingest; compile errors are printed
+            dsn = None
+            if spec.postgres is not None:
+                ref = spec.postgres.connection_secret_ref
+                dsn = world.secret(namespace, ref.name, ref.key)
+            wanted[source.id] = (spec.model_dump_json() + (dsn or ""), source, spec, dsn)
+        for source_id, running in list(self.running.items()):
+            if source_id not in wanted or wanted[source_id][0] != running.fingerprint:
+                await self.stop_one(source_id)
+        for source_id, (fingerprint, source, spec, dsn) in wanted.items():
+            if source_id in self.running:
+                continue
+            try:
+                adapter = adapters.build(source, spec, self.redis, dsn=dsn)
+            except Exception as error:  # kubeconfig, DSN …: say why, keep the rest running
+                say(f"tidings dev: the {spec.kind} adapter of {source_id} cannot start: {error}")
+                continue
+            task = asyncio.create_task(adapter.run(), name=f"adapter {source_id}")
+            self.running[source_id] = RunningAdapter(fingerprint, adapter, task)
+            say(f"tidings dev: started the {spec.kind} adapter of EventSource {source_id}")
+
+    async def stop_one(self, source_id: str) -> None:
+        running = self.running.pop(source_id)
+        await running.adapter.stop()
+        await _bounded(running.task, 10, f"the adapter of {source_id}")
+        say(f"tidings dev: stopped the {running.adapter.kind} adapter of EventSource {source_id}")
+
+    async def stop(self) -> None:
+        for source_id in list(self.running):
+            await self.stop_one(source_id)
+
+
 # --- the session ----------------------------------------------------------------------
 
 
@@ -290,6 +351,9 @@ class DevSession:
         self.fingerprint: dict[str, tuple[int, int]] = {}
         self.loaded = False
         self.credentials = Credentials()
+        self.adapters: SourceAdapters | None = None
+        self.manifests: Manifests | None = None
+        self.compiled: Compiled | None = None
 
     async def start(self) -> None:
         options = self.options
@@ -322,6 +386,9 @@ class DevSession:
         self.url = client_url(host, bound_port)
         say(f"tidings dev: ingest, /healthz, /readyz and /metrics on {host}:{bound_port}")
         self.engine_stop = await start_engine(self.redis, self.watcher, registry, self.sealer)
+        self.adapters = SourceAdapters(self.redis)
+        if self.manifests is not None and self.compiled is not None:
+            await self.adapters.sync(self.manifests, self.compiled)
         self._write_session()
         self._print_endpoints()
 
@@ -374,6 +441,9 @@ class DevSession:
         await create_groups(self.redis, compiled.routes.values())
         changes = await publish(self.redis, compiled)
         self.credentials = credentials(manifests)
+        self.manifests, self.compiled = manifests, compiled
+        if self.adapters is not None:
+            await self.adapters.sync(manifests, compiled)
         if initial:
             count = f"{len(compiled.sources)} EventSource(s), {len(compiled.routes)} Trigger(s)"
             say(f"tidings dev: loaded {count} from {len(manifests.files)} file(s)")
@@ -417,6 +487,8 @@ class DevSession:
         # As `tidings dispatcher` does: no more ingest, then drain deliveries.
         if self.runner is not None:
             await _bounded(self.runner.cleanup(), 5, "ingest server")
+        if self.adapters is not None:
+            await self.adapters.stop()
         if self.engine_stop is not None:
             await _bounded(self.engine_stop(), STOP_GRACE + 5, "delivery engine")
         if self.watcher is not None:

@@ -29,13 +29,14 @@ if ! "${PY[@]}" -c 'import tidings.dispatcher.dev' 2>/dev/null; then
 fi
 
 # --- redis-server: `tidings dev` starts a private one, it only has to exist ---
-if [[ -z ${REDIS_URL:-} ]] && ! command -v redis-server >/dev/null; then
+# (REDIS_URL is ignored on purpose: dev owns the routing table of its Redis.)
+unset REDIS_URL
+if ! command -v redis-server >/dev/null; then
   if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
     say "installing redis-server (apt-get)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
   else
-    say "redis-server is missing: sudo apt-get install redis-server (or brew install redis)," \
-      "or set REDIS_URL" >&2
+    say "redis-server is missing: sudo apt-get install redis-server (or brew install redis)" >&2
     exit 1
   fi
 fi

@@ -33,7 +33,8 @@ def start_dev(
     dev = Process(
         tidings("dev", "-f", str(folder), "--listen", f"127.0.0.1:{port}", *extra),
         cwd=tmp_path,
-        env=env,
+        # A private redis-server unless the test says otherwise (not the test env's).
+        env={"REDIS_URL": "", **(env or {})},
     )
     return dev, port
 
