@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,15 @@ class Settings:
     # Every object is fully re-reconciled this often even without events: the
     # safety net for a routing table lost with its Redis.
     resync_interval: float = 300.0
-    # After a Redis or API error, wait this long before trying again.
-    retry_delay: float = 2.0
+    # After a Redis or API error, wait this long before trying again, doubling
+    # up to retry_max while the errors go on (a thousand controllers must not
+    # hammer a Redis that is down).
+    retry_delay: float = 1.0
+    retry_max: float = 30.0
+
+    def retry_after(self, failures: int) -> float:
+        delay: float = min(self.retry_delay * 2.0 ** max(0, failures - 1), self.retry_max)
+        return delay * random.uniform(0.8, 1.2)
 
 
 @dataclass

@@ -111,18 +111,19 @@ class SourceController:
         loop = asyncio.get_running_loop()
         subscription = self.ctx.wakeups.subscribe()
         subscription.follow({self.key})
-        woken, next_resync = True, 0.0
+        woken, next_resync, failures = True, 0.0, 0
         try:
             while not stopped:
                 delay = settings.resync_interval * random.uniform(0.8, 1.2)
                 try:
-                    if woken or loop.time() >= next_resync:
+                    if woken or failures or loop.time() >= next_resync:
                         subscription.follow(await self.reconcile())
-                        next_resync = loop.time() + delay
+                        next_resync, failures = loop.time() + delay, 0
                 except (RedisError, OSError, ApiException) as error:
-                    self.log.warning("will retry in %gs: %s", settings.retry_delay, error)
-                    delay = settings.retry_delay
-                woken = await subscription.wait(delay) or delay == settings.retry_delay
+                    failures += 1
+                    delay = settings.retry_after(failures)
+                    self.log.warning("will retry in %.1fs: %s", delay, error)
+                woken = await subscription.wait(delay)
         finally:
             subscription.close()
 

@@ -130,7 +130,7 @@ class TriggerController:
         loop = asyncio.get_running_loop()
         subscription = self.ctx.wakeups.subscribe()
         subscription.follow({self.key})
-        woken, next_resync = True, 0.0
+        woken, next_resync, failures = True, 0.0, 0
         try:
             while not stopped:
                 delay = settings.health_interval
@@ -141,9 +141,11 @@ class TriggerController:
                             0.8, 1.2
                         )
                     await self.report()
+                    failures = 0
                 except (RedisError, OSError, ApiException) as error:
-                    self.log.warning("will retry in %gs: %s", settings.retry_delay, error)
-                    self.compiled, delay = None, settings.retry_delay
+                    failures += 1
+                    self.compiled, delay = None, settings.retry_after(failures)
+                    self.log.warning("will retry in %.1fs: %s", delay, error)
                 woken = await subscription.wait(delay)
         finally:
             subscription.close()

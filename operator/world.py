@@ -66,13 +66,10 @@ def source_entry(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any
     ready: bool | None = None
     message = ""
     status = body.get("status") or {}
-    generation = (body.get("metadata") or {}).get("generation")
+    # The last reported readiness, even of an older generation: a spec change is
+    # re-reported within moments, and Triggers should not flap meanwhile.
     for condition in status.get("conditions") or []:
-        # A Ready condition about an older generation says nothing about this one.
-        if condition.get("type") == "Ready" and condition.get("observedGeneration") in (
-            None,
-            generation,
-        ):
+        if condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
             message = condition.get("message", "")
     return {(namespace, name): SourceEntry(spec=spec, ready=ready, message=message)}

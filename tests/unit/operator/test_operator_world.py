@@ -64,16 +64,17 @@ def test_helm_release_secrets_are_not_kept_in_memory() -> None:
     assert world.secret_entry("shop", "r", {"type": "helm.sh/release.v1"}) is None
 
 
-def test_a_source_ready_condition_of_an_older_generation_counts_as_unknown() -> None:
-    body = {
-        "metadata": {"generation": 3},
-        "spec": {"http": {}},
-        "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 2}]},
+def test_a_source_is_as_ready_as_it_last_reported_and_unknown_before_that() -> None:
+    body: dict[str, Any] = {"metadata": {"generation": 3}, "spec": {"http": {}}}
+    assert world.source_entry("shop", "users", body)[("shop", "users")].ready is None
+    # Of an older generation: kept until re-reported, so Triggers do not flap on a spec edit.
+    body["status"] = {
+        "conditions": [
+            {"type": "Ready", "status": "False", "message": "m", "observedGeneration": 2}
+        ]
     }
     entry = world.source_entry("shop", "users", body)[("shop", "users")]
-    assert entry.ready is None
-    body["status"]["conditions"][0]["observedGeneration"] = 3
-    assert world.source_entry("shop", "users", body)[("shop", "users")].ready is True
+    assert (entry.ready, entry.message) == (False, "m")
 
 
 def test_an_invalid_source_spec_is_kept_as_existing_without_a_spec() -> None:
