@@ -47,7 +47,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client import Histogram as PromHistogram
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from tidings.dispatcher import streams
 from tidings.dispatcher.routing import TableWatcher
@@ -570,6 +570,8 @@ def build_app(
     and answers 503 if fewer acknowledged. `on_append` is called after each
     stored request (`tidings dev` prints from it).
     """
+    if wait_replicas > 0 and isinstance(redis, RedisCluster):
+        raise ValueError(f"wait_replicas={wait_replicas}: {streams.CLUSTER_WAIT}")
     ingest = Ingest(
         redis,
         watcher,

@@ -13,7 +13,9 @@ their own `source` may reuse each other's ids without losing events.
 Batches are cut into chunks of `CHUNK` events; each chunk is one script call
 (atomic), and all chunks go out in one pipeline (one round trip). With
 `wait_replicas`, a WAIT on the same connection follows, so the result says
-how many replicas hold the writes.
+how many replicas hold the writes. On Redis Cluster (all keys of a source
+share its hash tag, so each script runs on one slot) the chunks go one after
+the other, as a cluster pipeline refuses scripts, and WAIT is not supported.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
 from tidings.api import keys
@@ -58,6 +60,11 @@ end
 return out
 """
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
+
+CLUSTER_WAIT = (
+    "waiting for replicas (WAIT) is not supported with Redis Cluster yet: WAIT must run on "
+    "the connection that wrote, which a cluster client does not expose; leave it at 0"
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ async def append(
     """
     if not events:
         return AppendResult(events=[])
+    if wait_replicas > 0 and isinstance(redis, RedisCluster):
+        raise ValueError(CLUSTER_WAIT)
     window_ms = str(max(1, round(dedupe_window(source) * 1000)))
     now_ms = int(time.time() * 1000)
     calls: list[list[str]] = []
@@ -141,6 +150,9 @@ async def _run(
     SCRIPT EXISTS round trip per pipeline); load the script on NOSCRIPT."""
     for _ in range(2):
         try:
+            if isinstance(redis, RedisCluster):
+                # A cluster pipeline refuses EVALSHA: one call per chunk, in order.
+                return [await redis.evalsha(_APPEND_SHA, *call) for call in calls]  # type: ignore[no-untyped-call]
             if len(calls) == 1 and wait_replicas <= 0:
                 return [await redis.evalsha(_APPEND_SHA, *calls[0])]  # type: ignore[no-untyped-call]
             async with redis.pipeline(transaction=False) as pipe:
