@@ -99,6 +99,13 @@ def register(subparsers: Any) -> None:
         help="a delivery report older than this many seconds is shown as stale",
     )
     parser.add_argument(
+        "--resync-interval",
+        type=float,
+        default=300.0,
+        help="seconds between full re-reconciles of each object without any event: the "
+        "safety net for a Redis that lost its data (default: %(default)s)",
+    )
+    parser.add_argument(
         "--standalone",
         action="store_true",
         help="run without peering (then run exactly one replica)",
@@ -169,6 +176,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ingest_namespace=args.ingest_namespace,
         health_interval=args.health_interval,
         stale_after=args.stale_after,
+        resync_interval=args.resync_interval,
     )
 
 
