@@ -208,6 +208,11 @@ class Child:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def cpu(self) -> float:
+        """CPU seconds the server process used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
@@ -243,20 +248,23 @@ async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, r
     # Interleaved rounds (bare, ingest, bare, ingest ...) and medians, so load from
     # anything else on the machine hits both sides alike.
     runs: dict[str, list[tuple[float, list[float]]]] = {}
+    cpu: dict[str, list[float]] = {}  # server CPU µs per event
     cases = [
-        ("bare HTTP -> XADD", bare.url("/single"), single_event, concurrency, 1),
-        ("ingest single (binary, token, dedupe)", ingest.url("/sources/bench/orders"),
+        ("bare HTTP -> XADD", bare, bare.url("/single"), single_event, concurrency, 1),
+        ("ingest single (binary, token, dedupe)", ingest, ingest.url("/sources/bench/orders"),
          single_event, concurrency, 1),
-        (f"bare HTTP batch of {batch}", bare.url("/batch"), batch_of(batch),
+        (f"bare HTTP batch of {batch}", bare, bare.url("/batch"), batch_of(batch),
          max(1, concurrency // 4), batch),
-        (f"ingest batch of {batch}", ingest.url("/sources/bench/orders"), batch_of(batch),
-         max(1, concurrency // 4), batch),
+        (f"ingest batch of {batch}", ingest, ingest.url("/sources/bench/orders"),
+         batch_of(batch), max(1, concurrency // 4), batch),
     ]  # fmt: skip
     try:
         for _ in range(rounds):
-            for name, url, make, workers, size in cases:
+            for name, child, url, make, workers, size in cases:
+                before = child.cpu()
                 count, lat = await load(url, make, seconds, workers)
                 runs.setdefault(name, []).append((count * size / seconds, lat))
+                cpu.setdefault(name, []).append((child.cpu() - before) / (count * size) * 1e6)
     finally:
         bare.stop()
         ingest.stop()
@@ -265,13 +273,14 @@ async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, r
         ordered = sorted(runs[name], key=lambda run: run[0])
         return ordered[len(ordered) // 2]
 
-    rows: list[tuple[str, float, str, str]] = [
-        ("redis XADD (no HTTP)", xadd, "-", "-"),
-        (f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-"),
+    rows: list[tuple[str, float, str, str, str]] = [
+        ("redis XADD (no HTTP)", xadd, "-", "-", "-"),
+        (f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-", "-"),
     ]
     for name, *_ in cases:
         rate, lat = median_run(name)
-        rows.append((name, rate, ms(lat, 50), ms(lat, 99)))
+        used = f"{statistics.median(cpu[name]):.0f}"
+        rows.append((name, rate, ms(lat, 50), ms(lat, 99), used))
     rate = {name: median_run(name)[0] for name, *_ in cases}
     bare_single, ingest_single = rate[cases[0][0]], rate[cases[1][0]]
     bare_batch, ingest_batch = rate[cases[2][0]], rate[cases[3][0]]
@@ -285,16 +294,19 @@ async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, r
         f"median of {rounds} interleaved rounds of {seconds:g} s; {concurrency} concurrent "
         f"single requests, {max(1, concurrency // 4)} concurrent batches\n"
     )
-    print("| measurement | events/s | p50 ms | p99 ms |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, value, p50, p99 in rows:
-        print(f"| {name} | {value:,.0f} | {p50} | {p99} |")
+    print("| measurement | events/s | p50 ms | p99 ms | server CPU µs/event |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, value, p50, p99, used in rows:
+        print(f"| {name} | {value:,.0f} | {p50} | {p99} | {used} |")
     print()
     print(f"ingest single / bare HTTP -> XADD:   {ingest_single / bare_single:.2f}")
     print(f"ingest single / raw XADD:            {ingest_single / xadd:.2f}")
     print(f"ingest batch / bare HTTP batch:      {ingest_batch / bare_batch:.2f}")
     print(f"ingest batch / raw pipelined XADD:   {ingest_batch / pipelined:.2f}")
     print(f"ingest batch / ingest single:        {ingest_batch / ingest_single:.1f}x")
+    cpu_single = statistics.median(cpu[cases[1][0]]) / statistics.median(cpu[cases[0][0]])
+    cpu_batch = statistics.median(cpu[cases[3][0]]) / statistics.median(cpu[cases[2][0]])
+    print(f"server CPU per event, ingest / bare: single {cpu_single:.2f}x, batch {cpu_batch:.2f}x")
 
 
 async def _redis_version(url: str) -> str:
