@@ -122,7 +122,7 @@ class Credentials:
 
 def add_generated_tokens(manifests: Manifests, state: Path) -> list[str]:
     """Give http sources that need the operator-generated token Secret one,
-    stable across restarts. Returns the ids of sources that got one."""
+    stable across restarts. Returns the ids of sources that got a new one."""
     path = state / "dev-tokens.json"
     try:
         stored: dict[str, str] = json.loads(path.read_text())
@@ -138,9 +138,11 @@ def add_generated_tokens(manifests: Manifests, state: Path) -> list[str]:
         secret = (namespace, ingest_token_secret_name(name))
         if "token" in manifests.secrets.get(secret, {}):
             continue
-        token = stored.setdefault(f"{namespace}/{name}", secrets.token_urlsafe(24))
-        manifests.secrets.setdefault(secret, {})["token"] = token
-        generated.append(f"{namespace}/{name}")
+        source_id = f"{namespace}/{name}"
+        if source_id not in stored:
+            stored[source_id] = secrets.token_urlsafe(24)
+            generated.append(source_id)
+        manifests.secrets.setdefault(secret, {})["token"] = stored[source_id]
     if generated:
         state.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
