@@ -113,7 +113,9 @@ local function take(origin, id, fields)
     local k = order_key(fields, parts)
     if k then key = 'k' .. k end
   end
-  out[#out + 1] = {origin, id, fields, redis.call('HGET', KEYS[K_ATTEMPTS], id) or '0', key}
+  local attempts = '0'
+  if origin == 'r' then attempts = redis.call('HGET', KEYS[K_ATTEMPTS], id) or '0' end
+  out[#out + 1] = {origin, id, fields, attempts, key}
   ids[#ids + 1] = id
 end
 
@@ -164,11 +166,12 @@ return {'ok', 0, out}
 """
 )
 
-_ENTRY_ARGS = 8
-_SETTLE_ARGS = 11
 # ARGV: group, consumer, now ms, burst, filtered-out count, answered count,
-#       failed count, last failure time, status, message, trigger id;
-# then per entry: op ok|retry|dead, id, origin, key ("k"..key or ""),
+#       failed count, last failure time, status, message, trigger id,
+#       the ids of plain acks (new entries delivered, no ordering key), space-separated
+#       (the common case, packed in one argument: packing 8 per entry costs more
+#       client CPU than the script);
+# then per other entry: op ok|retry|dead, id, origin, key ("k"..key or ""),
 #       due ms, attempts, status, message.
 # Returns the consecutive failure count.
 _SETTLE = (
@@ -182,7 +185,11 @@ local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber
 local trigger = ARGV[11]
 
 local acks = {}
-for i = 12, #ARGV, 8 do
+for id in string.gmatch(ARGV[12], '%S+') do
+  limits_release(consumer, id)
+  acks[#acks + 1] = id
+end
+for i = 13, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
@@ -223,7 +230,7 @@ return failures
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Entry:
     """One entry to deliver. `origin`: r (a due retry), c (reclaimed from a dead
     consumer), n (new). `attempts`: attempts made before this one."""
@@ -236,7 +243,7 @@ class Entry:
     order_key: str  # "" when unordered, else "k" + key (as the scripts pass it)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Fetched:
     status: str  # ok | limited | empty | backoff
     entries: list[Entry]
@@ -245,7 +252,7 @@ class Fetched:
     next_due_ms: int = -1  # empty: when the next retry comes due
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     op: str  # ok | retry | dead
     entry: Entry
@@ -255,7 +262,7 @@ class Outcome:
     message: str = ""  # dead: the reason and the last error
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FailureNote:
     time: str
     status: str
@@ -332,8 +339,15 @@ class Cursor:
             failure.status if failure else "",
             failure.message if failure else "",
             self.route.id,
+            " ".join(
+                o.entry.id
+                for o in outcomes
+                if o.op == "ok" and o.entry.origin == "n" and not o.entry.order_key
+            ),
         ]
         for o in outcomes:
+            if o.op == "ok" and o.entry.origin == "n" and not o.entry.order_key:
+                continue
             args += [
                 o.op,
                 o.entry.id,

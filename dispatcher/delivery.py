@@ -42,7 +42,7 @@ _RESERVED = frozenset({"content-type", "content-length", "host"})
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Request:
     headers: dict[str, str]
     body: bytes
@@ -73,6 +73,11 @@ def _data_body(event: dict[str, Any]) -> tuple[bytes, str | None]:
     if isinstance(data, str) and content_type and not _is_json(content_type):
         return data.encode(), content_type  # text/plain and friends travel as they are
     return json.dumps(data, separators=(",", ":")).encode(), content_type or "application/json"
+
+
+def _plain_header(text: str) -> bool:
+    """True when the CloudEvents binding needs no percent-encoding (the common case)."""
+    return text.isascii() and text.isprintable() and not any(c in text for c in ' "%')
 
 
 def _is_json(content_type: str) -> bool:
@@ -106,7 +111,10 @@ def build_request(
             for name, value in event.items():
                 if name in ("data", "data_base64", "datacontenttype") or value is None:
                     continue
-                out["ce-" + name] = quote(str(value), safe=_HEADER_SAFE)
+                text = str(value)
+                if not _plain_header(text):
+                    text = quote(text, safe=_HEADER_SAFE)
+                out["ce-" + name] = text
     event_id = str(event["id"])
     out["webhook-id"] = event_id
     if signing_keys:
@@ -116,7 +124,7 @@ def build_request(
     return Request(headers=out, body=body)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """An attempt's outcome: `failure` is None when the subscriber answered 2xx."""
 
@@ -130,16 +138,21 @@ class Result:
 
 
 async def send(
-    session: aiohttp.ClientSession, url: str, request: Request, seconds: float
+    session: aiohttp.ClientSession,
+    url: str,
+    request: Request,
+    seconds: float,
+    client_timeout: aiohttp.ClientTimeout | None = None,
 ) -> Result:
-    """POST once; never raises for what the subscriber or the network does."""
+    """POST once; never raises for what the subscriber or the network does.
+    Pass `client_timeout` (= ClientTimeout(total=seconds)) to reuse one per Trigger."""
     started = time.perf_counter()
     try:
         async with session.post(
             url,
             data=request.body,
             headers=request.headers,
-            timeout=aiohttp.ClientTimeout(total=seconds),
+            timeout=client_timeout or aiohttp.ClientTimeout(total=seconds),
             allow_redirects=False,
         ) as response:
             body = await response.read()

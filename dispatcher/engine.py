@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 RECLAIM_MARGIN = 5.0
 # How often each worker looks for abandoned entries (XAUTOCLAIM).
 RECLAIM_EVERY = 1.0
+# How long finished deliveries wait to be settled together.
+FLUSH_DELAY = 0.001
 # Longest a worker blocks waiting for new entries before looking again.
 IDLE_BLOCK = 1.0
 
@@ -73,7 +75,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Done:
     """A finished delivery task, waiting for the flusher."""
 
@@ -126,8 +128,10 @@ class TriggerWorker:
             self._config_error = f"signing secrets: {error}"
             log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
         self.timeout = route.delivery.timeout
+        self.client_timeout = aiohttp.ClientTimeout(total=route.delivery.timeout)
         self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
         self.local_limit = max(1, min(route.delivery.concurrency, self.dispatcher.max_in_flight))
+        self.refill = max(1, min(self.dispatcher.batch, self.local_limit) // 2)
         self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -158,6 +162,12 @@ class TriggerWorker:
                 await asyncio.gather(*late, return_exceptions=True)
         if self._flusher is not None:
             self._flush_wake.set()
+            # Bounded: with Redis unreachable the flusher would retry forever; what it
+            # could not settle stays pending in Redis and is redelivered by another.
+            done, _ = await asyncio.wait({self._flusher}, timeout=grace + 5)
+            if not done:
+                log.warning("Trigger %s: could not settle the last outcomes", self.route.id)
+                self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
 
@@ -185,7 +195,9 @@ class TriggerWorker:
                     await self._sleep(1.0)
                     continue
                 free = self.local_limit - len(self.in_flight)
-                if free <= 0:
+                # Fetch in batches: waking for every freed slot would make many tiny
+                # round trips, each paying the per-call overhead.
+                if free <= 0 or (self.in_flight and free < self.refill):
                     await self._sleep(1.0)
                     continue
                 reclaim_ms = 0
@@ -218,7 +230,10 @@ class TriggerWorker:
         self.in_flight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("Trigger %s: delivery task failed", self.route.id, exc_info=task.exception())
-        self._wake.set()  # a slot is free
+        # Wake the fetch loop only when a batch worth of slots is free: waking it
+        # for every finished delivery costs more than the delivery's own bookkeeping.
+        if len(self.in_flight) <= self.local_limit - self.refill:
+            self._wake.set()
         if self.stopping:
             self._flush_wake.set()  # the flusher exits once nothing is in flight
 
@@ -287,7 +302,13 @@ class TriggerWorker:
             headers=delivery.headers,
             signing_keys=self.signing_keys,
         )
-        result = await send(self.dispatcher.session, route.subscriber_url, request, self.timeout)
+        result = await send(
+            self.dispatcher.session,
+            route.subscriber_url,
+            request,
+            self.timeout,
+            self.client_timeout,
+        )
         if self.metrics is not None:
             self.metrics.attempt_seconds.observe(result.seconds)
         done = self._decide(entry, event, result, age, probe=probe)
@@ -327,6 +348,8 @@ class TriggerWorker:
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_wake.wait()
+            # Let a few more deliveries finish: one settle call per ~ms, not per answer.
+            await asyncio.sleep(FLUSH_DELAY)
             self._flush_wake.clear()
             if self.done:
                 batch, self.done = self.done, []
@@ -334,7 +357,10 @@ class TriggerWorker:
                     await self._settle(batch)
                 except (RedisError, OSError) as error:
                     # Keep the outcomes; settle them once Redis answers again.
-                    log.warning("Trigger %s: settling failed (%s); retrying", self.route.id, error)
+                    level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+                    log.log(
+                        level, "Trigger %s: settling failed (%s); retrying", self.route.id, error
+                    )
                     self.done = batch + self.done
                     await asyncio.sleep(0.5)
                     self._flush_wake.set()

@@ -11,6 +11,7 @@ a Trigger.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import cel
@@ -27,6 +28,9 @@ class Filter:
         self.prefix = dict(spec.prefix)
         self.expression = spec.expression
         self._program = cel.compile(spec.expression) if spec.expression else None
+        # The binding converts the whole context on every call (~1 µs per field):
+        # hand it only the attributes the expression names, when that is clear.
+        self._needs = _referenced_attributes(spec.expression) if spec.expression else None
         self.matches_everything = not (
             self.types or self.attributes or self.prefix or self._program
         )
@@ -46,6 +50,8 @@ class Filter:
                 return False
         if self._program is not None:
             try:
+                if self._needs is not None:
+                    event = {name: event[name] for name in self._needs if name in event}
                 return self._program.execute({"event": event}) is True
             except Exception as error:  # the binding raises KeyError, TypeError, ValueError...
                 if not self._warned:
@@ -58,6 +64,24 @@ class Filter:
                     )
                 return False
         return True
+
+
+_EVENT_FIELD = re.compile(r"\bevent\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+_EVENT_ANY = re.compile(r"\bevent\b")
+
+
+def _referenced_attributes(expression: str) -> frozenset[str] | None:
+    """The top-level attributes `expression` reads as `event.NAME`, or None when it
+    uses `event` any other way (`event["x"]`, `has(event)`...), or strings could mislead."""
+    if '"' in expression or "'" in expression:
+        # A string literal could contain "event" text; strip literals before counting.
+        stripped = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expression)
+    else:
+        stripped = expression
+    names = _EVENT_FIELD.findall(stripped)
+    if len(names) != len(_EVENT_ANY.findall(stripped)):
+        return None
+    return frozenset(names)
 
 
 def _attribute(event: dict[str, Any], name: str) -> str | None:
