@@ -470,7 +470,8 @@ class Ingest:
 
     async def _append(self, source: CompiledSource, events: list[CloudEvent]) -> AppendResult:
         try:
-            async with asyncio.timeout(self.redis_timeout + self.wait_timeout):
+            waiting = self.wait_timeout if self.wait_replicas > 0 else 0.0
+            async with asyncio.timeout(self.redis_timeout + waiting):
                 result = await streams.append(
                     self.redis,
                     source,
@@ -567,8 +568,11 @@ def build_app(
     until it has loaded the table) and `redis`. `/metrics` serves everything in
     `registry`, the ingest counters included. With `wait_replicas` > 0 every
     append waits up to `wait_timeout` seconds for that many replicas (WAIT)
-    and answers 503 if fewer acknowledged. `on_append` is called after each
-    stored request (`tidings dev` prints from it).
+    and answers 503 if fewer acknowledged. An append that takes longer than
+    `redis_timeout` seconds (plus `wait_timeout` with WAIT) is answered 503
+    too, so a hung Redis cannot hold requests; the retry is safe (dedupe).
+    `on_append` is called after each stored request (`tidings dev` prints
+    from it). Raises ValueError for WAIT on a Redis Cluster client.
     """
     if wait_replicas > 0 and isinstance(redis, RedisCluster):
         raise ValueError(f"wait_replicas={wait_replicas}: {streams.CLUSTER_WAIT}")

@@ -4,6 +4,8 @@ follows Redis and the routing table; WAIT for replicas when configured."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from ingest_harness import AUTH, IngestUnderTest
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis
-from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.ingest import INGEST, build_app
 from tidings.dispatcher.redis_server import RedisServer
 from tidings.dispatcher.routing import TableWatcher
 
@@ -158,3 +160,38 @@ async def test_with_wait_a_replica_must_acknowledge_before_202(
         await close(one)
         await close(two)
         replica.stop()
+
+
+async def test_with_redis_hanging_ingest_answers_503_after_its_timeout(
+    throwaway: RedisServer,
+) -> None:
+    # A client without socket timeouts, as `tidings dispatcher` makes it: the
+    # ingest's own deadline must still hold when Redis stops answering.
+    redis = Redis.from_url(throwaway.url)
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    ingest_app = build_app(
+        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=0.5
+    )
+    assert throwaway.process is not None
+    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
+        under_test = IngestUnderTest(
+            client=client,
+            redis=redis,
+            watcher=watcher,
+            sealer=ingest_app[INGEST].sealer,
+            registry=CollectorRegistry(),
+            namespace=f"t-{uuid.uuid4().hex[:10]}",
+        )
+        await under_test.add_source("orders")
+        throwaway.process.send_signal(signal.SIGSTOP)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
+                assert response.status == 503
+                assert time.monotonic() - started < 3
+        finally:
+            throwaway.process.send_signal(signal.SIGCONT)
+    await watcher.stop()
+    await redis.aclose()
