@@ -223,17 +223,17 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 
-{{/* The operator's cluster-wide rules (operator/rbac.py CLUSTER_RULES, PEERING_CLUSTER_RULES). */}}
+{{/*
+The operator's cluster-scoped rules (operator/rbac.py CLUSTER_RULES, none, and
+PEERING_CLUSTER_RULES when watching all namespaces). Kopf's CRD and Namespace
+scanning is off, so it needs no list/watch on either.
+*/}}
 {{- define "tidings.operatorClusterRules" -}}
-# Kopf discovers the served resources and notices CRDs (re)installed.
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
 {{- if and .Values.operator.peering.enabled (not .Values.operator.watchNamespaces) }}
 # The cluster-wide peering object (all namespaces watched).
 - apiGroups: [kopf.dev]
   resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch, create]
+  verbs: [list, watch, patch, create]
 {{- end }}
 {{- end }}
 

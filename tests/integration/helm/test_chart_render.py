@@ -223,15 +223,22 @@ def test_operator_rbac_with_watch_namespaces_is_bound_only_in_them(helm: Helm) -
     assert normalized(namespaced["rules"]) == normalized(
         rbac.NAMESPACED_RULES + rbac.PEERING_NAMESPACED_RULES
     )
-    cluster = find(objects, "ClusterRole", "tidings-operator-cluster")
-    assert normalized(cluster["rules"]) == normalized(rbac.CLUSTER_RULES)
+    # Nothing cluster-wide: the operator needs no cluster-scoped rules.
+    assert rbac.CLUSTER_RULES == []
+    assert "ClusterRoleBinding" not in kinds(objects)
     bindings = [
         o for o in objects if o["kind"] == "RoleBinding" and "operator" in o["metadata"]["name"]
     ]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["billing", "shop"]
-    assert all(b["roleRef"]["name"] == "tidings-operator" for b in bindings)
-    cluster_bindings = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
-    assert [b["roleRef"]["name"] for b in cluster_bindings] == ["tidings-operator-cluster"]
+    assert all(
+        b["roleRef"]
+        == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "tidings-operator",
+        }
+        for b in bindings
+    )
     args = container(objects, "Deployment", "tidings-operator")["args"]
     assert [a for a in args if a.startswith("--namespace")] == [
         "--namespace=shop",
