@@ -68,7 +68,7 @@ _ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
 _OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
 _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
 
-# A source the ingest server may see: what `build_app` hands to `on_append`.
+# Called after each stored request with its source, events and what became of them.
 AppendHook = Callable[[CompiledSource, list[CloudEvent], AppendResult], None]
 
 
