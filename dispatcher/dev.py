@@ -550,8 +550,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as bad:
         print(f"tidings dev: {bad}", file=sys.stderr)
         return 2
+    paths = [Path(p) for group in args.files for p in group]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"tidings dev: -f {', '.join(missing)}: no such file or folder", file=sys.stderr)
+        return 2
     options = DevOptions(
-        paths=[Path(p) for group in args.files for p in group],
+        paths=paths,
         listen=args.listen,
         redis_url=args.redis_url,
         state=Path(args.state_dir),
