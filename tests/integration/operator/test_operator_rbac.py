@@ -4,6 +4,7 @@ API server (real RBAC) refuses nothing it asks."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from operator_harness import (
 from redis.asyncio import Redis
 from tidings.dispatcher.redis_server import RedisServer
 from tidings.operator import rbac
+
+from tidings.api import keys
 
 pytestmark = pytest.mark.integration
 
@@ -136,6 +139,14 @@ async def test_the_documented_rbac_is_enough_for_a_whole_lifecycle(
         )
         await eventually(lambda: cluster.get("deployment", "tidings-source-db"))
         assert f"{ns}/t" in (await routing_table(redis)).routes
+        # A Backoff report, so the operator records an Event.
+        await redis.hset(
+            keys.trigger_state(ns, "users", "t"),
+            mapping={keys.STATE_STATE: "Backoff", keys.STATE_UPDATED: int(time.time() * 1000)},
+        )
+        await eventually(
+            lambda: any(e["reason"] == "BackoffStarted" for e in cluster.events("t")), within=10
+        )
 
         cluster.delete("trigger", "t", wait=True)
         cluster.delete("eventsource", "users", wait=True)
