@@ -15,6 +15,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[3]
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
+# Argo CD and Flux objects in examples/gitops/: their CRDs belong to those
+# projects and are not on the test server (the gitops tree itself is built
+# and applied in tests/integration/helm).
+FOREIGN_GROUPS = {"argoproj.io", "source.toolkit.fluxcd.io", "kustomize.toolkit.fluxcd.io"}
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +43,18 @@ def test_every_example_manifest_is_accepted(
 ) -> None:
     files = sorted(p for p in (REPO / "examples").rglob("*.yaml") if p.name != "kustomization.yaml")
     assert len(files) >= 3
+    applied = 0
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         for doc in docs:
+            if doc.get("apiVersion", "").split("/")[0] in FOREIGN_GROUPS:
+                continue
+            applied += 1
             # Examples name their own namespace; the test puts them in a fresh one.
             doc.setdefault("metadata", {})["namespace"] = k8s_namespace
             result = _apply(kubectl, k8s_namespace, doc, "--dry-run=server")
             assert result.returncode == 0, f"{path.relative_to(REPO)}: {result.stderr}"
+    assert applied >= 10
 
 
 def _trigger(**spec: Any) -> dict[str, Any]:
