@@ -58,10 +58,28 @@ def namespaces(kubectl: Any) -> Iterator[list[str]]:
         kubectl("delete", "namespace", name, "--wait=false")
 
 
-CONFIGURATIONS: dict[str, list[Path]] = {
-    "defaults": [],
-    "all-features": [VALUES / "all-features.yaml"],
-    "external-redis": [VALUES / "external-redis.yaml"],
+# Each: values files and --set flags (the render tests use the same ones).
+CONFIGURATIONS: dict[str, tuple[list[Path], list[str]]] = {
+    "defaults": ([], []),
+    "all-features": ([VALUES / "all-features.yaml"], []),
+    "external-redis": ([VALUES / "external-redis.yaml"], []),
+    "minimal": (
+        [],
+        [
+            "dispatcher.autoscaling.enabled=false",
+            "operator.peering.enabled=false",
+            "redis.persistence.enabled=false",
+            "sources.serviceAccount.create=false",
+        ],
+    ),
+    "external-url-secret": (
+        [],
+        [
+            "redis.enabled=false",
+            "externalRedis.urlSecret.name=redis-url",
+            "networkPolicy.enabled=true",
+        ],
+    ),
 }
 
 
@@ -72,12 +90,11 @@ def test_every_rendered_object_is_accepted_by_the_api_server(
     release_ns, shop, billing = namespaces
     # The values files name shop/billing/ops: point them at this test's namespaces.
     watched = f"{{{shop},{billing}}}"
-    settings = [f"sources.namespaces={watched}"]
+    values, settings = CONFIGURATIONS[configuration]
+    settings = [*settings, f"sources.namespaces={watched}"]
     if configuration == "all-features":
         settings.append(f"operator.watchNamespaces={watched}")
-    rendered = helm.template(
-        f"t{uuid.uuid4().hex[:6]}", release_ns, values=CONFIGURATIONS[configuration], set=settings
-    )
+    rendered = helm.template(f"t{uuid.uuid4().hex[:6]}", release_ns, values=values, set=settings)
     assert rendered.returncode == 0, rendered.stderr
     done = kubectl("apply", "--dry-run=server", "-f", "-", input=rendered.stdout)
     assert done.returncode == 0, done.stderr
