@@ -103,6 +103,7 @@ class TriggerWorker:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._config_error: str | None = None
+        self._watch: asyncio.Task[Any] | None = None
         self.update(route)
 
     # --- configuration ------------------------------------------------------------------
@@ -147,6 +148,9 @@ class TriggerWorker:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
         if self.in_flight:
             _, late = await asyncio.wait(self.in_flight, timeout=grace)
             for task in late:
@@ -220,6 +224,10 @@ class TriggerWorker:
                 log.warning("Trigger %s: Redis: %s; retrying in 1s", self.route.id, error)
                 group_ready = False
                 await self._sleep(1.0)
+            except Exception:
+                # A bug must not silently stop a Trigger: say so, and keep going.
+                log.exception("Trigger %s: unexpected error; retrying in 1s", self.route.id)
+                await self._sleep(1.0)
 
     def _start(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
@@ -245,22 +253,23 @@ class TriggerWorker:
                 await self._wake.wait()
 
     async def _wait_for_entries(self, fetched: Fetched) -> None:
-        """Block until the stream grows past what we saw, a retry comes due, or a stop."""
+        """Block until the stream grows past what we saw, a retry comes due, or a wake-up."""
         block = IDLE_BLOCK
         if fetched.next_due_ms >= 0:
             block = min(block, max(0.001, fetched.next_due_ms / 1000 - time.time()))
         self._wake.clear()
-        read: asyncio.Task[Any] = asyncio.create_task(
-            self._xread(fetched.last_id, max(1, int(block * 1000)))
-        )
+        # The blocking XREAD is never cancelled (that would drop the connection, and
+        # Redis Cluster clients finish the command anyway): a wake-up leaves it
+        # running, and the next wait reuses it until it returns.
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._xread(fetched.last_id, int(IDLE_BLOCK * 1000)))
         woken = asyncio.create_task(self._wake.wait())
         try:
-            await asyncio.wait({read, woken}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({self._watch, woken}, timeout=block, return_when="FIRST_COMPLETED")
         finally:
-            for task in (read, woken):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(read, woken, return_exceptions=True)
+            woken.cancel()
+        if self._watch.done() and not self._watch.cancelled() and self._watch.exception():
+            raise self._watch.exception()  # type: ignore[misc]
 
     async def _xread(self, last_id: str, block_ms: int) -> Any:
         return await self.redis.xread({self.route.stream: last_id}, count=1, block=block_ms)
@@ -394,6 +403,10 @@ class TriggerWorker:
             failed=failed,
             failure=note,
         )
+        if counts["retried"] or any(d.outcome.entry.order_key for d in batch):
+            # A retry may be due before the fetch loop's idle block ends, and a
+            # settled ordered event may have made the next one of its key due now.
+            self._wake.set()
         if self.metrics is not None:
             self.metrics.delivered.inc(counts["delivered"])
             self.metrics.filtered.inc(counts["filtered"])
