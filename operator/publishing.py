@@ -143,9 +143,14 @@ async def _remove_cursor(redis: Redis, namespace: str, source: str, trigger: str
     try:
         await redis.xgroup_destroy(keys.stream(namespace, source), keys.group(trigger))
     except ResponseError as error:
-        if "no such key" not in str(error).lower():  # the stream is already gone
+        if not _stream_missing(error):  # the stream is gone, and the group with it
             raise
     await redis.delete(*keys.trigger_keys(namespace, source, trigger))
+
+
+def _stream_missing(error: ResponseError) -> bool:
+    message = str(error).lower()
+    return "requires the key to exist" in message or "no such key" in message
 
 
 async def remove_trigger(redis: Redis, namespace: str, name: str, source: str | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from operator_harness import (
     Cluster,
@@ -152,3 +154,19 @@ async def test_a_trigger_moved_to_another_source_leaves_no_cursor_behind(
     await eventually(moved)
     assert await groups(redis, keys.stream(ns, "users")) == set()
     assert "t" in await groups(redis, keys.stream(ns, "orders"))
+
+
+async def test_a_trigger_outliving_its_source_is_deleted_at_once(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    cluster.apply(http_source("users"), service("mailer"), trigger("t", "users"))
+    await eventually(lambda: ready(cluster, "trigger", "t"))
+    cluster.delete("eventsource", "users", wait=True)  # the stream, and the group, are gone
+    await eventually(
+        lambda: (cluster.condition("trigger", "t", "Ready") or {}).get("reason") == "SourceNotFound"
+    )
+    started = time.monotonic()
+    cluster.delete("trigger", "t", wait=True)
+    assert time.monotonic() - started < 5
+    assert not await redis.hexists(keys.CURSORS, f"{ns}/t")
