@@ -209,7 +209,10 @@ for i = 13, #ARGV, 8 do
     if key ~= '' then order_release(string.sub(key, 2), id, now) end
   end
 end
-if #acks > 0 then redis.call('XACK', KEYS[K_STREAM], group, unpack(acks)) end
+for i = 1, #acks, 1000 do
+  redis.call('XACK', KEYS[K_STREAM], group, unpack(acks, i, math.min(i + 999, #acks)))
+end
+limits_release_all()
 limits_refund(refunds, burst)
 
 local failures

@@ -26,6 +26,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +76,12 @@ def _data_body(event: dict[str, Any]) -> tuple[bytes, str | None]:
     return json.dumps(data, separators=(",", ":")).encode(), content_type or "application/json"
 
 
+_NEEDS_QUOTING = re.compile(r'[^\x21\x23\x24\x26-\x7e]')
+
+
 def _plain_header(text: str) -> bool:
     """True when the CloudEvents binding needs no percent-encoding (the common case)."""
-    return text.isascii() and text.isprintable() and not any(c in text for c in ' "%')
+    return _NEEDS_QUOTING.search(text) is None
 
 
 def _is_json(content_type: str) -> bool:

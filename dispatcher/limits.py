@@ -44,18 +44,29 @@ local function limits_take(want, now, limit, rate, burst)
 end
 
 local function limits_commit(now, lease_until, consumer, ids, limit, tokens, rate)
-  if limit > 0 then
+  if limit > 0 and #ids > 0 then
+    local args = {}
     for _, id in ipairs(ids) do
-      redis.call('ZADD', KEYS[K_INFLIGHT], lease_until, consumer .. ':' .. id)
+      args[#args + 1] = lease_until
+      args[#args + 1] = consumer .. ':' .. id
     end
+    redis.call('ZADD', KEYS[K_INFLIGHT], unpack(args))
   end
   if rate > 0 then
     redis.call('HSET', KEYS[K_RATE], 'tokens', tostring(tokens - #ids), 'ts', now)
   end
 end
 
+-- Collects lease members; limits_release_all removes them in one call.
+local released = {}
 local function limits_release(consumer, id)
-  redis.call('ZREM', KEYS[K_INFLIGHT], consumer .. ':' .. id)
+  released[#released + 1] = consumer .. ':' .. id
+end
+
+local function limits_release_all()
+  for i = 1, #released, 1000 do
+    redis.call('ZREM', KEYS[K_INFLIGHT], unpack(released, i, math.min(i + 999, #released)))
+  end
 end
 
 local function limits_refund(count, burst)

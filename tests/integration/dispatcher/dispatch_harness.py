@@ -185,6 +185,10 @@ class Plane:
             return False
         return any(_text(g["name"]) == route.group for g in groups)
 
+    async def nothing_pending(self, route: Route) -> bool:
+        """No entry of the Trigger's group is being delivered (all settled)."""
+        return int((await self.redis.xpending(route.stream, route.group))["pending"]) == 0
+
     def stream(self, source: str = "src") -> str:
         return keys.stream(self.namespace, source)
 
@@ -256,9 +260,9 @@ class Plane:
                 process.kill()
                 process.wait()
         for dispatcher in self.dispatchers:
-            await dispatcher.stop(grace=1.0)
+            await _bounded(dispatcher.stop(grace=1.0), "Dispatcher.stop")
         for watcher in self.watchers:
-            await watcher.stop()
+            await _bounded(watcher.stop(), "TableWatcher.stop")
             await watcher.redis.aclose()
 
     async def state(self, route: Route) -> dict[str, str]:
@@ -266,6 +270,21 @@ class Plane:
             keys.trigger_state(route.namespace, route.source, route.name)
         )
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+async def _bounded(step: Awaitable[None], what: str, seconds: float = 20.0) -> None:
+    """A stuck shutdown fails the test with every task's stack, instead of hanging it."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        stacks = []
+        for task in asyncio.all_tasks():
+            frames = task.get_stack()
+            where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames[-4:])
+            stacks.append(f"{task.get_name()}: {where}")
+        raise AssertionError(
+            f"{what} did not finish in {seconds}s:\n" + "\n".join(stacks)
+        ) from None
 
 
 def _text(value: Any) -> str:
