@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,20 @@ from tidings.operator.adapters import AdapterSettings
 from tidings.operator.kube import Kube
 from tidings.operator.publishing import StableSealer
 from tidings.operator.world import Key, Wakeups
+
+
+class ObjectLog(logging.LoggerAdapter[logging.Logger]):
+    """Log lines about one object: prefixed with "[ns/name]", and with an
+    `object` field in JSON logs."""
+
+    def __init__(self, logger: logging.Logger, kind: str, namespace: str, name: str) -> None:
+        super().__init__(logger, {"object": f"{kind}/{namespace}/{name}"})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return f"[{(self.extra or {})['object']}] {msg}", kwargs
 
 
 @dataclass(frozen=True)

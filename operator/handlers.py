@@ -39,6 +39,8 @@ CANCEL_AFTER = 2.0
 # A deleted Trigger's keys are deleted again this long after its delivery timeout.
 SWEEP_MARGIN = 5.0
 
+log = logging.getLogger(__name__)
+
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -106,7 +108,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         def post(t: Transition) -> None:
             kopf.event(body, type=t.type, reason=t.reason, message=t.message)
 
-        controller = TriggerController(ctx, body, the_world(kwargs), post_event=post, logger=logger)
+        controller = TriggerController(ctx, body, the_world(kwargs), post_event=post)
         with ctx.running(controller.key):
             await controller.run(stopped)
 
@@ -116,7 +118,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     async def eventsource(
         body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **kwargs: Any
     ) -> None:
-        controller = SourceController(ctx, body, the_world(kwargs), logger=logger)
+        controller = SourceController(ctx, body, the_world(kwargs))
         with ctx.running(controller.key):
             await controller.run(stopped)
 
@@ -139,7 +141,9 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         await ctx.stopped(("EventSource", namespace, name))
         removed = await publishing.remove_source(ctx.redis, namespace, name)
         await remove_owned(ctx, namespace, name)
-        logger.info("removed stream and %d data-plane keys", removed)
+        log.info(
+            "[EventSource/%s/%s] removed stream and %d data-plane keys", namespace, name, removed
+        )
 
     return registry
 

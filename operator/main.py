@@ -148,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         log.error("no Redis: pass --redis-url or set REDIS_URL")
         return 2
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # Kopf logs every handler call at INFO ("Handler ... succeeded"): thousands
+        # of lines per minute at scale. Our controllers log what changes.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         sealer = StableSealer(sealing.load_key(args.seal_key_file))
     except (sealing.SealError, OSError) as error:

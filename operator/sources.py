@@ -21,9 +21,9 @@ from kubernetes.client.exceptions import ApiException  # type: ignore[import-unt
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tidings.operator import adapters, health, publishing, status
-from tidings.operator.context import Context
+from tidings.operator.context import Context, ObjectLog
 from tidings.operator.kube import StatusWriter
-from tidings.operator.world import IndexWorld, Key, source_dependencies
+from tidings.operator.world import IndexWorld, Key, source_dependencies, worth_reconciling
 
 from tidings.api.routes import (
     CompiledSource,
@@ -86,15 +86,15 @@ class SourceController:
         body: Mapping[str, Any],
         world: IndexWorld,
         *,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.ctx = ctx
         self.body = body
         self.world = world
-        self.log = logger
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
+        self.log = logger or ObjectLog(log, "EventSource", self.namespace, self.name)
         self.key: Key = ("EventSource", self.namespace, self.name)
         self.writer = StatusWriter(
             ctx.kube,
@@ -111,19 +111,29 @@ class SourceController:
         loop = asyncio.get_running_loop()
         subscription = self.ctx.wakeups.subscribe()
         subscription.follow({self.key})
-        woken, next_resync, failures = True, 0.0, 0
+        fired: set[Key] = set()
+        next_resync, failures = 0.0, 0
+        reconciled: int | None = None  # the generation last reconciled
         try:
             while not stopped:
                 delay = settings.resync_interval * random.uniform(0.8, 1.2)
+                generation = int(self.body["metadata"].get("generation") or 0)
                 try:
-                    if woken or failures or loop.time() >= next_resync:
-                        subscription.follow(await self.reconcile())
-                        next_resync, failures = loop.time() + delay, 0
+                    if (
+                        reconciled is None
+                        or failures
+                        or loop.time() >= next_resync
+                        or worth_reconciling(fired, self.key, generation, reconciled)
+                    ):
+                        # Follow first, then read: a change after the read still wakes us.
+                        subscription.follow(self.dependencies())
+                        await self.reconcile()
+                        next_resync, failures, reconciled = loop.time() + delay, 0, generation
                 except (RedisError, OSError, ApiException) as error:
                     failures += 1
                     delay = settings.retry_after(failures)
                     self.log.warning("will retry in %.1fs: %s", delay, error)
-                woken = await subscription.wait(delay)
+                fired = await subscription.wait(delay)
         finally:
             subscription.close()
 
@@ -137,7 +147,14 @@ class SourceController:
             service_namespace=self.ctx.settings.ingest_namespace,
         )
 
-    async def reconcile(self) -> set[Key]:
+    def dependencies(self) -> set[Key]:
+        try:
+            spec = EventSourceSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError:
+            return source_dependencies(self.namespace, self.name, None)
+        return source_dependencies(self.namespace, self.name, spec)
+
+    async def reconcile(self) -> None:
         meta = self.body["metadata"]
         generation = int(meta.get("generation") or 0)
         uid = meta.get("uid", "")
@@ -149,7 +166,7 @@ class SourceController:
             )
             await publishing.withdraw_source(self.ctx.redis, self.namespace, self.name)
             await self.write_status(outcome)
-            return source_dependencies(self.namespace, self.name, None)
+            return
 
         world: Any = self.world
         if adapters.needs_generated_token(spec):
@@ -181,7 +198,6 @@ class SourceController:
             self.log.info("source withdrawn: %s", error.message)
         await self.reconcile_adapter(spec, uid, compiled is not None)
         await self.write_status(SourceOutcome(generation, spec, compiled, error, self._url(spec)))
-        return source_dependencies(self.namespace, self.name, spec)
 
     async def ensure_token(self, uid: str) -> WithSecret | None:
         """Create the generated ingest token Secret if it does not exist yet."""

@@ -24,10 +24,10 @@ from kubernetes.client.exceptions import ApiException  # type: ignore[import-unt
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tidings.operator import health, publishing, status
-from tidings.operator.context import Context
+from tidings.operator.context import Context, ObjectLog
 from tidings.operator.health import Reading, Transition
 from tidings.operator.kube import StatusWriter
-from tidings.operator.world import IndexWorld, Key, trigger_dependencies
+from tidings.operator.world import IndexWorld, Key, trigger_dependencies, worth_reconciling
 
 from tidings.api.routes import CompileError, Route, compile_trigger, resolve_destination
 from tidings.api.types import TriggerSpec
@@ -98,16 +98,16 @@ class TriggerController:
         world: IndexWorld,
         *,
         post_event: Callable[[Transition], None],
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.ctx = ctx
         self.body = body  # Kopf's live view: always the newest object seen
         self.world = world
         self.post_event = post_event
-        self.log = logger
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
+        self.log = logger or ObjectLog(log, "Trigger", self.namespace, self.name)
         self.key: Key = ("Trigger", self.namespace, self.name)
         self.writer = StatusWriter(
             ctx.kube,
@@ -130,13 +130,22 @@ class TriggerController:
         loop = asyncio.get_running_loop()
         subscription = self.ctx.wakeups.subscribe()
         subscription.follow({self.key})
-        woken, next_resync, failures = True, 0.0, 0
+        fired: set[Key] = set()
+        next_resync, failures = 0.0, 0
         try:
             while not stopped:
                 delay = settings.health_interval
                 try:
-                    if woken or self.compiled is None or loop.time() >= next_resync:
-                        subscription.follow(await self.reconcile())
+                    if (
+                        self.compiled is None
+                        or loop.time() >= next_resync
+                        or worth_reconciling(
+                            fired, self.key, self.generation(), self.compiled.generation
+                        )
+                    ):
+                        # Follow first, then read: a change after the read still wakes us.
+                        subscription.follow(self.dependencies())
+                        await self.reconcile()
                         next_resync = loop.time() + settings.resync_interval * random.uniform(
                             0.8, 1.2
                         )
@@ -146,12 +155,22 @@ class TriggerController:
                     failures += 1
                     self.compiled, delay = None, settings.retry_after(failures)
                     self.log.warning("will retry in %.1fs: %s", delay, error)
-                woken = await subscription.wait(delay)
+                fired = await subscription.wait(delay)
         finally:
             subscription.close()
 
-    async def reconcile(self) -> set[Key]:
-        """Compile and publish (or withdraw) the route; the keys to follow."""
+    def generation(self) -> int:
+        return int(self.body["metadata"].get("generation") or 0)
+
+    def dependencies(self) -> set[Key]:
+        try:
+            spec = TriggerSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError:
+            return {self.key}
+        return trigger_dependencies(self.namespace, self.name, spec)
+
+    async def reconcile(self) -> None:
+        """Compile and publish (or withdraw) the route."""
         redis = self.ctx.redis
         current = await publishing.current_route(redis, self.namespace, self.name)
         self.ctx.sealer.learn(publishing.sealed_in_route(current))
@@ -166,9 +185,6 @@ class TriggerController:
             if version is not None:
                 self.log.info("route withdrawn: %s", compiled.error.message)
         self.compiled = compiled
-        if compiled.spec is None:
-            return {self.key}
-        return trigger_dependencies(self.namespace, self.name, compiled.spec)
 
     async def report(self) -> None:
         """Read the delivery report and write status if it changed meaningfully."""

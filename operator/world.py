@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -200,59 +201,74 @@ def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None)
 # --- wake-ups --------------------------------------------------------------------------
 
 
+def worth_reconciling(
+    fired: set[Key], own: Key, generation: int, reconciled_generation: int | None
+) -> bool:
+    """Whether the wake-ups call for compiling again. A dependency changed: yes.
+    The object itself: only if its spec did (a new generation) — its own status
+    writes and Kopf's annotations wake it too, and change nothing to compile."""
+    if fired - {own}:
+        return True
+    return own in fired and generation != reconciled_generation
+
+
 class Wakeups:
     """Wakes the controllers that depend on a key when a watch event names it."""
 
     def __init__(self) -> None:
-        self._waiters: defaultdict[Key, set[asyncio.Event]] = defaultdict(set)
+        self._followers: defaultdict[Key, set[Subscription]] = defaultdict(set)
 
     def notify(self, key: Key) -> None:
-        for event in self._waiters.get(key, ()):
-            event.set()
+        for subscription in self._followers.get(key, ()):
+            subscription._fire(key)
 
     def subscribe(self) -> Subscription:
         return Subscription(self)
 
-    def _watch(self, event: asyncio.Event, keys: Iterable[Key]) -> None:
+    def _follow(self, subscription: Subscription, keys: Iterable[Key]) -> None:
         for key in keys:
-            self._waiters[key].add(event)
+            self._followers[key].add(subscription)
 
-    def _unwatch(self, event: asyncio.Event, keys: Iterable[Key]) -> None:
+    def _unfollow(self, subscription: Subscription, keys: Iterable[Key]) -> None:
         for key in keys:
-            waiters = self._waiters.get(key)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[key]
+            followers = self._followers.get(key)
+            if followers is not None:
+                followers.discard(subscription)
+                if not followers:
+                    del self._followers[key]
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return len(self._followers)
 
 
 class Subscription:
-    """One controller's interest: a set of keys and the event they set."""
+    """One controller's interest: the keys it follows, and those that fired."""
 
     def __init__(self, wakeups: Wakeups) -> None:
         self._wakeups = wakeups
         self._event = asyncio.Event()
         self._keys: set[Key] = set()
+        self._fired: set[Key] = set()
 
     def follow(self, keys: set[Key]) -> None:
         """Depend on exactly `keys` from now on."""
-        self._wakeups._unwatch(self._event, self._keys - keys)
-        self._wakeups._watch(self._event, keys - self._keys)
+        self._wakeups._unfollow(self, self._keys - keys)
+        self._wakeups._follow(self, keys - self._keys)
         self._keys = set(keys)
 
-    async def wait(self, seconds: float) -> bool:
-        """Wait for a wake-up, at most `seconds`; True if woken. Clears the flag."""
-        try:
+    def _fire(self, key: Key) -> None:
+        self._fired.add(key)
+        self._event.set()
+
+    async def wait(self, seconds: float) -> set[Key]:
+        """Wait for wake-ups, at most `seconds`; the keys that fired since the last
+        wait (empty after a timeout). Nothing that fires meanwhile is lost."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
-            woken = True
-        except TimeoutError:
-            woken = False
+        fired, self._fired = self._fired, set()
         self._event.clear()
-        return woken
+        return fired
 
     def close(self) -> None:
-        self._wakeups._unwatch(self._event, self._keys)
+        self._wakeups._unfollow(self, self._keys)
         self._keys = set()
