@@ -24,7 +24,6 @@ Resuming without re-emitting:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -353,9 +352,9 @@ class KubernetesAdapter:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Bounded: a Redis call cancelled mid-reply may never finish
+            # cancelling; what it wrote is atomic either way.
+            await asyncio.wait(tasks, timeout=5)
             await self.api.close()
             await self.status.report("Stopped", "Stopped", "the adapter was stopped")
 
