@@ -146,6 +146,12 @@ class TriggerWorker:
         self.stopping = True
         self._wake.set()
         if self._task is not None:
+            # The loop may be in the middle of a Backoff probe, which can take the
+            # Trigger's whole timeout: it gets the grace period, then is cancelled
+            # (the probed event's retry simply comes due again).
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._watch is not None:
@@ -456,6 +462,8 @@ class TriggerWorker:
         # Head events the filter drops or that are past maxAge are settled on
         # the way; the first real answer (or failure) decides.
         for _ in range(self.dispatcher.batch):
+            if self.stopping:
+                return
             fetched = await self.cursor.fetch(1, self.lease_ms, probe=True)
             if not fetched.entries:
                 # Nothing left to deliver: no reason to stay in Backoff.
@@ -560,6 +568,11 @@ class Dispatcher:
         for route_id, route in table.routes.items():
             worker = self.workers.get(route_id)
             if worker is None:
+                worker = self.workers[route_id] = TriggerWorker(self, route)
+                worker.start()
+            elif (worker.route.stream, worker.route.group) != (route.stream, route.group):
+                # Moved to another source: a new cursor, not an update of this one.
+                asyncio.create_task(worker.stop(grace=worker.timeout))  # noqa: RUF006
                 worker = self.workers[route_id] = TriggerWorker(self, route)
                 worker.start()
             elif worker.route != route:

@@ -255,6 +255,14 @@ class Plane:
         return process
 
     async def close(self) -> None:
+        # Every dispatcher watches the whole table: leave nothing for the next test.
+        loaded = await table.load(self.redis)
+        for route in loaded.routes.values():
+            if route.namespace == self.namespace:
+                await table.delete_route(self.redis, route.namespace, route.name)
+        for source in loaded.sources.values():
+            if source.namespace == self.namespace:
+                await table.delete_source(self.redis, source.namespace, source.name)
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
