@@ -34,10 +34,10 @@ from typing import Any
 
 import redis
 import yaml
+from tidings.dispatcher.redis_server import RedisServer
 
 from tidings.api import keys
 from tidings.api.sealing import new_key
-from tidings.dispatcher.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,6 +56,12 @@ def rss_kib(pid: int) -> tuple[int, int]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def manifests(sources: int, triggers: int) -> str:
@@ -177,12 +183,16 @@ def main() -> int:
         # 2. The operator running while the same objects arrive.
         operator.start()
         time.sleep(3)  # started and watching (an empty namespace)
+        assert operator.process is not None
+        results["idle_rss_kib"], _ = rss_kib(operator.process.pid)
         started = time.monotonic()
         kubectl("apply", "-n", namespace, "-f", "-", input=text)
         results["apply_s"] = time.monotonic() - started
         results["all_ready_s"] = wait_all_ready(namespace, args.triggers, started, args.limit)
+        print(f"partial: {results}", flush=True)
         assert operator.process is not None
         results["rss_kib"], results["peak_rss_kib"] = rss_kib(operator.process.pid)
+        results["cpu_s"] = cpu_seconds(operator.process.pid)
         routes = client.hlen(keys.ROUTES)
         time.sleep(3)  # let the last status writes land
         version = int(client.get(keys.TABLE_VERSION) or 0)
@@ -209,16 +219,20 @@ def main() -> int:
         time.sleep(5)
         after = resource_versions(namespace)
         after.pop(f"triggers/{marker}", None)
-        results["restart_status_writes"] = sum(
-            1 for k, v in versions.items() if after.get(k) != v
-        )
+        results["restart_status_writes"] = sum(1 for k, v in versions.items() if after.get(k) != v)
         results["restart_table_changes"] = int(client.get(keys.TABLE_VERSION) or 0) - version - 1
         assert operator.process is not None
         results["restart_rss_kib"], results["restart_peak_rss_kib"] = rss_kib(operator.process.pid)
+        print(f"partial: {results}", flush=True)
 
         # 4. Deletion of everything: finalizers clean up routes, cursors, streams.
         started = time.monotonic()
-        kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=true")
+        # --wait=false and poll: kubectl's own wait goes object by object (minutes).
+        kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=false")
+        while kubectl("get", "triggers,eventsources", "-n", namespace, "-o", "name").strip():
+            if time.monotonic() - started > args.limit:
+                raise SystemExit("objects left after deletion")
+            time.sleep(0.5)
         results["delete_all_s"] = time.monotonic() - started
         results["routes_left"] = client.hlen(keys.ROUTES)
         results["routes_published"] = routes
@@ -230,7 +244,8 @@ def main() -> int:
 
     cpu = os.cpu_count()
     print(f"machine: {platform.processor() or platform.machine()}, {cpu} cores, "
-          f"Python {platform.python_version()}")  # fmt: skip
+          f"Python {platform.python_version()}, load average at the end "
+          f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"objects: {args.sources} EventSources, {args.triggers} Triggers, 1 Service")
     print(f"baseline  kubectl apply of {objects} objects (no operator): "
           f"{results['baseline_apply_s']:.1f} s")  # fmt: skip
@@ -239,7 +254,9 @@ def main() -> int:
           f"({results['all_ready_s'] / results['baseline_apply_s']:.2f}x baseline); "
           f"routes in Redis: {results['routes_published']}")  # fmt: skip
     print(f"          operator RSS {results['rss_kib'] / 1024:.0f} MiB "
-          f"(peak {results['peak_rss_kib'] / 1024:.0f} MiB)")  # fmt: skip
+          f"(peak {results['peak_rss_kib'] / 1024:.0f} MiB; idle before: "
+          f"{results['idle_rss_kib'] / 1024:.0f} MiB), "
+          f"CPU {results['cpu_s']:.1f} s")  # fmt: skip
     print(f"restart   all Ready again (+1 new) after {results['restart_ready_s']:.1f} s; "
           f"objects rewritten: {results['restart_status_writes']}; "
           f"table changes besides the new route: {results['restart_table_changes']}; "
