@@ -67,19 +67,11 @@ def dispatcher(
     """`tidings dispatcher` with the operator's seal key; yields its ingest base URL."""
     port = free_port()
     log = tmp_path / "dispatcher.log"
+    command = [sys.executable, "-P", "-m", "tidings.cli", "dispatcher"]
+    command += ["--redis-url", operator_redis.url, "--listen", f"127.0.0.1:{port}"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "tidings.cli",
-                "dispatcher",
-                "--redis-url",
-                operator_redis.url,
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],  # fmt: skip
+            command,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TIDINGS_SEAL_KEY": seal_key},
