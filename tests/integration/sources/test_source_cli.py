@@ -81,7 +81,7 @@ async def test_the_adapter_reads_its_eventsource_and_secret_and_follows_spec_cha
             row = await cursor.fetchone()
             return row[0] if row else None
 
-        first_pid = await eventually(slot_pid)
+        first_pid = await eventually(slot_pid, within=60)
         lease = await api.get(
             f"/apis/coordination.k8s.io/v1/namespaces/{k8s_namespace}/leases/{lease_name(name)}"
         )
@@ -97,10 +97,10 @@ async def test_the_adapter_reads_its_eventsource_and_secret_and_follows_spec_cha
             pid = await slot_pid()
             return pid is not None and pid != first_pid
 
-        await eventually(restarted)
+        await eventually(restarted, within=60)
         await pg.execute(f"INSERT INTO {table_name}_b VALUES (2)")
         await pg.execute(f"INSERT INTO {table_name}_a VALUES (3)")
-        events = await wait_for_events(redis_client, source, 3)
+        events = await wait_for_events(redis_client, source, 3, within=60)
         assert [(e.subject, e.data["new"]["id"]) for e in events] == [
             (f"public.{table_name}_a", 1),
             (f"public.{table_name}_b", 2),
