@@ -200,8 +200,7 @@ async def run(args: argparse.Namespace) -> int:
     namespace, name = parse_ref(args.eventsource)
     if not args.redis_url:
         raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
-    from_files = bool(args.manifest)
-    api = None if from_files else KubeApi.from_config(args.kubeconfig)
+    api = None if args.manifest else _kube_api(args.kubeconfig)
     redis = Redis.from_url(args.redis_url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -261,6 +260,16 @@ def load_from_env(text: str, namespace: str, name: str) -> Loaded:
         raise UsageError(f"${SPEC_ENV} is not a valid EventSource spec: {error}") from None
     meta = ObjectMeta(name=name, namespace=namespace)
     return Loaded(EventSource(metadata=meta, spec=spec), {})
+
+
+def _kube_api(kubeconfig: str | None) -> KubeApi:
+    try:
+        return KubeApi.from_config(kubeconfig)
+    except Exception as error:  # kubernetes.config raises its own ConfigException
+        raise UsageError(
+            f"no usable Kubernetes configuration ({error}); pass --kubeconfig, run in a "
+            "cluster, or read the EventSource from files with --manifest"
+        ) from None
 
 
 async def _load(
