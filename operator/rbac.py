@@ -3,9 +3,10 @@
 `NAMESPACED_RULES` are needed in every watched namespace: as a ClusterRole
 bound cluster-wide when watching all namespaces, or as a Role bound in each
 namespace given with `--namespace`. `PEERING_*` only with peering (not with
-`--standalone`). tests/integration/operator/test_operator_rbac.py runs the
-operator as a ServiceAccount holding only these, through a whole lifecycle;
-removing any verb below makes the API server refuse something it needs.
+`--standalone`). tests/integration/operator/test_operator_rbac.py (namespaced)
+and test_operator_clusterwide.py (all namespaces) run the operator as a
+ServiceAccount holding only these through a whole lifecycle; removing any one
+verb made that test fail (checked once, verb by verb).
 """
 
 from __future__ import annotations
