@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from tidings.dispatcher.sources import adapters
+from tidings.dispatcher.sources.errors import Forbidden
 from tidings.dispatcher.sources.kubeapi import ApiError, KubeApi
 from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lease_name
 
@@ -219,8 +220,15 @@ async def run(args: argparse.Namespace) -> int:
         )
     try:
         while not stopping.is_set():
-            if elector is not None and not await _until(elector.acquire(), stopping):
-                break
+            if elector is not None:
+                try:
+                    if not await _until(elector.acquire(), stopping):
+                        break
+                except Forbidden as error:
+                    # An adapter that never starts is worse: the operator runs one
+                    # replica, and slots and schedule guards stay exclusive anyway.
+                    log.error("%s; running WITHOUT the Lease: keep to one replica", error)
+                    elector = None
             loaded = await _load(args, api, namespace, name)
             if loaded is None:
                 log.info("EventSource %s/%s is gone: exiting", namespace, name)
@@ -293,7 +301,10 @@ async def _until(work: Any, stopping: asyncio.Event) -> bool:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pending
-    return task.done() and not task.cancelled() and task.exception() is None
+    if not task.done() or task.cancelled():
+        return False
+    task.result()  # the work's own exception, if any
+    return True
 
 
 async def _run_until(

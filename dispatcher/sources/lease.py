@@ -151,13 +151,16 @@ class LeaseElector:
         )
 
     async def acquire(self) -> None:
-        """Wait until this replica holds the Lease."""
+        """Wait until this replica holds the Lease; raises Forbidden when RBAC
+        does not allow Leases at all."""
         announced = False
         while True:
             try:
                 if await self.try_acquire():
                     return
-            except Exception as error:  # RBAC, API away: say so, keep trying
+            except Forbidden:
+                raise  # retrying cannot help; the caller decides
+            except Exception as error:  # the API is away: say so, keep trying
                 log.error("cannot take the Lease %s/%s: %s", self.namespace, self.name, error)
                 await asyncio.sleep(self.retry_every)
                 continue

@@ -1,0 +1,151 @@
+"""The adapter with exactly the RBAC that dispatcher/sources/rbac.py documents,
+on a real kube-apiserver with RBAC on; and without Lease rights."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+from source_helpers import compiled, eventually, start_adapter, wait_for_events
+from tidings.dispatcher.sources import rbac, status
+from tidings.dispatcher.sources.lease import lease_name
+
+from tidings.api.types import EventSourceSpec
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+NAME = "config-watch"
+SPEC = EventSourceSpec.model_validate(
+    {"kubernetes": {"resources": [{"apiVersion": "v1", "kind": "ConfigMap"}]}}
+)
+
+
+def service_account_kubeconfig(
+    kubectl: Any, kubeconfig: Path, namespace: str, rules: list[dict[str, Any]], path: Path
+) -> Path:
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "adapter", "namespace": namespace},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "adapter", "namespace": namespace},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "adapter", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "adapter"},
+            "subjects": [{"kind": "ServiceAccount", "name": "adapter", "namespace": namespace}],
+        },
+    ]
+    applied = kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects))
+    assert applied.returncode == 0, applied.stderr
+    token = kubectl("create", "token", "adapter", "-n", namespace, "--duration=1h")
+    assert token.returncode == 0, token.stderr
+    config = yaml.safe_load(kubeconfig.read_text())
+    config["users"] = [{"name": "adapter", "user": {"token": token.stdout.strip()}}]
+    config["contexts"] = [
+        {
+            "name": "adapter",
+            "context": {"cluster": config["clusters"][0]["name"], "user": "adapter"},
+        }
+    ]
+    config["current-context"] = "adapter"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def eventsource(tidings_crds: None, kubectl: Any, k8s_namespace: str) -> Iterator[str]:
+    body = {
+        "apiVersion": "tidings.dev/v1alpha1",
+        "kind": "EventSource",
+        "metadata": {"name": NAME, "namespace": k8s_namespace},
+        "spec": SPEC.to_wire(),
+    }
+    applied = kubectl("apply", "-f", "-", input=json.dumps(body))
+    assert applied.returncode == 0, applied.stderr
+    yield k8s_namespace
+
+
+async def run_and_see_a_change(
+    kubectl: Any, namespace: str, kubeconfig: Path, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    source = compiled(namespace, NAME, "kubernetes")
+    process = start_adapter(
+        "kubernetes",
+        f"{namespace}/{NAME}",
+        redis_url,
+        "--kubeconfig",
+        kubeconfig,
+        without=("TIDINGS_EVENTSOURCE_SPEC",),
+    )
+    try:
+
+        async def watching() -> bool:
+            current = await status.read(redis_client, namespace, NAME)
+            return current is not None and current.state == "Running"
+
+        await eventually(watching, within=60)
+        created = kubectl("create", "configmap", "hello", "-n", namespace, "--from-literal=a=b")
+        assert created.returncode == 0, created.stderr
+        (event,) = await wait_for_events(redis_client, source, 1, within=60)
+        assert event.subject == f"ConfigMap/{namespace}/hello"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+
+
+async def test_the_documented_rules_are_enough_in_api_mode(
+    eventsource: str,
+    kubectl: Any,
+    kubeconfig: Path,
+    tmp_path: Path,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    namespace = eventsource
+    rules = rbac.rules_for(
+        SPEC, name=NAME, spec_from_env=False, plurals={("v1", "ConfigMap"): "configmaps"}
+    )
+    token_config = service_account_kubeconfig(
+        kubectl, kubeconfig, namespace, rules, tmp_path / "adapter.kubeconfig"
+    )
+    await run_and_see_a_change(kubectl, namespace, token_config, redis_client, redis_url)
+    # The adapter's ServiceAccount created the Lease (and handed it back on SIGTERM).
+    lease = kubectl("get", "lease", lease_name(NAME), "-n", namespace, "-o", "json")
+    assert lease.returncode == 0, lease.stderr
+    assert json.loads(lease.stdout)["spec"].get("holderIdentity") is None
+
+
+async def test_without_lease_rights_the_adapter_still_runs(
+    eventsource: str,
+    kubectl: Any,
+    kubeconfig: Path,
+    tmp_path: Path,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    namespace = eventsource
+    rules = [
+        rule
+        for rule in rbac.rules_for(
+            SPEC, name=NAME, spec_from_env=False, plurals={("v1", "ConfigMap"): "configmaps"}
+        )
+        if rule != rbac.LEASE_RULE
+    ]
+    token_config = service_account_kubeconfig(
+        kubectl, kubeconfig, namespace, rules, tmp_path / "adapter.kubeconfig"
+    )
+    await run_and_see_a_change(kubectl, namespace, token_config, redis_client, redis_url)
