@@ -148,6 +148,7 @@ up() {
     # No controller-manager here: the ServiceAccount admission plugin would
     # reject every Pod for lack of the "default" ServiceAccount it creates.
     # No endpoints for the "kubernetes" Service: a loopback address is invalid there.
+    # Compaction every 30s (default 5m): old resourceVersions expire (410) soon, as on a busy cluster.
     start kube-apiserver "$KUBE_APISERVER" \
       --etcd-servers "http://127.0.0.1:$etcd_port" \
       --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -159,7 +160,8 @@ up() {
       --service-account-key-file "$PKI/sa.key" --service-account-signing-key-file "$PKI/sa.key" \
       --disable-admission-plugins ServiceAccount \
       --allow-privileged=true --profiling=false \
-      --endpoint-reconciler-type none
+      --endpoint-reconciler-type none \
+      --etcd-compaction-interval 30s
   fi
   echo "$etcd_port $peer_port $api_port" > "$DIR/ports"
   write_kubeconfig "$api_port"
