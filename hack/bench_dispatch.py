@@ -332,28 +332,40 @@ async def main(events: int) -> dict[str, Any]:
         for r in fan_routes:
             await table.delete_route(redis, r.namespace, r.name)
 
-        # 5. isolation: alone, then beside a Trigger whose subscriber times out
+        # 5. isolation: alone, then beside a Trigger whose subscriber times out;
+        # interleaved twice, best of each, as the machine's load drifts.
         iso = max(5000, events // 2)
-        stream = await add_source(redis, "alone", world, sealer)
-        await fill(redis, stream, iso)
-        alone = trigger("alone", "alone", f"{base}/hook", world, sealer)
-        await redis.xgroup_create(alone.stream, alone.group, id="0")
-        await table.put_route(redis, alone)
-        alone_rate = iso / await run_until(redis, [alone], iso)
+        alone_rates: list[float] = []
+        beside_rates: list[float] = []
+        for round_ in range(2):
+            stream = await add_source(redis, f"alone{round_}", world, sealer)
+            await fill(redis, stream, iso)
+            alone = trigger(f"alone{round_}", f"alone{round_}", f"{base}/hook", world, sealer)
+            await redis.xgroup_create(alone.stream, alone.group, id="0")
+            await table.put_route(redis, alone)
+            alone_rates.append(iso / await run_until(redis, [alone], iso))
 
-        stream = await add_source(redis, "shared", world, sealer)
-        await fill(redis, stream, iso)
-        healthy = trigger("healthy", "shared", f"{base}/hook", world, sealer)
-        stuck = trigger("stuck", "shared", f"{base}/slow", world, sealer, timeout="1s")
-        for r in (stuck, healthy):
-            await redis.xgroup_create(r.stream, r.group, id="0")
-            await table.put_route(redis, r)
-        beside_rate = iso / await run_until(redis, [healthy], iso)
+            shared = f"shared{round_}"
+            stream = await add_source(redis, shared, world, sealer)
+            await fill(redis, stream, iso)
+            healthy = trigger(f"healthy{round_}", shared, f"{base}/hook", world, sealer)
+            stuck = trigger(f"stuck{round_}", shared, f"{base}/slow", world, sealer, timeout="1s")
+            for r in (stuck, healthy):
+                await redis.xgroup_create(r.stream, r.group, id="0")
+                await table.put_route(redis, r)
+            beside_rates.append(iso / await run_until(redis, [healthy], iso))
+            for r in (alone, healthy, stuck):
+                await table.delete_route(redis, r.namespace, r.name)
+        alone_rate, beside_rate = max(alone_rates), max(beside_rates)
         cost = 1 - beside_rate / alone_rate
-        results["isolation"] = {"alone": alone_rate, "beside_stuck": beside_rate, "cost": cost}
+        results["isolation"] = {
+            "alone": alone_rates,
+            "beside_stuck": beside_rates,
+            "cost": cost,
+        }
         print(
             f"isolation    {alone_rate:8.0f}/s alone, {beside_rate:.0f}/s beside a timing-out "
-            f"Trigger: costs {cost * 100:.1f}%"
+            f"Trigger (best of 2 each): costs {cost * 100:.1f}%"
         )
         await dispatcher.stop(grace=0.5)
         await watcher.stop()
