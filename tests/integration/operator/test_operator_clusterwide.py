@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ def private_cluster(tmp_path: Path, kubectl: Any) -> Iterator[tuple[Path, Any]]:
         ):
             done = run(*args, input=stdin)
             assert done.returncode == 0, done.stderr
+        # Established is not yet discoverable on a fresh server: wait until it is.
+        for _ in range(100):
+            if run("get", "eventsources,triggers", "-A").returncode == 0:
+                break
+            time.sleep(0.1)
         yield config, run
     finally:
         subprocess.run(["bash", script, "down"], env=env, capture_output=True, check=False)
