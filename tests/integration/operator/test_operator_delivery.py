@@ -167,7 +167,7 @@ async def test_pausing_stops_delivery_keeps_the_cursor_and_unpausing_resumes(
     await ready_trigger(cluster)
 
     cluster.apply(trigger("t", "users", paused=True))
-    await eventually(lambda: _route_paused(redis, ns), within=5)
+    await eventually(lambda: _route_paused(redis, ns), within=10)
     await eventually(lambda: delivery(cluster).get("state") == "Paused")
     condition = cluster.condition("trigger", "t", "Delivering") or {}
     assert (condition["status"], condition["reason"]) == ("False", "Paused")
@@ -179,7 +179,7 @@ async def test_pausing_stops_delivery_keeps_the_cursor_and_unpausing_resumes(
     async def resumed() -> bool:
         return not await _route_paused(redis, ns)
 
-    await eventually(resumed, within=5)
+    await eventually(resumed, within=10)
     (group,) = await redis.xinfo_groups(stream)
     assert (group["name"], group["lag"]) == (b"t", 1)  # the cursor waited for it
 

@@ -181,4 +181,4 @@ async def test_an_adapter_spec_change_rolls_the_deployment_and_a_deleted_one_com
     )
 
     cluster.delete("deployment", "tidings-source-tick")
-    await eventually(lambda: cluster.get("deployment", "tidings-source-tick"), within=5)
+    await eventually(lambda: cluster.get("deployment", "tidings-source-tick"), within=10)
