@@ -50,7 +50,9 @@ async def recovers(cluster: Cluster, kind: str, name: str) -> float:
     await eventually(
         lambda: ready_condition(cluster, kind, name)["status"] == "True", within=RECOVERY
     )
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    print(f"{kind} {name} recovered in {took:.2f}s")
+    return took
 
 
 async def routed(redis: Redis, namespace: str, name: str) -> bool:
