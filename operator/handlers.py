@@ -41,8 +41,6 @@ SWEEP_MARGIN = 5.0
 
 log = logging.getLogger(__name__)
 
-Logger = logging.Logger | logging.LoggerAdapter[Any]
-
 
 def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
@@ -102,9 +100,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         )
 
     @kopf.daemon(GROUP, VERSION, "triggers", cancellation_timeout=CANCEL_AFTER, registry=registry)
-    async def trigger(
-        body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **kwargs: Any
-    ) -> None:
+    async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         def post(t: Transition) -> None:
             kopf.event(body, type=t.type, reason=t.reason, message=t.message)
 
@@ -115,9 +111,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     @kopf.daemon(
         GROUP, VERSION, "eventsources", cancellation_timeout=CANCEL_AFTER, registry=registry
     )
-    async def eventsource(
-        body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **kwargs: Any
-    ) -> None:
+    async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         controller = SourceController(ctx, body, the_world(kwargs))
         with ctx.running(controller.key):
             await controller.run(stopped)
@@ -134,9 +128,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             ctx.spawn(sweep_later(ctx, namespace, name, source, timeout_of(spec)), f"sweep {name}")
 
     @kopf.on.delete(GROUP, VERSION, "eventsources", registry=registry)
-    async def eventsource_deleted(
-        namespace: str | None, name: str, logger: Logger, **_: Any
-    ) -> None:
+    async def eventsource_deleted(namespace: str | None, name: str, **_: Any) -> None:
         namespace = namespace or ""
         await ctx.stopped(("EventSource", namespace, name))
         removed = await publishing.remove_source(ctx.redis, namespace, name)
