@@ -145,7 +145,9 @@ async def serve(args: argparse.Namespace, host: str, port: int) -> int:
     log.info("stopping: no more ingest, draining deliveries for up to %gs", args.grace)
     await runner.cleanup()
     await dispatcher.stop(grace=args.grace)
-    await watcher.stop()
+    # Bounded: cancelling the table watcher's pub/sub reader can stall in the client.
+    stopping = asyncio.create_task(watcher.stop())
+    await asyncio.wait({stopping}, timeout=2.0)
     with contextlib.suppress(Exception):
         await redis.aclose()
     return 0

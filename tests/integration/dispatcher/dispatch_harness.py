@@ -255,14 +255,6 @@ class Plane:
         return process
 
     async def close(self) -> None:
-        # Every dispatcher watches the whole table: leave nothing for the next test.
-        loaded = await table.load(self.redis)
-        for route in loaded.routes.values():
-            if route.namespace == self.namespace:
-                await table.delete_route(self.redis, route.namespace, route.name)
-        for source in loaded.sources.values():
-            if source.namespace == self.namespace:
-                await table.delete_source(self.redis, source.namespace, source.name)
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
@@ -272,6 +264,16 @@ class Plane:
         for watcher in self.watchers:
             await _bounded(watcher.stop(), "TableWatcher.stop")
             await watcher.redis.aclose()
+        # Every dispatcher watches the whole table: leave nothing for the next test.
+        # (After the watchers stopped: a change notification arriving while
+        # TableWatcher.stop cancels its pub/sub reader can hold it up for a while.)
+        loaded = await table.load(self.redis)
+        for route in loaded.routes.values():
+            if route.namespace == self.namespace:
+                await table.delete_route(self.redis, route.namespace, route.name)
+        for source in loaded.sources.values():
+            if source.namespace == self.namespace:
+                await table.delete_source(self.redis, source.namespace, source.name)
 
     async def state(self, route: Route) -> dict[str, str]:
         raw = await self.redis.hgetall(
