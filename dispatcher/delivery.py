@@ -76,7 +76,7 @@ def _data_body(event: dict[str, Any]) -> tuple[bytes, str | None]:
     return json.dumps(data, separators=(",", ":")).encode(), content_type or "application/json"
 
 
-_NEEDS_QUOTING = re.compile(r'[^\x21\x23\x24\x26-\x7e]')
+_NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 
 
 def _plain_header(text: str) -> bool:
