@@ -71,6 +71,17 @@ IDLE_BLOCK = 1.0
 AttemptHook = Callable[[Route, dict[str, Any], Result, str], None]
 
 
+async def cancel(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait for them. On Python 3.11 a cancel that lands inside
+    redis-py's own timeout handling can be swallowed, so cancel until they end."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -151,16 +162,11 @@ class TriggerWorker:
             # (the probed event's retry simply comes due again).
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done:
-                self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await cancel({self._task})
         if self._watch is not None:
-            self._watch.cancel()
-            await asyncio.gather(self._watch, return_exceptions=True)
+            await cancel({self._watch})
         if self.in_flight:
             _, late = await asyncio.wait(self.in_flight, timeout=grace)
-            for task in late:
-                task.cancel()
             if late:
                 log.warning(
                     "Trigger %s: %d deliveries still running after the %gs grace period; "
@@ -169,7 +175,7 @@ class TriggerWorker:
                     len(late),
                     grace,
                 )
-                await asyncio.gather(*late, return_exceptions=True)
+                await cancel(late)
         if self._flusher is not None:
             self._flush_wake.set()
             # Bounded: with Redis unreachable the flusher would retry forever; what it
@@ -177,9 +183,7 @@ class TriggerWorker:
             done, _ = await asyncio.wait({self._flusher}, timeout=grace + 5)
             if not done:
                 log.warning("Trigger %s: could not settle the last outcomes", self.route.id)
-                self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+                await cancel({self._flusher})
 
     async def ensure_group(self) -> None:
         try:
@@ -587,9 +591,7 @@ class Dispatcher:
     async def stop(self, grace: float = 30.0) -> None:
         """Drain: in-flight deliveries get up to `grace` seconds, then settle."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel(set(self._tasks))
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
         if self._session is not None:
             await self._session.close()
