@@ -148,7 +148,8 @@ up() {
     # No controller-manager here: the ServiceAccount admission plugin would
     # reject every Pod for lack of the "default" ServiceAccount it creates.
     # No endpoints for the "kubernetes" Service: a loopback address is invalid there.
-    # Compaction every 30s (default 5m): old resourceVersions expire (410) soon, as on a busy cluster.
+    # Compaction every 30s (default 5m) and ConfigMap watches served by etcd: an old
+    # resourceVersion expires (410 Gone) within a minute, as on a busy cluster.
     start kube-apiserver "$KUBE_APISERVER" \
       --etcd-servers "http://127.0.0.1:$etcd_port" \
       --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
@@ -161,7 +162,7 @@ up() {
       --disable-admission-plugins ServiceAccount \
       --allow-privileged=true --profiling=false \
       --endpoint-reconciler-type none \
-      --etcd-compaction-interval 30s
+      --etcd-compaction-interval 30s --watch-cache-sizes configmaps#0
   fi
   echo "$etcd_port $peer_port $api_port" > "$DIR/ports"
   write_kubeconfig "$api_port"

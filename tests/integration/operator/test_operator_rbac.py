@@ -4,6 +4,7 @@ API server (real RBAC) refuses nothing it asks."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -157,5 +158,6 @@ async def test_the_documented_rbac_is_enough_for_a_whole_lifecycle(
         operator.stop()
         logs = operator.logs()
         print(logs[-20000:])
-    for refusal in ("403", "forbidden", "not enough permissions"):
-        assert refusal not in logs.lower()
+    # A word match: a random peering priority may contain the digits 403.
+    refusals = re.findall(r"\b403\b|forbidden|not enough permissions", logs.lower())
+    assert not refusals, refusals
