@@ -35,43 +35,61 @@ FAILURES_TO_BACKOFF = 5
 # Longest interval between probes, whatever the Trigger's maxDelay.
 PROBE_MAX = 300.0
 
-# KEYS: state. ARGV: now ms, first interval ms, threshold. 1 when it entered Backoff.
-_ENTER = """
+# Times are Redis's clock (TIME); ARGV[1] ("now") is unused by these scripts.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+
+# KEYS: state. ARGV: -, first interval ms, threshold. 1 when it entered Backoff.
+_ENTER = (
+    _NOW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'state', 'failures')
 if s[1] == 'Backoff' or tonumber(s[2] or '0') < tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'Backoff', 'probeInterval', ARGV[2],
-  'probeDue', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+  'probeDue', now + tonumber(ARGV[2]))
 return 1
 """
+)
 
-# KEYS: state. ARGV: now ms, lease ms.
-# -1: not in Backoff; 0: this caller probes now; else the ms when the next probe is due.
-_CLAIM = """
+# KEYS: state. ARGV: -, lease ms.
+# -1: not in Backoff; 0: this caller probes now; else ms until the next probe is due.
+_CLAIM = (
+    _NOW
+    + """
 local s = redis.call('HMGET', KEYS[1], 'state', 'probeDue')
 if s[1] ~= 'Backoff' then return -1 end
 local due = tonumber(s[2] or '0')
-if due > tonumber(ARGV[1]) then return due end
-redis.call('HSET', KEYS[1], 'probeDue', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+if due > now then return due - now end
+redis.call('HSET', KEYS[1], 'probeDue', now + tonumber(ARGV[2]))
 return 0
 """
+)
 
-# KEYS: state. ARGV: now ms, first interval ms, cap ms.
-_PROBE_FAILED = """
+# KEYS: state. ARGV: -, first interval ms, cap ms.
+_PROBE_FAILED = (
+    _NOW
+    + """
 local interval = tonumber(redis.call('HGET', KEYS[1], 'probeInterval') or ARGV[2])
 interval = math.min(math.max(interval * 2, tonumber(ARGV[2])), tonumber(ARGV[3]))
-redis.call('HSET', KEYS[1], 'probeInterval', interval, 'probeDue', tonumber(ARGV[1]) + interval)
+redis.call('HSET', KEYS[1], 'probeInterval', interval, 'probeDue', now + interval)
 return interval
 """
+)
 
-# KEYS: state, retry ZSET. ARGV: now ms. Returns how many retries were made due.
-_RECOVER = """
+# KEYS: state, retry ZSET. Returns how many retries were made due.
+_RECOVER = (
+    _NOW
+    + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'Backoff' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'Delivering', 'failures', 0)
 redis.call('HDEL', KEYS[1], 'probeDue', 'probeInterval')
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[2], ARGV[1], id) end
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[2], now, id) end
 return #ids
 """
+)
 
 # KEYS: stream, state, retry, parked, dlq. ARGV: group, paused "1"/"0", now ms.
 # Returns {state, lag, pending, retries, parked, dlq length, deadLettered, expired}.
@@ -152,7 +170,7 @@ class BackoffState:
         return bool(int(entered))
 
     async def claim_probe(self, lease_seconds: float) -> int:
-        """-1 not in Backoff; 0 probe now; else the ms timestamp of the next probe."""
+        """-1 not in Backoff; 0 probe now; else ms until the next probe is due."""
         now = int(time.time() * 1000)
         return int(
             await self.scripts["claim"](keys=[self.state_key], args=[now, _ms(lease_seconds)])

@@ -77,11 +77,13 @@ def script_keys(route: Route) -> list[str]:
     ]
 
 
-# ARGV: group, consumer, want, now ms, lease ms, concurrency, rate, burst,
+# Every time in these scripts is Redis's clock (TIME), so replicas with skewed
+# clocks share leases, rate tokens and due times correctly.
+# ARGV: group, consumer, want, (unused), lease ms, concurrency, rate, burst,
 #       reclaim idle ms (0: do not reclaim), ordering path ("" : unordered),
 #       probe ("1": fetch even in Backoff, for the probe)
 # Returns {status, info, entries}; status ok | limited (info: ms to wait) |
-# empty (info: {last stream id, next retry due ms or -1}) | backoff.
+# empty (info: {last stream id, ms until the next retry is due, or -1}) | backoff.
 # Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
 _FETCH = (
     _PRELUDE
@@ -89,7 +91,9 @@ _FETCH = (
     + ordering.LUA
     + """
 local group, consumer = ARGV[1], ARGV[2]
-local want, now, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local want, lease = tonumber(ARGV[3]), tonumber(ARGV[5])
 local limit, rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local reclaim_idle, path, probe = tonumber(ARGV[9]), ARGV[10], ARGV[11]
 
@@ -158,21 +162,23 @@ end
 
 if #out == 0 then
   local last = redis.call('XREVRANGE', KEYS[K_STREAM], '+', '-', 'COUNT', 1)[1]
-  local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2] or '-1'
-  return {'empty', {last and last[1] or '0-0', due}, {}}
+  local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
+  local due_in = -1
+  if due then due_in = math.max(0, tonumber(due) - now) end
+  return {'empty', {last and last[1] or '0-0', due_in}, {}}
 end
 limits_commit(now, now + lease, consumer, ids, limit, tokens, rate)
 return {'ok', 0, out}
 """
 )
 
-# ARGV: group, consumer, now ms, burst, filtered-out count, answered count,
+# ARGV: group, consumer, (unused), burst, filtered-out count, answered count,
 #       failed count, last failure time, status, message, trigger id,
 #       the ids of plain acks (new entries delivered, no ordering key), space-separated
 #       (the common case, packed in one argument: packing 8 per entry costs more
 #       client CPU than the script);
 # then per other entry: op ok|retry|dead, id, origin, key ("k"..key or ""),
-#       due ms, attempts, status, message.
+#       delay ms (retry: from now on Redis's clock), attempts, status, message.
 # Returns the consecutive failure count.
 _SETTLE = (
     _PRELUDE
@@ -180,7 +186,9 @@ _SETTLE = (
     + ordering.LUA
     + deadletter.LUA
     + """
-local group, consumer, now, burst = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local group, consumer, burst = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local trigger = ARGV[11]
 
@@ -194,7 +202,7 @@ for i = 13, #ARGV, 8 do
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
   if op == 'retry' then
-    redis.call('ZADD', KEYS[K_RETRY], ARGV[i + 4], id)
+    redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
     redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
     redis.call('HSET', KEYS[K_ATTEMPTS], id, ARGV[i + 5])
   else
@@ -252,14 +260,14 @@ class Fetched:
     entries: list[Entry]
     wait_ms: int = 0  # limited: when tokens are expected
     last_id: str = "0-0"  # empty: the stream's newest id, to block on
-    next_due_ms: int = -1  # empty: when the next retry comes due
+    due_in_ms: int = -1  # empty: ms until the next retry comes due (-1: none)
 
 
 @dataclass(slots=True)
 class Outcome:
     op: str  # ok | retry | dead
     entry: Entry
-    due_ms: int = 0  # retry
+    delay_ms: int = 0  # retry: when, from now
     attempts: int = 0  # retry: the count to store; dead: the attempts made
     status: str = ""  # dead: the last HTTP status, "" for network/timeout
     message: str = ""  # dead: the reason and the last error
@@ -317,7 +325,7 @@ class Cursor:
         if status == "limited":
             return Fetched("limited", [], wait_ms=int(info))
         if status == "empty":
-            return Fetched("empty", [], last_id=_text(info[0]), next_due_ms=int(float(info[1])))
+            return Fetched("empty", [], last_id=_text(info[0]), due_in_ms=int(float(info[1])))
         return Fetched(status, [])
 
     async def settle(
@@ -356,7 +364,7 @@ class Cursor:
                 o.entry.id,
                 o.entry.origin,
                 o.entry.order_key,
-                o.due_ms,
+                o.delay_ms,
                 o.attempts,
                 o.status,
                 o.message,

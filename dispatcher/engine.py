@@ -265,8 +265,8 @@ class TriggerWorker:
     async def _wait_for_entries(self, fetched: Fetched) -> None:
         """Block until the stream grows past what we saw, a retry comes due, or a wake-up."""
         block = IDLE_BLOCK
-        if fetched.next_due_ms >= 0:
-            block = min(block, max(0.001, fetched.next_due_ms / 1000 - time.time()))
+        if fetched.due_in_ms >= 0:
+            block = min(block, max(0.001, fetched.due_in_ms / 1000))
         self._wake.clear()
         # The blocking XREAD is never cancelled (that would drop the connection, and
         # Redis Cluster clients finish the command anyway): a wake-up leaves it
@@ -354,8 +354,8 @@ class TriggerWorker:
             delivery.retry, failure, attempts=attempts, age=age, max_age=delivery.max_age
         )
         if decision.retry:
-            due = int((time.time() + decision.delay) * 1000)
-            outcome = Outcome("retry", entry, due_ms=due, attempts=attempts)
+            delay_ms = int(decision.delay * 1000)
+            outcome = Outcome("retry", entry, delay_ms=delay_ms, attempts=attempts)
             return _Done(outcome, "retried", failure, event)
         message = f"{decision.reason}: {failure.message}"
         outcome = Outcome("dead", entry, attempts=attempts, status=status, message=message)
@@ -461,7 +461,7 @@ class TriggerWorker:
         if claim < 0:
             return  # another replica recovered the Trigger
         if claim > 0:
-            await self._sleep(min(IDLE_BLOCK, max(0.01, claim / 1000 - time.time())))
+            await self._sleep(min(IDLE_BLOCK, max(0.01, claim / 1000)))
             return
         # Head events the filter drops or that are past maxAge are settled on
         # the way; the first real answer (or failure) decides.
@@ -487,9 +487,9 @@ class TriggerWorker:
                     return
                 continue
             interval = await self.backoff.probe_failed()
-            due_ms = int((time.time() + interval) * 1000)
+            delay_ms = int(interval * 1000)
             retry = Outcome(
-                "retry", done.outcome.entry, due_ms=due_ms, attempts=done.outcome.attempts
+                "retry", done.outcome.entry, delay_ms=delay_ms, attempts=done.outcome.attempts
             )
             await self._settle([_Done(retry, "retried", done.failure, done.event)], probe=True)
             log.info(
