@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 RECLAIM_MARGIN = 5.0
 # How often each worker looks for abandoned entries (XAUTOCLAIM).
 RECLAIM_EVERY = 1.0
+# Consumers holding nothing, idle this long, are removed from the group.
+CONSUMER_IDLE_FORGET = 3600.0
+CONSUMER_CLEANUP_EVERY = 300.0
 # How long finished deliveries wait to be settled together.
 FLUSH_DELAY = 0.001
 # Longest a worker blocks waiting for new entries before looking again.
@@ -184,6 +187,21 @@ class TriggerWorker:
             if not done:
                 log.warning("Trigger %s: could not settle the last outcomes", self.route.id)
                 await cancel({self._flusher})
+
+    async def forget_idle_consumers(self) -> None:
+        """Delete consumers of this group that hold nothing and have been idle for
+        CONSUMER_IDLE_FORGET (restarted pods get new names; the old ones would pile up)."""
+        for consumer in await self.redis.xinfo_consumers(self.route.stream, self.route.group):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            idle_ms = int(consumer.get("idle", 0))
+            if (
+                int(consumer["pending"]) == 0
+                and idle_ms > CONSUMER_IDLE_FORGET * 1000
+                and name != self.dispatcher.consumer
+            ):
+                # XGROUP DELCONSUMER drops a consumer's pending entries too: only empty ones.
+                await self.redis.xgroup_delconsumer(self.route.stream, self.route.group, name)
 
     async def ensure_group(self) -> None:
         try:
@@ -535,6 +553,7 @@ class Dispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._unsealed: dict[str, str] = {}
         self._stopping = False
+        self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -610,6 +629,13 @@ class Dispatcher:
                     worker.metrics.dead_letters.set(published.dlq_size)
                     worker.metrics.expired.set(published.expired)
                     worker.metrics.set_state(published.state)
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
+                for worker in list(self.workers.values()):
+                    try:
+                        await worker.forget_idle_consumers()
+                    except (RedisError, OSError) as error:
+                        log.debug("consumer cleanup of %s failed: %s", worker.route.id, error)
             await asyncio.sleep(self.publish_interval)
 
     async def _retention_loop(self) -> None:

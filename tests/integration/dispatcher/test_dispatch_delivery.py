@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 
+import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 from dispatch_harness import Plane, Subscriber, wait_until
@@ -121,3 +122,20 @@ async def test_a_paused_trigger_keeps_its_cursor_and_resumes(
 
 async def state_is(plane: Plane, route: Route, state: str) -> bool:
     return (await plane.state(route)).get("state") == state
+
+
+async def test_idle_consumers_holding_nothing_are_forgotten(
+    plane: Plane, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.dispatcher import engine
+
+    monkeypatch.setattr(engine, "CONSUMER_IDLE_FORGET", 0.2)
+    await plane.add_source()
+    dispatcher = await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    # A pod that restarted under a new name left its consumer behind.
+    await plane.redis.xreadgroup(route.group, "old-pod", {route.stream: ">"}, count=1)
+    await asyncio.sleep(0.5)
+    await dispatcher.workers[route.id].forget_idle_consumers()
+    names = [c["name"] for c in await plane.redis.xinfo_consumers(route.stream, route.group)]
+    assert b"old-pod" not in names

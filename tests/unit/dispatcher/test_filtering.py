@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cel
 from tidings.dispatcher.filtering import Filter
 
 from tidings.api.routes import CompiledFilter
@@ -60,3 +61,24 @@ def test_all_parts_are_anded() -> None:
         prefix={"subject": "public."},
         expression="event.data.new.seats == 3",
     )
+
+
+def test_narrowing_the_cel_context_never_changes_the_answer() -> None:
+    # The filter hands CEL only the attributes an expression names; any other use
+    # of `event` (indexing, has(), whole-object functions) gets the whole event.
+    for expression in (
+        'has(event.subject) && event.subject == "public.users"',
+        'event["tenant"] == "acme"',
+        "size(event) > 3",
+        '"event.tenant" != event.tenant',
+        'event.data.new.plan == "pro" && event.type.startsWith("dev.")',
+        "has(event.missing)",
+    ):
+        narrowed = Filter(CompiledFilter(expression=expression))
+
+        whole = cel.compile(expression)
+        try:
+            expected = whole.execute({"event": INSERT}) is True
+        except Exception:
+            expected = False
+        assert narrowed(INSERT) is expected, expression
