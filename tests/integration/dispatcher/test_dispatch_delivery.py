@@ -134,8 +134,10 @@ async def test_idle_consumers_holding_nothing_are_forgotten(
     dispatcher = await plane.dispatcher()
     route = await plane.add_trigger("t", subscriber.url)
     # A pod that restarted under a new name left its consumer behind.
-    await plane.redis.xreadgroup(route.group, "old-pod", {route.stream: ">"}, count=1)
+    await plane.redis.xgroup_createconsumer(route.stream, route.group, "old-pod")
     await asyncio.sleep(0.5)
+    names = [c["name"] for c in await plane.redis.xinfo_consumers(route.stream, route.group)]
+    assert b"old-pod" in names
     await dispatcher.workers[route.id].forget_idle_consumers()
     names = [c["name"] for c in await plane.redis.xinfo_consumers(route.stream, route.group)]
     assert b"old-pod" not in names
