@@ -45,11 +45,21 @@ class TableWatcher:
         ]
 
     async def stop(self) -> None:
+        # Cancel until done: on Python 3.11 a cancel landing inside redis-py's own
+        # wait_for (pub/sub reads) can be swallowed, leaving the task running.
+        pending = {task for task in self._tasks if not task.done()}
+        for _ in range(20):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError):
+                    task.exception()
+        if pending:
+            log.warning("routing table watcher: %d task(s) ignored cancellation", len(pending))
 
     async def refresh(self) -> None:
         loaded = await table.load(self.redis)

@@ -1,0 +1,67 @@
+"""The routing table as dispatchers see it: changes arrive without restart and
+stopping never hangs, even with notifications in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+from tidings.dispatcher.routing import TableWatcher
+
+from tidings.api import table
+from tidings.api.routes import CompiledSource
+
+
+def _source(name: str) -> CompiledSource:
+    return CompiledSource(
+        namespace="shop",
+        name=name,
+        kind="http",
+        stream=f"s-{name}",
+        retention_max_age=60.0,
+        retention_max_events=100,
+    )
+
+
+async def test_a_change_is_seen_within_a_second_and_identical_writes_change_nothing(
+    redis_client: aioredis.Redis,
+) -> None:
+    watcher = TableWatcher(redis_client, resync_interval=3600)
+    versions: asyncio.Queue[int] = asyncio.Queue()
+
+    async def record(current: table.RoutingTable) -> None:
+        versions.put_nowait(current.version)
+
+    watcher.on_change(record)
+    await watcher.start()
+    try:
+        assert await versions.get() == 0  # the first load
+        version = await table.put_source(redis_client, _source("orders"))
+        assert version is not None
+        assert await table.put_source(redis_client, _source("orders")) is None  # unchanged
+        assert await asyncio.wait_for(versions.get(), timeout=1.0) == version
+        assert "shop/orders" in watcher.current.sources
+        await asyncio.sleep(0.2)
+        assert versions.empty()  # the identical write published nothing
+    finally:
+        await watcher.stop()
+
+
+async def test_stop_returns_while_changes_keep_arriving(redis_client: aioredis.Redis) -> None:
+    watcher = TableWatcher(redis_client, resync_interval=0.05)
+    await watcher.start()
+
+    async def churn() -> None:
+        for i in range(10_000):
+            await table.put_source(redis_client, _source(f"s{i % 50}-{i}"))
+
+    writer = asyncio.create_task(churn())
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await watcher.stop()
+    stopped_in = time.monotonic() - started
+    writer.cancel()
+    states = [(task.get_name(), task.done()) for task in watcher._tasks]
+    assert all(done for _, done in states), (stopped_in, states)
+    assert stopped_in < 12.0, states
