@@ -152,12 +152,12 @@ async def _run(
         try:
             if isinstance(redis, RedisCluster):
                 # A cluster pipeline refuses EVALSHA: one call per chunk, in order.
-                return [await redis.evalsha(_APPEND_SHA, *call) for call in calls]  # type: ignore[no-untyped-call]
+                return [await redis.evalsha(_APPEND_SHA, *call) for call in calls]  # type: ignore[no-untyped-call, arg-type]
             if len(calls) == 1 and wait_replicas <= 0:
-                return [await redis.evalsha(_APPEND_SHA, *calls[0])]  # type: ignore[no-untyped-call]
+                return [await redis.evalsha(_APPEND_SHA, *calls[0])]  # type: ignore[no-untyped-call, arg-type]
             async with redis.pipeline(transaction=False) as pipe:
                 for call in calls:
-                    pipe.evalsha(_APPEND_SHA, *call)  # type: ignore[no-untyped-call]
+                    pipe.evalsha(_APPEND_SHA, *call)  # type: ignore[no-untyped-call, arg-type]
                 if wait_replicas > 0:
                     pipe.wait(wait_replicas, max(1, round(wait_timeout * 1000)))
                 replies: list[Any] = await pipe.execute()
