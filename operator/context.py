@@ -50,6 +50,8 @@ class Settings:
     # hammer a Redis that is down).
     retry_delay: float = 1.0
     retry_max: float = 30.0
+    # A deleted Postgres EventSource: attempts at dropping its slot before giving up.
+    cleanup_attempts: int = 10
 
     def retry_after(self, failures: int) -> float:
         delay: float = min(self.retry_delay * 2.0 ** max(0, failures - 1), self.retry_max)
@@ -65,6 +67,10 @@ class Context:
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Controllers running now, by key, so deletion waits for its daemon to stop.
     _running: dict[Key, asyncio.Event] = field(default_factory=dict)
+    # The last DSN each Postgres EventSource was reconciled with, by (namespace,
+    # name): deleting a namespace may delete the Secret before the EventSource's
+    # finalizer runs, and the slot must still be dropped.
+    dsns: dict[tuple[str, str], str] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 from redis.exceptions import RedisError
-from tidings.operator import adapters, publishing, world
+from tidings.operator import adapters, publishing, replication, world
 from tidings.operator.context import Context
 from tidings.operator.health import Transition
 from tidings.operator.sources import SourceController
@@ -112,7 +112,10 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         GROUP, VERSION, "eventsources", cancellation_timeout=CANCEL_AFTER, registry=registry
     )
     async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        controller = SourceController(ctx, body, the_world(kwargs))
+        def post(t: Transition) -> None:
+            kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+
+        controller = SourceController(ctx, body, the_world(kwargs), post_event=post)
         with ctx.running(controller.key):
             await controller.run(stopped)
 
@@ -136,6 +139,39 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         log.info(
             "[EventSource/%s/%s] removed stream and %d data-plane keys", namespace, name, removed
         )
+
+    @kopf.on.delete(GROUP, VERSION, "eventsources", id="replication", registry=registry)
+    async def eventsource_replication(
+        namespace: str | None,
+        name: str,
+        spec: kopf.Spec,
+        body: kopf.Body,
+        retry: int,
+        **kwargs: Any,
+    ) -> None:
+        # Runs after `eventsource_deleted`: the adapter Deployment is gone, so
+        # no walsender of ours holds the slot for long.
+        postgres = replication.postgres_spec(spec)
+        if postgres is None:
+            return
+        namespace = namespace or ""
+        outcome = await replication.drop(
+            postgres,
+            the_world(kwargs),
+            namespace=namespace,
+            name=name,
+            attempt=retry + 1,
+            attempts=ctx.settings.cleanup_attempts,
+            known_dsn=ctx.dsns.get((namespace, name)),
+        )
+        level = logging.INFO if outcome.verdict == "done" else logging.WARNING
+        if outcome.verdict == "abandoned":
+            level = logging.ERROR
+        log.log(level, "[EventSource/%s/%s] %s", namespace, name, outcome.message)
+        kopf.event(body, type=outcome.event_type, reason=outcome.reason, message=outcome.message)
+        if outcome.verdict == "retry":
+            raise kopf.TemporaryError(outcome.message, delay=outcome.delay)
+        ctx.dsns.pop((namespace, name), None)
 
     return registry
 

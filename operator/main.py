@@ -90,7 +90,16 @@ def register(subparsers: Any) -> None:
         "--health-interval",
         type=float,
         default=5.0,
-        help="seconds between reads of each Trigger's delivery report (default: %(default)s)",
+        help="seconds between reads of each Trigger's delivery report and each source "
+        "adapter's report (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cleanup-attempts",
+        type=int,
+        default=10,
+        help="attempts at dropping a deleted Postgres EventSource's replication slot and "
+        "publication (delays double up to 60 s, ~4 min in all) before releasing it with a "
+        "Warning Event (default: %(default)s)",
     )
     parser.add_argument(
         "--stale-after",
@@ -181,6 +190,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         health_interval=args.health_interval,
         stale_after=args.stale_after,
         resync_interval=args.resync_interval,
+        cleanup_attempts=max(1, args.cleanup_attempts),
     )
 
 

@@ -6,6 +6,11 @@ gets a generated one (created once, never rewritten); an adapter source runs
 its adapter Deployment; status carries the ingest URL and the truth about all
 of it. Like Triggers, it reconciles when woken by a watch event on itself or
 what it depends on (its Secrets, its Deployment), and writes only changes.
+
+Adapter sources also report on themselves (tidings.dispatcher.sources.status):
+the controller reads that report every `health_interval` and merges it into
+status (Capturing, WalRetained, ChangesMissed, and Ready), posting a Warning
+Event when a warning condition turns True.
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from tidings.dispatcher.sources import status as adapter_status
 from tidings.operator import adapters, health, publishing, status
 from tidings.operator.context import Context, ObjectLog
+from tidings.operator.health import Transition
 from tidings.operator.kube import StatusWriter
 from tidings.operator.world import IndexWorld, Key, source_dependencies, worth_reconciling
 
@@ -86,11 +93,14 @@ class SourceController:
         body: Mapping[str, Any],
         world: IndexWorld,
         *,
+        post_event: Callable[[Transition], None] | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.ctx = ctx
         self.body = body
         self.world = world
+        self.post_event = post_event or (lambda _: None)
+        self.outcome: SourceOutcome | None = None  # the last reconcile's verdict
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
@@ -129,6 +139,10 @@ class SourceController:
                         subscription.follow(self.dependencies())
                         await self.reconcile()
                         next_resync, failures, reconciled = loop.time() + delay, 0, generation
+                    elif self.reports():
+                        await self.write_status()  # the adapter's report may have changed
+                    if self.reports():
+                        delay = min(delay, settings.health_interval)
                 except (RedisError, OSError, ApiException) as error:
                     failures += 1
                     delay = settings.retry_after(failures)
@@ -136,6 +150,15 @@ class SourceController:
                 fired = await subscription.wait(delay)
         finally:
             subscription.close()
+
+    def reports(self) -> bool:
+        """Whether this source has an adapter whose report status shows."""
+        outcome = self.outcome
+        return (
+            outcome is not None
+            and outcome.spec is not None
+            and outcome.spec.kind in adapters.ADAPTER_KINDS
+        )
 
     def _url(self, spec: EventSourceSpec) -> str | None:
         if spec.http is None:
@@ -165,7 +188,8 @@ class SourceController:
                 generation, None, None, CompileError("InvalidSpec", f"spec: {bad_spec}"), None
             )
             await publishing.withdraw_source(self.ctx.redis, self.namespace, self.name)
-            await self.write_status(outcome)
+            self.outcome = outcome
+            await self.write_status()
             return
 
         world: Any = self.world
@@ -187,6 +211,7 @@ class SourceController:
                 generation=generation,
             )
             check_adapter_secrets(self.world, self.namespace, spec)
+            self.remember_dsn(spec)
         except CompileError as failure:
             compiled, error = None, failure
         if compiled is not None:
@@ -197,7 +222,15 @@ class SourceController:
             assert error is not None
             self.log.info("source withdrawn: %s", error.message)
         await self.reconcile_adapter(spec, uid, compiled is not None)
-        await self.write_status(SourceOutcome(generation, spec, compiled, error, self._url(spec)))
+        self.outcome = SourceOutcome(generation, spec, compiled, error, self._url(spec))
+        await self.write_status()
+
+    def remember_dsn(self, spec: EventSourceSpec) -> None:
+        if spec.postgres is not None:
+            ref = spec.postgres.connection_secret_ref
+            dsn = self.world.secret(self.namespace, ref.name, ref.key)
+            if dsn is not None:
+                self.ctx.dsns[(self.namespace, self.name)] = dsn
 
     async def ensure_token(self, uid: str) -> WithSecret | None:
         """Create the generated ingest token Secret if it does not exist yet."""
@@ -229,9 +262,15 @@ class SourceController:
         await kube.apply(deployment)
         self.log.info("adapter Deployment %s applied", deployment["metadata"]["name"])
 
-    async def write_status(self, outcome: SourceOutcome) -> None:
+    async def write_status(self) -> None:
+        outcome = self.outcome
+        assert outcome is not None
         spec = outcome.spec
         kind = spec.kind if spec is not None else ""
+        expected = kind in adapters.ADAPTER_KINDS
+        report = None
+        if expected:
+            report = await adapter_status.read(self.ctx.redis, self.namespace, self.name)
         facts = status.SourceFacts(
             namespace=self.namespace,
             name=self.name,
@@ -239,9 +278,14 @@ class SourceController:
             kind=kind,
             url=outcome.url,
             compile_error=outcome.error,
-            adapter_expected=kind in adapters.ADAPTER_KINDS,
+            adapter_expected=expected,
             adapter=self.world.adapter(self.namespace, self.name),
+            report=report,
         )
         known = self.writer.known(self.body)
+        wanted = status.source_conditions(facts)
         desired = status.source_status(facts, known, now=health.now_rfc3339())
-        await self.writer.write(self.body, desired)
+        if await self.writer.write(self.body, desired):
+            for warning in status.warnings(known.get("conditions"), wanted):
+                self.log.warning("%s: %s", warning.reason, warning.message)
+                self.post_event(Transition("Warning", warning.reason, warning.message))

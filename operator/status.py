@@ -12,8 +12,13 @@ Trigger conditions:
   Ready               compiled and routed: the route is in the routing table
   Delivering          what the data plane reports (Backoff, Paused, no report …)
 EventSource conditions:
-  Ready               compiled and published (and, for adapter kinds, the adapter is available)
+  Ready               compiled and published; for adapter kinds also: the adapter
+                      Deployment is available and the adapter reports it captures
   AdapterReady        adapter kinds only: the adapter Deployment has an available replica
+  Capturing           adapter kinds only: what the adapter itself reports (Streaming,
+                      or the reason it retries: ConnectionFailed, TableNotFound, …)
+  WalRetained         postgres: the slot's retained WAL against maxRetainedWalBytes
+  ChangesMissed       postgres, once it happened: the slot had to be created anew
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tidings.dispatcher.sources import status as adapter_status
 from tidings.operator.health import Reading
 from tidings.operator.world import AdapterEntry, SourceEntry
 
@@ -30,7 +36,7 @@ from tidings.api.routes import CompileError
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 TRIGGER_CONDITIONS = ("Ready", "SourceReady", "SubscriberResolved", "Delivering")
-SOURCE_CONDITIONS = ("Ready", "AdapterReady")
+SOURCE_CONDITIONS = ("Ready", "AdapterReady", "Capturing", "WalRetained", "ChangesMissed")
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,7 @@ class SourceFacts:
     compile_error: CompileError | None
     adapter_expected: bool  # postgres, kubernetes, schedule
     adapter: AdapterEntry | None  # the adapter Deployment as last seen
+    report: adapter_status.AdapterStatus | None = None  # what the adapter last reported
 
 
 def adapter_ready(f: SourceFacts) -> Want | None:
@@ -278,10 +285,25 @@ def adapter_ready(f: SourceFacts) -> Want | None:
     )
 
 
+def reported(f: SourceFacts) -> list[Want]:
+    """Capturing (and WalRetained, ChangesMissed) from the adapter's own report."""
+    if not f.adapter_expected:
+        return []
+    return [
+        Want(c.type, c.status, c.reason, c.message) for c in adapter_status.conditions(f.report)
+    ]
+
+
 def source_conditions(f: SourceFacts) -> list[Want]:
     adapter = adapter_ready(f)
+    from_adapter = reported(f)
+    capturing = from_adapter[0] if from_adapter else None
     if f.compile_error is not None:
         ready_ = Want("Ready", "False", f.compile_error.reason, f.compile_error.message)
+    elif capturing is not None and capturing.status == "False":
+        # The adapter's own reason (TableNotFound, ConnectionFailed …) says more
+        # than "no available replica", which it often causes.
+        ready_ = Want("Ready", "False", capturing.reason, capturing.message)
     elif adapter is not None and adapter.status != "True":
         ready_ = Want(
             "Ready",
@@ -289,11 +311,28 @@ def source_conditions(f: SourceFacts) -> list[Want]:
             adapter.reason,
             adapter.message,
         )
+    elif capturing is not None and capturing.status != "True":
+        ready_ = Want("Ready", "Unknown", capturing.reason, capturing.message)
     elif f.url is not None:
         ready_ = Want("Ready", "True", "Ready", f"accepting events at {f.url}")
+    elif capturing is not None and capturing.message:
+        ready_ = Want("Ready", "True", "Ready", f"capturing {f.kind} events: {capturing.message}")
     else:
         ready_ = Want("Ready", "True", "Ready", f"capturing {f.kind} events")
-    return [ready_] if adapter is None else [ready_, adapter]
+    return [ready_] + ([adapter] if adapter is not None else []) + from_adapter
+
+
+def warnings(before: Sequence[Mapping[str, Any]] | None, after: Sequence[Want]) -> list[Want]:
+    """Warning conditions that just became True (each is worth a Kubernetes Event
+    once; the written status remembers it across operator restarts)."""
+    was_true = {c.get("type") for c in before or [] if c.get("status") == "True"}
+    return [
+        w
+        for w in after
+        if w.type in ("WalRetained", "ChangesMissed")
+        and w.status == "True"
+        and w.type not in was_true
+    ]
 
 
 def source_status(f: SourceFacts, current: Mapping[str, Any] | None, *, now: str) -> dict[str, Any]:

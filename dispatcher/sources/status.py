@@ -5,12 +5,16 @@ it). It keeps one JSON document in the `status` field of keys.adapter_state;
 the operator reads it with `read` and turns it into conditions with
 `conditions`:
 
-- `SourceReady`: True/Running while the adapter streams; False with the
-  error's reason (ConnectionFailed, WalLevelNotLogical, TableNotFound, …)
-  and message while it retries; False/Standby for a replica waiting for the
-  Lease.
+- `Capturing`: True while the adapter streams (reason Streaming, Watching,
+  Scheduled); False with the error's reason (ConnectionFailed,
+  WalLevelNotLogical, TableNotFound, …) and message while it retries; False
+  with Stopped / EventSourceDeleted once it stopped.
 - `WalRetained` (Postgres): True/RetainedWalOverThreshold when the slot keeps
   more WAL than spec.postgres.maxRetainedWalBytes, else False/WithinThreshold.
+- `ChangesMissed` (Postgres, only once it happened): True/SlotRecreated when
+  the replication slot had to be created anew after the adapter had streamed
+  from it (dropped by hand, invalidated, a failover): changes committed in
+  between were not captured.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tidings.api import keys
 from tidings.api.types import Condition
 
 FIELD = "status"
+CAPTURING = "Capturing"
 
 
 @dataclass
@@ -37,6 +42,11 @@ class AdapterStatus:
     since: float = 0.0  # when `state`/`reason` last changed (s since epoch)
     updated: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def _mib(size: int) -> str:
+    """Rounded to the MiB, so a retained size that creeps does not rewrite status."""
+    return f"{size >> 20} MiB"
 
 
 def _iso(seconds: float) -> str:
@@ -76,11 +86,11 @@ async def read(redis: Redis, namespace: str, name: str) -> AdapterStatus | None:
 
 
 def conditions(status: AdapterStatus | None, generation: int | None = None) -> list[Condition]:
-    """SourceReady (and WalRetained for Postgres) from an adapter status."""
+    """Capturing (and WalRetained, ChangesMissed for Postgres) from an adapter status."""
     if status is None:
         return [
             Condition(
-                type="SourceReady",
+                type=CAPTURING,
                 status="Unknown",
                 reason="AdapterNotReporting",
                 message="the source adapter has not reported yet",
@@ -88,7 +98,7 @@ def conditions(status: AdapterStatus | None, generation: int | None = None) -> l
             )
         ]
     ready = Condition(
-        type="SourceReady",
+        type=CAPTURING,
         status="True" if status.state == "Running" else "False",
         reason=status.reason,
         message=status.message,
@@ -105,15 +115,34 @@ def conditions(status: AdapterStatus | None, generation: int | None = None) -> l
                 type="WalRetained",
                 status="True" if over else "False",
                 reason="RetainedWalOverThreshold" if over else "WithinThreshold",
+                # No byte count while within the threshold: status stays unchanged
+                # (and unwritten) as the number moves; it is in the adapter's log.
                 message=(
-                    f"replication slot {status.details.get('slot')} retains {int(wal)} bytes of "
-                    f"WAL (threshold spec.postgres.maxRetainedWalBytes={threshold})"
+                    f"replication slot {status.details.get('slot')} retains "
+                    + (f"{_mib(int(wal))} of WAL, more than" if over else "less WAL than")
+                    + f" spec.postgres.maxRetainedWalBytes={threshold}"
                     + (
                         "; the adapter is behind or stopped: the database disk fills up "
                         "until it catches up or the EventSource is deleted"
                         if over
                         else ""
                     )
+                ),
+                observed_generation=generation,
+            )
+        )
+    recreated = status.details.get("slotRecreated")
+    if isinstance(recreated, dict):
+        out.append(
+            Condition(
+                type="ChangesMissed",
+                status="True",
+                reason="SlotRecreated",
+                message=(
+                    f"replication slot {status.details.get('slot', '')} was missing and was "
+                    f"created anew at {recreated.get('at', '?')}: changes committed after LSN "
+                    f"{recreated.get('afterLsn', '?')} until then were not captured (the slot "
+                    "was dropped, invalidated by max_slot_wal_keep_size, or lost in a failover)"
                 ),
                 observed_generation=generation,
             )

@@ -407,7 +407,7 @@ async def test_wal_retention_over_the_threshold_is_reported(
 
         current = await eventually(reported)
     conditions = {c.type: c for c in status.conditions(current)}
-    assert conditions["SourceReady"].status == "True"
+    assert conditions["Capturing"].status == "True"
     assert conditions["WalRetained"].reason in ("RetainedWalOverThreshold", "WithinThreshold")
     assert str(1 << 20) in conditions["WalRetained"].message
 

@@ -10,6 +10,7 @@ from tidings.operator.status import SourceFacts, TriggerFacts
 from tidings.operator.world import AdapterEntry, SourceEntry
 
 from tidings.api.routes import CompileError
+from tidings.dispatcher.sources.status import AdapterStatus
 from tidings.api.types import EventSourceSpec
 
 URL = "http://mailer.shop.svc.cluster.local:8080/hook"
@@ -222,6 +223,111 @@ def test_an_adapter_source_is_ready_only_when_its_adapter_is_available() -> None
         url=None,
         adapter_expected=True,
         adapter=AdapterEntry("tidings-source-users", "h", 1),
+        report=streaming(),
     )
     conditions = {c["type"]: c for c in status.source_status(running, None, now="T")["conditions"]}
     assert conditions["Ready"]["status"] == conditions["AdapterReady"]["status"] == "True"
+    assert conditions["Capturing"]["reason"] == "Streaming"
+    assert conditions["Ready"]["message"] == "capturing postgres events: streaming slot s"
+
+
+def streaming(**details: Any) -> AdapterStatus:
+    return AdapterStatus(
+        "Running", "Streaming", "streaming slot s", 1.0, 2.0, {"slot": "s", **details}
+    )
+
+
+def adapter_source(**overrides: Any) -> SourceFacts:
+    values: dict[str, Any] = {
+        "kind": "postgres",
+        "url": None,
+        "adapter_expected": True,
+        "adapter": AdapterEntry("tidings-source-users", "h", 1),
+    }
+    values.update(overrides)
+    return source_facts(**values)
+
+
+def conditions_of(f: SourceFacts, current: Any = None, now: str = "T") -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.source_status(f, current, now=now)["conditions"]}
+
+
+def test_an_adapter_that_retries_makes_the_source_not_ready_with_its_own_reason() -> None:
+    report = AdapterStatus(
+        "Retrying", "TableNotFound", "spec.postgres.tables[0]: public.users not found", 1.0, 2.0
+    )
+    for deployment in (AdapterEntry("a", "h", 1), AdapterEntry("a", "h", 0, "crash loop")):
+        conditions = conditions_of(adapter_source(adapter=deployment, report=report))
+        assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+            "False",
+            "TableNotFound",
+        )
+        assert conditions["Ready"]["message"] == report.message
+        assert (conditions["Capturing"]["status"], conditions["Capturing"]["reason"]) == (
+            "False",
+            "TableNotFound",
+        )
+
+
+def test_an_available_adapter_that_has_not_reported_is_unknown_not_ready() -> None:
+    conditions = conditions_of(adapter_source(report=None))
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
+        "Unknown",
+        "AdapterNotReporting",
+    )
+    assert conditions["Capturing"]["status"] == "Unknown"
+
+
+def test_a_compile_error_wins_over_the_adapters_report() -> None:
+    error = CompileError("SecretNotFound", "spec.postgres.connectionSecretRef: …")
+    conditions = conditions_of(adapter_source(compile_error=error, report=streaming()))
+    assert conditions["Ready"]["reason"] == "SecretNotFound"
+    assert conditions["Capturing"]["status"] == "True"  # the old adapter still runs
+
+
+def test_capturing_keeps_its_transition_time_while_it_holds() -> None:
+    first = status.source_status(adapter_source(report=streaming()), None, now="T1")
+    again = status.source_status(adapter_source(report=streaming()), first, now="T2")
+    assert again == first
+    broken = AdapterStatus("Retrying", "ConnectionFailed", "no route to host", 3.0, 4.0)
+    moved = conditions_of(adapter_source(report=broken), first, now="T3")
+    assert moved["Capturing"]["lastTransitionTime"] == "T3"
+    assert moved["AdapterReady"]["lastTransitionTime"] == "T1"
+
+
+def test_retained_wal_and_a_recreated_slot_are_warning_conditions_posted_once() -> None:
+    quiet = status.source_status(
+        adapter_source(report=streaming(walRetainedBytes=10, walThresholdBytes=1 << 20)),
+        None,
+        now="T1",
+    )
+    assert {c["type"]: c["status"] for c in quiet["conditions"]}["WalRetained"] == "False"
+    assert "ChangesMissed" not in {c["type"] for c in quiet["conditions"]}
+    report = streaming(
+        walRetainedBytes=5 << 20,
+        walThresholdBytes=1 << 20,
+        slotRecreated={"at": "2026-11-28T10:00:00Z", "afterLsn": "0/16B3748"},
+    )
+    loud = status.source_conditions(adapter_source(report=report))
+    by = {w.type: w for w in loud}
+    assert (by["WalRetained"].status, by["WalRetained"].reason) == (
+        "True",
+        "RetainedWalOverThreshold",
+    )
+    assert "5 MiB" in by["WalRetained"].message
+    assert (by["ChangesMissed"].status, by["ChangesMissed"].reason) == ("True", "SlotRecreated")
+    assert "0/16B3748" in by["ChangesMissed"].message
+    assert by["Ready"].status == "True"  # a warning, not an outage
+    assert [w.type for w in status.warnings(quiet["conditions"], loud)] == [
+        "WalRetained",
+        "ChangesMissed",
+    ]
+    written = status.source_status(adapter_source(report=report), quiet, now="T2")
+    assert status.warnings(written["conditions"], loud) == []
+
+
+def test_a_growing_wal_within_the_threshold_does_not_change_status() -> None:
+    small = adapter_source(report=streaming(walRetainedBytes=10, walThresholdBytes=1 << 20))
+    larger = adapter_source(report=streaming(walRetainedBytes=9000, walThresholdBytes=1 << 20))
+    first = status.source_status(small, None, now="T1")
+    assert status.source_status(larger, first, now="T2") == first

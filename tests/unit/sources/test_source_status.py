@@ -13,7 +13,7 @@ from tidings.dispatcher.sources.status import AdapterStatus, conditions
 def test_no_status_yet_is_unknown() -> None:
     (ready,) = conditions(None, generation=3)
     assert (ready.type, ready.status, ready.reason) == (
-        "SourceReady",
+        "Capturing",
         "Unknown",
         "AdapterNotReporting",
     )
