@@ -23,7 +23,12 @@ def test_only_a_valid_postgres_spec_has_a_slot_to_drop() -> None:
     assert replication.postgres_spec({"schedule": {"cron": "@daily"}}) is None
     assert replication.postgres_spec({"postgres": {"tables": "not a list"}}) is None
     found = replication.postgres_spec(
-        {"postgres": {"connectionSecretRef": {"name": "db", "key": "dsn"}, "tables": ["public.users"]}}
+        {
+            "postgres": {
+                "connectionSecretRef": {"name": "db", "key": "dsn"},
+                "tables": ["public.users"],
+            }
+        }
     )
     assert found is not None and found.tables == ["public.users"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidings.dispatcher.sources.status import AdapterStatus
 from tidings.operator import status
 from tidings.operator.health import Reading
 from tidings.operator.status import SourceFacts, TriggerFacts
 from tidings.operator.world import AdapterEntry, SourceEntry
 
 from tidings.api.routes import CompileError
-from tidings.dispatcher.sources.status import AdapterStatus
 from tidings.api.types import EventSourceSpec
 
 URL = "http://mailer.shop.svc.cluster.local:8080/hook"
