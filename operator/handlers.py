@@ -164,13 +164,11 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             attempts=ctx.settings.cleanup_attempts,
             known_dsn=ctx.dsns.get((namespace, name)),
         )
-        level = logging.INFO if outcome.verdict == "done" else logging.WARNING
-        if outcome.verdict == "abandoned":
-            level = logging.ERROR
-        log.log(level, "[EventSource/%s/%s] %s", namespace, name, outcome.message)
         kopf.event(body, type=outcome.event_type, reason=outcome.reason, message=outcome.message)
-        if outcome.verdict == "retry":
+        if outcome.verdict == "retry":  # Kopf logs it, and keeps the count in an annotation
             raise kopf.TemporaryError(outcome.message, delay=outcome.delay)
+        level = logging.INFO if outcome.verdict == "done" else logging.ERROR
+        log.log(level, "[EventSource/%s/%s] %s", namespace, name, outcome.message)
         ctx.dsns.pop((namespace, name), None)
 
     return registry

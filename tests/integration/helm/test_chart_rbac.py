@@ -233,7 +233,12 @@ def refusals(logs: str) -> list[str]:
 
 
 async def test_the_operator_runs_every_flow_as_the_charts_service_account_and_dispatchers_need_none(
-    namespaced: Install, kubectl: Any, redis_server: RedisServer, redis: Redis, tmp_path: Path
+    namespaced: Install,
+    kubectl: Any,
+    redis_server: RedisServer,
+    redis: Redis,
+    tmp_path: Path,
+    pg_dsn: str,
 ) -> None:
     install = namespaced
     cluster = Cluster(kubectl, install.watched)
@@ -303,7 +308,8 @@ async def test_the_operator_runs_every_flow_as_the_charts_service_account_and_di
                     "apiVersion": "v1",
                     "kind": "Secret",
                     "metadata": {"name": "db"},
-                    "stringData": {"dsn": "postgresql://x@db/y"},
+                    # A real database: deleting the EventSource connects to drop its slot.
+                    "stringData": {"dsn": pg_dsn},
                 },
                 {
                     "apiVersion": "tidings.dev/v1alpha1",
@@ -376,7 +382,12 @@ async def test_the_operator_runs_every_flow_as_the_charts_service_account_and_di
 
 
 async def test_adapters_run_as_the_charts_source_account_and_watch_only_what_it_grants(
-    namespaced: Install, kubectl: Any, redis_server: RedisServer, redis: Redis, tmp_path: Path
+    namespaced: Install,
+    kubectl: Any,
+    redis_server: RedisServer,
+    redis: Redis,
+    tmp_path: Path,
+    pg_dsn: str,
 ) -> None:
     install = namespaced
     cluster = Cluster(kubectl, install.watched)

@@ -104,6 +104,7 @@ async def test_the_documented_rbac_is_enough_for_a_whole_lifecycle(
     seal_key: str,
     redis: Redis,
     tmp_path: Path,
+    pg_dsn: str,
 ) -> None:
     ns = cluster.namespace
     # Peering is on: the operator creates its KopfPeering object itself.
@@ -120,7 +121,8 @@ async def test_the_documented_rbac_is_enough_for_a_whole_lifecycle(
             http_source("users"),
             service("mailer"),
             secret("hook", secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
-            secret("db", dsn="postgresql://x@db/y"),
+            # A real database: deleting the EventSource connects to drop its slot.
+            secret("db", dsn=pg_dsn),
             trigger("t", "users", delivery=signing),
             {
                 "apiVersion": "tidings.dev/v1alpha1",

@@ -9,6 +9,7 @@ import json
 import pytest
 from operator_harness import Cluster, OperatorProcess, eventually, http_source, routing_table
 from redis.asyncio import Redis
+from tidings.dispatcher.sources.status import StatusReporter
 
 from tidings.api import keys
 from tidings.api.sealing import Sealer
@@ -86,7 +87,7 @@ async def test_a_deleted_source_takes_its_stream_and_every_key_under_its_tag(
 
 
 async def test_a_postgres_source_runs_its_adapter_deployment_and_is_ready_when_available(
-    cluster: Cluster, operator: OperatorProcess, redis: Redis
+    cluster: Cluster, operator: OperatorProcess, redis: Redis, pg_dsn: str
 ) -> None:
     ns = cluster.namespace
     cluster.apply(
@@ -94,7 +95,8 @@ async def test_a_postgres_source_runs_its_adapter_deployment_and_is_ready_when_a
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "shop-db"},
-            "stringData": {"dsn": "postgresql://cdc@db/shop"},
+            # A real database: deleting the EventSource connects to drop its slot.
+            "stringData": {"dsn": pg_dsn},
         },
         {
             "apiVersion": "tidings.dev/v1alpha1",
@@ -145,9 +147,21 @@ async def test_a_postgres_source_runs_its_adapter_deployment_and_is_ready_when_a
         "-p",
         json.dumps({"status": {"replicas": 1, "availableReplicas": 1, "readyReplicas": 1}}),
     )
+    # Available, but the adapter has not said it captures: not Ready yet.
+    await eventually(
+        lambda: (
+            (cluster.condition("eventsource", "users-db", "Ready") or {}).get("reason")
+            == "AdapterNotReporting"
+        )
+    )
+    # What the adapter reports once it streams (its own reporting code).
+    reporter = StatusReporter(redis, ns, "users-db")
+    await reporter.report("Running", "Streaming", "streaming replication slot s", slot="s")
     await eventually(lambda: ready(cluster, "users-db"))
     adapter = cluster.condition("eventsource", "users-db", "AdapterReady") or {}
     assert adapter["status"] == "True"
+    capturing = cluster.condition("eventsource", "users-db", "Capturing") or {}
+    assert (capturing.get("status"), capturing.get("reason")) == ("True", "Streaming")
 
     cluster.delete("eventsource", "users-db", wait=True)
     assert cluster.get("deployment", "tidings-source-users-db") is None  # adapter stopped
