@@ -52,6 +52,9 @@ class Settings:
     retry_max: float = 30.0
     # A deleted Postgres EventSource: attempts at dropping its slot before giving up.
     cleanup_attempts: int = 10
+    # How often the operator reads a Postgres slot's retained WAL itself while the
+    # adapter is not running.
+    wal_check_interval: float = 60.0
 
     def retry_after(self, failures: int) -> float:
         delay: float = min(self.retry_delay * 2.0 ** max(0, failures - 1), self.retry_max)

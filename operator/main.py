@@ -94,6 +94,13 @@ def register(subparsers: Any) -> None:
         "adapter's report (default: %(default)s)",
     )
     parser.add_argument(
+        "--wal-check-interval",
+        type=float,
+        default=60.0,
+        help="seconds between the operator's own reads of a Postgres slot's retained WAL "
+        "while its adapter is not running (default: %(default)s)",
+    )
+    parser.add_argument(
         "--cleanup-attempts",
         type=int,
         default=10,
@@ -191,6 +198,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stale_after=args.stale_after,
         resync_interval=args.resync_interval,
         cleanup_attempts=max(1, args.cleanup_attempts),
+        wal_check_interval=args.wal_check_interval,
     )
 
 

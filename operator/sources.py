@@ -22,10 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from tidings.dispatcher.sources import pgsetup
 from tidings.dispatcher.sources import status as adapter_status
+from tidings.dispatcher.sources.errors import SourceError
 from tidings.operator import adapters, health, publishing, status
 from tidings.operator.context import Context, ObjectLog
 from tidings.operator.health import Transition
@@ -38,9 +41,12 @@ from tidings.api.routes import (
     compile_source,
     ingest_token_secret_name,
 )
-from tidings.api.types import EventSourceSpec
+from tidings.api.types import EventSourceSpec, PostgresSource
 
 log = logging.getLogger(__name__)
+
+# The operator's own look at a slot's retained WAL may not stall the controller.
+WAL_CHECK_TIMEOUT = 10.0
 
 
 class WithSecret:
@@ -101,6 +107,10 @@ class SourceController:
         self.world = world
         self.post_event = post_event or (lambda _: None)
         self.outcome: SourceOutcome | None = None  # the last reconcile's verdict
+        # Postgres: the operator's own reading of the slot's retained WAL, taken
+        # while the adapter does not run (then nobody else would warn of it).
+        self.wal: adapter_status.WalReading | None = None
+        self.next_wal_check = 0.0
         meta = body["metadata"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
@@ -225,6 +235,31 @@ class SourceController:
         self.outcome = SourceOutcome(generation, spec, compiled, error, self._url(spec))
         await self.write_status()
 
+    async def check_wal(self, spec: PostgresSource) -> None:
+        """Read the slot's retained WAL, at most every wal_check_interval."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.next_wal_check:
+            return
+        self.next_wal_check = loop.time() + self.ctx.settings.wal_check_interval
+        dsn = self.ctx.dsns.get((self.namespace, self.name))
+        if dsn is None:
+            return
+        try:
+            retention = await asyncio.wait_for(
+                pgsetup.check_wal_retention(spec, dsn, namespace=self.namespace, name=self.name),
+                WAL_CHECK_TIMEOUT,
+            )
+        except (SourceError, psycopg.Error, OSError, TimeoutError) as error:
+            # The adapter reports why it cannot connect; this is only a second look.
+            self.log.debug("cannot read the slot's retained WAL: %s", error)
+            return
+        if not retention.exists:
+            self.wal = None  # no slot, nothing retained
+            return
+        self.wal = adapter_status.WalReading(
+            retention.slot, retention.retained_bytes, retention.threshold
+        )
+
     def remember_dsn(self, spec: EventSourceSpec) -> None:
         if spec.postgres is not None:
             ref = spec.postgres.connection_secret_ref
@@ -269,8 +304,15 @@ class SourceController:
         kind = spec.kind if spec is not None else ""
         expected = kind in adapters.ADAPTER_KINDS
         report = None
+        deployment = self.world.adapter(self.namespace, self.name)
         if expected:
             report = await adapter_status.read(self.ctx.redis, self.namespace, self.name)
+        if spec is not None and spec.postgres is not None:
+            running = report is not None and report.state == "Running"
+            if running and deployment is not None and deployment.available > 0:
+                self.wal = None  # the adapter's own reading is fresher
+            else:
+                await self.check_wal(spec.postgres)
         facts = status.SourceFacts(
             namespace=self.namespace,
             name=self.name,
@@ -279,8 +321,9 @@ class SourceController:
             url=outcome.url,
             compile_error=outcome.error,
             adapter_expected=expected,
-            adapter=self.world.adapter(self.namespace, self.name),
+            adapter=deployment,
             report=report,
+            wal=self.wal,
         )
         known = self.writer.known(self.body)
         wanted = status.source_conditions(facts)

@@ -256,6 +256,7 @@ class SourceFacts:
     adapter_expected: bool  # postgres, kubernetes, schedule
     adapter: AdapterEntry | None  # the adapter Deployment as last seen
     report: adapter_status.AdapterStatus | None = None  # what the adapter last reported
+    wal: adapter_status.WalReading | None = None  # the operator's own, newer WAL reading
 
 
 def adapter_ready(f: SourceFacts) -> Want | None:
@@ -289,9 +290,8 @@ def reported(f: SourceFacts) -> list[Want]:
     """Capturing (and WalRetained, ChangesMissed) from the adapter's own report."""
     if not f.adapter_expected:
         return []
-    return [
-        Want(c.type, c.status, c.reason, c.message) for c in adapter_status.conditions(f.report)
-    ]
+    found = adapter_status.conditions(f.report, wal=f.wal)
+    return [Want(c.type, c.status, c.reason, c.message) for c in found]
 
 
 def source_conditions(f: SourceFacts) -> list[Want]:

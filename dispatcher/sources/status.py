@@ -85,18 +85,66 @@ async def read(redis: Redis, namespace: str, name: str) -> AdapterStatus | None:
     return AdapterStatus(**json.loads(raw))
 
 
-def conditions(status: AdapterStatus | None, generation: int | None = None) -> list[Condition]:
-    """Capturing (and WalRetained, ChangesMissed for Postgres) from an adapter status."""
-    if status is None:
-        return [
-            Condition(
-                type=CAPTURING,
-                status="Unknown",
-                reason="AdapterNotReporting",
-                message="the source adapter has not reported yet",
-                observed_generation=generation,
+@dataclass(frozen=True)
+class WalReading:
+    """How much WAL a slot retains, against the EventSource's threshold."""
+
+    slot: str
+    retained: int
+    threshold: int
+
+    @classmethod
+    def from_details(cls, details: dict[str, Any]) -> WalReading | None:
+        if details.get("walRetainedBytes") is None:
+            return None
+        return cls(
+            str(details.get("slot", "")),
+            int(details["walRetainedBytes"]),
+            int(details.get("walThresholdBytes", 0)),
+        )
+
+
+def wal_condition(wal: WalReading, generation: int | None = None) -> Condition:
+    over = wal.retained > wal.threshold
+    return Condition(
+        type="WalRetained",
+        status="True" if over else "False",
+        reason="RetainedWalOverThreshold" if over else "WithinThreshold",
+        # No byte count while within the threshold: status stays unchanged (and
+        # unwritten) as the number moves; the adapter logs it.
+        message=(
+            f"replication slot {wal.slot} retains "
+            + (f"{_mib(wal.retained)} of WAL, more than" if over else "less WAL than")
+            + f" spec.postgres.maxRetainedWalBytes={wal.threshold}"
+            + (
+                "; the adapter is behind or stopped: the database disk fills up "
+                "until it catches up or the EventSource is deleted"
+                if over
+                else ""
             )
-        ]
+        ),
+        observed_generation=generation,
+    )
+
+
+def conditions(
+    status: AdapterStatus | None,
+    generation: int | None = None,
+    *,
+    wal: WalReading | None = None,
+) -> list[Condition]:
+    """Capturing (and WalRetained, ChangesMissed for Postgres) from an adapter
+    status; `wal`, when given, is a newer reading than the adapter's (the
+    operator reads it itself while the adapter is down)."""
+    if status is None:
+        capturing = Condition(
+            type=CAPTURING,
+            status="Unknown",
+            reason="AdapterNotReporting",
+            message="the source adapter has not reported yet",
+            observed_generation=generation,
+        )
+        return [capturing] + ([wal_condition(wal, generation)] if wal else [])
     ready = Condition(
         type=CAPTURING,
         status="True" if status.state == "Running" else "False",
@@ -106,31 +154,9 @@ def conditions(status: AdapterStatus | None, generation: int | None = None) -> l
         last_transition_time=_iso(status.since),
     )
     out = [ready]
-    wal = status.details.get("walRetainedBytes")
+    wal = wal or WalReading.from_details(status.details)
     if wal is not None:
-        threshold = int(status.details.get("walThresholdBytes", 0))
-        over = int(wal) > threshold
-        out.append(
-            Condition(
-                type="WalRetained",
-                status="True" if over else "False",
-                reason="RetainedWalOverThreshold" if over else "WithinThreshold",
-                # No byte count while within the threshold: status stays unchanged
-                # (and unwritten) as the number moves; it is in the adapter's log.
-                message=(
-                    f"replication slot {status.details.get('slot')} retains "
-                    + (f"{_mib(int(wal))} of WAL, more than" if over else "less WAL than")
-                    + f" spec.postgres.maxRetainedWalBytes={threshold}"
-                    + (
-                        "; the adapter is behind or stopped: the database disk fills up "
-                        "until it catches up or the EventSource is deleted"
-                        if over
-                        else ""
-                    )
-                ),
-                observed_generation=generation,
-            )
-        )
+        out.append(wal_condition(wal, generation))
     recreated = status.details.get("slotRecreated")
     if isinstance(recreated, dict):
         out.append(

@@ -52,14 +52,15 @@ def operator(
     seal_key: str,
     tmp_path: Path,
 ) -> Iterator[OperatorProcess]:
-    """The operator, giving up on an unreachable database after 3 attempts (1 s + 2 s)."""
+    """The operator, giving up on an unreachable database after 3 attempts (1 s + 2 s),
+    and reading a stopped adapter's slot every second."""
     process = OperatorProcess(
         namespaces=[cluster.namespace],
         redis_url=operator_redis.url,
         kubeconfig=kubeconfig,
         seal_key=seal_key,
         log_path=tmp_path / "operator.log",
-        args=["--cleanup-attempts", "3"],
+        args=["--cleanup-attempts", "3", "--wal-check-interval", "1"],
     )
     process.start()
     yield process
@@ -307,3 +308,48 @@ async def test_a_source_left_by_a_namespace_deletion_is_cleaned_with_the_remembe
     cluster.delete("secret", "db", wait=True)
     cluster.delete("eventsource", "audit-db", wait=True)
     assert await replication_objects(sql, names) == (0, 0)
+
+
+async def test_wal_piling_up_behind_a_stopped_adapter_is_a_warning_condition_and_event(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    run_adapter: Any,
+    sql: psycopg.AsyncConnection[Any],
+    table: str,
+    pg_dsn: str,
+) -> None:
+    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, pad text)")
+    cluster.apply(
+        secret("db", dsn=pg_dsn),
+        postgres_source("events-db", table, maxRetainedWalBytes=1 << 20),
+    )
+    await eventually(lambda: cluster.get("deployment", "tidings-source-events-db"))
+    deployment_available(cluster, "events-db")
+    adapter = run_adapter("events-db")
+    await eventually(
+        lambda: reason(cluster, "eventsource", "events-db", "Capturing") == ("True", "Streaming"),
+        within=30,
+    )
+    adapter.stop()  # the adapter is down: only the operator can still notice the WAL
+    await eventually(
+        lambda: reason(cluster, "eventsource", "events-db", "Capturing") == ("False", "Stopped")
+    )
+    await sql.execute(
+        f"INSERT INTO {table} SELECT g, repeat('x', 1000) FROM generate_series(1, 3000) g"
+    )
+    await eventually(
+        lambda: (
+            reason(cluster, "eventsource", "events-db", "WalRetained")
+            == ("True", "RetainedWalOverThreshold")
+        ),
+        within=20,
+    )
+    condition = cluster.condition("eventsource", "events-db", "WalRetained") or {}
+    assert "maxRetainedWalBytes=1048576" in condition["message"]
+    warnings = await eventually(
+        lambda: [
+            e for e in cluster.events("events-db") if e["reason"] == "RetainedWalOverThreshold"
+        ]
+    )
+    assert warnings[0]["type"] == "Warning"
+    assert reason(cluster, "eventsource", "events-db", "Ready") == ("False", "Stopped")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.dispatcher.sources.status import AdapterStatus
+from tidings.dispatcher.sources.status import AdapterStatus, WalReading
 from tidings.operator import status
 from tidings.operator.health import Reading
 from tidings.operator.status import SourceFacts, TriggerFacts
@@ -331,3 +331,17 @@ def test_a_growing_wal_within_the_threshold_does_not_change_status() -> None:
     larger = adapter_source(report=streaming(walRetainedBytes=9000, walThresholdBytes=1 << 20))
     first = status.source_status(small, None, now="T1")
     assert status.source_status(larger, first, now="T2") == first
+
+
+def test_the_operators_own_wal_reading_counts_while_the_adapter_is_down() -> None:
+    stopped = AdapterStatus(
+        "Stopped", "Stopped", "the adapter was stopped", 1.0, 2.0, {"walRetainedBytes": 10}
+    )
+    over = WalReading("s", 5 << 20, 1 << 20)
+    for report in (stopped, None):
+        by = {w.type: w for w in status.source_conditions(adapter_source(report=report, wal=over))}
+        assert (by["WalRetained"].status, by["WalRetained"].reason) == (
+            "True",
+            "RetainedWalOverThreshold",
+        )
+        assert by["Ready"].status != "True"
