@@ -71,10 +71,20 @@ class Table:
     spec_name: str
     schema: str
     name: str
+    # The publication's column list for this table (PostgreSQL 15+), or None
+    # for all columns: the spec's columns plus the replica identity's.
+    publish_columns: tuple[str, ...] | None = None
 
     @property
     def qualified(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    @property
+    def published(self) -> str:
+        """The table as a publication lists it, with its column list if any."""
+        if self.publish_columns is None:
+            return self.qualified
+        return f"{self.qualified} ({', '.join(quote_ident(c) for c in self.publish_columns)})"
 
     @property
     def subject(self) -> str:
@@ -165,6 +175,9 @@ async def resolve_tables(conn: psycopg.AsyncConnection[Any], spec: PostgresSourc
     """Find every listed table; check columns and replica identity."""
     tables: list[Table] = []
     database = await _one(conn, "SELECT current_database()::text")
+    # Column lists in publications arrived in PostgreSQL 15; before that the
+    # adapter alone filters columns.
+    version = int(await _one(conn, "SHOW server_version_num"))
     columns_by_table = column_lists(spec)
     listed = {"{}.{}".format(*split_table(t)) for t in spec.tables}
     for table in columns_by_table:
@@ -201,21 +214,66 @@ async def resolve_tables(conn: psycopg.AsyncConnection[Any], spec: PostgresSourc
                 f"ALTER TABLE {quote_ident(schema)}.{quote_ident(name)} REPLICA IDENTITY FULL"
             )
         wanted = columns_by_table.get(f"{schema}.{name}")
+        publish: tuple[str, ...] | None = None
         if wanted:
             cursor = await conn.execute(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
-                "AND NOT attisdropped",
+                "AND NOT attisdropped ORDER BY attnum",
                 (oid,),
             )
-            present = {r[0] for r in await cursor.fetchall()}
-            missing = [c for c in wanted if c not in present]
+            ordered = [r[0] for r in await cursor.fetchall()]
+            missing = [c for c in wanted if c not in ordered]
             if missing:
                 raise ColumnNotFound(
                     f"spec.postgres.columns[{spec_name}]: table {schema}.{name} has no column "
-                    f"{', '.join(missing)}; it has {', '.join(sorted(present))}"
+                    f"{', '.join(missing)}; it has {', '.join(sorted(ordered))}"
                 )
-        tables.append(Table(index, spec_name, schema, name))
+            if version >= 150000:
+                identity_columns = await replica_identity_columns(conn, oid, identity)
+                publish = publication_columns(
+                    ordered, wanted, identity_columns, needs_identity=needs_identity
+                )
+        tables.append(Table(index, spec_name, schema, name, publish))
     return tables
+
+
+async def replica_identity_columns(
+    conn: psycopg.AsyncConnection[Any], oid: int, identity: str
+) -> list[str] | None:
+    """The columns of the table's replica identity; None for FULL (all of them)."""
+    if identity == "f":
+        return None
+    if identity == "n":
+        return []
+    flag = "indisreplident" if identity == "i" else "indisprimary"
+    cursor = await conn.execute(
+        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a "
+        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        f"WHERE i.indrelid = %s AND i.{flag}",
+        (oid,),
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+def publication_columns(
+    ordered: Sequence[str],
+    wanted: Sequence[str],
+    identity: Sequence[str] | None,
+    *,
+    needs_identity: bool,
+) -> tuple[str, ...] | None:
+    """The publication's column list: the wanted columns, in table order.
+
+    Publishing UPDATE or DELETE with a column list that lacks a replica identity
+    column makes PostgreSQL refuse those statements on the table, so the
+    identity's columns are always added (the adapter still filters them out of
+    events); with REPLICA IDENTITY FULL that is every column, so no list."""
+    keep = set(wanted)
+    if needs_identity:
+        if identity is None:
+            return None
+        keep.update(identity)
+    return tuple(c for c in ordered if c in keep)
 
 
 def publish_option(operations: Sequence[str]) -> str:
@@ -239,7 +297,7 @@ async def ensure_publication(
         "FROM pg_publication WHERE pubname = %s",
         publication,
     )
-    table_list = ", ".join(t.qualified for t in tables)
+    table_list = ", ".join(t.published for t in tables)
     publish = publish_option(operations)
     name = quote_ident(publication)
     try:

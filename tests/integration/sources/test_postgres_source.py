@@ -273,6 +273,31 @@ async def test_only_the_listed_operations_and_columns_are_captured(
     assert events[1].data["new"] is None and events[1].data["table"] == table_name
 
 
+async def test_excluded_columns_never_leave_the_database_and_updates_still_work(
+    pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis
+) -> None:
+    await pg.execute(
+        f"CREATE TABLE {table_name} (id int PRIMARY KEY, email text, password_hash text)"
+    )
+    spec = spec_for(table_name, columns={table_name: ["email"]})
+    adapter = make_adapter(spec)
+    async with running(adapter, redis_client, adapter.source):
+        # PostgreSQL 15 column list: the wanted column plus the key, which
+        # UPDATE/DELETE publishing needs (without it the app's UPDATEs fail).
+        cursor = await pg.execute(
+            "SELECT attnames::text[] FROM pg_publication_tables "
+            "WHERE pubname = %s AND tablename = %s",
+            (adapter.names.publication, table_name),
+        )
+        assert (await cursor.fetchone())[0] == ["id", "email"]
+        await pg.execute(f"INSERT INTO {table_name} VALUES (1, 'a@x.io', 'h1')")
+        await pg.execute(f"UPDATE {table_name} SET email = 'b@x.io', password_hash = 'h2'")
+        await pg.execute(f"DELETE FROM {table_name}")
+        events = await wait_for_events(redis_client, adapter.source, 3)
+    assert [e.data["new"] for e in events] == [{"email": "a@x.io"}, {"email": "b@x.io"}, None]
+    assert "h1" not in str([e.data for e in events]) and "h2" not in str([e.data for e in events])
+
+
 async def test_a_restart_resumes_with_no_loss_and_no_duplicates(
     pg: PG, table_name: str, make_adapter: Any, redis_client: aioredis.Redis
 ) -> None:

@@ -62,3 +62,15 @@ def test_slot_names_are_valid_distinct_and_bounded() -> None:
     assert default_name("a-b", "c") != default_name("a", "b-c")
     long = default_name("n" * 63, "x" * 253)
     assert len(long) == 63 and long.replace("_", "").isalnum() and long == long.lower()
+
+
+def test_a_publication_column_list_keeps_table_order_and_the_replica_identity() -> None:
+    from tidings.dispatcher.sources.pgsetup import publication_columns
+
+    ordered = ["id", "email", "name", "password_hash"]
+    keep = publication_columns(ordered, ["name", "email"], ["id"], needs_identity=True)
+    assert keep == ("id", "email", "name")
+    insert_only = publication_columns(ordered, ["name"], ["id"], needs_identity=False)
+    assert insert_only == ("name",)
+    # REPLICA IDENTITY FULL: every column is identity, so no list at all.
+    assert publication_columns(ordered, ["name"], None, needs_identity=True) is None
