@@ -221,6 +221,39 @@ async def test_a_missing_table_shows_in_ready_and_on_triggers_until_it_is_create
     )
 
 
+@pytest.mark.parametrize("failure", ["ConnectionFailed", "MissingReplicationPrivilege"])
+async def test_the_adapters_connection_errors_show_in_ready_with_the_fix(
+    failure: str,
+    cluster: Cluster,
+    operator: OperatorProcess,
+    run_adapter: Any,
+    sql: psycopg.AsyncConnection[Any],
+    table: str,
+    pg_dsn: str,
+) -> None:
+    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    role = f"{table}_role"
+    if failure == "ConnectionFailed":
+        dsn, fix = "postgresql://nobody:pw@127.0.0.1:1/nodb", "connectionSecretRef"
+    else:
+        await sql.execute(f"CREATE ROLE {role} LOGIN NOREPLICATION")
+        dsn, fix = psycopg.conninfo.make_conninfo(pg_dsn, user=role), "WITH REPLICATION"
+    try:
+        cluster.apply(secret("db", dsn=dsn), postgres_source("broken-db", table))
+        await eventually(lambda: cluster.get("deployment", "tidings-source-broken-db"))
+        run_adapter("broken-db")
+        await eventually(
+            lambda: reason(cluster, "eventsource", "broken-db", "Ready") == ("False", failure),
+            within=30,
+        )
+        ready = cluster.condition("eventsource", "broken-db", "Ready") or {}
+        assert fix in ready["message"].replace('"', "")
+        assert reason(cluster, "eventsource", "broken-db", "Capturing") == ("False", failure)
+    finally:
+        if failure != "ConnectionFailed":
+            await sql.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 async def test_deleting_the_source_drops_its_slot_and_publication_while_the_adapter_streams(
     cluster: Cluster,
     operator: OperatorProcess,
