@@ -20,6 +20,8 @@ A Trigger in Backoff gets nothing: it only probes (backoff_state.py).
   retry   XACK, schedule in the retry ZSET with the attempt count (the entry
           leaves the PEL; the retry ZSET owns it, and `held` keeps retention off it)
   dead    XACK, drop bookkeeping, XADD to the DLQ stream (deadletter.py)
+A due retry may be a dead letter handed back by `tidings replay`: it is
+delivered from its copy in the replay HASH, which ok/dead drop (deadletter.py).
 and releases leases, refunds tokens of filtered-out events, and keeps the
 consecutive-failure count and last failure the Backoff state machine reads.
 """
@@ -51,6 +53,7 @@ _KEY_NAMES = (
     "K_HELD",
     "K_DLQ",
     "K_STATE",
+    "K_REPLAY",
 )
 _PRELUDE = (
     "local "
@@ -74,6 +77,7 @@ def script_keys(route: Route) -> list[str]:
         keys.held(ns, source, name),
         keys.dead_letters(ns, source, name),
         keys.trigger_state(ns, source, name),
+        keys.replays(ns, source, name),
     ]
 
 
@@ -89,6 +93,7 @@ _FETCH = (
     _PRELUDE
     + limits.LUA
     + ordering.LUA
+    + deadletter.REPLAYED_LUA
     + """
 local group, consumer = ARGV[1], ARGV[2]
 local clock = redis.call('TIME')
@@ -124,10 +129,15 @@ local function take(origin, id, fields)
 end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIMIT', 0, want)) do
-  local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
-  if entry then
+  -- A replayed dead letter is delivered from its copy (deadletter.py).
+  local fields = replayed(id)
+  if not fields then
+    local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+    fields = entry and entry[2]
+  end
+  if fields then
     redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
-    take('r', id, entry[2])
+    take('r', id, fields)
   else  -- gone from the stream (deleted by hand): nothing left to deliver
     redis.call('ZREM', KEYS[K_RETRY], id)
     redis.call('ZREM', KEYS[K_HELD], id)
@@ -203,7 +213,10 @@ for i = 13, #ARGV, 8 do
   if origin ~= 'r' then acks[#acks + 1] = id end
   if op == 'retry' then
     redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
-    redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
+    -- A replayed event has its own copy: retention need not keep the source's entry.
+    if redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0 then
+      redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
+    end
     redis.call('HSET', KEYS[K_ATTEMPTS], id, ARGV[i + 5])
   else
     if origin ~= 'n' then
@@ -214,6 +227,7 @@ for i = 13, #ARGV, 8 do
     if op == 'dead' then
       deadletter_add(id, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, trigger)
     end
+    if origin == 'r' then redis.call('HDEL', KEYS[K_REPLAY], id) end
     if key ~= '' then order_release(string.sub(key, 2), id, now) end
   end
 end

@@ -659,3 +659,14 @@ class Dispatcher:
                     )
                 if trimmed:
                     log.debug("retention trimmed %d entries of %s", trimmed, source.id)
+                try:
+                    old = await retention.trim_dead_letters(
+                        self.redis, table.routes_of(source.namespace, source.name)
+                    )
+                except (RedisError, OSError) as error:
+                    log.debug("dead-letter retention of %s failed: %s", source.id, error)
+                    continue
+                for trigger, count in old.items():
+                    log.info(
+                        "Trigger %s: %d dead letters past their max age dropped", trigger, count
+                    )

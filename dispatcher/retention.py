@@ -12,6 +12,11 @@ long Backoff) may fall out: those are counted in the Trigger's state HASH
 One Lua call per source, over that source's keys only; every replica may run
 it, and running it twice does no harm. Work per call is bounded (TRIM_STEP
 entries), so a huge backlog is trimmed over several runs.
+
+`trim_dead_letters` bounds the Triggers' DLQ streams by age in the same pass:
+entries older than deadletter.MAX_AGE (by Redis's clock) go, counted in each
+Trigger's state HASH (`deadLettersTrimmed`). Their count is bounded when they
+are written (deadletter.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import weakref
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from tidings.dispatcher import deadletter
 
 from tidings.api import keys
 from tidings.api.routes import CompiledSource, Route
@@ -127,11 +133,45 @@ async def trim(
     return counts[0], expired
 
 
-_cache: weakref.WeakKeyDictionary[Redis, AsyncScript] = weakref.WeakKeyDictionary()
+# KEYS: per Trigger: DLQ stream, state HASH. ARGV: max age ms.
+# Returns the entries trimmed per Trigger.
+_TRIM_DEAD_LETTERS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local cut = string.format('%d-0', math.max(0, now - tonumber(ARGV[1])))
+local out = {}
+for i = 1, #KEYS, 2 do
+  local trimmed = redis.call('XTRIM', KEYS[i], 'MINID', cut)
+  if trimmed > 0 then redis.call('HINCRBY', KEYS[i + 1], STATE_TRIMMED, trimmed) end
+  out[#out + 1] = trimmed
+end
+return out
+""".replace("STATE_TRIMMED", repr(keys.STATE_DEAD_LETTERS_TRIMMED))
 
 
-def _script(redis: Redis) -> AsyncScript:
-    script = _cache.get(redis)
+async def trim_dead_letters(
+    redis: Redis, routes: list[Route], max_age: float = deadletter.MAX_AGE
+) -> dict[str, int]:
+    """Drop dead letters older than `max_age` seconds from the DLQs of `routes` (all
+    of one source: one script call); returns {trigger id: entries trimmed now}."""
+    if not routes:
+        return {}
+    keys_: list[str] = []
+    for route in routes:
+        keys_ += [
+            keys.dead_letters(route.namespace, route.source, route.name),
+            keys.trigger_state(route.namespace, route.source, route.name),
+        ]
+    result = await _script(redis, _TRIM_DEAD_LETTERS)(keys=keys_, args=[int(max_age * 1000)])
+    return {route.id: int(n) for route, n in zip(routes, result, strict=True) if int(n)}
+
+
+_cache: weakref.WeakKeyDictionary[Redis, dict[str, AsyncScript]] = weakref.WeakKeyDictionary()
+
+
+def _script(redis: Redis, source: str = _TRIM) -> AsyncScript:
+    scripts = _cache.setdefault(redis, {})
+    script = scripts.get(source)
     if script is None:
-        script = _cache[redis] = redis.register_script(_TRIM)
+        script = scripts[source] = redis.register_script(source)
     return script

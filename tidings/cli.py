@@ -19,6 +19,7 @@ COMMANDS = {
     "dispatcher": "tidings.dispatcher.cli",
     "operator": "tidings.operator.main",
     "source": "tidings.dispatcher.sources.cli",
+    "replay": "tidings.dispatcher.replay",
 }
 
 

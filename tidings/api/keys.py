@@ -109,6 +109,7 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         ordering(namespace, source, trigger),
         held(namespace, source, trigger),
         parked(namespace, source, trigger),
+        replays(namespace, source, trigger),
     ]
 
 
@@ -125,6 +126,13 @@ def parked(namespace: str, source: str, trigger: str) -> str:
     return _trigger_key(namespace, source, trigger, "parked")
 
 
+def replays(namespace: str, source: str, trigger: str) -> str:
+    """HASH stream id -> "<ms> <CloudEvent JSON>": dead letters handed back by
+    `tidings replay`, delivered from this copy (the source's entry may be trimmed)
+    with <ms> as their ingest time. The id is also in the retry ZSET."""
+    return _trigger_key(namespace, source, trigger, "replay")
+
+
 # --- trigger_state HASH fields (written by the dispatcher, read by the operator) ---
 STATE_STATE = "state"  # Delivering | Backoff | Paused
 STATE_LAG = "lag"  # events not yet delivered: unread + scheduled retries + parked
@@ -132,6 +140,7 @@ STATE_PENDING = "pending"  # entries being delivered right now (the group's PEL)
 STATE_RETRIES = "retries"  # entries scheduled for another attempt
 STATE_DEAD_LETTERED = "deadLettered"  # total dead letters (counter)
 STATE_EXPIRED = "expired"  # trimmed by retention before delivery (counter)
+STATE_DEAD_LETTERS_TRIMMED = "deadLettersTrimmed"  # DLQ entries dropped by its cap (counter)
 STATE_FAILURES = "failures"  # consecutive failed attempts, all replicas together
 STATE_LAST_FAILURE_TIME = "lastFailureTime"  # RFC 3339
 STATE_LAST_FAILURE_STATUS = "lastFailureStatus"  # HTTP status, "" for network/timeout

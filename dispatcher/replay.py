@@ -1,0 +1,222 @@
+"""`tidings replay NS/TRIGGER`: deliver a Trigger's dead letters again.
+
+    tidings replay shop/welcome-email --all --dry-run     # list what would be replayed
+    tidings replay shop/welcome-email --all               # every dead letter
+    tidings replay shop/welcome-email --since 2h          # dead-lettered in the last 2 hours
+    tidings replay shop/welcome-email --id 1732791234567-0 --id 1732791234999-0
+
+Choose what to replay with --all, --since DURATION or --id (repeatable; the ids
+--dry-run lists), optionally bounded by --limit N (oldest first). The replayed
+events go to this Trigger only, not to the other Triggers of its source, with a
+fresh attempt count and their maxAge counted from now; the running dispatchers
+pick them up within about a second. An event that fails again is retried and
+dead-lettered again like any other. A dead letter leaves the DLQ in the same
+Redis script that makes its event due, so a crash neither loses nor
+duplicates it; events the source's retention already trimmed are delivered
+from the copy the dead letter keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+from tidings.dispatcher import deadletter
+from tidings.dispatcher.deadletter import DeadLetter
+
+from tidings.api import table
+from tidings.api.routes import Route
+from tidings.cli import add_common_options
+from tidings.durations import DurationError, parse_duration
+
+# Dead letters read per XRANGE and handed back per script call.
+PAGE = 500
+
+
+class ReplayError(Exception):
+    """Something the user can fix; the message says what."""
+
+
+async def find_route(redis: Redis, trigger: str) -> Route:
+    """The Trigger's compiled route from the routing table (it names the source)."""
+    namespace, _, name = trigger.partition("/")
+    loaded = await table.load(redis)
+    route = loaded.routes.get(f"{namespace}/{name}")
+    if route is None:
+        raise ReplayError(
+            f"Trigger {trigger} is not in the routing table: check the name "
+            f"(kubectl get triggers -n {namespace}) and that the operator is running"
+        )
+    return route
+
+
+async def select(
+    redis: Redis,
+    route: Route,
+    *,
+    ids: list[str] | None = None,
+    since: float | None = None,
+    limit: int | None = None,
+) -> list[DeadLetter]:
+    """The dead letters to replay, oldest first: those with these DLQ ids, or those
+    dead-lettered in the last `since` seconds (None: all), at most `limit`."""
+    if ids:
+        wanted = set(ids)
+        found = [d async for d in _all(redis, route) if d.dlq_id in wanted]
+        missing = sorted(wanted - {d.dlq_id for d in found})
+        if missing:
+            raise ReplayError(
+                f"--id {', '.join(missing)}: no such dead letter of {route.id}; "
+                f"list them with: tidings replay {route.id} --all --dry-run"
+            )
+        return found[:limit] if limit else found
+    start = "-"
+    if since is not None:
+        seconds, micros = await redis.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        start = f"{max(0, now_ms - int(since * 1000))}-0"
+    out: list[DeadLetter] = []
+    async for dead in _all(redis, route, start):
+        out.append(dead)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+async def replay(redis: Redis, route: Route, dead: list[DeadLetter]) -> tuple[int, int]:
+    """Hand these dead letters back to the Trigger; returns (replayed, kept)."""
+    replayed = kept = 0
+    for i in range(0, len(dead), PAGE):
+        moved, stuck = await deadletter.hand_back(
+            redis, route, [d.dlq_id for d in dead[i : i + PAGE]]
+        )
+        replayed += moved
+        kept += stuck
+    return replayed, kept
+
+
+def describe(dead: DeadLetter) -> str:
+    """One line of --dry-run: DLQ id, time, event id, type, status, error."""
+    when = datetime.fromtimestamp(dead.time_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event_id = str(dead.event.get("id", "-")) if dead.event else "(event not stored)"
+    event_type = str(dead.event.get("type", "-")) if dead.event else "-"
+    return "  ".join(
+        [dead.dlq_id, when, event_id, event_type, dead.status or "-", dead.error or "-"]
+    )
+
+
+async def _all(redis: Redis, route: Route, start: str = "-") -> AsyncIterator[DeadLetter]:
+    while True:
+        page = await deadletter.read(
+            redis, route.namespace, route.source, route.name, start=start, count=PAGE
+        )
+        for dead in page:
+            yield dead
+        if len(page) < PAGE:
+            return
+        start = f"({page[-1].dlq_id}"
+
+
+async def _run(args: argparse.Namespace, since: float | None) -> int:
+    redis: Redis
+    if args.redis_cluster:
+        redis = RedisCluster.from_url(args.redis_url)  # type: ignore[assignment]
+    else:
+        redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
+    try:
+        route = await find_route(redis, args.trigger)
+        dead = await select(redis, route, ids=args.id, since=since, limit=args.limit)
+        if args.dry_run:
+            for entry in dead:
+                print(describe(entry))
+            print(f"would replay {len(dead)} dead letters of {route.id} (dry run: nothing changed)")
+            return 0
+        replayed, kept = await replay(redis, route, dead)
+        line = f"replayed {replayed} dead letters of {route.id}"
+        if kept:
+            line += (
+                f"; {kept} kept in the DLQ: their event was already gone from the source "
+                "when they were dead-lettered, so there is nothing to deliver"
+            )
+        if route.paused and replayed:
+            line += " (the Trigger is paused: they are delivered when it resumes)"
+        print(line)
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    trigger = args.trigger
+    if trigger.count("/") != 1 or not all(trigger.split("/")):
+        return _fail(f"{trigger!r}: write the Trigger as NAMESPACE/NAME, e.g. shop/welcome-email")
+    if not args.redis_url:
+        return _fail("--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0")
+    chosen = [
+        flag for flag, on in (("--id", args.id), ("--since", args.since), ("--all", args.all)) if on
+    ]
+    if len(chosen) != 1:
+        what = "nothing" if not chosen else " and ".join(chosen)
+        return _fail(
+            f"{what}: choose exactly one of --all, --since DURATION (e.g. --since 2h) or "
+            "--id ID (repeatable); see the ids with --all --dry-run"
+        )
+    if args.limit is not None and args.limit < 1:
+        return _fail(f"--limit {args.limit}: give a positive number, or leave it out for no limit")
+    since = None
+    if args.since:
+        try:
+            since = parse_duration(args.since, field="--since")
+        except DurationError as error:
+            return _fail(str(error))
+    try:
+        return asyncio.run(_run(args, since))
+    except ReplayError as error:
+        return _fail(str(error), code=1)
+    except (RedisError, OSError) as error:
+        return _fail(f"cannot use Redis at --redis-url {args.redis_url}: {error}", code=1)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"tidings replay: {message}", file=sys.stderr)
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="deliver a Trigger's dead letters again",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "trigger", metavar="NS/TRIGGER", help="the Trigger, e.g. shop/welcome-email"
+    )
+    parser.add_argument(
+        "--id",
+        action="append",
+        metavar="ID",
+        help="a dead letter's id, as --dry-run lists it (repeatable)",
+    )
+    parser.add_argument(
+        "--since", metavar="DURATION", help="dead letters of the last DURATION, e.g. 30m, 24h"
+    )
+    parser.add_argument("--all", action="store_true", help="every dead letter of the Trigger")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N, oldest first")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be replayed; change nothing"
+    )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("TIDINGS_REDIS_CLUSTER", "") in ("1", "true", "yes"),
+        help="--redis-url points at a Redis Cluster node",
+    )
+    add_common_options(parser)
+    parser.set_defaults(func=run)
