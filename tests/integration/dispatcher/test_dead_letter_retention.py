@@ -1,0 +1,97 @@
+"""A Trigger's DLQ is bounded: about deadletter.MAX_EVENTS entries (trimmed as
+dead letters are written) and nothing older than deadletter.MAX_AGE (trimmed by
+the dispatcher's retention pass); both are counted in the Trigger's state."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from dispatch_harness import Plane, Subscriber, wait_until
+from tidings.dispatcher import deadletter, retention
+
+from tidings.api import keys
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def bad_request(request: web.Request) -> tuple[int, dict[str, str], float]:
+    return 400, {}, 0.0
+
+
+def old_dead_letter(trigger: str, event_id: str, when_ms: int) -> dict[str, str | int]:
+    event = {"specversion": "1.0", "id": event_id, "source": "/t", "type": "com.example.test"}
+    return {
+        "event": json.dumps(event),
+        "streamId": f"{when_ms - 1000}-0",
+        "attempts": 1,
+        "status": "400",
+        "error": "400 is not in retryOn: HTTP 400: nope",
+        "time": when_ms,
+        "trigger": trigger,
+    }
+
+
+async def test_dead_letters_older_than_30_days_are_dropped_and_counted(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    assert deadletter.MAX_AGE == 30 * 24 * 3600
+    subscriber.behaviour = bad_request
+    await plane.add_source()
+    await plane.dispatcher(retention_interval=0.2)
+    route = await plane.add_trigger("t", subscriber.url)
+    other = await plane.add_trigger("other", subscriber.url)
+    dlq = keys.dead_letters(plane.namespace, "src", "t")
+    seconds, _ = await plane.redis.time()
+    now_ms = seconds * 1000
+    for n, age_days in enumerate([40, 31, 30.5, 29]):
+        when = now_ms - int(age_days * DAY_MS)
+        await plane.redis.xadd(dlq, old_dead_letter(route.id, f"old-{n}", when), id=f"{when}-0")
+    await plane.publish(2)
+
+    async def old_ones_gone() -> bool:
+        return int((await plane.state(route)).get(keys.STATE_DEAD_LETTERS_TRIMMED, 0)) >= 3
+
+    await wait_until(old_ones_gone, 10, "the dispatcher's retention pass trimmed the DLQ")
+    dead = await deadletter.read(plane.redis, plane.namespace, "src", "t")
+    ids = sorted(d.event["id"] for d in dead)
+    assert ids == ["e-0", "e-1", "old-3"]  # 29 days old stays; 30.5, 31, 40 go
+    assert (await plane.state(route))[keys.STATE_DEAD_LETTERS_TRIMMED] == "3"
+    # The other Trigger's dead letters are its own, and all recent.
+    assert len(await deadletter.read(plane.redis, plane.namespace, "src", "other")) == 2
+    assert keys.STATE_DEAD_LETTERS_TRIMMED not in await plane.state(other)
+    # A second pass finds nothing more.
+    assert await retention.trim_dead_letters(plane.redis, [route, other]) == {}
+
+
+async def test_the_dlq_keeps_about_the_newest_100000_dead_letters(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    assert deadletter.MAX_EVENTS == 100_000
+    subscriber.behaviour = bad_request
+    await plane.add_source()
+    await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    dlq = keys.dead_letters(plane.namespace, "src", "t")
+    filler = old_dead_letter(route.id, "filler", 1)
+    for _ in range(deadletter.MAX_EVENTS // 10_000):
+        async with plane.redis.pipeline(transaction=False) as pipe:
+            for _entry in range(10_000):
+                pipe.xadd(dlq, filler)  # type: ignore[arg-type]
+            await pipe.execute()
+    assert await plane.redis.xlen(dlq) == deadletter.MAX_EVENTS
+    await plane.publish(300)
+
+    async def all_dead() -> bool:
+        return int((await plane.state(route)).get(keys.STATE_DEAD_LETTERED, 0)) == 300
+
+    await wait_until(all_dead, 20, "300 events dead-lettered")
+    length = int(await plane.redis.xlen(dlq))
+    # MAXLEN ~ trims whole stream nodes (100 entries by default): never below the cap.
+    assert deadletter.MAX_EVENTS <= length <= deadletter.MAX_EVENTS + 100
+    trimmed = int((await plane.state(route))[keys.STATE_DEAD_LETTERS_TRIMMED])
+    assert trimmed == deadletter.MAX_EVENTS + 300 - length
+    newest = await plane.redis.xrevrange(dlq, count=300)
+    events = {json.loads(fields[b"event"])["id"] for _, fields in newest}
+    assert events == {f"e-{i}" for i in range(300)}
+    await plane.redis.delete(dlq)  # 100,000 entries: not for the next tests to carry
