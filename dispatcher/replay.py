@@ -78,8 +78,11 @@ async def select(
         return found[:limit] if limit else found
     start = "-"
     if since is not None:
-        seconds, micros = await redis.time()
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        # Redis's clock: the DLQ ids and times are written with it.
+        clock = await redis.time()
+        if isinstance(clock, dict):  # Redis Cluster may answer per node
+            clock = next(iter(clock.values()))
+        now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
         start = f"{max(0, now_ms - int(since * 1000))}-0"
     out: list[DeadLetter] = []
     async for dead in _all(redis, route, start):

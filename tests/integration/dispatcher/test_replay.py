@@ -7,16 +7,24 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
+from prometheus_client import CollectorRegistry
+from redis.asyncio import RedisCluster
 from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.routes import Route
+from tidings.api.sealing import Sealer, new_key
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 
@@ -336,3 +344,51 @@ async def test_a_replayed_event_awaiting_a_retry_does_not_hold_back_source_reten
 
 async def _equals(value: Any, expected: int) -> bool:
     return int(await value) == expected
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster (hack/redis-cluster.sh)."""
+    script = Path(__file__).resolve().parents[3] / "hack" / "redis-cluster.sh"
+    env = {**os.environ, "TIDINGS_STATE_DIR": str(tmp_path_factory.mktemp("cluster"))}
+    up = subprocess.run(
+        ["bash", str(script), "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert up.returncode == 0, up.stderr
+    yield up.stdout.strip().split("=", 1)[1]
+    subprocess.run(["bash", str(script), "down"], env=env, capture_output=True, timeout=60)
+
+
+async def test_replay_works_on_a_redis_cluster(cluster_url: str, subscriber: Subscriber) -> None:
+    redis = RedisCluster.from_url(cluster_url)
+    key = new_key()
+    plane = Plane(redis, cluster_url, Sealer(key), key)  # type: ignore[arg-type]
+    watcher = TableWatcher(redis, resync_interval=1.0)  # type: ignore[arg-type]
+    await watcher.start()
+    dispatcher = Dispatcher(redis, watcher, sealer=plane.sealer, registry=CollectorRegistry())  # type: ignore[arg-type]
+    await dispatcher.start()
+    try:
+        subscriber.behaviour = answer(400)
+        await plane.add_source()
+        welcome = await plane.add_trigger("welcome", subscriber.url)
+        await plane.publish(3)
+        await dead_lettered(plane, welcome, 3)
+        subscriber.behaviour = answer(200)
+        code, out, err = await tidings(
+            "replay",
+            welcome.id,
+            "--since",
+            "1h",
+            "--redis-cluster",
+            "--redis-url",
+            cluster_url,
+        )
+        assert code == 0 and out.strip() == f"replayed 3 dead letters of {welcome.id}", err
+        await wait_until(lambda: len(subscriber.received) >= 3, 10, "3 replayed deliveries")
+        assert sorted(subscriber.ids()) == ["e-0", "e-1", "e-2"]
+        await wait_until(lambda: replay_keys_empty(plane, welcome), 5, "DLQ and retry keys empty")
+    finally:
+        await dispatcher.stop(grace=1.0)
+        await watcher.stop()
+        await plane.close()
+        await redis.aclose()
