@@ -11,8 +11,8 @@ events go to this Trigger only, not to the other Triggers of its source, with a
 fresh attempt count and their maxAge counted from now; the running dispatchers
 pick them up within about a second. An event that fails again is retried and
 dead-lettered again like any other. A dead letter leaves the DLQ in the same
-Redis script that makes its event due, so a crash neither loses nor
-duplicates it; events the source's retention already trimmed are delivered
+Redis script that makes its event due, so a crash never loses a dead letter
+nor hands it back twice; events the source's retention already trimmed are delivered
 from the copy the dead letter keeps.
 """
 
@@ -138,10 +138,10 @@ async def _run(args: argparse.Namespace, since: float | None) -> int:
         if args.dry_run:
             for entry in dead:
                 print(describe(entry))
-            print(f"would replay {len(dead)} dead letters of {route.id} (dry run: nothing changed)")
+            print(f"would replay {_count(len(dead))} of {route.id} (dry run: nothing changed)")
             return 0
         replayed, kept = await replay(redis, route, dead)
-        line = f"replayed {replayed} dead letters of {route.id}"
+        line = f"replayed {_count(replayed)} of {route.id}"
         if kept:
             line += (
                 f"; {kept} kept in the DLQ: their event was already gone from the source "
@@ -184,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(error), code=1)
     except (RedisError, OSError) as error:
         return _fail(f"cannot use Redis at --redis-url {args.redis_url}: {error}", code=1)
+
+
+def _count(n: int) -> str:
+    return f"{n} dead letter" if n == 1 else f"{n} dead letters"
 
 
 def _fail(message: str, code: int = 2) -> int:

@@ -149,7 +149,7 @@ async def test_replay_by_id_replays_only_that_dead_letter(
         chosen = next(d for d in dead if d.event["id"] == "e-2")
         code, out, err = await replay(plane, "welcome", "--id", chosen.dlq_id)
         assert code == 0, err
-        assert out.strip() == f"replayed 1 dead letters of {plane.namespace}/welcome"
+        assert out.strip() == f"replayed 1 dead letter of {plane.namespace}/welcome"
         await wait_until(lambda: subscriber.received, 10, "the replayed delivery")
         await asyncio.sleep(1.0)
         assert subscriber.ids() == ["e-2"]
