@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from tidings.durations import DurationError, parse_duration
 
 # Dead letters read per XRANGE and handed back per script call.
 PAGE = 500
+_STREAM_ID = re.compile(r"\d+-\d+")
 
 
 class ReplayError(Exception):
@@ -56,26 +58,35 @@ async def find_route(redis: Redis, trigger: str) -> Route:
     return route
 
 
-async def select(
+async def pages(
     redis: Redis,
     route: Route,
     *,
     ids: list[str] | None = None,
     since: float | None = None,
     limit: int | None = None,
-) -> list[DeadLetter]:
-    """The dead letters to replay, oldest first: those with these DLQ ids, or those
-    dead-lettered in the last `since` seconds (None: all), at most `limit`."""
+) -> AsyncIterator[list[DeadLetter]]:
+    """The dead letters to replay, oldest first, a page at a time (a DLQ may hold
+    100,000): those with these DLQ ids, or those dead-lettered in the last `since`
+    seconds (None: all); at most `limit`. Unknown ids raise ReplayError first."""
     if ids:
-        wanted = set(ids)
-        found = [d async for d in _all(redis, route) if d.dlq_id in wanted]
-        missing = sorted(wanted - {d.dlq_id for d in found})
+        found: dict[str, DeadLetter] = {}
+        for dlq_id in dict.fromkeys(ids):
+            hit = await deadletter.read(
+                redis, route.namespace, route.source, route.name, start=dlq_id, count=1
+            )
+            if hit and hit[0].dlq_id == dlq_id:
+                found[dlq_id] = hit[0]
+        missing = [i for i in ids if i not in found]
         if missing:
             raise ReplayError(
                 f"--id {', '.join(missing)}: no such dead letter of {route.id}; "
                 f"list them with: tidings replay {route.id} --all --dry-run"
             )
-        return found[:limit] if limit else found
+        chosen = sorted(found.values(), key=lambda d: _id_key(d.dlq_id))[:limit]
+        for i in range(0, len(chosen), PAGE):
+            yield chosen[i : i + PAGE]
+        return
     start = "-"
     if since is not None:
         # Redis's clock: the DLQ ids and times are written with it.
@@ -84,24 +95,21 @@ async def select(
             clock = next(iter(clock.values()))
         now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
         start = f"{max(0, now_ms - int(since * 1000))}-0"
-    out: list[DeadLetter] = []
-    async for dead in _all(redis, route, start):
-        out.append(dead)
-        if limit and len(out) >= limit:
-            break
-    return out
-
-
-async def replay(redis: Redis, route: Route, dead: list[DeadLetter]) -> tuple[int, int]:
-    """Hand these dead letters back to the Trigger; returns (replayed, kept)."""
-    replayed = kept = 0
-    for i in range(0, len(dead), PAGE):
-        moved, stuck = await deadletter.hand_back(
-            redis, route, [d.dlq_id for d in dead[i : i + PAGE]]
+    left = limit
+    while left is None or left > 0:
+        want = PAGE if left is None else min(PAGE, left)
+        page = await deadletter.read(
+            redis, route.namespace, route.source, route.name, start=start, count=want
         )
-        replayed += moved
-        kept += stuck
-    return replayed, kept
+        if page:
+            yield page
+        if len(page) < want:
+            return
+        if left is not None:
+            left -= len(page)
+        # Exclusive: the next page starts after this one (replayed entries are gone
+        # from the DLQ by then, which does not move this cursor).
+        start = f"({page[-1].dlq_id}"
 
 
 def describe(dead: DeadLetter) -> str:
@@ -114,16 +122,9 @@ def describe(dead: DeadLetter) -> str:
     )
 
 
-async def _all(redis: Redis, route: Route, start: str = "-") -> AsyncIterator[DeadLetter]:
-    while True:
-        page = await deadletter.read(
-            redis, route.namespace, route.source, route.name, start=start, count=PAGE
-        )
-        for dead in page:
-            yield dead
-        if len(page) < PAGE:
-            return
-        start = f"({page[-1].dlq_id}"
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
 
 
 async def _run(args: argparse.Namespace, since: float | None) -> int:
@@ -134,13 +135,19 @@ async def _run(args: argparse.Namespace, since: float | None) -> int:
         redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
     try:
         route = await find_route(redis, args.trigger)
-        dead = await select(redis, route, ids=args.id, since=since, limit=args.limit)
+        selected = replayed = kept = 0
+        async for page in pages(redis, route, ids=args.id, since=since, limit=args.limit):
+            selected += len(page)
+            if args.dry_run:
+                for entry in page:
+                    print(describe(entry))
+                continue
+            moved, stuck = await deadletter.hand_back(redis, route, [d.dlq_id for d in page])
+            replayed += moved
+            kept += stuck
         if args.dry_run:
-            for entry in dead:
-                print(describe(entry))
-            print(f"would replay {_count(len(dead))} of {route.id} (dry run: nothing changed)")
+            print(f"would replay {_count(selected)} of {route.id} (dry run: nothing changed)")
             return 0
-        replayed, kept = await replay(redis, route, dead)
         line = f"replayed {_count(replayed)} of {route.id}"
         if kept:
             line += (
@@ -170,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
             f"{what}: choose exactly one of --all, --since DURATION (e.g. --since 2h) or "
             "--id ID (repeatable); see the ids with --all --dry-run"
         )
+    for dlq_id in args.id or []:
+        if not _STREAM_ID.fullmatch(dlq_id):
+            return _fail(
+                f"--id {dlq_id}: not a dead letter id; they look like 1764349200000-0 "
+                "(see them with --all --dry-run)"
+            )
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit {args.limit}: give a positive number, or leave it out for no limit")
     since = None

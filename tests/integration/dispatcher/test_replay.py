@@ -19,6 +19,7 @@ from dispatch_harness import Plane, Subscriber, wait_until
 from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
 from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher import replay as replay_module
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -392,3 +393,25 @@ async def test_replay_works_on_a_redis_cluster(cluster_url: str, subscriber: Sub
         await watcher.stop()
         await plane.close()
         await redis.aclose()
+
+
+async def test_dead_letters_are_selected_page_by_page_oldest_first_up_to_the_limit(
+    plane: Plane, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    welcome, _, other = await five_dead_letters(plane, subscriber)
+    try:
+        monkeypatch.setattr(replay_module, "PAGE", 2)
+        everything = await deadletter.read(plane.redis, plane.namespace, "src", "welcome")
+        sizes, seen = [], []
+        async for page in replay_module.pages(plane.redis, welcome, limit=4):
+            sizes.append(len(page))
+            seen += [d.dlq_id for d in page]
+            # Handing a page back while paging on must not skip or repeat any.
+            await deadletter.hand_back(plane.redis, welcome, [d.dlq_id for d in page])
+        assert sizes == [2, 2]
+        assert seen == [d.dlq_id for d in everything[:4]]
+        left = await deadletter.read(plane.redis, plane.namespace, "src", "welcome")
+        assert [d.dlq_id for d in left] == [everything[4].dlq_id]
+        await wait_until(lambda: len(subscriber.received) >= 4, 10, "4 replayed deliveries")
+    finally:
+        await other.stop()

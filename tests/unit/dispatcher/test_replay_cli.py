@@ -52,6 +52,7 @@ def test_a_dead_letter_without_its_event_says_so() -> None:
         (["shop/welcome", "--since", "2d"], "--since: '2d' is not a duration"),
         (["shop/welcome", "--all", "--limit", "0"], "--limit 0: give a positive number"),
         (["welcome", "--all"], "'welcome': write the Trigger as NAMESPACE/NAME"),
+        (["shop/welcome", "--id", "e-1"], "--id e-1: not a dead letter id"),
     ],
 )
 def test_mistakes_are_refused_naming_the_flag(
