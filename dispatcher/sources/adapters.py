@@ -7,6 +7,7 @@ reported in its status and retried, never raised) and `async stop()`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -33,16 +34,19 @@ def build(
     *,
     dsn: str | None = None,
     kubeconfig: str | None = None,
+    still_wanted: Callable[[], Awaitable[bool]] | None = None,
 ) -> Adapter:
     """The adapter for `spec`'s kind. Postgres needs the `dsn` (the value of
-    spec.postgres.connectionSecretRef); Kubernetes uses `kubeconfig` (default:
-    $KUBECONFIG, ~/.kube/config, else in-cluster)."""
+    spec.postgres.connectionSecretRef) and stops for good when `still_wanted`
+    returns False (the EventSource is being deleted: it must not re-create its
+    slot); Kubernetes uses `kubeconfig` (default: $KUBECONFIG, ~/.kube/config,
+    else in-cluster)."""
     if spec.postgres is not None:
         if dsn is None:
             raise ValueError("a postgres source needs the DSN from its connectionSecretRef")
         from tidings.dispatcher.sources.postgres import PostgresAdapter
 
-        return PostgresAdapter(source, spec.postgres, redis, dsn=dsn)
+        return PostgresAdapter(source, spec.postgres, redis, dsn=dsn, still_wanted=still_wanted)
     if spec.schedule is not None:
         from tidings.dispatcher.sources.schedule import ScheduleAdapter
 

@@ -8,6 +8,11 @@ Where the EventSource comes from, first match wins:
 - otherwise the Kubernetes API (get on eventsources); the adapter then polls
   the object and restarts with the new spec when its generation moves.
 
+When it reads from the API (not --manifest), the adapter stops for good, and
+the command exits 0, once the EventSource is gone or has a deletionTimestamp:
+the operator's finalizer drops the Postgres slot and publication, and an
+adapter outliving its Deployment must not create them again.
+
 In a cluster the adapter holds the Lease `tidings-source-<name>` in the
 EventSource's namespace, so a second replica waits instead of streaming too.
 
@@ -27,6 +32,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +52,7 @@ log = logging.getLogger("tidings.source")
 DSN_ENV = "TIDINGS_PG_DSN"
 SPEC_ENV = "TIDINGS_EVENTSOURCE_SPEC"
 SPEC_POLL_SECONDS = 15.0
+WANTED_CHECK_SECONDS = 10.0  # a hung API must not hold up a reconnect for long
 
 
 class UsageError(Exception):
@@ -120,8 +127,41 @@ class Loaded:
         return self.eventsource.metadata.generation
 
 
+def eventsource_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/eventsources/{name}"
+
+
+def being_deleted(metadata: dict[str, Any]) -> bool:
+    return bool(metadata.get("deletionTimestamp"))
+
+
+def eventsource_still_wanted(
+    api: KubeApi, namespace: str, name: str
+) -> Callable[[], Awaitable[bool]]:
+    """Whether the EventSource exists and is not being deleted, from a GET.
+
+    False only for a sure answer (404, a deletionTimestamp): any other error
+    answers True, since a flaky API must not stop the capture."""
+    path = eventsource_path(namespace, name)
+
+    async def still_wanted() -> bool:
+        try:
+            body = await api.request("GET", path, seconds=WANTED_CHECK_SECONDS)
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            log.debug("could not check EventSource %s/%s: %s", namespace, name, error)
+            return True
+        except Exception as error:  # timeouts, connection errors
+            log.debug("could not check EventSource %s/%s: %r", namespace, name, error)
+            return True
+        return not being_deleted((body or {}).get("metadata") or {})
+
+    return still_wanted
+
+
 async def load_from_api(api: KubeApi, namespace: str, name: str) -> Loaded | None:
-    path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/eventsources/{name}"
+    path = eventsource_path(namespace, name)
     try:
         body = await api.get(path)
     except ApiError as error:
@@ -202,6 +242,7 @@ async def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
     api = None if args.manifest else _kube_api(args.kubeconfig)
+    still_wanted = None if api is None else eventsource_still_wanted(api, namespace, name)
     redis = Redis.from_url(args.redis_url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -229,6 +270,9 @@ async def run(args: argparse.Namespace) -> int:
                     # replica, and slots and schedule guards stay exclusive anyway.
                     log.error("%s; running WITHOUT the Lease: keep to one replica", error)
                     elector = None
+            if still_wanted is not None and not await still_wanted():
+                log.info("EventSource %s/%s is being deleted: exiting", namespace, name)
+                break
             loaded = await _load(args, api, namespace, name)
             if loaded is None:
                 log.info("EventSource %s/%s is gone: exiting", namespace, name)
@@ -245,12 +289,14 @@ async def run(args: argparse.Namespace) -> int:
                 redis,
                 dsn=dsn,
                 kubeconfig=args.kubeconfig,
+                still_wanted=still_wanted,
             )
             outcome = await _run_until(
                 adapter, stopping, elector, api, loaded, args.spec_poll_seconds
             )
             log.info("adapter of %s/%s stopped: %s", namespace, name, outcome)
-            if outcome == "deleted":
+            # A Postgres adapter that saw the deletion stopped for good: no restart.
+            if outcome == "deleted" or getattr(adapter, "deleted", False):
                 break
     finally:
         if elector is not None:
@@ -341,7 +387,8 @@ async def _run_until(
 
 
 async def _spec_changes(api: KubeApi, loaded: Loaded, every: float) -> str:
-    """Returns "changed" when the EventSource's generation moves, "deleted" when it is gone."""
+    """Returns "changed" when the EventSource's generation moves, "deleted" when
+    it is gone or being deleted."""
     meta = loaded.eventsource.metadata
     while True:
         await asyncio.sleep(every)
@@ -350,7 +397,7 @@ async def _spec_changes(api: KubeApi, loaded: Loaded, every: float) -> str:
         except Exception as error:  # the API being away is no reason to stop streaming
             log.warning("could not check EventSource %s/%s: %s", meta.namespace, meta.name, error)
             continue
-        if current is None:
+        if current is None or being_deleted(current.eventsource.metadata.model_dump()):
             return "deleted"
         if current.generation != loaded.generation:
             return "changed"

@@ -23,6 +23,21 @@ Exactly once into the stream:
 The adapter retries every failure with backoff (1 s doubling to 30 s) and
 reports it in its status; errors a person must fix (tidings.dispatcher.sources.errors)
 say what to do.
+
+Deletion: the operator's finalizer deletes the adapter's Deployment, then drops
+the slot and the publication. The pod keeps running for a few seconds and would
+re-create both when its walsender is terminated, leaking them for good. So with
+`still_wanted` (is the EventSource still there and not being deleted?) every
+session asks before it creates anything, and again after: an adapter whose
+creation came after the operator's drop also asks after the deletion began,
+sees it, and drops what it made. Either way it then reports
+Stopped/EventSourceDeleted and run() returns.
+
+A slot created anew after the adapter had streamed from one (dropped by hand,
+invalidated, a failover) means changes were missed. The adapter records when
+and after which LSN in its state (slotRecreatedAt, slotRecreatedAfterLsn) and
+reports it in every status as details `slotRecreated={"at", "afterLsn"}`, also
+after restarts; the operator shows it as the condition ChangesMissed.
 """
 
 from __future__ import annotations
@@ -31,8 +46,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -78,8 +94,31 @@ TYPE_PREFIX = "dev.tidings.postgres."
 MAX_SEQUENCE = 10**19  # "every event of this transaction" in a guard position
 
 
+# Fields of keys.adapter_state recording the last time the slot was created anew
+# after the adapter had streamed from an earlier one.
+RECREATED_AT = "slotRecreatedAt"
+RECREATED_AFTER_LSN = "slotRecreatedAfterLsn"
+
+StillWanted = Callable[[], Awaitable[bool]]
+
+
 def iso_time(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def slot_recreated(state: dict[str, str]) -> dict[str, str] | None:
+    """The status detail `slotRecreated` from the adapter's state, if it happened."""
+    if not state.get(RECREATED_AT):
+        return None
+    return {"at": state[RECREATED_AT], "afterLsn": state.get(RECREATED_AFTER_LSN, "")}
+
+
+class _Deleted(Exception):
+    """The EventSource is gone or being deleted: the adapter stops for good."""
+
+    def __init__(self, *, cleanup: bool) -> None:
+        super().__init__("the EventSource is being deleted")
+        self.cleanup = cleanup  # this session may have created the slot or publication
 
 
 @dataclass
@@ -118,6 +157,7 @@ class PostgresAdapter:
         status_interval: float = 10.0,
         wal_check_interval: float = 60.0,
         backoff_max: float = 30.0,
+        still_wanted: StillWanted | None = None,
     ) -> None:
         self.source = source
         self.spec = spec
@@ -128,11 +168,17 @@ class PostgresAdapter:
         self.status_interval = status_interval
         self.wal_check_interval = wal_check_interval
         self.backoff_max = backoff_max
+        # Whether the EventSource still exists and is not being deleted; None
+        # (local runs from manifest files): always.
+        self.still_wanted = still_wanted
         self.status = StatusReporter(redis, source.namespace, source.name)
         self.types = TypeRegistry()
         self._columns = pgsetup.column_lists(spec)
         self._stopping = asyncio.Event()
         self._stream: ReplicationStream | None = None
+        self._recreated: dict[str, str] | None = None  # status detail slotRecreated
+        self._cleanup_owed = False  # a drop after a deletion failed: retry it
+        self.deleted = False  # run() returned because the EventSource is being deleted
         # Counters for logs, tests and the benchmark.
         self.events_written = 0
         self.events_skipped = 0
@@ -141,26 +187,33 @@ class PostgresAdapter:
     # --- lifecycle ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Stream until stop(); every failure is reported and retried with backoff."""
+        """Stream until stop() or the EventSource's deletion; every failure is
+        reported and retried with backoff."""
         delay = 1.0
+        with contextlib.suppress(redis.exceptions.RedisError):
+            # So that even a first report of an error carries slotRecreated.
+            self._recreated = slot_recreated(await journal.read_state(self.redis, self.source))
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 await self._session()
+            except _Deleted as deleted:
+                if await self._stop_for_deletion(deleted):
+                    return
             except SourceError as error:
                 log.error("%s: %s", self.source.id, error)
-                await self.status.report("Retrying", error.reason, error.message)
+                await self._report("Retrying", error.reason, error.message)
             except (psycopg.OperationalError, ReplicationError, OSError) as error:
                 message = f"lost the database connection: {error}".strip()
                 log.warning("%s: %s", self.source.id, message)
-                await self.status.report("Retrying", "ConnectionLost", message)
+                await self._report("Retrying", "ConnectionLost", message)
             except psycopg.Error as error:
                 message = f"the database refused a statement: {error}".strip()
                 log.error("%s: %s", self.source.id, message)
-                await self.status.report("Retrying", "DatabaseError", message)
+                await self._report("Retrying", "DatabaseError", message)
             except redis.exceptions.RedisError as error:
                 log.warning("%s: Redis error: %s", self.source.id, error)
-                await self.status.report("Retrying", "RedisUnavailable", f"Redis: {error}")
+                await self._report("Retrying", "RedisUnavailable", f"Redis: {error}")
             if self._stopping.is_set():
                 break
             if time.monotonic() - started > 60:
@@ -168,7 +221,7 @@ class PostgresAdapter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
             delay = min(delay * 2, self.backoff_max)
-        await self.status.report("Stopped", "Stopped", "the adapter was stopped")
+        await self._report("Stopped", "Stopped", "the adapter was stopped")
 
     async def stop(self) -> None:
         """Ask run() to return; safe at any moment (nothing unconfirmed is lost)."""
@@ -176,9 +229,65 @@ class PostgresAdapter:
         if self._stream is not None:
             self._stream.wake()
 
+    async def _report(self, state: str, reason: str, message: str, **details: Any) -> None:
+        if self._recreated is not None:
+            details.setdefault("slotRecreated", self._recreated)
+        await self.status.report(state, reason, message, **details)
+
+    # --- deletion -----------------------------------------------------------------------
+
+    async def _wanted(self) -> bool:
+        if self.still_wanted is None:
+            return True
+        try:
+            return await self.still_wanted()
+        except Exception as error:  # not knowing is no reason to stop capturing
+            log.debug("%s: is the EventSource still there? %s", self.source.id, error)
+            return True
+
+    async def _stop_for_deletion(self, deleted: _Deleted) -> bool:
+        """Drop what this session created, if anything, and report the stop.
+        False when the drop failed (reported; run() retries it)."""
+        if deleted.cleanup or self._cleanup_owed:
+            self._cleanup_owed = True
+            try:
+                dropped = await pgsetup.cleanup(
+                    self.spec, self.dsn, namespace=self.source.namespace, name=self.source.name
+                )
+            except (SourceError, psycopg.Error, OSError) as error:
+                message = (
+                    f"the EventSource is being deleted; dropping replication slot "
+                    f"{self.names.slot} failed, retrying: {error}"
+                )
+                log.warning("%s: %s", self.source.id, message)
+                await self._report("Retrying", "CleanupFailed", message)
+                return False
+            self._cleanup_owed = False
+            log.info(
+                "%s: the EventSource is being deleted; dropped what this adapter had just "
+                "created (slot dropped: %s, publication dropped: %s)",
+                self.source.id,
+                dropped.slot_dropped,
+                dropped.publication_dropped,
+            )
+        log.info("%s: the EventSource is being deleted: stopping", self.source.id)
+        self.deleted = True
+        await self._report(
+            "Stopped",
+            "EventSourceDeleted",
+            "the EventSource is being deleted: the adapter stopped and creates no "
+            f"replication slot or publication any more ({self.names.slot}, "
+            f"{self.names.publication})",
+        )
+        return True
+
     # --- one connection's life ----------------------------------------------------------
 
     async def _session(self) -> None:
+        # Before anything is created: a pod outliving its EventSource (the
+        # operator's finalizer dropped the slot) must not create it again.
+        if not await self._wanted():
+            raise _Deleted(cleanup=False)
         conn = await pgsetup.connect(self.dsn)
         stream: ReplicationStream | None = None
         try:
@@ -188,6 +297,10 @@ class PostgresAdapter:
                 conn, self.names.publication, tables, self.spec.operations, self.source.id
             )
             slot = await pgsetup.ensure_slot(conn, self.names.slot)
+            # And after: if the operator's drop ran between the first check and
+            # the creation, the deletion had begun before it, so this sees it.
+            if not await self._wanted():
+                raise _Deleted(cleanup=True)
             decoder = Decoder(await pgsetup.server_encoding(conn))
             try:
                 stream = await ReplicationStream.connect(self.dsn, SESSION_OPTIONS)
@@ -210,7 +323,7 @@ class PostgresAdapter:
                 self.names.slot,
                 format_lsn(start_lsn),
             )
-            await self.status.report(
+            await self._report(
                 "Running",
                 "Streaming",
                 f"streaming replication slot {self.names.slot}",
@@ -238,6 +351,7 @@ class PostgresAdapter:
         origin = stream.identity.system_id
         reset = state.get("origin") != origin or slot.created or slot.lost
         if reset:
+            values = {"origin": origin, journal.GUARD: "", "lsn": "0/0"}
             if state.get("lsn", "0/0") != "0/0" and (slot.created or slot.lost):
                 log.error(
                     "%s: replication slot %s was missing and is created anew: changes "
@@ -246,10 +360,14 @@ class PostgresAdapter:
                     self.names.slot,
                     state.get("lsn"),
                 )
-            await journal.set_state(
-                self.redis, self.source, {"origin": origin, journal.GUARD: "", "lsn": "0/0"}
-            )
+                # Kept for good, so every later report (and restart) still says so.
+                values[RECREATED_AT] = iso_time(datetime.now(UTC).replace(microsecond=0))
+                values[RECREATED_AFTER_LSN] = state["lsn"]
+            await journal.set_state(self.redis, self.source, values)
+            state.update(values)
+            self._recreated = slot_recreated(state)
             return 0, ""
+        self._recreated = slot_recreated(state)
         return parse_lsn(state.get("lsn", "0/0")), state.get(journal.GUARD, "")
 
     # --- the stream ---------------------------------------------------------------------
@@ -471,7 +589,7 @@ class PostgresAdapter:
                 retention.retained_bytes,
                 threshold,
             )
-        await self.status.report(
+        await self._report(
             "Running",
             "Streaming",
             f"streaming replication slot {self.names.slot}",
