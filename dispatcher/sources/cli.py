@@ -143,13 +143,27 @@ def eventsource_still_wanted(
     False only for a sure answer (404, a deletionTimestamp): any other error
     answers True, since a flaky API must not stop the capture."""
     path = eventsource_path(namespace, name)
+    warned = False
 
     async def still_wanted() -> bool:
+        nonlocal warned
         try:
             body = await api.request("GET", path, seconds=WANTED_CHECK_SECONDS)
         except ApiError as error:
             if error.status == 404:
                 return False
+            if error.status == 403 and not warned:
+                # Not flakiness but a missing grant: say it once, loudly.
+                warned = True
+                log.warning(
+                    "cannot get EventSource %s/%s (%s): the adapter cannot tell when it is "
+                    "deleted and may re-create its replication slot after the operator "
+                    "dropped it; grant its ServiceAccount `get` on eventsources.tidings.dev",
+                    namespace,
+                    name,
+                    error.message,
+                )
+                return True
             log.debug("could not check EventSource %s/%s: %s", namespace, name, error)
             return True
         except Exception as error:  # timeouts, connection errors

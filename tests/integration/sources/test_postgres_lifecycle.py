@@ -363,3 +363,36 @@ async def test_a_slot_dropped_by_hand_is_reported_as_recreated_by_this_and_later
 
         failing = await eventually(retrying)
     assert failing.details["slotRecreated"] == recreated
+
+
+async def test_tidings_source_reading_the_api_exits_0_at_once_for_an_eventsource_being_deleted(
+    pg: PG,
+    table_name: str,
+    held_eventsource: PostgresSource,
+    kubectl: Any,
+    k8s_namespace: str,
+    kubeconfig: Path,
+    redis_url: str,
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await pg.execute(f"CREATE TABLE {table_name} (id int PRIMARY KEY)")
+    delete_eventsource(kubectl, k8s_namespace)
+    monkeypatch.setenv("TIDINGS_PG_DSN", pg_dsn)
+    process = start_adapter(
+        "postgres",
+        f"{k8s_namespace}/{NAME}",
+        redis_url,
+        "--kubeconfig",
+        kubeconfig,
+        "--lease-seconds",
+        "3",
+        without=(SPEC_ENV,),
+    )
+    try:
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(15)
+    assert await slot_and_publication(pg, held_eventsource, k8s_namespace) == (False, False)
