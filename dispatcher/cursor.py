@@ -182,7 +182,7 @@ return {'ok', 0, out}
 """
 )
 
-# ARGV: group, consumer, (unused), burst, filtered-out count, answered count,
+# ARGV: group, consumer, the DLQ's max entries, burst, filtered-out count, answered count,
 #       failed count, last failure time, status, message, trigger id,
 #       the ids of plain acks (new entries delivered, no ordering key), space-separated
 #       (the common case, packed in one argument: packing 8 per entry costs more
@@ -199,6 +199,7 @@ _SETTLE = (
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local group, consumer, burst = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local dlq_max = tonumber(ARGV[3])
 local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local trigger = ARGV[11]
 
@@ -225,7 +226,7 @@ for i = 13, #ARGV, 8 do
       redis.call('HDEL', KEYS[K_ATTEMPTS], id)
     end
     if op == 'dead' then
-      deadletter_add(id, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, trigger)
+      deadletter_add(id, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, trigger, dlq_max)
     end
     if origin == 'r' then redis.call('HDEL', KEYS[K_REPLAY], id) end
     if key ~= '' then order_release(string.sub(key, 2), id, now) end
@@ -355,7 +356,7 @@ class Cursor:
         args: list[Any] = [
             self.route.group,
             self.consumer,
-            int(time.time() * 1000),
+            self.route.delivery.dead_letter_max_events,
             self.limits.burst if self.limits.rate else 0,
             refunds,
             answered,

@@ -14,9 +14,9 @@ Every Trigger always has a DLQ stream (keys.dead_letters). An entry holds:
 The entry is written in the same script that removes the event from the
 Trigger's cursor, so it is never both pending and dead.
 
-The DLQ is bounded: about MAX_EVENTS entries per Trigger (XADD MAXLEN ~, in
-that same script) and nothing older than MAX_AGE (retention.py's periodic
-pass). What either drops is counted in the Trigger's state HASH
+The DLQ is bounded by the Trigger's `delivery.deadLetterRetention`: at most
+maxEvents entries (XADD MAXLEN, in that same script) and nothing older than
+maxAge (retention.py's periodic pass). What either drops is counted in the Trigger's state HASH
 (`deadLettersTrimmed`).
 
 `hand_back` (used by `tidings replay`, replay.py) moves dead letters back to
@@ -51,9 +51,9 @@ from tidings.api.routes import Route
 
 log = logging.getLogger(__name__)
 
-# The DLQ's bounds (fixed for now; see docs/dead-letters.md). MAX_EVENTS is
-# approximate (MAXLEN ~ trims whole stream nodes, so a DLQ may hold up to about
-# a hundred more); MAX_AGE is enforced by retention.py with Redis's clock.
+# The DLQ's default bounds (spec.delivery.deadLetterRetention). The count is
+# exact (MAXLEN without ~: dead letters are rare, and a small cap must hold);
+# the age is enforced by retention.py with Redis's clock.
 MAX_EVENTS = 100_000
 MAX_AGE = 30 * 24 * 3600.0  # seconds
 
@@ -68,10 +68,10 @@ local function replayed(id)
 end
 """.replace("FIELD_EVENT", repr(keys.FIELD_EVENT)).replace("FIELD_TIME", repr(keys.FIELD_TIME))
 
-# deadletter_add(id, attempts, status, message, now, trigger): spliced into cursor.py's settle.
-LUA = (
-    """
-local function deadletter_add(id, attempts, status, message, now, trigger)
+# deadletter_add(id, attempts, status, message, now, trigger, max_events): spliced
+# into cursor.py's settle.
+LUA = """
+local function deadletter_add(id, attempts, status, message, now, trigger, max_events)
   local event = ''
   local copy = redis.call('HGET', KEYS[K_REPLAY], id)
   if copy then  -- a replayed event: its copy, the source's entry may be gone
@@ -85,16 +85,15 @@ local function deadletter_add(id, attempts, status, message, now, trigger)
     end
   end
   local before = redis.call('XLEN', KEYS[K_DLQ])
-  redis.call('XADD', KEYS[K_DLQ], 'MAXLEN', '~', MAX_EVENTS, '*', 'event', event,
+  redis.call('XADD', KEYS[K_DLQ], 'MAXLEN', max_events, '*', 'event', event,
     'streamId', id, 'attempts', attempts, 'status', status, 'error', message, 'time', now,
     'trigger', trigger)
   local dropped = before + 1 - redis.call('XLEN', KEYS[K_DLQ])
   if dropped > 0 then redis.call('HINCRBY', KEYS[K_STATE], STATE_TRIMMED, dropped) end
   redis.call('HINCRBY', KEYS[K_STATE], 'deadLettered', 1)
 end
-""".replace("FIELD_EVENT", repr(keys.FIELD_EVENT))
-    .replace("MAX_EVENTS", str(MAX_EVENTS))
-    .replace("STATE_TRIMMED", repr(keys.STATE_DEAD_LETTERS_TRIMMED))
+""".replace("FIELD_EVENT", repr(keys.FIELD_EVENT)).replace(
+    "STATE_TRIMMED", repr(keys.STATE_DEAD_LETTERS_TRIMMED)
 )
 
 # KEYS: DLQ, source stream, retry ZSET, attempts HASH, replay HASH.

@@ -14,9 +14,9 @@ it, and running it twice does no harm. Work per call is bounded (TRIM_STEP
 entries), so a huge backlog is trimmed over several runs.
 
 `trim_dead_letters` bounds the Triggers' DLQ streams by age in the same pass:
-entries older than deadletter.MAX_AGE (by Redis's clock) go, counted in each
-Trigger's state HASH (`deadLettersTrimmed`). Their count is bounded when they
-are written (deadletter.py).
+entries older than their Trigger's deadLetterRetention.maxAge (by Redis's
+clock) go, counted in each Trigger's state HASH (`deadLettersTrimmed`). Their
+count is bounded when they are written (deadletter.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import weakref
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from tidings.dispatcher import deadletter
 
 from tidings.api import keys
 from tidings.api.routes import CompiledSource, Route
@@ -138,9 +137,9 @@ async def trim(
 _TRIM_DEAD_LETTERS = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local cut = string.format('%d-0', math.max(0, now - tonumber(ARGV[1])))
 local out = {}
 for i = 1, #KEYS, 2 do
+  local cut = string.format('%d-0', math.max(0, now - tonumber(ARGV[(i + 1) / 2])))
   local trimmed = redis.call('XTRIM', KEYS[i], 'MINID', cut)
   if trimmed > 0 then redis.call('HINCRBY', KEYS[i + 1], STATE_TRIMMED, trimmed) end
   out[#out + 1] = trimmed
@@ -150,10 +149,11 @@ return out
 
 
 async def trim_dead_letters(
-    redis: Redis, routes: list[Route], max_age: float = deadletter.MAX_AGE
+    redis: Redis, routes: list[Route], max_age: float | None = None
 ) -> dict[str, int]:
-    """Drop dead letters older than `max_age` seconds from the DLQs of `routes` (all
-    of one source: one script call); returns {trigger id: entries trimmed now}."""
+    """Drop dead letters older than each Trigger's deadLetterRetention.maxAge (or
+    `max_age` seconds for all) from the DLQs of `routes` (all of one source: one
+    script call); returns {trigger id: entries trimmed now}."""
     if not routes:
         return {}
     keys_: list[str] = []
@@ -162,7 +162,10 @@ async def trim_dead_letters(
             keys.dead_letters(route.namespace, route.source, route.name),
             keys.trigger_state(route.namespace, route.source, route.name),
         ]
-    result = await _script(redis, _TRIM_DEAD_LETTERS)(keys=keys_, args=[int(max_age * 1000)])
+    ages = [route.delivery.dead_letter_max_age if max_age is None else max_age for route in routes]
+    result = await _script(redis, _TRIM_DEAD_LETTERS)(
+        keys=keys_, args=[int(age * 1000) for age in ages]
+    )
     return {route.id: int(n) for route, n in zip(routes, result, strict=True) if int(n)}
 
 

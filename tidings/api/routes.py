@@ -58,6 +58,9 @@ class CompiledDelivery(Internal):
     retry: CompiledRetry
     max_age: float  # seconds
     dead_letter_url: str | None = None
+    # The DLQ's bounds (defaults: routes written before these fields existed).
+    dead_letter_max_age: float = 30 * 24 * 3600.0  # seconds
+    dead_letter_max_events: int = 100_000
     concurrency: int
     rate_per_second: float | None = None
     rate_burst: int | None = None
@@ -267,6 +270,8 @@ def compile_trigger(
             ),
             max_age=parse_duration(delivery.max_age),
             dead_letter_url=dead_letter_url,
+            dead_letter_max_age=parse_duration(delivery.dead_letter_retention.max_age),
+            dead_letter_max_events=delivery.dead_letter_retention.max_events,
             concurrency=delivery.concurrency,
             rate_per_second=delivery.rate_limit.per_second if delivery.rate_limit else None,
             rate_burst=(

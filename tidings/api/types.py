@@ -344,6 +344,18 @@ class Signing(ApiModel):
     )
 
 
+class DeadLetterRetention(ApiModel):
+    max_age: str = Duration("720h", "Dead letters older than this are dropped.")
+    max_events: int = Field(
+        100_000, ge=1, le=10_000_000, description="The DLQ keeps at most this many entries."
+    )
+
+    @model_validator(mode="after")
+    def _durations(self) -> DeadLetterRetention:
+        _check_durations(self, "max_age")
+        return self
+
+
 class DeliverySpec(ApiModel):
     format: Literal["binary", "structured", "data"] = Field(
         "binary", description="CloudEvents binary or structured mode, or the data alone."
@@ -353,6 +365,10 @@ class DeliverySpec(ApiModel):
     max_age: str = Duration("72h", "Dead-letter an event older than this.")
     dead_letter: Destination | None = Field(
         None, description="Optional sink for dead letters; a DLQ stream is always kept."
+    )
+    dead_letter_retention: DeadLetterRetention = Field(
+        default_factory=DeadLetterRetention,
+        description="How many dead letters the Trigger's DLQ keeps, and how long.",
     )
     concurrency: int = Field(100, ge=1, le=100_000, description="In-flight limit, all replicas.")
     rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")

@@ -141,6 +141,16 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("zero concurrency", _trigger(delivery={"concurrency": 0}), "spec.delivery.concurrency"),
     (
+        "dead-letter retention of no entries",
+        _trigger(delivery={"deadLetterRetention": {"maxEvents": 0}}),
+        "spec.delivery.deadLetterRetention.maxEvents",
+    ),
+    (
+        "dead-letter retention in days",
+        _trigger(delivery={"deadLetterRetention": {"maxAge": "30d"}}),
+        "spec.delivery.deadLetterRetention.maxAge",
+    ),
+    (
         "port out of range",
         _trigger(subscriber={"ref": {"name": "m", "port": 70000}}),
         "spec.subscriber.ref.port",
@@ -183,6 +193,7 @@ def test_defaults_are_filled_by_the_api_server(
     assert delivery["retry"]["maxAttempts"] == 12
     assert delivery["retry"]["retryOn"] == ["network", "timeout", "408", "429", "5xx"]
     assert delivery["timeout"] == "10s" and delivery["format"] == "binary"
+    assert delivery["deadLetterRetention"] == {"maxAge": "720h", "maxEvents": 100000}
 
 
 def test_get_shows_printer_columns_and_the_tidings_category(

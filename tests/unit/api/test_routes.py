@@ -76,6 +76,13 @@ def test_durations_compile_to_seconds_with_defaults_filled() -> None:
     assert route.delivery.retry.max_delay == 300
     assert route.delivery.retry.initial_delay == 1
     assert route.delivery.max_age == 72 * 3600
+    assert route.delivery.dead_letter_max_age == 720 * 3600
+    assert route.delivery.dead_letter_max_events == 100_000
+    kept = compile_(trigger(delivery={"deadLetterRetention": {"maxAge": "24h", "maxEvents": 10}}))
+    assert (kept.delivery.dead_letter_max_age, kept.delivery.dead_letter_max_events) == (
+        24 * 3600,
+        10,
+    )
 
 
 @pytest.mark.parametrize(
