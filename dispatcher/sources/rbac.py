@@ -31,11 +31,13 @@ def rules_for(
     """Rules for the adapter of EventSource `name` with `spec`.
 
     `spec_from_env`: the spec comes in $TIDINGS_EVENTSOURCE_SPEC (the operator's
-    Deployment), so no `get` on eventsources. `dsn_from_env`: the DSN comes in
+    Deployment), so no `get` on eventsources for it — except for Postgres, whose
+    adapter reads its EventSource before creating a slot or publication (so it
+    never re-creates them for an EventSource being deleted). `dsn_from_env`: the DSN comes in
     $TIDINGS_PG_DSN, so no `get` on the Secret. `plurals` maps (apiVersion,
     kind) of watched resources to their plural resource names."""
     rules = [dict(LEASE_RULE)]
-    if not spec_from_env:
+    if not spec_from_env or spec.postgres is not None:
         rules.append(
             {
                 "apiGroups": [GROUP],

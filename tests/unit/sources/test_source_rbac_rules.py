@@ -1,0 +1,30 @@
+"""The adapter RBAC rules as data (proven against a real API server in
+tests/integration/sources/test_source_rbac.py)."""
+
+from __future__ import annotations
+
+from tidings.dispatcher.sources import rbac
+
+from tidings.api.types import EventSourceSpec
+
+GET_EVENTSOURCE = {
+    "apiGroups": ["tidings.dev"],
+    "resources": ["eventsources"],
+    "resourceNames": ["users-db"],
+    "verbs": ["get"],
+}
+
+
+def test_a_postgres_adapter_may_read_its_eventsource_even_with_the_spec_in_its_env() -> None:
+    spec = EventSourceSpec.model_validate(
+        {"postgres": {"connectionSecretRef": {"name": "db", "key": "dsn"}, "tables": ["users"]}}
+    )
+    rules = rbac.rules_for(spec, name="users-db", spec_from_env=True)
+    assert GET_EVENTSOURCE in rules
+    assert not any(rule["resources"] == ["secrets"] for rule in rules)  # DSN from the env
+
+
+def test_a_schedule_adapter_with_the_spec_in_its_env_needs_only_the_lease() -> None:
+    spec = EventSourceSpec.model_validate({"schedule": {"cron": "@daily"}})
+    assert rbac.rules_for(spec, name="users-db", spec_from_env=True) == [rbac.LEASE_RULE]
+    assert GET_EVENTSOURCE in rbac.rules_for(spec, name="users-db", spec_from_env=False)
