@@ -47,15 +47,15 @@ from redis.commands.core import AsyncScript
 from tidings.dispatcher.delivery import Request, build_request, send
 
 from tidings.api import keys
-from tidings.api.routes import Route
+from tidings.api.routes import DEAD_LETTER_MAX_AGE, DEAD_LETTER_MAX_EVENTS, Route
 
 log = logging.getLogger(__name__)
 
 # The DLQ's default bounds (spec.delivery.deadLetterRetention). The count is
 # exact (MAXLEN without ~: dead letters are rare, and a small cap must hold);
 # the age is enforced by retention.py with Redis's clock.
-MAX_EVENTS = 100_000
-MAX_AGE = 30 * 24 * 3600.0  # seconds
+MAX_EVENTS = DEAD_LETTER_MAX_EVENTS
+MAX_AGE = DEAD_LETTER_MAX_AGE  # seconds
 
 # replayed(id): the fields of a replayed event's copy ({e, json, t, replay ms}),
 # or nil. Spliced into cursor.py's fetch.
@@ -153,11 +153,13 @@ async def read(
     trigger: str,
     *,
     start: str = "-",
+    end: str = "+",
     count: int | None = None,
 ) -> list[DeadLetter]:
-    """A Trigger's dead letters from DLQ id `start` on (default: every one), oldest first."""
+    """A Trigger's dead letters with DLQ ids from `start` to `end` (default: every
+    one), oldest first."""
     entries: list[tuple[Any, dict[Any, Any]]] = await redis.xrange(
-        keys.dead_letters(namespace, source, trigger), min=start, count=count
+        keys.dead_letters(namespace, source, trigger), min=start, max=end, count=count
     )  # type: ignore[assignment]
     return [_dead_letter(dlq_id, raw) for dlq_id, raw in entries]
 

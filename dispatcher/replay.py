@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from tidings.dispatcher import deadletter
 from tidings.dispatcher.deadletter import DeadLetter
 
-from tidings.api import table
+from tidings.api import keys, table
 from tidings.api.routes import Route
 from tidings.cli import add_common_options
 from tidings.durations import DurationError, parse_duration
@@ -95,11 +95,20 @@ async def pages(
             clock = next(iter(clock.values()))
         now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
         start = f"{max(0, now_ms - int(since * 1000))}-0"
+    # Up to the newest dead letter now: an event replayed by this run that fails
+    # again is dead-lettered anew, after it, and must not be handed back twice.
+    newest = await redis.xrevrange(
+        keys.dead_letters(route.namespace, route.source, route.name), count=1
+    )
+    if not newest:
+        return
+    newest_id = newest[0][0]
+    end = newest_id.decode() if isinstance(newest_id, bytes) else str(newest_id)
     left = limit
     while left is None or left > 0:
         want = PAGE if left is None else min(PAGE, left)
         page = await deadletter.read(
-            redis, route.namespace, route.source, route.name, start=start, count=want
+            redis, route.namespace, route.source, route.name, start=start, end=end, count=want
         )
         if page:
             yield page

@@ -55,10 +55,12 @@ def postgres_spec(spec: Mapping[str, Any]) -> PostgresSource | None:
 def by_hand(spec: PostgresSource, namespace: str, name: str) -> str:
     """The SQL a user runs when Tidings could not."""
     owned = pgsetup.names(spec, namespace, name)
-    return (
-        f"SELECT pg_drop_replication_slot('{owned.slot}'); "
-        f"DROP PUBLICATION IF EXISTS {quote_ident(owned.publication)};"
-    )
+    drop_slot = f"SELECT pg_drop_replication_slot('{owned.slot}');"
+    drop_publication = f"DROP PUBLICATION IF EXISTS {quote_ident(owned.publication)};"
+    if spec.publication_name is None:
+        return f"{drop_slot} {drop_publication}"
+    # A named publication may be the user's own: Tidings drops only one it created.
+    return f"{drop_slot} and, if its comment says 'managed by tidings', {drop_publication}"
 
 
 def retry_delay(attempt: int, maximum: float) -> float:

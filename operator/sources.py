@@ -254,7 +254,8 @@ class SourceController:
             self.log.debug("cannot read the slot's retained WAL: %s", error)
             return
         if not retention.exists:
-            self.wal = None  # no slot, nothing retained
+            # No slot, nothing retained (and an older report's number is moot).
+            self.wal = adapter_status.WalReading(retention.slot, 0, retention.threshold)
             return
         self.wal = adapter_status.WalReading(
             retention.slot, retention.retained_bytes, retention.threshold
@@ -309,7 +310,8 @@ class SourceController:
             report = await adapter_status.read(self.ctx.redis, self.namespace, self.name)
         if spec is not None and spec.postgres is not None:
             running = report is not None and report.state == "Running"
-            if running and deployment is not None and deployment.available > 0:
+            reading = adapter_status.WalReading.from_details(report.details) if report else None
+            if running and reading is not None and deployment and deployment.available > 0:
                 self.wal = None  # the adapter's own reading is fresher
             else:
                 await self.check_wal(spec.postgres)

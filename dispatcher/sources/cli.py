@@ -256,7 +256,12 @@ async def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
     api = None if args.manifest else _kube_api(args.kubeconfig)
-    still_wanted = None if api is None else eventsource_still_wanted(api, namespace, name)
+    # Postgres only: its adapter creates a slot and a publication that must not
+    # outlive the EventSource (and only it is granted `get` on it with the spec
+    # in its env).
+    still_wanted = None
+    if api is not None and args.kind == "postgres":
+        still_wanted = eventsource_still_wanted(api, namespace, name)
     redis = Redis.from_url(args.redis_url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -217,16 +217,20 @@ async def resolve_tables(conn: psycopg.AsyncConnection[Any], spec: PostgresSourc
         publish: tuple[str, ...] | None = None
         if wanted:
             cursor = await conn.execute(
-                "SELECT attname::text FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
-                "AND NOT attisdropped ORDER BY attnum",
+                "SELECT attname::text, attgenerated <> '' FROM pg_attribute "
+                "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                 (oid,),
             )
-            ordered = [r[0] for r in await cursor.fetchall()]
-            missing = [c for c in wanted if c not in ordered]
+            rows = await cursor.fetchall()
+            # PostgreSQL 15-17 never publish generated columns and refuse them in
+            # a column list: they are left out of it (their values never arrive).
+            ordered = [r[0] for r in rows if not r[1]]
+            generated = {r[0] for r in rows if r[1]}
+            missing = [c for c in wanted if c not in ordered and c not in generated]
             if missing:
                 raise ColumnNotFound(
                     f"spec.postgres.columns[{spec_name}]: table {schema}.{name} has no column "
-                    f"{', '.join(missing)}; it has {', '.join(sorted(ordered))}"
+                    f"{', '.join(missing)}; it has {', '.join(sorted([*ordered, *generated]))}"
                 )
             if version >= 150000:
                 identity_columns = await replica_identity_columns(conn, oid, identity)
@@ -273,7 +277,8 @@ def publication_columns(
         if identity is None:
             return None
         keep.update(identity)
-    return tuple(c for c in ordered if c in keep)
+    listed = tuple(c for c in ordered if c in keep)
+    return listed or None  # nothing publishable listed: the whole row, filtered here
 
 
 def publish_option(operations: Sequence[str]) -> str:

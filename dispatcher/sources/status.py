@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from redis.asyncio import Redis
 
 from tidings.api import keys
 from tidings.api.types import Condition
+
+log = logging.getLogger(__name__)
 
 FIELD = "status"
 CAPTURING = "Capturing"
@@ -44,9 +47,7 @@ class AdapterStatus:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def _mib(size: int) -> str:
-    """Rounded to the MiB, so a retained size that creeps does not rewrite status."""
-    return f"{size >> 20} MiB"
+_FIELDS = frozenset(f.name for f in fields(AdapterStatus))
 
 
 def _iso(seconds: float) -> str:
@@ -82,7 +83,13 @@ async def read(redis: Redis, namespace: str, name: str) -> AdapterStatus | None:
     raw = await redis.hget(keys.adapter_state(namespace, name), FIELD)  # type: ignore[misc]
     if raw is None:
         return None
-    return AdapterStatus(**json.loads(raw))
+    try:
+        document = json.loads(raw)
+        # Known fields only: an adapter newer than the operator may add some.
+        return AdapterStatus(**{k: v for k, v in document.items() if k in _FIELDS})
+    except (ValueError, TypeError, AttributeError) as error:
+        log.warning("unreadable status of the adapter of %s/%s: %s", namespace, name, error)
+        return None
 
 
 @dataclass(frozen=True)
@@ -110,12 +117,12 @@ def wal_condition(wal: WalReading, generation: int | None = None) -> Condition:
         type="WalRetained",
         status="True" if over else "False",
         reason="RetainedWalOverThreshold" if over else "WithinThreshold",
-        # No byte count while within the threshold: status stays unchanged (and
-        # unwritten) as the number moves; the adapter logs it.
+        # No byte count: status stays unchanged (and unwritten) as the number
+        # moves; the adapter logs it.
         message=(
             f"replication slot {wal.slot} retains "
-            + (f"{_mib(wal.retained)} of WAL, more than" if over else "less WAL than")
-            + f" spec.postgres.maxRetainedWalBytes={wal.threshold}"
+            + ("more" if over else "less")
+            + f" WAL than spec.postgres.maxRetainedWalBytes={wal.threshold}"
             + (
                 "; the adapter is behind or stopped: the database disk fills up "
                 "until it catches up or the EventSource is deleted"

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 import cel
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api import keys
 from tidings.api.sealing import Sealer
@@ -29,6 +29,10 @@ from tidings.durations import parse_duration
 
 FORMAT = 1
 CLUSTER_DOMAIN = "cluster.local"
+
+
+DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0  # seconds
+DEAD_LETTER_MAX_EVENTS = 100_000
 
 
 class Internal(BaseModel):
@@ -58,9 +62,15 @@ class CompiledDelivery(Internal):
     retry: CompiledRetry
     max_age: float  # seconds
     dead_letter_url: str | None = None
-    # The DLQ's bounds (defaults: routes written before these fields existed).
-    dead_letter_max_age: float = 30 * 24 * 3600.0  # seconds
-    dead_letter_max_events: int = 100_000
+    # The DLQ's bounds. Left out of the JSON while at their defaults, so that
+    # dispatchers older than these fields (which refuse unknown fields) keep
+    # reading the routes of an operator upgraded before them.
+    dead_letter_max_age: float = Field(
+        DEAD_LETTER_MAX_AGE, exclude_if=lambda v: v == DEAD_LETTER_MAX_AGE
+    )  # seconds
+    dead_letter_max_events: int = Field(
+        DEAD_LETTER_MAX_EVENTS, exclude_if=lambda v: v == DEAD_LETTER_MAX_EVENTS
+    )
     concurrency: int
     rate_per_second: float | None = None
     rate_burst: int | None = None

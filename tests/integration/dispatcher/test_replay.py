@@ -415,3 +415,23 @@ async def test_dead_letters_are_selected_page_by_page_oldest_first_up_to_the_lim
         await wait_until(lambda: len(subscriber.received) >= 4, 10, "4 replayed deliveries")
     finally:
         await other.stop()
+
+
+async def test_a_dead_letter_that_comes_back_during_the_run_is_not_handed_back_twice(
+    plane: Plane, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    welcome, _, other = await five_dead_letters(plane, subscriber)
+    try:
+        monkeypatch.setattr(replay_module, "PAGE", 2)
+        dlq = keys.dead_letters(plane.namespace, "src", "welcome")
+        seen: list[str] = []
+        async for page in replay_module.pages(plane.redis, welcome):
+            seen += [d.dlq_id for d in page]
+            await deadletter.hand_back(plane.redis, welcome, [d.dlq_id for d in page])
+            # What a dispatcher does when a replayed event fails again: a new entry
+            # at the end of the DLQ, while this run is still paging.
+            await plane.redis.xadd(dlq, {"event": "{}", "streamId": "0-1", "trigger": "x"})
+        assert len(seen) == 5  # the five that were there when the run began
+        assert await plane.redis.xlen(dlq) == 3  # one new entry per page, left for later
+    finally:
+        await other.stop()

@@ -78,7 +78,11 @@ def test_durations_compile_to_seconds_with_defaults_filled() -> None:
     assert route.delivery.max_age == 72 * 3600
     assert route.delivery.dead_letter_max_age == 720 * 3600
     assert route.delivery.dead_letter_max_events == 100_000
+    # Defaults stay out of the stored JSON: dispatchers that predate the fields
+    # refuse unknown ones, and must keep reading routes during an upgrade.
+    assert "dead_letter_max" not in route.model_dump_json()
     kept = compile_(trigger(delivery={"deadLetterRetention": {"maxAge": "24h", "maxEvents": 10}}))
+    assert type(kept).model_validate_json(kept.model_dump_json()) == kept
     assert (kept.delivery.dead_letter_max_age, kept.delivery.dead_letter_max_events) == (
         24 * 3600,
         10,

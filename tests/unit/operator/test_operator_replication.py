@@ -67,3 +67,16 @@ async def test_a_dsn_that_does_not_parse_is_a_failure_not_a_crash() -> None:
     )
     assert outcome.verdict == "abandoned"
     assert "ConnectionFailed" in outcome.message
+
+
+def test_the_sql_by_hand_drops_a_named_publication_only_if_tidings_made_it() -> None:
+    named = PostgresSource.model_validate(
+        {
+            "connectionSecretRef": {"name": "db", "key": "dsn"},
+            "tables": ["public.users"],
+            "publicationName": "app_pub",
+        }
+    )
+    sql = replication.by_hand(named, "shop", "users-db")
+    assert "SELECT pg_drop_replication_slot('tidings_shop_users_db_" in sql
+    assert "if its comment says 'managed by tidings'" in sql and "app_pub" in sql

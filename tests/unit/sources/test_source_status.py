@@ -74,3 +74,5 @@ def test_a_publication_column_list_keeps_table_order_and_the_replica_identity() 
     assert insert_only == ("name",)
     # REPLICA IDENTITY FULL: every column is identity, so no list at all.
     assert publication_columns(ordered, ["name"], None, needs_identity=True) is None
+    # Only generated columns wanted (never in `ordered`): no empty list either.
+    assert publication_columns(ordered, ["total"], [], needs_identity=False) is None
