@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tidings.api.routes import CLUSTER_DOMAIN, ingest_token_secret_name
@@ -43,6 +44,41 @@ class AdapterSettings:
     redis_url: str
     service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    # The adapter container's resources (a Postgres adapter is one Python
+    # process: its throughput is what CPU it gets).
+    resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+
+
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def parse_resources(text: str, flag: str = "--adapter-resources") -> dict[str, Any]:
+    """A container `resources` object from JSON, checked so a typo is an error at
+    start, not a Deployment the API server refuses for every EventSource."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(
+            f"{flag}: not JSON ({error}); write e.g. "
+            '\'{"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}\''
+        ) from None
+    if not isinstance(value, dict) or not set(value) <= {"requests", "limits"}:
+        raise ValueError(f"{flag}: an object with `requests` and/or `limits`")
+    for part, amounts in value.items():
+        if not isinstance(amounts, dict) or not set(amounts) <= {"cpu", "memory"}:
+            raise ValueError(f"{flag}: {part} takes `cpu` and/or `memory`")
+        for resource, amount in amounts.items():
+            if not QUANTITY.match(str(amount)):
+                raise ValueError(
+                    f"{flag}: {part}.{resource}={amount!r} is not a Kubernetes quantity "
+                    "(e.g. 500m, 1, 128Mi)"
+                )
+            amounts[resource] = str(amount)
+    return value
 
 
 def owner_reference(kind: str, name: str, uid: str) -> dict[str, Any]:
@@ -156,10 +192,7 @@ def adapter_deployment(
         "args": ["source", kind, "--eventsource", f"{namespace}/{source}"],
         "env": env,
         "envFrom": [{"secretRef": {"name": name}}],
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "64Mi"},
-            "limits": {"memory": "256Mi"},
-        },
+        "resources": json.loads(json.dumps(settings.resources)),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,

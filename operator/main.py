@@ -22,7 +22,7 @@ import kopf
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from tidings.operator import handlers, peering
-from tidings.operator.adapters import AdapterSettings
+from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
 from tidings.operator.context import Context, Settings
 from tidings.operator.kube import Kube, connection_info, load_config
 from tidings.operator.publishing import StableSealer
@@ -65,6 +65,20 @@ def register(subparsers: Any) -> None:
         "--image",
         default=env("TIDINGS_IMAGE", DEFAULT_IMAGE),
         help="image of adapter Deployments (default: $TIDINGS_IMAGE, else %(default)s)",
+    )
+    parser.add_argument(
+        "--adapter-resources",
+        default=None,
+        metavar="JSON",
+        help="resources of adapter containers, e.g. "
+        '\'{"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}\' '
+        "(default: 50m CPU and 64Mi requested, 256Mi memory limit)",
+    )
+    parser.add_argument(
+        "--adapter-image-pull-policy",
+        choices=["Always", "IfNotPresent", "Never"],
+        default="IfNotPresent",
+        help="imagePullPolicy of adapter containers (default: %(default)s)",
     )
     parser.add_argument(
         "--adapter-service-account",
@@ -164,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         log.error("no Redis: pass --redis-url or set REDIS_URL")
         return 2
+    if args.adapter_resources:
+        try:
+            parse_resources(args.adapter_resources)
+        except ValueError as error:
+            log.error("%s", error)
+            return 2
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # Kopf logs every handler call at INFO ("Handler ... succeeded"): thousands
         # of lines per minute at scale. Our controllers log what changes.
@@ -191,6 +211,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
             image=args.image,
             redis_url=args.adapter_redis_url or args.redis_url,
             service_account=args.adapter_service_account,
+            image_pull_policy=args.adapter_image_pull_policy,
+            resources=(
+                parse_resources(args.adapter_resources)
+                if args.adapter_resources
+                else dict(DEFAULT_RESOURCES)
+            ),
         ),
         ingest_service=args.ingest_service,
         ingest_namespace=args.ingest_namespace,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 from helm_harness import CHART, VALUES, Helm, Manifest, container, env_of, find, kinds, pod_specs
-from tidings.operator import peering
+from tidings.operator import adapters, peering
 
 from tidings.api import keys
 
@@ -133,6 +133,20 @@ def test_a_release_named_tidings_gets_the_names_the_operator_defaults_to(helm: H
     assert "--ingest-namespace=eventing" in args
     assert "--adapter-service-account=tidings-source" in args
     assert not [a for a in args if a.startswith("--namespace")]  # all namespaces
+
+
+def test_adapter_resources_and_pull_policy_reach_the_operator_as_flags(helm: Helm) -> None:
+    args = container(helm.render(), "Deployment", "tidings-operator")["args"]
+    flag = next(a for a in args if a.startswith("--adapter-resources="))
+    resources = json.loads(flag.partition("=")[2])
+    assert resources == adapters.DEFAULT_RESOURCES  # the chart's default is the operator's
+    assert adapters.parse_resources(flag.partition("=")[2]) == resources
+    assert "--adapter-image-pull-policy=IfNotPresent" in args
+    sized = helm.render(set=["sources.resources.requests.cpu=1", "sources.imagePullPolicy=Always"])
+    args = container(sized, "Deployment", "tidings-operator")["args"]
+    flag = next(a for a in args if a.startswith("--adapter-resources="))
+    assert json.loads(flag.partition("=")[2])["requests"]["cpu"] in (1, "1")
+    assert "--adapter-image-pull-policy=Always" in args
 
 
 def test_another_release_name_prefixes_every_name(helm: Helm) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tidings.operator import adapters
 from tidings.operator.adapters import AdapterSettings
 
@@ -85,3 +86,36 @@ def test_the_ingest_url_names_the_ingest_service_and_the_source() -> None:
     assert adapters.ingest_url(
         "shop", "web", service="tidings-ingest", service_namespace="tidings"
     ) == ("http://tidings-ingest.tidings.svc.cluster.local/sources/shop/web")
+
+
+def test_adapter_resources_and_pull_policy_come_from_the_operators_flags() -> None:
+    default = adapters.adapter_deployment("shop", "users-db", "u", POSTGRES, SETTINGS)
+    container = default["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == adapters.DEFAULT_RESOURCES
+    one_core = AdapterSettings(
+        image="tidings:1.0",
+        redis_url="redis://redis:6379/0",
+        image_pull_policy="Always",
+        resources=adapters.parse_resources('{"requests": {"cpu": 1, "memory": "128Mi"}}'),
+    )
+    sized = adapters.adapter_deployment("shop", "users-db", "u", POSTGRES, one_core)
+    container = sized["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "128Mi"}}
+    assert container["imagePullPolicy"] == "Always"
+    # A new size rolls the adapters (the template hash moves).
+    assert adapters.template_hash(sized) != adapters.template_hash(default)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cpu=1", "not JSON"),
+        ('{"requests": {"gpu": 1}}', "requests takes `cpu` and/or `memory`"),
+        ('{"request": {"cpu": 1}}', "`requests` and/or `limits`"),
+        ('{"limits": {"memory": "lots"}}', "limits.memory='lots' is not a Kubernetes quantity"),
+    ],
+)
+def test_bad_adapter_resources_are_refused_naming_the_flag(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match="--adapter-resources") as refused:
+        adapters.parse_resources(text)
+    assert message in str(refused.value)
