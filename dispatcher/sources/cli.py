@@ -13,6 +13,9 @@ the command exits 0, once the EventSource is gone or has a deletionTimestamp:
 the operator's finalizer drops the Postgres slot and publication, and an
 adapter outliving its Deployment must not create them again.
 
+With `--listen HOST:PORT` (or $TIDINGS_SOURCE_LISTEN) it serves /healthz,
+/readyz and /metrics there (dispatcher/sources/health.py); without, no server.
+
 In a cluster the adapter holds the Lease `tidings-source-<name>` in the
 EventSource's namespace, so a second replica waits instead of streaming too.
 
@@ -36,11 +39,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.sources import adapters
+from tidings.dispatcher.sources import adapters, health
 from tidings.dispatcher.sources.errors import Forbidden
 from tidings.dispatcher.sources.kubeapi import ApiError, KubeApi
 from tidings.dispatcher.sources.lease import LeaseElector, default_identity, lease_name
+from tidings.dispatcher.sources.metrics import SourceMetrics, SourceSeries, attach
 
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
@@ -97,6 +102,13 @@ def register(subparsers: Any) -> None:
         type=float,
         default=SPEC_POLL_SECONDS,
         help="how often to check the EventSource for a new generation, when read from the API",
+    )
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get(health.LISTEN_ENV) or None,
+        metavar="HOST:PORT",
+        help=f"serve /healthz, /readyz and /metrics here (default: ${health.LISTEN_ENV}; "
+        "unset: no server)",
     )
     add_common_options(parser)
     parser.set_defaults(func=main)
@@ -255,6 +267,12 @@ async def run(args: argparse.Namespace) -> int:
     namespace, name = parse_ref(args.eventsource)
     if not args.redis_url:
         raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
+    listen = None
+    if getattr(args, "listen", None):
+        try:
+            listen = health.parse_listen(args.listen)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     api = None if args.manifest else _kube_api(args.kubeconfig)
     # Postgres only: its adapter creates a slot and a publication that must not
     # outlive the EventSource (and only it is granted `get` on it with the spec
@@ -278,9 +296,22 @@ async def run(args: argparse.Namespace) -> int:
             renew_every=args.lease_seconds / 3,
             retry_every=min(2.0, args.lease_seconds / 3),
         )
+    series: SourceSeries | None = None
+    server = None
     try:
+        if listen is not None:
+            registry = CollectorRegistry()
+            series = SourceMetrics(registry).of(f"{namespace}/{name}")
+            try:
+                server = await health.serve(registry, series, *listen)
+            except OSError as error:
+                raise UsageError(f"--listen {args.listen}: {error}") from None
+            log.info("serving /healthz, /readyz, /metrics on %s:%d", *listen)
         while not stopping.is_set():
             if elector is not None:
+                if series is not None:
+                    # Local only: the Redis status is the Lease holder's to write.
+                    series.set_state("Standby", "WaitingForLease")
                 try:
                     if not await _until(elector.acquire(), stopping):
                         break
@@ -289,6 +320,8 @@ async def run(args: argparse.Namespace) -> int:
                     # replica, and slots and schedule guards stay exclusive anyway.
                     log.error("%s; running WITHOUT the Lease: keep to one replica", error)
                     elector = None
+                if series is not None:
+                    series.set_state("")  # no longer a standby: starting
             if still_wanted is not None and not await still_wanted():
                 log.info("EventSource %s/%s is being deleted: exiting", namespace, name)
                 break
@@ -310,6 +343,8 @@ async def run(args: argparse.Namespace) -> int:
                 kubeconfig=args.kubeconfig,
                 still_wanted=still_wanted,
             )
+            if series is not None:
+                attach(adapter, series)
             outcome = await _run_until(
                 adapter, stopping, elector, api, loaded, args.spec_poll_seconds
             )
@@ -318,6 +353,8 @@ async def run(args: argparse.Namespace) -> int:
             if outcome == "deleted" or getattr(adapter, "deleted", False):
                 break
     finally:
+        if server is not None:
+            await server.cleanup()
         if elector is not None:
             await elector.release()
         if api is not None:

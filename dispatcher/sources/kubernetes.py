@@ -37,6 +37,7 @@ from tidings.dispatcher.sources import journal
 from tidings.dispatcher.sources.errors import Forbidden, ResourceNotFound, SourceError
 from tidings.dispatcher.sources.journal import Batch
 from tidings.dispatcher.sources.kubeapi import ApiError, Gone, KubeApi, Resource
+from tidings.dispatcher.sources.metrics import SourceSeries
 from tidings.dispatcher.sources.status import StatusReporter
 
 from tidings.api import keys
@@ -278,6 +279,7 @@ class KubernetesAdapter:
         self.watching: set[str] = set()
         self._stopping = asyncio.Event()
         self.events_written = 0
+        self.metrics: SourceSeries | None = None  # `tidings source --listen` attaches it
 
     def event(self, resource: KubernetesResource, change: Change) -> CloudEvent:
         obj = change.obj
@@ -304,6 +306,8 @@ class KubernetesAdapter:
             self.redis, self.source, batch, guarded=False, objects_key=self.objects_key
         )
         self.events_written += written.appended
+        if self.metrics is not None:
+            self.metrics.wrote(written.appended, written.skipped)
 
     async def report_running(self) -> None:
         if len(self.watching) == len(self.watches):

@@ -57,6 +57,7 @@ from redis.asyncio import Redis
 from tidings.dispatcher.sources import journal, pgsetup
 from tidings.dispatcher.sources.errors import SlotUnavailable, SourceError
 from tidings.dispatcher.sources.journal import Batch, position
+from tidings.dispatcher.sources.metrics import SourceSeries
 from tidings.dispatcher.sources.pgoutput import (
     Begin,
     Commit,
@@ -183,6 +184,7 @@ class PostgresAdapter:
         self.events_written = 0
         self.events_skipped = 0
         self.confirmed_lsn = 0
+        self.metrics: SourceSeries | None = None  # `tidings source --listen` attaches it
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -403,6 +405,8 @@ class PostgresAdapter:
                 written = await journal.write(self.redis, self.source, batch)
                 self.events_written += written.appended
                 self.events_skipped += written.skipped
+                if self.metrics is not None:
+                    self.metrics.wrote(written.appended, written.skipped)
                 guard = pending[upto - 1][0]
                 del pending[:upto]
                 complete = 0
@@ -423,6 +427,8 @@ class PostgresAdapter:
                     await stream.send_status(flushable)
                     confirmed, last_status, reply_requested = flushable, now, False
                     self.confirmed_lsn = confirmed
+                    if self.metrics is not None:
+                        self.metrics.confirmed(confirmed)
                 if now >= next_wal_check:
                     next_wal_check = now + self.wal_check_interval
                     await self._check_wal(conn)
@@ -482,6 +488,8 @@ class PostgresAdapter:
         at = position(txn.commit_lsn, seq)
         if at <= guard:
             self.events_skipped += 1  # written before a restart
+            if self.metrics is not None:
+                self.metrics.skipped()
             return None
         table = tables[message.relation_id]
         columns = table.relation.columns
@@ -541,6 +549,8 @@ class PostgresAdapter:
         at = position(txn.commit_lsn, seq)
         if at <= guard:
             self.events_skipped += 1
+            if self.metrics is not None:
+                self.metrics.skipped()
             return None
         data = {
             "op": "truncate",

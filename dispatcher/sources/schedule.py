@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from tidings.dispatcher.sources import journal
 from tidings.dispatcher.sources.errors import InvalidSchedule
 from tidings.dispatcher.sources.journal import Batch, position
+from tidings.dispatcher.sources.metrics import SourceSeries
 from tidings.dispatcher.sources.status import StatusReporter
 
 from tidings.api.events import CloudEvent
@@ -141,6 +142,7 @@ class ScheduleAdapter:
         self._stopping = asyncio.Event()
         self.fired = 0  # ticks this replica wrote (a twin's are not counted)
         self.skipped = 0
+        self.metrics: SourceSeries | None = None  # `tidings source --listen` attaches it
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -218,6 +220,8 @@ class ScheduleAdapter:
             batch.events.append((position(int(tick)), self._event(schedule, tick, late)))
         written = await journal.write(self.redis, self.source, batch)
         self.fired += written.appended
+        if self.metrics is not None:
+            self.metrics.wrote(written.appended, written.skipped)
 
     def _event(self, schedule: Schedule, tick: float, late: bool) -> CloudEvent:
         return CloudEvent(

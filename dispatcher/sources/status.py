@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -61,6 +62,9 @@ class StatusReporter:
         self._redis = redis
         self._key = keys.adapter_state(namespace, name)
         self.current: AdapterStatus | None = None
+        # Told every report, changed or not (`tidings source --listen` counts
+        # each failed attempt); None in-process (`tidings dev`, tests).
+        self.on_report: Callable[[AdapterStatus], None] | None = None
 
     async def report(self, state: str, reason: str, message: str = "", **details: Any) -> None:
         now = time.time()
@@ -68,10 +72,15 @@ class StatusReporter:
         merged = dict(previous.details) if previous else {}
         merged.update(details)
         since = now
+        unchanged = False
         if previous and (previous.state, previous.reason) == (state, reason):
             since = previous.since
-            if previous.message == message and previous.details == merged:
-                return
+            unchanged = previous.message == message and previous.details == merged
+        if self.on_report is not None:
+            with contextlib.suppress(Exception):  # metrics must not stop the adapter
+                self.on_report(AdapterStatus(state, reason, message, since, now, merged))
+        if unchanged:
+            return
         self.current = AdapterStatus(state, reason, message, since, now, merged)
         # Best effort: a status that cannot be written must not stop the adapter.
         with contextlib.suppress(Exception):
