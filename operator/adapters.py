@@ -13,6 +13,13 @@
 
 A template hash annotation on the Deployment lets the operator skip the write
 when nothing changed.
+
+The adapter serves /healthz, /readyz and /metrics on port 8080 (`metrics`):
+a liveness probe on /healthz restarts a wedged process, and the pod carries
+the prometheus.io/* scrape annotations. No readiness probe: the operator's
+AdapterReady condition counts available replicas, and an adapter that retries
+(its database is down) or waits for the Lease is alive, not unavailable; its
+own report says why it does not capture (Capturing condition, /readyz).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ TEMPLATE_HASH = "tidings.dev/template-hash"
 ADAPTER_KINDS = ("postgres", "kubernetes", "schedule")
 TOKEN_KEY = "token"
 REDIS_URL_KEY = "REDIS_URL"
+HEALTH_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,7 @@ def adapter_deployment(
         # The spec travels with the pod, so a spec change rolls the adapter.
         {"name": "TIDINGS_EVENTSOURCE_SPEC", "value": json.dumps(spec.to_wire(), sort_keys=True)},
         {"name": "TIDINGS_LOG_FORMAT", "value": "json"},
+        {"name": "TIDINGS_SOURCE_LISTEN", "value": f"0.0.0.0:{HEALTH_PORT}"},
     ]
     if spec.postgres is not None:
         ref = spec.postgres.connection_secret_ref
@@ -192,6 +201,15 @@ def adapter_deployment(
         "args": ["source", kind, "--eventsource", f"{namespace}/{source}"],
         "env": env,
         "envFrom": [{"secretRef": {"name": name}}],
+        "ports": [{"name": "metrics", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        # Generous: a minute without an answer. A blocked event loop (or a
+        # stopped process) answers nothing; a slow database does not block it.
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
         "resources": json.loads(json.dumps(settings.resources)),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -208,8 +226,14 @@ def adapter_deployment(
         pod_spec["serviceAccountName"] = settings.service_account
     # The config Secret's content is hashed into the pod template: a new Redis URL rolls it.
     config_hash = hashlib.sha256(settings.redis_url.encode()).hexdigest()[:16]
+    annotations = {
+        "tidings.dev/config-hash": config_hash,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HEALTH_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     template = {
-        "metadata": {"labels": pod_labels, "annotations": {"tidings.dev/config-hash": config_hash}},
+        "metadata": {"labels": pod_labels, "annotations": annotations},
         "spec": pod_spec,
     }
     return {

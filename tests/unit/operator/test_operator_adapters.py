@@ -119,3 +119,32 @@ def test_bad_adapter_resources_are_refused_naming_the_flag(text: str, message: s
     with pytest.raises(ValueError, match="--adapter-resources") as refused:
         adapters.parse_resources(text)
     assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "schedule"])
+def test_the_adapter_serves_health_and_metrics_on_8080_with_a_generous_liveness_probe(
+    kind: str,
+) -> None:
+    spec = (
+        POSTGRES
+        if kind == "postgres"
+        else EventSourceSpec.model_validate({"schedule": {"cron": "* * * * *"}})
+    )
+    deployment = adapters.adapter_deployment("shop", "src", "u", spec, SETTINGS)
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TIDINGS_SOURCE_LISTEN"] == "0.0.0.0:8080"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    probe = container["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # At least a minute of silence before a restart: a slow database must not kill it.
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 60
+    assert probe["timeoutSeconds"] >= 5
+    # No readiness probe: AdapterReady counts available replicas, and a retrying
+    # adapter or a standby is alive, not unavailable.
+    assert "readinessProbe" not in container
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
