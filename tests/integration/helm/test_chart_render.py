@@ -551,6 +551,42 @@ def test_adapter_pods_match_the_redis_network_policy(helm: Helm) -> None:
     assert admitted.items() <= pod_labels.items()
 
 
+def test_an_optional_pod_monitor_scrapes_the_adapters_in_the_source_namespaces(
+    helm: Helm,
+) -> None:
+    """The PodMonitor selects the pods the operator makes (operator/adapters.py) on
+    their `metrics` port, in sources.namespaces, or every namespace when empty."""
+    from tidings.operator.adapters import AdapterSettings, adapter_deployment
+
+    from tidings.api.types import EventSourceSpec
+
+    assert "PodMonitor" not in kinds(helm.render())
+    objects = helm.render(
+        set=[
+            "sources.podMonitor.enabled=true",
+            "sources.podMonitor.interval=15s",
+            "sources.podMonitor.labels.release=prometheus",
+            "sources.namespaces={shop,billing}",
+        ]
+    )
+    monitor = find(objects, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["shop", "billing"]}
+    assert monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+    spec = EventSourceSpec.model_validate({"schedule": {"cron": "@hourly"}})
+    pod = adapter_deployment("shop", "ticks", "uid", spec, AdapterSettings("img", "redis://x"))[
+        "spec"
+    ]["template"]
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= pod["metadata"]["labels"].items()
+    ports = [p["name"] for p in pod["spec"]["containers"][0]["ports"]]
+    assert "metrics" in ports
+    everywhere = find(helm.render(set=["sources.podMonitor.enabled=true"]), "PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+
+
 # --- values documentation -------------------------------------------------------------------
 
 
