@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -183,6 +183,39 @@ class Kube:
                 )
         except ApiException as error:
             if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def list_names(self, plural: str, namespaces: Sequence[str]) -> set[tuple[str, str]]:
+        """(namespace, name) of every Tidings object of `plural` in `namespaces`
+        (all namespaces when empty)."""
+
+        def list_in(namespace: str | None) -> Callable[[], Any]:
+            if namespace is None:
+                return lambda: self._custom.list_cluster_custom_object(GROUP, VERSION, plural)
+            return lambda: self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural
+            )
+
+        scopes: list[str | None] = list(namespaces) or [None]
+        pages = [await self._run(list_in(ns)) for ns in scopes]
+        return {
+            (item["metadata"]["namespace"], item["metadata"]["name"])
+            for page in pages
+            for item in page.get("items") or []
+        }
+
+    async def exists(self, plural: str, namespace: str, name: str) -> bool:
+        """Whether the Tidings object exists (a GET: never a cached answer)."""
+        try:
+            await self._run(
+                lambda: self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name
+                )
+            )
+        except ApiException as error:
+            if error.status == 404:
                 return False
             raise
         return True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ from typing import Any
 import kopf
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
-from tidings.operator import handlers, peering
+from tidings.operator import handlers, orphans, peering
 from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
 from tidings.operator.context import Context, Settings
 from tidings.operator.kube import Kube, connection_info, load_config
@@ -280,6 +281,11 @@ async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
         "standalone" if args.standalone else f"peering {args.peering_name!r} priority {priority}",
         _redacted(args.redis_url),
     )
+    # Entries whose object vanished without its finalizer (operator/orphans.py).
+    collector = asyncio.create_task(
+        orphans.keep_collecting(redis, kube, namespaces, args.resync_interval),
+        name="orphan collector",
+    )
     try:
         await kopf.operator(
             registry=registry,
@@ -291,6 +297,9 @@ async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
             liveness_endpoint=f"http://{args.liveness}/healthz" if args.liveness else None,
         )
     finally:
+        collector.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collector
         await redis.aclose()
         kube.close()
 
