@@ -33,7 +33,9 @@ from tidings.durations import parse_duration
 FINALIZER = "tidings.dev/cleanup"
 ANNOTATIONS_PREFIX = "tidings.dev"
 MANAGED = {"app.kubernetes.io/managed-by": adapters.MANAGED_BY}
-# Async daemons are cancelled at once when stopped (deletion, peering pause, exit).
+# A stopped daemon (deletion, peering pause, exit) is asked to return first (its
+# loop wakes on `stopped`), and cancelled only if it has not within this time.
+GRACE = 2.0
 CANCEL_AFTER = 2.0
 
 # A deleted Trigger's keys are deleted again this long after its delivery timeout.
@@ -99,7 +101,14 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             adapters=kwargs["adapters"],
         )
 
-    @kopf.daemon(GROUP, VERSION, "triggers", cancellation_timeout=CANCEL_AFTER, registry=registry)
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        "triggers",
+        cancellation_backoff=GRACE,
+        cancellation_timeout=CANCEL_AFTER,
+        registry=registry,
+    )
     async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         def post(t: Transition) -> None:
             kopf.event(body, type=t.type, reason=t.reason, message=t.message)
@@ -109,7 +118,12 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             await controller.run(stopped)
 
     @kopf.daemon(
-        GROUP, VERSION, "eventsources", cancellation_timeout=CANCEL_AFTER, registry=registry
+        GROUP,
+        VERSION,
+        "eventsources",
+        cancellation_backoff=GRACE,
+        cancellation_timeout=CANCEL_AFTER,
+        registry=registry,
     )
     async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
         def post(t: Transition) -> None:

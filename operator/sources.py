@@ -157,7 +157,7 @@ class SourceController:
                     failures += 1
                     delay = settings.retry_after(failures)
                     self.log.warning("will retry in %.1fs: %s", delay, error)
-                fired = await subscription.wait(delay)
+                fired = await subscription.wait(delay, stopped)
         finally:
             subscription.close()
 

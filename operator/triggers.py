@@ -155,7 +155,7 @@ class TriggerController:
                     failures += 1
                     self.compiled, delay = None, settings.retry_after(failures)
                     self.log.warning("will retry in %.1fs: %s", delay, error)
-                fired = await subscription.wait(delay)
+                fired = await subscription.wait(delay, stopped)
         finally:
             subscription.close()
 

@@ -260,11 +260,24 @@ class Subscription:
         self._fired.add(key)
         self._event.set()
 
-    async def wait(self, seconds: float) -> set[Key]:
-        """Wait for wake-ups, at most `seconds`; the keys that fired since the last
-        wait (empty after a timeout). Nothing that fires meanwhile is lost."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+    async def wait(self, seconds: float, stopped: Any = None) -> set[Key]:
+        """Wait for wake-ups, at most `seconds`, or until `stopped` (Kopf's
+        DaemonStopped) is set; the keys that fired since the last wait (empty
+        after a timeout). Nothing that fires meanwhile is lost."""
+        if stopped is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), seconds)
+        else:
+            # A daemon that returns when asked is stopped gracefully, not
+            # cancelled (and Kopf warns about every cancellation).
+            woken = asyncio.ensure_future(self._event.wait())
+            asked = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait({woken, asked}, timeout=seconds, return_when="FIRST_COMPLETED")
+            finally:
+                for task in (woken, asked):
+                    task.cancel()
+                await asyncio.gather(woken, asked, return_exceptions=True)
         fired, self._fired = self._fired, set()
         self._event.clear()
         return fired

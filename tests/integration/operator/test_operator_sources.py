@@ -84,6 +84,8 @@ async def test_a_deleted_source_takes_its_stream_and_every_key_under_its_tag(
     assert f"{ns}/web" not in (await routing_table(redis)).sources
     assert cluster.get("secret", "web-ingest-token") is None
     assert await redis.xlen(keys.stream(ns, "keep")) == 1  # the neighbour is untouched
+    # Its controller returned when asked: stopped, not cancelled.
+    assert "Will escalate" not in operator.logs()
 
 
 async def test_a_postgres_source_runs_its_adapter_deployment_and_is_ready_when_available(
