@@ -171,6 +171,28 @@ def names_of(cluster: Cluster, name: str, table: str) -> pgsetup.Names:
     return pgsetup.names(spec, cluster.namespace, name)
 
 
+async def streaming_source(
+    cluster: Cluster,
+    run_adapter: Any,
+    sql: psycopg.AsyncConnection[Any],
+    table: str,
+    pg_dsn: str,
+    name: str,
+    **postgres: Any,
+) -> Adapter:
+    """A table, its EventSource, and its adapter streaming: the source is Ready."""
+    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, pad text)")
+    cluster.apply(secret("db", dsn=pg_dsn), postgres_source(name, table, **postgres))
+    await eventually(lambda: cluster.get("deployment", f"tidings-source-{name}"))
+    deployment_available(cluster, name)
+    adapter: Adapter = run_adapter(name)
+    await eventually(
+        lambda: reason(cluster, "eventsource", name, "Ready") == ("True", "Ready"), within=30
+    )
+    assert reason(cluster, "eventsource", name, "Capturing") == ("True", "Streaming")
+    return adapter
+
+
 async def test_a_missing_table_shows_in_ready_and_on_triggers_until_it_is_created(
     cluster: Cluster,
     operator: OperatorProcess,
@@ -262,15 +284,7 @@ async def test_deleting_the_source_drops_its_slot_and_publication_while_the_adap
     table: str,
     pg_dsn: str,
 ) -> None:
-    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
-    cluster.apply(secret("db", dsn=pg_dsn), postgres_source("orders-db", table))
-    await eventually(lambda: cluster.get("deployment", "tidings-source-orders-db"))
-    deployment_available(cluster, "orders-db")
-    adapter = run_adapter("orders-db")
-    await eventually(
-        lambda: reason(cluster, "eventsource", "orders-db", "Ready") == ("True", "Ready"),
-        within=30,
-    )
+    adapter = await streaming_source(cluster, run_adapter, sql, table, pg_dsn, "orders-db")
     names = names_of(cluster, "orders-db", table)
     assert await replication_objects(sql, names) == (1, 1)
 
@@ -323,15 +337,7 @@ async def test_a_source_left_by_a_namespace_deletion_is_cleaned_with_the_remembe
     table: str,
     pg_dsn: str,
 ) -> None:
-    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
-    cluster.apply(secret("db", dsn=pg_dsn), postgres_source("audit-db", table))
-    await eventually(lambda: cluster.get("deployment", "tidings-source-audit-db"))
-    deployment_available(cluster, "audit-db")
-    adapter = run_adapter("audit-db")
-    await eventually(
-        lambda: reason(cluster, "eventsource", "audit-db", "Capturing") == ("True", "Streaming"),
-        within=30,
-    )
+    adapter = await streaming_source(cluster, run_adapter, sql, table, pg_dsn, "audit-db")
     names = names_of(cluster, "audit-db", table)
     assert await replication_objects(sql, names) == (1, 1)
     adapter.stop()  # the pod is gone
@@ -351,17 +357,8 @@ async def test_wal_piling_up_behind_a_stopped_adapter_is_a_warning_condition_and
     table: str,
     pg_dsn: str,
 ) -> None:
-    await sql.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, pad text)")
-    cluster.apply(
-        secret("db", dsn=pg_dsn),
-        postgres_source("events-db", table, maxRetainedWalBytes=1 << 20),
-    )
-    await eventually(lambda: cluster.get("deployment", "tidings-source-events-db"))
-    deployment_available(cluster, "events-db")
-    adapter = run_adapter("events-db")
-    await eventually(
-        lambda: reason(cluster, "eventsource", "events-db", "Capturing") == ("True", "Streaming"),
-        within=30,
+    adapter = await streaming_source(
+        cluster, run_adapter, sql, table, pg_dsn, "events-db", maxRetainedWalBytes=1 << 20
     )
     adapter.stop()  # the adapter is down: only the operator can still notice the WAL
     await eventually(
