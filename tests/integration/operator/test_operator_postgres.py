@@ -74,6 +74,7 @@ class Adapter:
     and its Secret from the API, as a pod of the adapter Deployment would."""
 
     def __init__(self, namespace: str, name: str, redis_url: str, kubeconfig: Path, log: Path):
+        self.name = name
         self.log = log
         command = [sys.executable, "-P", "-m", "tidings.cli", "source", "postgres"]
         command += ["--eventsource", f"{namespace}/{name}", "--kubeconfig", str(kubeconfig)]
@@ -97,9 +98,12 @@ class Adapter:
 
 
 @pytest.fixture
-def run_adapter(
-    cluster: Cluster, operator_redis: RedisServer, kubeconfig: Path, tmp_path: Path
-) -> Iterator[Any]:
+async def run_adapter(
+    cluster: Cluster, operator_redis: RedisServer, kubeconfig: Path, tmp_path: Path, pg_dsn: str
+) -> AsyncIterator[Any]:
+    """Starts adapters; afterwards stops them and drops the slots and publications
+    they made (the operator stops before the test's EventSources are deleted, and
+    the test server has max_replication_slots = 32)."""
     started: list[Adapter] = []
 
     def start(name: str) -> Adapter:
@@ -112,6 +116,9 @@ def run_adapter(
     yield start
     for adapter in started:
         adapter.stop()
+    for adapter in started:
+        spec = PostgresSource.model_validate(postgres_source(adapter.name, "t")["spec"]["postgres"])
+        await pgsetup.cleanup(spec, pg_dsn, namespace=cluster.namespace, name=adapter.name)
 
 
 def postgres_source(name: str, table: str, **postgres: Any) -> dict[str, Any]:

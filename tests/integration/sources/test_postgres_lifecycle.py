@@ -140,14 +140,7 @@ async def test_an_adapter_outliving_its_deleted_eventsource_does_not_recreate_th
         pg_dsn,
         still_wanted=eventsource_still_wanted(kube_api, k8s_namespace, NAME),
     )
-    task = asyncio.create_task(adapter.run())
-    try:
-
-        async def streaming() -> bool:
-            reported = await status.read(redis_client, k8s_namespace, NAME)
-            return reported is not None and reported.state == "Running"
-
-        await eventually(streaming)
+    async with running(adapter, redis_client, adapter.source) as task:
         assert await slot_and_publication(pg, spec, k8s_namespace) == (True, True)
 
         # What the operator's finalizer does, while the adapter pod still runs.
@@ -158,9 +151,6 @@ async def test_an_adapter_outliving_its_deleted_eventsource_does_not_recreate_th
         # The terminated walsender makes the adapter reconnect after 1 s.
         await stays_gone(pg, spec, k8s_namespace, 3.0)
         await assert_stopped_as_deleted(task, adapter, redis_client, k8s_namespace)
-    finally:
-        await adapter.stop()
-        await asyncio.wait_for(task, 20)
 
 
 async def test_an_adapter_whose_slot_came_just_after_the_operators_drop_drops_it_again(
@@ -195,12 +185,8 @@ async def test_an_adapter_whose_slot_came_just_after_the_operators_drop_drops_it
         pg_dsn,
         still_wanted=operator_acts_right_after_the_first_check,
     )
-    task = asyncio.create_task(adapter.run())
-    try:
+    async with running(adapter, redis_client, adapter.source, ready=False) as task:
         await assert_stopped_as_deleted(task, adapter, redis_client, k8s_namespace)
-    finally:
-        await adapter.stop()
-        await asyncio.wait_for(task, 20)
     assert answers == [True, False]  # the check after creating saw the deletion
     assert await slot_and_publication(pg, spec, k8s_namespace) == (False, False)
 
@@ -225,12 +211,8 @@ async def test_an_adapter_started_after_the_deletion_began_creates_nothing(
         pg_dsn,
         still_wanted=eventsource_still_wanted(kube_api, k8s_namespace, NAME),
     )
-    task = asyncio.create_task(adapter.run())
-    try:
+    async with running(adapter, redis_client, adapter.source, ready=False) as task:
         await assert_stopped_as_deleted(task, adapter, redis_client, k8s_namespace)
-    finally:
-        await adapter.stop()
-        await asyncio.wait_for(task, 20)
     assert await slot_and_publication(pg, spec, k8s_namespace) == (False, False)
 
 
