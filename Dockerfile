@@ -15,9 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY tidings/ tidings/
-COPY operator/ operator/
+COPY api/ api/
 COPY dispatcher/ dispatcher/
+COPY operator/ operator/
+COPY cli/ cli/
 # The tidings wheel first, then everything from binary wheels only: a
 # dependency that needed a compiler would fail here rather than pull one in.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \

@@ -1,7 +1,7 @@
 """Postgres CDC throughput and latency, beside PostgreSQL's own insert rate.
 
     eval "$(bash hack/postgres.sh up)"      # PostgreSQL 15, wal_level=logical
-    .venv/bin/python -P hack/bench_cdc.py [--rows 50000] [--live-seconds 10] [--rate 500]
+    .venv/bin/python hack/bench_cdc.py [--rows 50000] [--live-seconds 10] [--rate 500]
 
 Starts a private redis-server (AOF on, appendfsync everysec, as production)
 and measures, one after the other, on one small table (id bigint, note text):
@@ -45,16 +45,16 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.routing import TableWatcher
-from tidings.dispatcher.sources import pgsetup, status
 
 from tidings.api import table
 from tidings.api.events import decode
 from tidings.api.routes import compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.cli.redis_server import RedisServer
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
+from tidings.sources import pgsetup, status
 
 NAMESPACE = "bench"
 

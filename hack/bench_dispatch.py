@@ -41,15 +41,15 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.redis_server import RedisServer, free_port
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.cli.redis_server import RedisServer, free_port
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
 
 NAMESPACE = "bench"
 SECRET = "whsec_" + base64.b64encode(b"b" * 32).decode()

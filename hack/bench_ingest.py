@@ -1,6 +1,6 @@
 """Ingest throughput, single events and batches, against baselines from the same run.
 
-    .venv/bin/python -P hack/bench_ingest.py [--seconds 2] [--rounds 3] [--concurrency 32]
+    .venv/bin/python hack/bench_ingest.py [--seconds 2] [--rounds 3] [--concurrency 32]
 
 Starts a private redis-server (AOF on, appendfsync everysec, as production),
 then measures, one after the other:
@@ -38,14 +38,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.ingest import build_app
-from tidings.dispatcher.redis_server import RedisServer, free_port
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.routes import compile_source
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec
+from tidings.cli.redis_server import RedisServer, free_port
+from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.routing import TableWatcher
 
 TOKEN = "bench-token"
 

@@ -15,7 +15,7 @@ redis-server, with the real `tidings operator` as a subprocess:
 and the operator's memory (RSS, peak). Prints ratios against the baseline.
 
     eval "$(bash hack/control-plane.sh env)"
-    .venv/bin/python -P hack/bench_operator.py [--triggers 1000] [--sources 100]
+    .venv/bin/python hack/bench_operator.py [--triggers 1000] [--sources 100]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any
 
 import redis
 import yaml
-from tidings.dispatcher.redis_server import RedisServer
 
 from tidings.api import keys
 from tidings.api.sealing import new_key
+from tidings.cli.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +132,7 @@ def wait_all_ready(namespace: str, count: int, started: float, limit: float) -> 
 class Operator:
     def __init__(self, namespace: str, redis_url: str, log: Path) -> None:
         self.command = [
-            sys.executable, "-P", "-m", "tidings.cli", "operator",
+            sys.executable, "-m", "tidings.cli", "operator",
             "--namespace", namespace, "--redis-url", redis_url, "--standalone",
         ]  # fmt: skip
         self.env = {**os.environ, "TIDINGS_SEAL_KEY": new_key()}

@@ -21,9 +21,8 @@ if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv 2>/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
   python3 -m venv .venv
 fi
-# -P keeps the repo root off sys.path: operator/ would shadow the stdlib's `operator`.
-PY=(.venv/bin/python -P)
-if ! "${PY[@]}" -c 'import tidings.dispatcher.dev' 2>/dev/null; then
+PY=(.venv/bin/python)
+if ! "${PY[@]}" -c 'import tidings.cli.dev' 2>/dev/null; then
   say "installing tidings into .venv"
   "${PY[@]}" -m pip install -q -e .
 fi
@@ -43,7 +42,7 @@ fi
 
 # --- run it: own state dir and free ports, so nothing of yours is touched ---
 STATE="$(mktemp -d "${TMPDIR:-/tmp}/tidings-demo.XXXXXX")"
-free_port() { "${PY[@]}" -c 'from tidings.dispatcher.redis_server import free_port; print(free_port())'; }
+free_port() { "${PY[@]}" -c 'from tidings.cli.redis_server import free_port; print(free_port())'; }
 INGEST_PORT="$(free_port)"
 SUBSCRIBER_PORT="$(free_port)"
 DEV_PID="" SUBSCRIBER_PID=""

@@ -17,9 +17,7 @@ if [[ ! -x .venv/bin/python ]] && ! python3 -m venv .venv; then
   python3 -m venv .venv
 fi
 
-# -P keeps the repo root off sys.path: our operator/ folder would shadow the
-# standard library's `operator` (a fresh venv cannot even start `-m pip`).
-PY=(.venv/bin/python -P)
+PY=(.venv/bin/python)
 
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.tidings-test-deps

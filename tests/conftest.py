@@ -118,3 +118,14 @@ def k8s_namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[
     # No kube-controller-manager runs here, so nothing finalizes the deletion:
     # the namespace stays Terminating, which refuses new objects in it.
     kubectl("delete", "namespace", name, "--wait=false")
+
+
+_INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ needs the real components: mark it, so
+    `pytest -m "not integration"` runs the unit tests alone."""
+    for item in items:
+        if _INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)

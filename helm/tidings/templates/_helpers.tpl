@@ -224,7 +224,7 @@ imagePullSecrets:
 {{- end }}
 
 {{/*
-The operator's cluster-scoped rules (operator/rbac.py CLUSTER_RULES, none, and
+The operator's cluster-scoped rules (operator/src/tidings/operator/rbac.py CLUSTER_RULES, none, and
 PEERING_CLUSTER_RULES when watching all namespaces). Kopf's CRD and Namespace
 scanning is off, so it needs no list/watch on either.
 */}}

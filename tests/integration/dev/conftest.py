@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from dev_harness import QUICKSTART, Process
-from tidings.dispatcher.redis_server import free_port
+
+from tidings.cli.redis_server import free_port
 
 
 @pytest.fixture

@@ -78,8 +78,7 @@ class Process:
 
 
 def tidings(*args: str) -> list[str]:
-    # -P: the repo root on sys.path would let operator/ shadow the stdlib module.
-    return [sys.executable, "-P", "-m", "tidings.cli", *args]
+    return [sys.executable, "-m", "tidings.cli", *args]
 
 
 def copy_quickstart(into: Path) -> Path:

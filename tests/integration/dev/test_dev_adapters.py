@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from dev_harness import Process, tidings
-from tidings.dispatcher.redis_server import free_port
+
+from tidings.cli.redis_server import free_port
 
 SOURCE = """
 apiVersion: tidings.dev/v1alpha1

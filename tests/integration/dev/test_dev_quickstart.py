@@ -11,9 +11,9 @@ from pathlib import Path
 
 from dev_harness import QUICKSTART, Process, copy_quickstart, tidings
 from redis import Redis
-from tidings.dispatcher.redis_server import RedisServer, free_port
 
 from tidings.api import keys
+from tidings.cli.redis_server import RedisServer, free_port
 
 NEW_TRIGGER = """
 apiVersion: tidings.dev/v1alpha1

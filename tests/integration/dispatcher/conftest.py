@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from dispatch_harness import Plane, Subscriber
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
 
 from tidings.api.sealing import Sealer, new_key
+from tidings.cli.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

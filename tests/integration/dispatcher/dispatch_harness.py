@@ -19,14 +19,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import CompiledSource, Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer
 from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
 
 
 @dataclass

@@ -9,9 +9,9 @@ import json
 
 from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
-from tidings.dispatcher import deadletter, retention
 
 from tidings.api import keys
+from tidings.dispatcher import deadletter, retention
 
 DAY_MS = 24 * 3600 * 1000
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 from dispatch_harness import Plane, Subscriber, wait_until
-from tidings.dispatcher.redis_server import free_port
+
+from tidings.cli.redis_server import free_port
 
 
 async def test_one_process_takes_events_over_http_and_delivers_them(

@@ -8,6 +8,7 @@ from collections import Counter
 
 from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
+
 from tidings.dispatcher import deadletter
 
 

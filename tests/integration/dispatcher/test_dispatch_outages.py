@@ -9,9 +9,9 @@ import time
 
 from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
-from tidings.dispatcher import deadletter
 
 from tidings.api import keys
+from tidings.dispatcher import deadletter
 
 # Without Backoff these would exhaust 6 attempts in ~6 s and dead-letter everything.
 SHORT_RETRIES = {"maxAttempts": 6, "initialDelay": "200ms", "maxDelay": "2s", "jitter": 0}

@@ -12,12 +12,12 @@ import pytest
 from dispatch_harness import Plane, Subscriber, wait_until
 from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
-from tidings.dispatcher import deadletter, retention
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.sealing import Sealer, new_key
+from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
 
 SCRIPT = Path(__file__).resolve().parents[3] / "hack" / "redis-cluster.sh"
 

@@ -4,9 +4,9 @@ and counts what falls out undelivered per Trigger."""
 from __future__ import annotations
 
 from dispatch_harness import Plane, Subscriber, wait_until
-from tidings.dispatcher import retention
 
 from tidings.api import keys, table
+from tidings.dispatcher import retention
 
 
 async def test_retention_never_trims_pending_or_scheduled_entries(

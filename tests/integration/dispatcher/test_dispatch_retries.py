@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
-from tidings.dispatcher import deadletter
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent, encode
+from tidings.dispatcher import deadletter
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 

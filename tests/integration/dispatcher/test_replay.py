@@ -18,14 +18,14 @@ from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
 from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
-from tidings.dispatcher import deadletter, retention
-from tidings.dispatcher import replay as replay_module
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.routes import Route
 from tidings.api.sealing import Sealer, new_key
+from tidings.cli import replay as replay_module
+from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 

@@ -24,11 +24,11 @@ import yaml
 from aiohttp import web
 from helm_harness import REPO, Helm, find
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.sources import status
 
 from tidings.api import keys
 from tidings.api.sealing import new_key
+from tidings.cli.redis_server import RedisServer
+from tidings.sources import status
 
 # The operator's test harness (a process runner, kubectl bound to a namespace).
 sys.path.insert(0, str(REPO / "tests" / "integration" / "operator"))
@@ -124,7 +124,7 @@ def install_rbac(
 @pytest.fixture(scope="module")
 def crds(kubectl: Any) -> None:
     peering = subprocess.run(
-        [sys.executable, "-P", "-m", "tidings.cli", "operator", "--print-peering-crds"],
+        [sys.executable, "-m", "tidings.cli", "operator", "--print-peering-crds"],
         capture_output=True,
         text=True,
         check=True,
@@ -219,7 +219,7 @@ def spawn(
     """`tidings ARGS…` in the background, its output in log_path."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-P", "-m", "tidings.cli", *args],
+            [sys.executable, "-m", "tidings.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 from helm_harness import CHART, VALUES, Helm, Manifest, container, env_of, find, kinds, pod_specs
-from tidings.operator import adapters, peering
 
 from tidings.api import keys
+from tidings.operator import adapters, peering
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -519,7 +519,7 @@ def test_network_policies_open_ingest_and_close_redis_to_all_but_tidings(helm: H
             }
         }
     }
-    # Adapters, labelled so by the operator (operator/adapters.py), in the source namespaces.
+    # Adapters, labelled so by the operator (tidings.operator.adapters), in the source namespaces.
     assert peers[1]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "tidings-source",
         "app.kubernetes.io/managed-by": "tidings-operator",
@@ -537,9 +537,8 @@ def test_network_policies_open_ingest_and_close_redis_to_all_but_tidings(helm: H
 
 def test_adapter_pods_match_the_redis_network_policy(helm: Helm) -> None:
     """The labels the policy admits are the ones the operator puts on adapter pods."""
-    from tidings.operator.adapters import AdapterSettings, adapter_deployment
-
     from tidings.api.types import EventSourceSpec
+    from tidings.operator.adapters import AdapterSettings, adapter_deployment
 
     spec = EventSourceSpec.model_validate({"schedule": {"cron": "@hourly"}})
     deployment = adapter_deployment(
@@ -554,11 +553,10 @@ def test_adapter_pods_match_the_redis_network_policy(helm: Helm) -> None:
 def test_an_optional_pod_monitor_scrapes_the_adapters_in_the_source_namespaces(
     helm: Helm,
 ) -> None:
-    """The PodMonitor selects the pods the operator makes (operator/adapters.py) on
+    """The PodMonitor selects the pods the operator makes (tidings.operator.adapters) on
     their `metrics` port, in sources.namespaces, or every namespace when empty."""
-    from tidings.operator.adapters import AdapterSettings, adapter_deployment
-
     from tidings.api.types import EventSourceSpec
+    from tidings.operator.adapters import AdapterSettings, adapter_deployment
 
     assert "PodMonitor" not in kinds(helm.render())
     objects = helm.render(

@@ -11,11 +11,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from ingest_harness import IngestUnderTest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.ingest import build_app
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api.sealing import Sealer, new_key
+from tidings.cli.redis_server import RedisServer
+from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.routing import TableWatcher
 
 
 @pytest.fixture(scope="session")

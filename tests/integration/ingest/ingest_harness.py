@@ -8,13 +8,13 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import keys, table
 from tidings.api.events import CloudEvent, decode
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer
 from tidings.api.types import EventSourceSpec
+from tidings.dispatcher.routing import TableWatcher
 
 AUTH = {"Authorization": "Bearer t0ken"}
 

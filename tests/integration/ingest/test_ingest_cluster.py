@@ -14,15 +14,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
-from tidings.dispatcher import streams
-from tidings.dispatcher.ingest import build_app
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import table
 from tidings.api.events import CloudEvent
 from tidings.api.routes import CompiledIngest, CompiledSource
 from tidings.api.sealing import Sealer, new_key
+from tidings.cli.redis_server import RedisServer
+from tidings.dispatcher import streams
+from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.routing import TableWatcher
 
 
 def cluster_port() -> int:

@@ -6,10 +6,10 @@ import asyncio
 import json
 
 from ingest_harness import AUTH, IngestUnderTest
-from tidings.dispatcher import streams
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent
+from tidings.dispatcher import streams
 
 STRUCTURED = {**AUTH, "Content-Type": "application/cloudevents+json"}
 BATCH = {**AUTH, "Content-Type": "application/cloudevents-batch+json"}

@@ -6,6 +6,7 @@ import json
 import uuid
 
 from ingest_harness import AUTH, IngestUnderTest
+
 from tidings.dispatcher.ingest import DEFAULT_TYPE
 
 

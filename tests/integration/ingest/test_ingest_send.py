@@ -15,7 +15,6 @@ from ingest_harness import IngestUnderTest
 async def send(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-P",  # the repo root on sys.path would let operator/ shadow the stdlib module
         "-m",
         "tidings.cli",
         "send",

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from operator_harness import REPO, Cluster, OperatorProcess
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
 
 from tidings.api.sealing import new_key
+from tidings.cli.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def operator_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 def crds(kubectl: Any) -> None:
     """Tidings' CRDs and the KopfPeering CRDs, applied and established."""
     peering = subprocess.run(
-        [sys.executable, "-P", "-m", "tidings.cli", "operator", "--print-peering-crds"],
+        [sys.executable, "-m", "tidings.cli", "operator", "--print-peering-crds"],
         capture_output=True,
         text=True,
         check=True,

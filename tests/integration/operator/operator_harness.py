@@ -39,7 +39,7 @@ class OperatorProcess:
         log_path: Path,
         args: list[str] | None = None,
     ) -> None:
-        self.command = [sys.executable, "-P", "-m", "tidings.cli", "operator"]
+        self.command = [sys.executable, "-m", "tidings.cli", "operator"]
         for namespace in namespaces:
             self.command += ["--namespace", namespace]
         self.command += [

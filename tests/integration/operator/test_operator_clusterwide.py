@@ -28,7 +28,8 @@ from operator_harness import (
     trigger,
 )
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
+
+from tidings.cli.redis_server import RedisServer
 from tidings.operator import rbac
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def private_cluster(tmp_path: Path, kubectl: Any) -> Iterator[tuple[Path, Any]]:
     run = type(kubectl)(kubectl.binary, config)
     try:
         peering = subprocess.run(
-            [sys.executable, "-P", "-m", "tidings.cli", "operator", "--print-peering-crds"],
+            [sys.executable, "-m", "tidings.cli", "operator", "--print-peering-crds"],
             capture_output=True,
             text=True,
             cwd=REPO,

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from operator_harness import REPO, Cluster, OperatorProcess, eventually, http_source, secret
-from tidings.dispatcher.redis_server import RedisServer, free_port
+
+from tidings.cli.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +68,7 @@ def dispatcher(
     """`tidings dispatcher` with the operator's seal key; yields its ingest base URL."""
     port = free_port()
     log = tmp_path / "dispatcher.log"
-    command = [sys.executable, "-P", "-m", "tidings.cli", "dispatcher"]
+    command = [sys.executable, "-m", "tidings.cli", "dispatcher"]
     command += ["--redis-url", operator_redis.url, "--listen", f"127.0.0.1:{port}"]
     with log.open("wb") as out:
         process = subprocess.Popen(

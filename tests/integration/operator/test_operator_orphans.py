@@ -18,9 +18,9 @@ from operator_harness import (
     trigger,
 )
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
 
 from tidings.api import keys
+from tidings.cli.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

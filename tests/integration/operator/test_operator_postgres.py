@@ -22,10 +22,10 @@ from typing import Any
 import psycopg
 import pytest
 from operator_harness import REPO, Cluster, OperatorProcess, eventually, secret, service, trigger
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.sources import pgsetup
 
 from tidings.api.types import PostgresSource
+from tidings.cli.redis_server import RedisServer
+from tidings.sources import pgsetup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -76,7 +76,7 @@ class Adapter:
     def __init__(self, namespace: str, name: str, redis_url: str, kubeconfig: Path, log: Path):
         self.name = name
         self.log = log
-        command = [sys.executable, "-P", "-m", "tidings.cli", "source", "postgres"]
+        command = [sys.executable, "-m", "tidings.cli", "source", "postgres"]
         command += ["--eventsource", f"{namespace}/{name}", "--kubeconfig", str(kubeconfig)]
         command += ["--redis-url", redis_url, "--lease-seconds", "6"]
         env = {k: v for k, v in os.environ.items() if k not in ("TIDINGS_PG_DSN",)}

@@ -1,4 +1,4 @@
-"""The documented RBAC (operator/rbac.py) is enough: the operator runs as a
+"""The documented RBAC (tidings.operator.rbac) is enough: the operator runs as a
 ServiceAccount holding exactly those rules through a whole lifecycle, and the
 API server (real RBAC) refuses nothing it asks."""
 
@@ -24,10 +24,10 @@ from operator_harness import (
     trigger,
 )
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.operator import rbac
 
 from tidings.api import keys
+from tidings.cli.redis_server import RedisServer
+from tidings.operator import rbac
 
 pytestmark = pytest.mark.integration
 

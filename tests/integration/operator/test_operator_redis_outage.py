@@ -16,7 +16,8 @@ from operator_harness import (
     trigger,
 )
 from redis.asyncio import Redis
-from tidings.dispatcher.redis_server import RedisServer
+
+from tidings.cli.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

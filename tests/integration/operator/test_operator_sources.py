@@ -9,10 +9,10 @@ import json
 import pytest
 from operator_harness import Cluster, OperatorProcess, eventually, http_source, routing_table
 from redis.asyncio import Redis
-from tidings.dispatcher.sources.status import StatusReporter
 
 from tidings.api import keys
 from tidings.api.sealing import Sealer
+from tidings.sources.status import StatusReporter
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ import asyncio
 import time
 
 import redis.asyncio as aioredis
-from tidings.dispatcher.routing import TableWatcher
 
 from tidings.api import table
 from tidings.api.routes import CompiledSource
+from tidings.dispatcher.routing import TableWatcher
 
 
 def _source(name: str) -> CompiledSource:

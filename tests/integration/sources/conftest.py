@@ -17,10 +17,10 @@ import psycopg
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from tidings.dispatcher.redis_server import RedisServer
-from tidings.dispatcher.sources import pgsetup
 
 from tidings.api.types import PostgresSource
+from tidings.cli.redis_server import RedisServer
+from tidings.sources import pgsetup
 
 
 @pytest.fixture(scope="session")

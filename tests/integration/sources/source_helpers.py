@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from tidings.dispatcher.sources import status
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent, decode
 from tidings.api.routes import CompiledSource
+from tidings.sources import status
 
 
 def compiled(namespace: str, name: str, kind: str) -> CompiledSource:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
-from tidings.dispatcher.sources import status
 
 from tidings.api import keys
+from tidings.sources import status
 
 pytestmark = pytest.mark.integration
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 from source_helpers import compiled, stream_events
-from tidings.dispatcher.sources import journal
-from tidings.dispatcher.sources.journal import Batch, position
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent
+from tidings.sources import journal
+from tidings.sources.journal import Batch, position
 
 pytestmark = pytest.mark.integration
 

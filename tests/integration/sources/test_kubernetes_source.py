@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, running, stream_events, wait_for_events
-from tidings.dispatcher.sources import status
-from tidings.dispatcher.sources.kubeapi import KubeApi
-from tidings.dispatcher.sources.kubernetes import KubernetesAdapter
 
 from tidings.api import keys
 from tidings.api.routes import CompiledSource
 from tidings.api.types import KubernetesSource
+from tidings.sources import status
+from tidings.sources.kubeapi import KubeApi
+from tidings.sources.kubernetes import KubernetesAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -135,7 +135,7 @@ async def test_after_410_gone_a_relist_emits_only_real_changes(
 ) -> None:
     # A handler on the adapter's own logger: root handlers may be reconfigured
     # by other in-process code during a full run, this one is not.
-    adapter_log = logging.getLogger("tidings.dispatcher.sources.kubernetes")
+    adapter_log = logging.getLogger("tidings.sources.kubernetes")
     records: list[logging.LogRecord] = []
     collector = logging.Handler(logging.INFO)
     collector.emit = records.append  # type: ignore[method-assign]

@@ -15,8 +15,9 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, start_adapter, stream_events, wait_for_events
-from tidings.dispatcher.sources.kubeapi import KubeApi
-from tidings.dispatcher.sources.lease import LeaseElector, lease_name
+
+from tidings.sources.kubeapi import KubeApi
+from tidings.sources.lease import LeaseElector, lease_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -14,9 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from source_helpers import compiled, eventually, start_adapter, stream_events
-from tidings.dispatcher.sources import pgsetup
 
 from tidings.api.types import PostgresSource, SecretKeyRef
+from tidings.sources import pgsetup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -15,14 +15,14 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from source_helpers import eventually, start_adapter
-from tidings.dispatcher.engine import Dispatcher
-from tidings.dispatcher.routing import TableWatcher
-from tidings.dispatcher.sources import pgsetup
 
 from tidings.api import table
 from tidings.api.routes import compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, PostgresSource, SecretKeyRef, TriggerSpec
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
+from tidings.sources import pgsetup
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

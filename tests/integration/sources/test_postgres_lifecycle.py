@@ -17,13 +17,13 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, running, start_adapter, wait_for_events
-from tidings.dispatcher.sources import journal, pgsetup, status
-from tidings.dispatcher.sources.cli import SPEC_ENV, eventsource_still_wanted
-from tidings.dispatcher.sources.kubeapi import KubeApi
-from tidings.dispatcher.sources.postgres import PostgresAdapter
 
 from tidings.api import keys
 from tidings.api.types import PostgresSource
+from tidings.sources import journal, pgsetup, status
+from tidings.sources.cli import SPEC_ENV, eventsource_still_wanted
+from tidings.sources.kubeapi import KubeApi
+from tidings.sources.postgres import PostgresAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

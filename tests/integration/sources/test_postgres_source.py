@@ -12,11 +12,11 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, running, stream_events, wait_for_events
-from tidings.dispatcher.sources import pgsetup, status
-from tidings.dispatcher.sources.postgres import PostgresAdapter
 
 from tidings.api import keys
 from tidings.api.types import PostgresSource, SecretKeyRef
+from tidings.sources import pgsetup, status
+from tidings.sources.postgres import PostgresAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, running, stream_events, wait_for_events
-from tidings.dispatcher.sources import status
-from tidings.dispatcher.sources.schedule import ScheduleAdapter
 
 from tidings.api.routes import CompiledSource
 from tidings.api.types import ScheduleSource
+from tidings.sources import status
+from tidings.sources.schedule import ScheduleAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from source_helpers import compiled, eventually, start_adapter, wait_for_events
-from tidings.dispatcher.sources import pgsetup
-from tidings.dispatcher.sources.kubeapi import KubeApi
-from tidings.dispatcher.sources.lease import lease_name
 
 from tidings.api.types import PostgresSource
+from tidings.sources import pgsetup
+from tidings.sources.kubeapi import KubeApi
+from tidings.sources.lease import lease_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -20,12 +20,12 @@ import redis.asyncio as aioredis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from source_helpers import compiled, eventually, start_adapter
-from tidings.dispatcher.sources import journal
-from tidings.dispatcher.sources.kubeapi import KubeApi
-from tidings.dispatcher.sources.lease import LeaseElector, lease_name
-from tidings.dispatcher.sources.schedule import SINCE
 
 from tidings.api.types import PostgresSource
+from tidings.sources import journal
+from tidings.sources.kubeapi import KubeApi
+from tidings.sources.lease import LeaseElector, lease_name
+from tidings.sources.schedule import SINCE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

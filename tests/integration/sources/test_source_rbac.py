@@ -1,4 +1,4 @@
-"""The adapter with exactly the RBAC that dispatcher/sources/rbac.py documents,
+"""The adapter with exactly the RBAC that tidings.sources.rbac documents,
 on a real kube-apiserver with RBAC on; and without Lease rights."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from source_helpers import compiled, eventually, start_adapter, wait_for_events
-from tidings.dispatcher.sources import rbac, status
-from tidings.dispatcher.sources.lease import lease_name
 
 from tidings.api.types import EventSourceSpec
+from tidings.sources import rbac, status
+from tidings.sources.lease import lease_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

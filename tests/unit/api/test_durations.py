@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.durations import DurationError, format_duration, parse_duration
+from tidings.api.durations import DurationError, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 from standardwebhooks import Webhook, WebhookVerificationError
+
 from tidings.dispatcher.delivery import build_request, signing_key
 
 EVENT: dict[str, Any] = {

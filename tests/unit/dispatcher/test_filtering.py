@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import cel
-from tidings.dispatcher.filtering import Filter
 
 from tidings.api.routes import CompiledFilter
+from tidings.dispatcher.filtering import Filter
 
 INSERT: dict[str, Any] = {
     "specversion": "1.0",

@@ -7,9 +7,9 @@ import hmac
 
 import pytest
 from multidict import CIMultiDict
-from tidings.dispatcher.ingest import IngestError, check_auth, event_from_structured, parse_events
 
 from tidings.api.routes import CompiledIngest, CompiledSource
+from tidings.dispatcher.ingest import IngestError, check_auth, event_from_structured, parse_events
 
 SOURCE = CompiledSource(
     namespace="shop",

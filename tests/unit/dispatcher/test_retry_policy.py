@@ -6,9 +6,8 @@ import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from tidings.dispatcher.retry import Failure, backoff_delay, decide, is_retryable, parse_retry_after
-
 from tidings.api.routes import CompiledRetry
+from tidings.dispatcher.retry import Failure, backoff_delay, decide, is_retryable, parse_retry_after
 
 
 def policy(**overrides: object) -> CompiledRetry:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tidings.operator import adapters
-from tidings.operator.adapters import AdapterSettings
 
 from tidings.api.types import EventSourceSpec
+from tidings.operator import adapters
+from tidings.operator.adapters import AdapterSettings
 
 SETTINGS = AdapterSettings(image="tidings:1.0", redis_url="redis://:pw@redis:6379/0")
 POSTGRES = EventSourceSpec.model_validate(

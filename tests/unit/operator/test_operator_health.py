@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+from tidings.api import keys
 from tidings.operator import health
 from tidings.operator.health import Reading
-
-from tidings.api import keys
 
 BASE = Reading(state="Delivering", lag=100, dead_lettered=0, expired=0, updated_ms=1)
 

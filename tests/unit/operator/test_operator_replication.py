@@ -4,9 +4,8 @@ tests/integration/operator/test_operator_postgres.py)."""
 
 from __future__ import annotations
 
-from tidings.operator import replication
-
 from tidings.api.types import PostgresSource
+from tidings.operator import replication
 
 
 class NoSecrets:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from tidings.operator.publishing import StableSealer, sealed_in_route
-
 from tidings.api.routes import compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import TriggerSpec
+from tidings.operator.publishing import StableSealer, sealed_in_route
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

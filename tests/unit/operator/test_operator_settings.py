@@ -18,6 +18,7 @@ def test_retries_after_errors_back_off_to_a_cap() -> None:
 def test_kopf_keeps_its_bookkeeping_out_of_status_and_filters_on_the_server() -> None:
     import kopf
     from kopf._cogs.structs import references
+
     from tidings.operator.handlers import configure
 
     settings = kopf.OperatorSettings()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.dispatcher.sources.status import AdapterStatus, WalReading
+from tidings.api.routes import CompileError
+from tidings.api.types import EventSourceSpec
 from tidings.operator import status
 from tidings.operator.health import Reading
 from tidings.operator.status import SourceFacts, TriggerFacts
 from tidings.operator.world import AdapterEntry, SourceEntry
-
-from tidings.api.routes import CompileError
-from tidings.api.types import EventSourceSpec
+from tidings.sources.status import AdapterStatus, WalReading
 
 URL = "http://mailer.shop.svc.cluster.local:8080/hook"
 READY_SOURCE = SourceEntry(spec=EventSourceSpec.model_validate({"http": {}}), ready=True)

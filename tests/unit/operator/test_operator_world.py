@@ -6,12 +6,11 @@ import asyncio
 import base64
 from typing import Any
 
-from tidings.operator import world
-from tidings.operator.world import IndexWorld, Wakeups
-
 from tidings.api.routes import compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import TriggerSpec
+from tidings.operator import world
+from tidings.operator.world import IndexWorld, Wakeups
 
 
 def index(*entries: dict[Any, Any] | None) -> dict[Any, list[Any]]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidings.dispatcher.sources.kubernetes import Known, diff, selector_string
-
 from tidings.api.types import LabelSelector
+from tidings.sources.kubernetes import Known, diff, selector_string
 
 
 def obj(uid: str, rv: str, name: str) -> dict[str, Any]:

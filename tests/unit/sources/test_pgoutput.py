@@ -7,7 +7,8 @@ import struct
 from datetime import UTC, datetime
 
 import pytest
-from tidings.dispatcher.sources.pgoutput import (
+
+from tidings.sources.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,

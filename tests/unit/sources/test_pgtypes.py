@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 
 import pytest
-from tidings.dispatcher.sources.pgoutput import UNCHANGED, Column
-from tidings.dispatcher.sources.pgtypes import (
+
+from tidings.sources.pgoutput import UNCHANGED, Column
+from tidings.sources.pgtypes import (
     ArrayParseError,
     TypeRegistry,
     TypeRow,

@@ -3,13 +3,13 @@ counts as being deleted."""
 
 from __future__ import annotations
 
-from tidings.dispatcher.sources.cli import being_deleted
-from tidings.dispatcher.sources.postgres import (
+from tidings.sources.cli import being_deleted
+from tidings.sources.postgres import (
     RECREATED_AFTER_LSN,
     RECREATED_AT,
     slot_recreated,
 )
-from tidings.dispatcher.sources.status import AdapterStatus, conditions
+from tidings.sources.status import AdapterStatus, conditions
 
 
 def test_a_slot_never_recreated_adds_no_detail() -> None:

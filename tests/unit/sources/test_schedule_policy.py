@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from tidings.dispatcher.sources.errors import InvalidSchedule
-from tidings.dispatcher.sources.schedule import Schedule, choose
+
+from tidings.sources.errors import InvalidSchedule
+from tidings.sources.schedule import Schedule, choose
 
 
 def at(*args: int) -> float:

@@ -6,9 +6,10 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry
-from tidings.dispatcher.sources.health import parse_listen, readiness
-from tidings.dispatcher.sources.metrics import SourceMetrics, SourceSeries
-from tidings.dispatcher.sources.status import AdapterStatus, StatusReporter
+
+from tidings.sources.health import parse_listen, readiness
+from tidings.sources.metrics import SourceMetrics, SourceSeries
+from tidings.sources.status import AdapterStatus, StatusReporter
 
 SOURCE = "shop/users-db"
 

@@ -3,9 +3,8 @@ tests/integration/sources/test_source_rbac.py)."""
 
 from __future__ import annotations
 
-from tidings.dispatcher.sources import rbac
-
 from tidings.api.types import EventSourceSpec
+from tidings.sources import rbac
 
 GET_EVENTSOURCE = {
     "apiGroups": ["tidings.dev"],

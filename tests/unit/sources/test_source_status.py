@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tidings.dispatcher.sources.cli import UsageError, load_from_env, parse_ref
-from tidings.dispatcher.sources.pgsetup import default_name
-from tidings.dispatcher.sources.status import AdapterStatus, conditions
+
+from tidings.sources.cli import UsageError, load_from_env, parse_ref
+from tidings.sources.pgsetup import default_name
+from tidings.sources.status import AdapterStatus, conditions
 
 
 def test_no_status_yet_is_unknown() -> None:
@@ -65,7 +66,7 @@ def test_slot_names_are_valid_distinct_and_bounded() -> None:
 
 
 def test_a_publication_column_list_keeps_table_order_and_the_replica_identity() -> None:
-    from tidings.dispatcher.sources.pgsetup import publication_columns
+    from tidings.sources.pgsetup import publication_columns
 
     ordered = ["id", "email", "name", "password_hash"]
     keep = publication_columns(ordered, ["name", "email"], ["id"], needs_identity=True)

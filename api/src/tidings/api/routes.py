@@ -1,0 +1,353 @@
+"""The compiled route format: what crosses from the control plane to the data plane.
+
+The operator (and `tidings dev`) compile each Trigger and EventSource once into
+a `Route` / `CompiledSource`: durations in seconds, every default filled, the
+subscriber URL resolved, secrets sealed. Dispatchers read only these; they never
+call the Kubernetes API. Format changes bump FORMAT.
+
+Compiling is a pure function of the spec and a `World` (what exists: sources,
+Services, Secrets), so it is tested without a cluster and shared by the
+operator and `tidings dev`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+import cel
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings.api import keys
+from tidings.api.durations import parse_duration
+from tidings.api.sealing import Sealer
+from tidings.api.types import (
+    Destination,
+    EventSourceSpec,
+    SecretKeyRef,
+    TriggerSpec,
+)
+
+FORMAT = 1
+CLUSTER_DOMAIN = "cluster.local"
+
+
+DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0  # seconds
+DEAD_LETTER_MAX_EVENTS = 100_000
+
+
+class Internal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompiledFilter(Internal):
+    types: list[str] = []
+    attributes: dict[str, str] = {}
+    prefix: dict[str, str] = {}
+    expression: str | None = None
+
+
+class CompiledRetry(Internal):
+    max_attempts: int
+    backoff: Literal["exponential", "linear", "fixed"]
+    initial_delay: float  # seconds
+    max_delay: float
+    jitter: float
+    retry_after_max: float
+    retry_on: list[str]
+
+
+class CompiledDelivery(Internal):
+    format: Literal["binary", "structured", "data"]
+    timeout: float  # seconds
+    retry: CompiledRetry
+    max_age: float  # seconds
+    dead_letter_url: str | None = None
+    # The DLQ's bounds. Left out of the JSON while at their defaults, so that
+    # dispatchers older than these fields (which refuse unknown fields) keep
+    # reading the routes of an operator upgraded before them.
+    dead_letter_max_age: float = Field(
+        DEAD_LETTER_MAX_AGE, exclude_if=lambda v: v == DEAD_LETTER_MAX_AGE
+    )  # seconds
+    dead_letter_max_events: int = Field(
+        DEAD_LETTER_MAX_EVENTS, exclude_if=lambda v: v == DEAD_LETTER_MAX_EVENTS
+    )
+    concurrency: int
+    rate_per_second: float | None = None
+    rate_burst: int | None = None
+    ordering_key: str | None = None  # e.g. "event.subject"
+    headers: dict[str, str] = {}
+    signing_secrets: list[str] = []  # sealed; each unseals to "whsec_<base64>"
+
+
+class Route(Internal):
+    """One Trigger, compiled. Identified by "namespace/name"."""
+
+    format: int = FORMAT
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+    source: str  # EventSource name, same namespace
+    stream: str  # its stream key
+    group: str  # this Trigger's consumer group on that stream
+    filter: CompiledFilter
+    subscriber_url: str
+    delivery: CompiledDelivery
+    paused: bool = False
+
+    @property
+    def id(self) -> str:
+        return keys.source_id(self.namespace, self.name)
+
+
+class CompiledIngest(Internal):
+    token_sealed: str | None = None
+    hmac_secret_sealed: str | None = None
+    hmac_header: str = "X-Signature-256"
+    allow_anonymous: bool = False
+    max_body_bytes: int = 1048576
+    dedupe_window: float = 300.0  # seconds
+
+
+class CompiledSource(Internal):
+    """One EventSource, compiled. Identified by "namespace/name"."""
+
+    format: int = FORMAT
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 0
+    kind: Literal["http", "postgres", "kubernetes", "schedule"]
+    stream: str
+    ingest: CompiledIngest | None = None  # http sources only
+    retention_max_age: float  # seconds
+    retention_max_events: int
+
+    @property
+    def id(self) -> str:
+        return keys.source_id(self.namespace, self.name)
+
+    @property
+    def api_path(self) -> str:
+        """The CloudEvents `source` of its events."""
+        return f"/apis/tidings.dev/v1alpha1/namespaces/{self.namespace}/eventsources/{self.name}"
+
+
+# --- compiling ------------------------------------------------------------------------
+
+
+class CompileError(Exception):
+    """A Trigger or EventSource that cannot be compiled; reason is a condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class World(Protocol):
+    """What the compiler may look up. The operator answers from the API server
+    (via its caches); `tidings dev` from the loaded manifest files."""
+
+    def source(self, namespace: str, name: str) -> EventSourceSpec | None: ...
+
+    def service_ports(self, namespace: str, name: str) -> list[int] | None:
+        """The Service's ports, or None if it does not exist."""
+        ...
+
+    def secret(self, namespace: str, name: str, key: str) -> str | None:
+        """The decoded value of a Secret key, or None if the Secret or key is missing."""
+        ...
+
+
+def check_expression(expression: str) -> None:
+    """Compile a CEL filter once to reject it early; raises CompileError(InvalidFilter)."""
+    try:
+        program = cel.compile(expression)
+    except ValueError as error:
+        raise CompileError("InvalidFilter", f"spec.filter.expression: {error}") from None
+    unknown = sorted(set(program.variables()) - {"event"})
+    if unknown:
+        raise CompileError(
+            "InvalidFilter",
+            f"spec.filter.expression: unknown variable {', '.join(unknown)}; "
+            "the event is available as `event` (event.type, event.data...)",
+        )
+
+
+def _secret(world: World, namespace: str, ref: SecretKeyRef, field: str) -> str:
+    value = world.secret(namespace, ref.name, ref.key)
+    if value is None:
+        raise CompileError(
+            "SecretNotFound",
+            f"{field}: Secret {namespace}/{ref.name} with key {ref.key!r} not found; "
+            "create it or fix the reference",
+        )
+    return value
+
+
+def resolve_destination(world: World, namespace: str, dest: Destination, field: str) -> str:
+    """The URL of a Service ref (`http://NAME.NS.svc.cluster.local:PORT/PATH`) or a uri."""
+    if dest.uri is not None:
+        return dest.uri
+    assert dest.ref is not None  # the model guarantees ref xor uri
+    ref_namespace = dest.ref.namespace or namespace
+    ports = world.service_ports(ref_namespace, dest.ref.name)
+    if ports is None:
+        raise CompileError(
+            "SubscriberNotFound",
+            f"{field}.ref: Service {ref_namespace}/{dest.ref.name} not found; "
+            "create it or fix the reference",
+        )
+    port = dest.ref.port
+    if port is None:
+        port = ports[0] if len(ports) == 1 else 80
+    elif ports and port not in ports:
+        raise CompileError(
+            "SubscriberNotFound",
+            f"{field}.ref.port: Service {ref_namespace}/{dest.ref.name} has no port {port} "
+            f"(it has {', '.join(map(str, ports))})",
+        )
+    host = f"{dest.ref.name}.{ref_namespace}.svc.{CLUSTER_DOMAIN}"
+    authority = host if port == 80 else f"{host}:{port}"
+    return f"http://{authority}{dest.path or ''}"
+
+
+def compile_trigger(
+    *,
+    namespace: str,
+    name: str,
+    spec: TriggerSpec,
+    world: World,
+    sealer: Sealer,
+    uid: str = "",
+    generation: int = 0,
+) -> Route:
+    """Compile a Trigger, or raise CompileError with the condition reason to report."""
+    if world.source(namespace, spec.source) is None:
+        raise CompileError(
+            "SourceNotFound",
+            f"spec.source: EventSource {namespace}/{spec.source} not found; "
+            "create it or fix spec.source",
+        )
+    if spec.filter.expression is not None:
+        check_expression(spec.filter.expression)
+    subscriber_url = resolve_destination(world, namespace, spec.subscriber, "spec.subscriber")
+    delivery = spec.delivery
+    dead_letter_url = None
+    if delivery.dead_letter is not None:
+        dead_letter_url = resolve_destination(
+            world, namespace, delivery.dead_letter, "spec.delivery.deadLetter"
+        )
+    signing_secrets: list[str] = []
+    if delivery.signing is not None:
+        raw = _secret(world, namespace, delivery.signing.secret_ref, "spec.delivery.signing")
+        for secret in raw.split():
+            if not secret.startswith("whsec_"):
+                raise CompileError(
+                    "InvalidSecret",
+                    f"spec.delivery.signing: Secret {namespace}/{delivery.signing.secret_ref.name}"
+                    " must hold whsec_<base64> values (space-separated during rotation)",
+                )
+            signing_secrets.append(sealer.seal(secret))
+    retry = delivery.retry
+    return Route(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=generation,
+        source=spec.source,
+        stream=keys.stream(namespace, spec.source),
+        group=keys.group(name),
+        filter=CompiledFilter(
+            types=spec.filter.types or [],
+            attributes=spec.filter.attributes or {},
+            prefix=spec.filter.prefix or {},
+            expression=spec.filter.expression,
+        ),
+        subscriber_url=subscriber_url,
+        delivery=CompiledDelivery(
+            format=delivery.format,
+            timeout=parse_duration(delivery.timeout),
+            retry=CompiledRetry(
+                max_attempts=retry.max_attempts,
+                backoff=retry.backoff,
+                initial_delay=parse_duration(retry.initial_delay),
+                max_delay=parse_duration(retry.max_delay),
+                jitter=retry.jitter,
+                retry_after_max=parse_duration(retry.retry_after_max),
+                retry_on=list(retry.retry_on),
+            ),
+            max_age=parse_duration(delivery.max_age),
+            dead_letter_url=dead_letter_url,
+            dead_letter_max_age=parse_duration(delivery.dead_letter_retention.max_age),
+            dead_letter_max_events=delivery.dead_letter_retention.max_events,
+            concurrency=delivery.concurrency,
+            rate_per_second=delivery.rate_limit.per_second if delivery.rate_limit else None,
+            rate_burst=(
+                (delivery.rate_limit.burst or max(1, int(delivery.rate_limit.per_second)))
+                if delivery.rate_limit
+                else None
+            ),
+            ordering_key=delivery.ordering.key if delivery.ordering else None,
+            headers=delivery.headers or {},
+            signing_secrets=signing_secrets,
+        ),
+        paused=spec.paused,
+    )
+
+
+def ingest_token_secret_name(source_name: str) -> str:
+    """The Secret the operator generates when an http source names no token Secret."""
+    return f"{source_name}-ingest-token"
+
+
+def compile_source(
+    *,
+    namespace: str,
+    name: str,
+    spec: EventSourceSpec,
+    world: World,
+    sealer: Sealer,
+    uid: str = "",
+    generation: int = 0,
+) -> CompiledSource:
+    """Compile an EventSource, or raise CompileError with the condition reason to report."""
+    ingest = None
+    if spec.http is not None:
+        auth = spec.http.auth
+        token_sealed = hmac_sealed = None
+        if auth.token_secret_ref is not None:
+            token = _secret(
+                world, namespace, auth.token_secret_ref, "spec.http.auth.tokenSecretRef"
+            )
+            token_sealed = sealer.seal(token)
+        elif auth.hmac_secret_ref is None and not auth.allow_anonymous:
+            generated = SecretKeyRef(name=ingest_token_secret_name(name), key="token")
+            token = _secret(world, namespace, generated, "spec.http.auth (generated token)")
+            token_sealed = sealer.seal(token)
+        if auth.hmac_secret_ref is not None:
+            hmac_secret = _secret(
+                world, namespace, auth.hmac_secret_ref, "spec.http.auth.hmacSecretRef"
+            )
+            hmac_sealed = sealer.seal(hmac_secret)
+        ingest = CompiledIngest(
+            token_sealed=token_sealed,
+            hmac_secret_sealed=hmac_sealed,
+            hmac_header=auth.hmac_header,
+            allow_anonymous=auth.allow_anonymous,
+            max_body_bytes=spec.http.max_body_bytes,
+            dedupe_window=parse_duration(spec.http.dedupe_window),
+        )
+    kind: Literal["http", "postgres", "kubernetes", "schedule"] = spec.kind  # type: ignore[assignment]
+    return CompiledSource(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        generation=generation,
+        kind=kind,
+        stream=keys.stream(namespace, name),
+        ingest=ingest,
+        retention_max_age=parse_duration(spec.retention.max_age),
+        retention_max_events=spec.retention.max_events,
+    )

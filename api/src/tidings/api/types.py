@@ -1,0 +1,466 @@
+"""The API types of tidings.dev/v1alpha1: EventSource and Trigger.
+
+These pydantic models are the single definition of the API. The CRD YAML in
+crds/ and helm/tidings/crds/ is generated from them (tidings.api.crd), the
+operator validates and compiles objects with them, and `tidings dev` loads
+manifests with them. Field names are camelCase on the wire, snake_case here.
+
+Cross-field rules that the API server must enforce are written as CEL
+(`x-kubernetes-validations`) next to the model they constrain.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from tidings.api.durations import DURATION_PATTERN, parse_duration
+
+GROUP = "tidings.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# RFC 1123 label / subdomain names, as Kubernetes validates object names.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def _validations(*rules: tuple[str, str]) -> dict[str, Any]:
+    """Attach CEL rules (rule, message) to a model's generated schema."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+def Duration(default: str | None = None, description: str = "") -> Any:
+    """A duration string field (`10s`, `72h`), bounded so CEL can afford to parse it."""
+    return Field(default, pattern=DURATION_PATTERN, max_length=32, description=description)
+
+
+class ApiModel(BaseModel):
+    """Base for API types: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _check_durations(model: BaseModel, *names: str) -> None:
+    for name in names:
+        value = getattr(model, name)
+        if value is not None:
+            parse_duration(value, field=name)
+
+
+# --- shared references -------------------------------------------------------------
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the object's own namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    key: str = Field(
+        pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret."
+    )
+
+
+class ServiceRef(ApiModel):
+    """A Service in the object's own namespace (or `namespace`)."""
+
+    kind: Literal["Service"] = Field("Service", description="Only Service is supported.")
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Service name.")
+    namespace: str | None = Field(
+        None, pattern=DNS_LABEL, max_length=63, description="Defaults to the Trigger's namespace."
+    )
+    port: int | None = Field(None, ge=1, le=65535, description="Service port; defaults to 80.")
+
+
+class Destination(ApiModel):
+    """Where to send HTTP requests: a Service `ref` (+ `path`), or an absolute `uri`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("has(self.ref) != has(self.uri)", "set exactly one of ref or uri"),
+            ("!has(self.uri) || !has(self.path)", "path goes with ref; put it in uri instead"),
+        )
+    )
+
+    ref: ServiceRef | None = Field(None, description="A Service to call.")
+    uri: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+        description="An absolute http(s) URL, instead of ref.",
+    )
+    path: str | None = Field(
+        None, pattern=r"^/[^\s]*$", max_length=1024, description="Path appended to ref's URL."
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Destination:
+        if (self.ref is None) == (self.uri is None):
+            raise ValueError("set exactly one of ref or uri")
+        if self.uri is not None and self.path is not None:
+            raise ValueError("path goes with ref; put it in uri instead")
+        return self
+
+
+# --- EventSource ----------------------------------------------------------------------
+
+
+class HttpAuth(ApiModel):
+    """How producers authenticate to the ingest endpoint."""
+
+    token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Bearer token producers must send (Authorization: Bearer ...)."
+    )
+    hmac_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Shared secret for HMAC-SHA256 signatures of the body (third-party webhooks).",
+    )
+    hmac_header: str = Field(
+        "X-Signature-256",
+        max_length=128,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Header carrying the HMAC signature (hex, optionally prefixed sha256=).",
+    )
+    allow_anonymous: bool = Field(
+        False, description="Accept events without credentials. Off by default."
+    )
+
+
+class HttpSource(ApiModel):
+    auth: HttpAuth = Field(
+        default_factory=HttpAuth,
+        description="Default: a bearer token is required; without tokenSecretRef the "
+        "operator generates one in the Secret <name>-ingest-token.",
+    )
+    max_body_bytes: int = Field(
+        1048576, ge=1024, le=64 * 1048576, description="Largest request body accepted (413 above)."
+    )
+    dedupe_window: str = Duration("5m", "An event id seen again within this window is dropped.")
+
+
+TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$"
+
+
+Operation = Literal["insert", "update", "delete", "truncate"]
+DEFAULT_OPERATIONS: tuple[Operation, ...] = ("insert", "update", "delete")
+
+
+class PostgresSource(ApiModel):
+    connection_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding a libpq DSN of a role with REPLICATION."
+    )
+    tables: list[Annotated[str, Field(pattern=TABLE_NAME, max_length=127)]] = Field(
+        min_length=1,
+        max_length=256,
+        description="Tables to capture, schema-qualified (public.users).",
+    )
+    operations: list[Operation] = Field(
+        default_factory=lambda: list(DEFAULT_OPERATIONS),
+        json_schema_extra={"default": ["insert", "update", "delete"]},
+        min_length=1,
+        max_length=4,
+        description="Operations to capture.",
+    )
+    columns: dict[str, list[str]] | None = Field(
+        None, description="Optional column list per table (table -> columns)."
+    )
+    slot_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="Replication slot name; derived from the EventSource when unset.",
+    )
+    publication_name: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="Publication name; derived from the EventSource when unset.",
+    )
+    max_retained_wal_bytes: int = Field(
+        1 << 30,
+        ge=1 << 20,
+        description="Warn (condition WalRetained) when the slot retains more WAL than this.",
+    )
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = None
+
+
+class LabelSelector(ApiModel):
+    match_labels: dict[str, str] | None = None
+    match_expressions: list[LabelSelectorRequirement] | None = None
+
+
+class KubernetesResource(ApiModel):
+    api_version: str = Field(max_length=253, description="e.g. v1, apps/v1.")
+    kind: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=63, description="e.g. ConfigMap.")
+    namespace: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace to watch; defaults to the EventSource's.",
+    )
+    label_selector: LabelSelector | None = None
+
+
+class KubernetesSource(ApiModel):
+    resources: list[KubernetesResource] = Field(min_length=1, max_length=32)
+
+
+class ScheduleSource(ApiModel):
+    cron: str = Field(
+        max_length=128,
+        pattern=r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$",
+        description="Five-field cron expression or @hourly-style macro.",
+    )
+    time_zone: str = Field(
+        "UTC", max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$", description="IANA time zone."
+    )
+    data: dict[str, Any] | None = Field(None, description="The data of every tick event.")
+    max_catch_up: int = Field(
+        1, ge=0, le=1000, description="Missed ticks fired after an outage (the newest ones)."
+    )
+
+
+class Retention(ApiModel):
+    max_age: str = Duration("168h", "Events older than this may be trimmed from the stream.")
+    max_events: int = Field(
+        1_000_000, ge=1, description="The stream keeps at most about this many events."
+    )
+
+
+SOURCE_KINDS = ("http", "postgres", "kubernetes", "schedule")
+
+
+class EventSourceSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                "[has(self.http), has(self.postgres), has(self.kubernetes), has(self.schedule)]"
+                ".filter(x, x).size() == 1",
+                "set exactly one of http, postgres, kubernetes, schedule",
+            )
+        )
+    )
+
+    http: HttpSource | None = Field(None, description="Producers POST events to an ingest URL.")
+    postgres: PostgresSource | None = Field(None, description="Change data capture of tables.")
+    kubernetes: KubernetesSource | None = Field(None, description="Watch Kubernetes objects.")
+    schedule: ScheduleSource | None = Field(None, description="Emit a tick on a cron schedule.")
+    retention: Retention = Field(default_factory=Retention)
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> EventSourceSpec:
+        chosen = [kind for kind in SOURCE_KINDS if getattr(self, kind) is not None]
+        if len(chosen) != 1:
+            raise ValueError("set exactly one of http, postgres, kubernetes, schedule")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in SOURCE_KINDS if getattr(self, kind) is not None)
+
+
+# --- Trigger --------------------------------------------------------------------------
+
+
+class Filter(ApiModel):
+    """All parts optional and ANDed; an empty filter matches every event."""
+
+    types: list[str] | None = Field(
+        None, max_length=64, description="Event types to accept (exact)."
+    )
+    attributes: dict[str, str] | None = Field(
+        None, description="CloudEvents attributes that must equal these values."
+    )
+    prefix: dict[str, str] | None = Field(
+        None, description="CloudEvents attributes that must start with these values."
+    )
+    expression: str | None = Field(
+        None, max_length=4096, description="A CEL expression over `event`; compiled once."
+    )
+
+
+RETRY_ON_PATTERN = r"^(network|timeout|[1-5][0-9][0-9]|[1-5]xx)$"
+
+
+class BackoffPolicy(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                # has(): the API server also checks this rule on the schema's `default: {}`.
+                "!has(self.maxDelay) || !has(self.initialDelay) || "
+                "duration(self.maxDelay) >= duration(self.initialDelay)",
+                "retry.maxDelay must be at least retry.initialDelay",
+            )
+        )
+    )
+
+    max_attempts: int = Field(12, ge=1, le=1000, description="Attempts before dead-lettering.")
+    backoff: Literal["exponential", "linear", "fixed"] = "exponential"
+    initial_delay: str = Duration("1s", "Delay before the first retry.")
+    max_delay: str = Duration("1h", "Cap on any one delay.")
+    jitter: float = Field(0.2, ge=0, le=1, description="Random +/- fraction of each delay.")
+    retry_after_max: str = Duration("10m", "Honour Retry-After up to this long.")
+    retry_on: list[Annotated[str, Field(pattern=RETRY_ON_PATTERN, max_length=16)]] = Field(
+        default_factory=lambda: ["network", "timeout", "408", "429", "5xx"],
+        json_schema_extra={"default": ["network", "timeout", "408", "429", "5xx"]},
+        max_length=64,
+        description="Failures that are retried; any other 4xx is dead-lettered at once.",
+    )
+
+    @model_validator(mode="after")
+    def _delays(self) -> BackoffPolicy:
+        _check_durations(self, "initial_delay", "max_delay", "retry_after_max")
+        if parse_duration(self.max_delay) < parse_duration(self.initial_delay):
+            raise ValueError("retry.maxDelay must be at least retry.initialDelay")
+        return self
+
+
+class RateLimit(ApiModel):
+    per_second: float = Field(gt=0, le=1_000_000, description="Sustained deliveries per second.")
+    burst: int | None = Field(None, ge=1, description="Bucket size; defaults to perSecond.")
+
+
+class Ordering(ApiModel):
+    key: str = Field(
+        max_length=256,
+        pattern=r"^event\.[A-Za-z0-9_.]+$",
+        description="Attribute path whose value orders deliveries, e.g. event.subject.",
+    )
+
+
+class Signing(ApiModel):
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key with one or more space-separated whsec_<base64> secrets."
+    )
+
+
+class DeadLetterRetention(ApiModel):
+    max_age: str = Duration("720h", "Dead letters older than this are dropped.")
+    max_events: int = Field(
+        100_000, ge=1, le=10_000_000, description="The DLQ keeps at most this many entries."
+    )
+
+    @model_validator(mode="after")
+    def _durations(self) -> DeadLetterRetention:
+        _check_durations(self, "max_age")
+        return self
+
+
+class DeliverySpec(ApiModel):
+    format: Literal["binary", "structured", "data"] = Field(
+        "binary", description="CloudEvents binary or structured mode, or the data alone."
+    )
+    timeout: str = Duration("10s", "Per-attempt timeout.")
+    retry: BackoffPolicy = Field(default_factory=BackoffPolicy)
+    max_age: str = Duration("72h", "Dead-letter an event older than this.")
+    dead_letter: Destination | None = Field(
+        None, description="Optional sink for dead letters; a DLQ stream is always kept."
+    )
+    dead_letter_retention: DeadLetterRetention = Field(
+        default_factory=DeadLetterRetention,
+        description="How many dead letters the Trigger's DLQ keeps, and how long.",
+    )
+    concurrency: int = Field(100, ge=1, le=100_000, description="In-flight limit, all replicas.")
+    rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")
+    ordering: Ordering | None = Field(None, description="Deliver in order per key.")
+    headers: dict[str, str] | None = Field(None, description="Extra request headers.")
+    signing: Signing | None = Field(None, description="Standard Webhooks signing.")
+
+    @model_validator(mode="after")
+    def _durations(self) -> DeliverySpec:
+        _check_durations(self, "timeout", "max_age")
+        return self
+
+
+class TriggerSpec(ApiModel):
+    source: str = Field(
+        pattern=DNS_SUBDOMAIN, max_length=253, description="An EventSource in this namespace."
+    )
+    filter: Filter = Field(default_factory=Filter)
+    subscriber: Destination
+    delivery: DeliverySpec = Field(default_factory=DeliverySpec)
+    paused: bool = Field(False, description="Stop delivering and keep the cursor.")
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+class Condition(ApiModel):
+    model_config = ConfigDict(frozen=False)
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field("", max_length=32768)
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+
+
+class LastFailure(ApiModel):
+    time: str | None = None
+    status: int | None = None
+    message: str | None = None
+
+
+class DeliveryStatus(ApiModel):
+    state: Literal["Delivering", "Backoff", "Paused", "Idle"] | None = None
+    lag: int | None = None
+    dead_lettered: int | None = None
+    expired: int | None = Field(None, description="Events trimmed by retention undelivered.")
+    last_failure: LastFailure | None = None
+
+
+class TriggerStatus(ApiModel):
+    model_config = ConfigDict(frozen=False, extra="allow")
+
+    observed_generation: int | None = None
+    subscriber_uri: str | None = Field(None, alias="subscriberURI")
+    conditions: list[Condition] | None = None
+    delivery: DeliveryStatus | None = None
+
+
+class EventSourceStatus(ApiModel):
+    model_config = ConfigDict(frozen=False, extra="allow")
+
+    observed_generation: int | None = None
+    url: str | None = Field(None, description="Ingest URL, for http sources.")
+    conditions: list[Condition] | None = None
+
+
+# --- whole objects (used by `tidings dev` and tests) ----------------------------------
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    namespace: str = Field("default", pattern=DNS_LABEL, max_length=63)
+    generation: int = 1
+
+
+class EventSource(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["EventSource"] = "EventSource"
+    metadata: ObjectMeta
+    spec: EventSourceSpec
+
+
+class Trigger(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["Trigger"] = "Trigger"
+    metadata: ObjectMeta
+    spec: TriggerSpec

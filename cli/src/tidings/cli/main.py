@@ -1,0 +1,43 @@
+"""The `tidings` command. Each subcommand lives next to the code it runs and
+exposes `register(subparsers)`; this file only lists them and sets up logging."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tidings.api.process import setup_logging
+
+# name -> module with `register(subparsers)`; each sets `func` on its parser.
+COMMANDS = {
+    "crds": "tidings.cli.crds",
+    "send": "tidings.cli.send",
+    "dev": "tidings.cli.dev",
+    "dispatcher": "tidings.dispatcher.cli",
+    "operator": "tidings.operator.main",
+    "source": "tidings.sources.cli",
+    "replay": "tidings.cli.replay",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidings", description="Eventing for Kubernetes: sources, triggers, delivery."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "log_format"):
+        setup_logging(args.log_format, args.log_level)
+    result: int | None = args.func(args)
+    return result or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

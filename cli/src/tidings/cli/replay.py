@@ -1,0 +1,251 @@
+"""`tidings replay NS/TRIGGER`: deliver a Trigger's dead letters again.
+
+    tidings replay shop/welcome-email --all --dry-run     # list what would be replayed
+    tidings replay shop/welcome-email --all               # every dead letter
+    tidings replay shop/welcome-email --since 2h          # dead-lettered in the last 2 hours
+    tidings replay shop/welcome-email --id 1732791234567-0 --id 1732791234999-0
+
+Choose what to replay with --all, --since DURATION or --id (repeatable; the ids
+--dry-run lists), optionally bounded by --limit N (oldest first). The replayed
+events go to this Trigger only, not to the other Triggers of its source, with a
+fresh attempt count and their maxAge counted from now; the running dispatchers
+pick them up within about a second. An event that fails again is retried and
+dead-lettered again like any other. A dead letter leaves the DLQ in the same
+Redis script that makes its event due, so a crash never loses a dead letter
+nor hands it back twice; events the source's retention already trimmed are delivered
+from the copy the dead letter keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from tidings.api import keys, table
+from tidings.api.durations import DurationError, parse_duration
+from tidings.api.process import add_common_options
+from tidings.api.routes import Route
+from tidings.dispatcher import deadletter
+from tidings.dispatcher.deadletter import DeadLetter
+
+# Dead letters read per XRANGE and handed back per script call.
+PAGE = 500
+_STREAM_ID = re.compile(r"\d+-\d+")
+
+
+class ReplayError(Exception):
+    """Something the user can fix; the message says what."""
+
+
+async def find_route(redis: Redis, trigger: str) -> Route:
+    """The Trigger's compiled route from the routing table (it names the source)."""
+    namespace, _, name = trigger.partition("/")
+    loaded = await table.load(redis)
+    route = loaded.routes.get(f"{namespace}/{name}")
+    if route is None:
+        raise ReplayError(
+            f"Trigger {trigger} is not in the routing table: check the name "
+            f"(kubectl get triggers -n {namespace}) and that the operator is running"
+        )
+    return route
+
+
+async def pages(
+    redis: Redis,
+    route: Route,
+    *,
+    ids: list[str] | None = None,
+    since: float | None = None,
+    limit: int | None = None,
+) -> AsyncIterator[list[DeadLetter]]:
+    """The dead letters to replay, oldest first, a page at a time (a DLQ may hold
+    100,000): those with these DLQ ids, or those dead-lettered in the last `since`
+    seconds (None: all); at most `limit`. Unknown ids raise ReplayError first."""
+    if ids:
+        found: dict[str, DeadLetter] = {}
+        for dlq_id in dict.fromkeys(ids):
+            hit = await deadletter.read(
+                redis, route.namespace, route.source, route.name, start=dlq_id, count=1
+            )
+            if hit and hit[0].dlq_id == dlq_id:
+                found[dlq_id] = hit[0]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ReplayError(
+                f"--id {', '.join(missing)}: no such dead letter of {route.id}; "
+                f"list them with: tidings replay {route.id} --all --dry-run"
+            )
+        chosen = sorted(found.values(), key=lambda d: _id_key(d.dlq_id))[:limit]
+        for i in range(0, len(chosen), PAGE):
+            yield chosen[i : i + PAGE]
+        return
+    start = "-"
+    if since is not None:
+        # Redis's clock: the DLQ ids and times are written with it.
+        clock = await redis.time()
+        if isinstance(clock, dict):  # Redis Cluster may answer per node
+            clock = next(iter(clock.values()))
+        now_ms = int(clock[0]) * 1000 + int(clock[1]) // 1000
+        start = f"{max(0, now_ms - int(since * 1000))}-0"
+    # Up to the newest dead letter now: an event replayed by this run that fails
+    # again is dead-lettered anew, after it, and must not be handed back twice.
+    newest = await redis.xrevrange(
+        keys.dead_letters(route.namespace, route.source, route.name), count=1
+    )
+    if not newest:
+        return
+    newest_id = newest[0][0]
+    end = newest_id.decode() if isinstance(newest_id, bytes) else str(newest_id)
+    left = limit
+    while left is None or left > 0:
+        want = PAGE if left is None else min(PAGE, left)
+        page = await deadletter.read(
+            redis, route.namespace, route.source, route.name, start=start, end=end, count=want
+        )
+        if page:
+            yield page
+        if len(page) < want:
+            return
+        if left is not None:
+            left -= len(page)
+        # Exclusive: the next page starts after this one (replayed entries are gone
+        # from the DLQ by then, which does not move this cursor).
+        start = f"({page[-1].dlq_id}"
+
+
+def describe(dead: DeadLetter) -> str:
+    """One line of --dry-run: DLQ id, time, event id, type, status, error."""
+    when = datetime.fromtimestamp(dead.time_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event_id = str(dead.event.get("id", "-")) if dead.event else "(event not stored)"
+    event_type = str(dead.event.get("type", "-")) if dead.event else "-"
+    return "  ".join(
+        [dead.dlq_id, when, event_id, event_type, dead.status or "-", dead.error or "-"]
+    )
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq)
+
+
+async def _run(args: argparse.Namespace, since: float | None) -> int:
+    redis: Redis
+    if args.redis_cluster:
+        redis = RedisCluster.from_url(args.redis_url)  # type: ignore[assignment]
+    else:
+        redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
+    try:
+        route = await find_route(redis, args.trigger)
+        selected = replayed = kept = 0
+        async for page in pages(redis, route, ids=args.id, since=since, limit=args.limit):
+            selected += len(page)
+            if args.dry_run:
+                for entry in page:
+                    print(describe(entry))
+                continue
+            moved, stuck = await deadletter.hand_back(redis, route, [d.dlq_id for d in page])
+            replayed += moved
+            kept += stuck
+        if args.dry_run:
+            print(f"would replay {_count(selected)} of {route.id} (dry run: nothing changed)")
+            return 0
+        line = f"replayed {_count(replayed)} of {route.id}"
+        if kept:
+            line += (
+                f"; {kept} kept in the DLQ: their event was already gone from the source "
+                "when they were dead-lettered, so there is nothing to deliver"
+            )
+        if route.paused and replayed:
+            line += " (the Trigger is paused: they are delivered when it resumes)"
+        print(line)
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    trigger = args.trigger
+    if trigger.count("/") != 1 or not all(trigger.split("/")):
+        return _fail(f"{trigger!r}: write the Trigger as NAMESPACE/NAME, e.g. shop/welcome-email")
+    if not args.redis_url:
+        return _fail("--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0")
+    chosen = [
+        flag for flag, on in (("--id", args.id), ("--since", args.since), ("--all", args.all)) if on
+    ]
+    if len(chosen) != 1:
+        what = "nothing" if not chosen else " and ".join(chosen)
+        return _fail(
+            f"{what}: choose exactly one of --all, --since DURATION (e.g. --since 2h) or "
+            "--id ID (repeatable); see the ids with --all --dry-run"
+        )
+    for dlq_id in args.id or []:
+        if not _STREAM_ID.fullmatch(dlq_id):
+            return _fail(
+                f"--id {dlq_id}: not a dead letter id; they look like 1764349200000-0 "
+                "(see them with --all --dry-run)"
+            )
+    if args.limit is not None and args.limit < 1:
+        return _fail(f"--limit {args.limit}: give a positive number, or leave it out for no limit")
+    since = None
+    if args.since:
+        try:
+            since = parse_duration(args.since, field="--since")
+        except DurationError as error:
+            return _fail(str(error))
+    try:
+        return asyncio.run(_run(args, since))
+    except ReplayError as error:
+        return _fail(str(error), code=1)
+    except (RedisError, OSError) as error:
+        return _fail(f"cannot use Redis at --redis-url {args.redis_url}: {error}", code=1)
+
+
+def _count(n: int) -> str:
+    return f"{n} dead letter" if n == 1 else f"{n} dead letters"
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"tidings replay: {message}", file=sys.stderr)
+    return code
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "replay",
+        help="deliver a Trigger's dead letters again",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "trigger", metavar="NS/TRIGGER", help="the Trigger, e.g. shop/welcome-email"
+    )
+    parser.add_argument(
+        "--id",
+        action="append",
+        metavar="ID",
+        help="a dead letter's id, as --dry-run lists it (repeatable)",
+    )
+    parser.add_argument(
+        "--since", metavar="DURATION", help="dead letters of the last DURATION, e.g. 30m, 24h"
+    )
+    parser.add_argument("--all", action="store_true", help="every dead letter of the Trigger")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N, oldest first")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be replayed; change nothing"
+    )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get("TIDINGS_REDIS_CLUSTER", "") in ("1", "true", "yes"),
+        help="--redis-url points at a Redis Cluster node",
+    )
+    add_common_options(parser)
+    parser.set_defaults(func=run)

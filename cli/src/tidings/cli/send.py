@@ -1,0 +1,221 @@
+"""`tidings send NS/NAME --type T --data JSON`: post one test event to ingest.
+
+It sends a CloudEvent in binary mode (or structured / plain JSON with --mode)
+and prints what ingest answered. Next to a running `tidings dev` it needs no
+more flags: dev writes its URL and the sources' tokens to
+`.tidings/dev-session.json`, which send reads. Otherwise pass --url and
+--token (or $TIDINGS_TOKEN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tidings.api.events import new_id, now_rfc3339
+from tidings.api.process import add_common_options
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+SESSION_FILE = "dev-session.json"
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("TIDINGS_STATE_DIR", ".tidings"))
+
+
+def read_session(directory: Path | None = None) -> dict[str, Any]:
+    """What a running `tidings dev` wrote about itself ({} if none)."""
+    path = (directory or state_dir()) / SESSION_FILE
+    try:
+        session: dict[str, Any] = json.loads(path.read_text())
+        return session
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class Request:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    event_id: str
+
+
+def build_request(
+    *,
+    base_url: str,
+    source: str,
+    event_type: str,
+    data: Any,
+    mode: str = "binary",
+    event_id: str | None = None,
+    event_source: str = "/tidings/send",
+    subject: str | None = None,
+    token: str | None = None,
+    hmac_secret: str | None = None,
+    hmac_header: str = "X-Signature-256",
+) -> Request:
+    """The HTTP request for one event (pure, so it is tested without a server)."""
+    event_id = event_id or new_id()
+    url = f"{base_url.rstrip('/')}/sources/{source}"
+    headers: dict[str, str] = {}
+    if mode == "binary":
+        headers.update(
+            {
+                "Content-Type": "application/json",
+                "ce-specversion": "1.0",
+                "ce-id": event_id,
+                "ce-source": event_source,
+                "ce-type": event_type,
+                "ce-time": now_rfc3339(),
+            }
+        )
+        if subject:
+            headers["ce-subject"] = subject
+        body = json.dumps(data).encode()
+    elif mode == "structured":
+        event: dict[str, Any] = {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": event_source,
+            "type": event_type,
+            "time": now_rfc3339(),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        if subject:
+            event["subject"] = subject
+        headers["Content-Type"] = "application/cloudevents+json"
+        body = json.dumps(event).encode()
+    elif mode == "plain":
+        query = urllib.parse.urlencode(
+            {"type": event_type, **({"subject": subject} if subject else {})}
+        )
+        url += f"?{query}"
+        headers["Content-Type"] = "application/json"
+        headers["Idempotency-Key"] = event_id
+        body = json.dumps(data).encode()
+    else:
+        raise ValueError(f"--mode {mode!r}: use binary, structured or plain")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if hmac_secret:
+        signature = hmac.new(hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+        headers[hmac_header] = f"sha256={signature}"
+    return Request(url=url, headers=headers, body=body, event_id=event_id)
+
+
+def post(request: Request, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    """Send it; (status, JSON answer). Connection errors raise OSError."""
+    http_request = urllib.request.Request(
+        request.url, data=request.body, headers=request.headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(http_request, timeout=timeout) as response:
+            return response.status, _json(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, _json(error.read())
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {"error": body.decode(errors="replace")}
+    return value if isinstance(value, dict) else {"answer": value}
+
+
+def _parse_data(text: str) -> Any:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise SystemExit(
+            f"--data: not valid JSON ({error}); e.g. --data '{{\"id\": 1}}', "
+            "--data '\"a string\"' or --data @event.json"
+        ) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    source = args.source
+    if source.count("/") != 1 or not all(source.split("/")):
+        print(f"tidings send: {source!r}: write the EventSource as NAMESPACE/NAME", file=sys.stderr)
+        return 2
+    data = _parse_data(args.data)
+    session = read_session()
+    base_url = args.url or session.get("url") or DEFAULT_URL
+    token = args.token or os.environ.get("TIDINGS_TOKEN") or session.get("tokens", {}).get(source)
+    signing = session.get("hmac", {}).get(source, {}) if not args.token else {}
+    status = 0
+    for n in range(args.count):
+        request = build_request(
+            base_url=base_url,
+            source=source,
+            event_type=args.type,
+            data=data,
+            mode=args.mode,
+            event_id=args.id if args.count == 1 else (f"{args.id}-{n}" if args.id else None),
+            event_source=args.event_source,
+            subject=args.subject,
+            token=token,
+            hmac_secret=signing.get("secret"),
+            hmac_header=signing.get("header", "X-Signature-256"),
+        )
+        try:
+            code, answer = post(request)
+        except OSError as error:
+            print(
+                f"tidings send: cannot reach {request.url}: {error}. Is `tidings dev` "
+                "(or a dispatcher) running there? Pass --url to point elsewhere.",
+                file=sys.stderr,
+            )
+            return 2
+        event_id = request.event_id
+        if code == 202 and answer.get("duplicates"):
+            print(f"{code} duplicate: {event_id} was already accepted within the dedupe window")
+        elif code == 202:
+            print(f"{code} accepted: {args.type} id={event_id} -> {source}")
+        else:
+            print(f"{code} refused: {answer.get('error', answer)}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "send",
+        help="post a test event to an EventSource's ingest endpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", metavar="NS/NAME", help="the EventSource, e.g. shop/orders")
+    parser.add_argument("--type", required=True, help="CloudEvents type, e.g. com.shop.created")
+    parser.add_argument("--data", default="null", help="JSON data, or @FILE (default: null)")
+    parser.add_argument("--subject", help="CloudEvents subject")
+    parser.add_argument("--id", help="CloudEvents id (default: a new UUID)")
+    parser.add_argument(
+        "--event-source", default="/tidings/send", help="CloudEvents source attribute"
+    )
+    parser.add_argument(
+        "--mode", choices=["binary", "structured", "plain"], default="binary", help="HTTP mode"
+    )
+    parser.add_argument("--count", type=int, default=1, help="send N events (ids differ)")
+    parser.add_argument(
+        "--url", help=f"ingest base URL (default: the running `tidings dev`, else {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--token", help="bearer token (default: $TIDINGS_TOKEN, else from `tidings dev`)"
+    )
+    add_common_options(parser, redis=False)
+    parser.set_defaults(func=run)

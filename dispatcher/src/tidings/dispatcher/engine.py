@@ -1,0 +1,672 @@
+"""The Dispatcher: one worker per Trigger, reading its consumer group and delivering.
+
+A worker's loop, per round trip (cursor.py does the Redis side in one script):
+fetch what may start now (due retries, entries reclaimed from a dead consumer,
+new entries; bounded by local capacity and the cluster-wide limits), start a
+delivery task for each, and go again. Finished deliveries pile up and one
+flusher settles them in a single script call (XACK, retries, dead letters,
+leases), so acknowledgements are batched without any delivery waiting for
+another. Nothing is read that cannot start at once, so the idle time of a
+pending entry is the time its attempt takes, and reclaiming entries idle for
+longer than the Trigger's timeout plus RECLAIM_MARGIN never steals a live one.
+
+Routes come and go with the routing table (TableWatcher.on_change):
+
+- a new Trigger's consumer group is created at `$` (XGROUP CREATE ... MKSTREAM):
+  it receives the events appended from its creation on, not the source's history;
+- a changed route is swapped in place (its filter recompiled once);
+- a paused route stops pulling and keeps its cursor (the group stays);
+- a removed route's worker drains and stops; its group and keys are left for
+  the operator to delete with the Trigger.
+
+`stop(grace)` drains: no new fetches, in-flight deliveries get up to `grace`
+seconds, their outcomes are settled; whatever is still running after that stays
+pending in Redis and is reclaimed by another dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from tidings.api.events import now_rfc3339
+from tidings.api.routes import Route
+from tidings.api.sealing import Sealer, SealError
+from tidings.api.table import RoutingTable
+from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher.backoff_state import FAILURES_TO_BACKOFF, BackoffState
+from tidings.dispatcher.cursor import Cursor, Entry, FailureNote, Fetched, Outcome
+from tidings.dispatcher.delivery import Result, build_request, send, signing_key
+from tidings.dispatcher.filtering import Filter
+from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
+from tidings.dispatcher.retry import Failure, decide, is_retryable
+from tidings.dispatcher.routing import TableWatcher
+
+log = logging.getLogger(__name__)
+
+# Added to a Trigger's timeout before its pending entries count as abandoned.
+RECLAIM_MARGIN = 5.0
+# How often each worker looks for abandoned entries (XAUTOCLAIM).
+RECLAIM_EVERY = 1.0
+# Consumers holding nothing, idle this long, are removed from the group.
+CONSUMER_IDLE_FORGET = 3600.0
+CONSUMER_CLEANUP_EVERY = 300.0
+# How long finished deliveries wait to be settled together.
+FLUSH_DELAY = 0.001
+# Longest a worker blocks waiting for new entries before looking again.
+IDLE_BLOCK = 1.0
+
+# Called after every attempt: (route, event, result, op) where op is what
+# happened to the event: ok | retry | dead. `tidings dev` prints from it.
+AttemptHook = Callable[[Route, dict[str, Any], Result, str], None]
+
+
+async def cancel(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait for them. On Python 3.11 a cancel that lands inside
+    redis-py's own timeout handling can be swallowed, so cancel until they end."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(slots=True)
+class _Done:
+    """A finished delivery task, waiting for the flusher."""
+
+    outcome: Outcome
+    kind: str  # delivered | filtered | retried | dead_answered | dead_failed | expired
+    failure: Failure | None = None
+    event: dict[str, Any] | None = None
+
+
+class TriggerWorker:
+    def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
+        self.dispatcher = dispatcher
+        self.redis = dispatcher.redis
+        self.cursor = Cursor(self.redis, route, dispatcher.consumer)
+        self.backoff = BackoffState(self.redis, route)
+        self.metrics: TriggerMetrics | None = (
+            dispatcher.metrics.of(route.id) if dispatcher.metrics else None
+        )
+        self.in_flight: set[asyncio.Task[None]] = set()
+        self.done: list[_Done] = []
+        self.stopping = False
+        self._wake = asyncio.Event()
+        self._flush_wake = asyncio.Event()
+        self._filter_spec: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._config_error: str | None = None
+        self._watch: asyncio.Task[Any] | None = None
+        self.update(route)
+
+    # --- configuration ------------------------------------------------------------------
+
+    def update(self, route: Route) -> None:
+        self.route = route
+        self.cursor.update(route)
+        self.backoff.update(route)
+        self._config_error = None
+        if route.filter != self._filter_spec:
+            try:
+                self.filter = Filter(route.filter)
+                self._filter_spec = route.filter
+            except ValueError as error:
+                self._config_error = f"filter.expression: {error}"
+                log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
+        try:
+            self.signing_keys = [
+                signing_key(self.dispatcher.unseal(s)) for s in route.delivery.signing_secrets
+            ]
+        except (SealError, ValueError) as error:
+            self.signing_keys = []
+            self._config_error = f"signing secrets: {error}"
+            log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
+        self.timeout = route.delivery.timeout
+        self.client_timeout = aiohttp.ClientTimeout(total=route.delivery.timeout)
+        self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
+        self.local_limit = max(1, min(route.delivery.concurrency, self.dispatcher.max_in_flight))
+        self.refill = max(1, min(self.dispatcher.batch, self.local_limit) // 2)
+        self._wake.set()
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"trigger {self.route.id}")
+        self._flusher = asyncio.create_task(self._flush_loop(), name=f"flush {self.route.id}")
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching, let in-flight deliveries finish within `grace`, settle them."""
+        self.stopping = True
+        self._wake.set()
+        if self._task is not None:
+            # The loop may be in the middle of a Backoff probe, which can take the
+            # Trigger's whole timeout: it gets the grace period, then is cancelled
+            # (the probed event's retry simply comes due again).
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                await cancel({self._task})
+        if self._watch is not None:
+            await cancel({self._watch})
+        if self.in_flight:
+            _, late = await asyncio.wait(self.in_flight, timeout=grace)
+            if late:
+                log.warning(
+                    "Trigger %s: %d deliveries still running after the %gs grace period; "
+                    "they stay pending and another dispatcher will redeliver them",
+                    self.route.id,
+                    len(late),
+                    grace,
+                )
+                await cancel(late)
+        if self._flusher is not None:
+            self._flush_wake.set()
+            # Bounded: with Redis unreachable the flusher would retry forever; what it
+            # could not settle stays pending in Redis and is redelivered by another.
+            done, _ = await asyncio.wait({self._flusher}, timeout=grace + 5)
+            if not done:
+                log.warning("Trigger %s: could not settle the last outcomes", self.route.id)
+                await cancel({self._flusher})
+
+    async def forget_idle_consumers(self) -> None:
+        """Delete consumers of this group that hold nothing and have been idle for
+        CONSUMER_IDLE_FORGET (restarted pods get new names; the old ones would pile up)."""
+        for consumer in await self.redis.xinfo_consumers(self.route.stream, self.route.group):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            idle_ms = int(consumer.get("idle", 0))
+            if (
+                int(consumer["pending"]) == 0
+                and idle_ms > CONSUMER_IDLE_FORGET * 1000
+                and name != self.dispatcher.consumer
+            ):
+                # XGROUP DELCONSUMER drops a consumer's pending entries too: only empty ones.
+                await self.redis.xgroup_delconsumer(self.route.stream, self.route.group, name)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(
+                self.route.stream, self.route.group, id="$", mkstream=True
+            )
+            log.info("Trigger %s: consumer group created", self.route.id)
+        except ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # --- the fetch loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        next_reclaim = 0.0
+        group_ready = False
+        while not self.stopping:
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                if self.route.paused or self._config_error:
+                    await self._sleep(1.0)
+                    continue
+                free = self.local_limit - len(self.in_flight)
+                # Fetch in batches: waking for every freed slot would make many tiny
+                # round trips, each paying the per-call overhead.
+                if free <= 0 or (self.in_flight and free < self.refill):
+                    await self._sleep(1.0)
+                    continue
+                reclaim_ms = 0
+                if time.monotonic() >= next_reclaim:
+                    reclaim_ms = self.lease_ms
+                    next_reclaim = time.monotonic() + RECLAIM_EVERY
+                fetched = await self.cursor.fetch(
+                    min(free, self.dispatcher.batch), self.lease_ms, reclaim_ms
+                )
+                if fetched.status == "ok":
+                    for entry in fetched.entries:
+                        self._start(self._deliver(entry))
+                elif fetched.status == "backoff":
+                    await self._probe()
+                elif fetched.status == "limited":
+                    await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
+                else:
+                    await self._wait_for_entries(fetched)
+            except (RedisError, OSError) as error:
+                log.warning("Trigger %s: Redis: %s; retrying in 1s", self.route.id, error)
+                group_ready = False
+                await self._sleep(1.0)
+            except Exception:
+                # A bug must not silently stop a Trigger: say so, and keep going.
+                log.exception("Trigger %s: unexpected error; retrying in 1s", self.route.id)
+                await self._sleep(1.0)
+
+    def _start(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self.in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Trigger %s: delivery task failed", self.route.id, exc_info=task.exception())
+        # Wake the fetch loop only when a batch worth of slots is free: waking it
+        # for every finished delivery costs more than the delivery's own bookkeeping.
+        if len(self.in_flight) <= self.local_limit - self.refill:
+            self._wake.set()
+        if self.stopping:
+            self._flush_wake.set()  # the flusher exits once nothing is in flight
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early for a stop, a route change or a free slot."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wake.wait()
+
+    async def _wait_for_entries(self, fetched: Fetched) -> None:
+        """Block until the stream grows past what we saw, a retry comes due, or a wake-up."""
+        block = IDLE_BLOCK
+        if fetched.due_in_ms >= 0:
+            block = min(block, max(0.001, fetched.due_in_ms / 1000))
+        self._wake.clear()
+        # The blocking XREAD is never cancelled (that would drop the connection, and
+        # Redis Cluster clients finish the command anyway): a wake-up leaves it
+        # running, and the next wait reuses it until it returns.
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._xread(fetched.last_id, int(IDLE_BLOCK * 1000)))
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({self._watch, woken}, timeout=block, return_when="FIRST_COMPLETED")
+        finally:
+            woken.cancel()
+        if self._watch.done() and not self._watch.cancelled() and self._watch.exception():
+            raise self._watch.exception()  # type: ignore[misc]
+
+    async def _xread(self, last_id: str, block_ms: int) -> Any:
+        return await self.redis.xread({self.route.stream: last_id}, count=1, block=block_ms)
+
+    # --- one delivery -------------------------------------------------------------------
+
+    async def _deliver(self, entry: Entry) -> None:
+        done = await self._attempt(entry, probe=False)
+        self.done.append(done)
+        self._flush_wake.set()
+
+    async def _attempt(self, entry: Entry, *, probe: bool) -> _Done:
+        route = self.route
+        delivery = route.delivery
+        try:
+            event = json.loads(entry.event_json)
+            if not isinstance(event, dict) or "id" not in event:
+                raise ValueError("not a CloudEvent object")
+        except ValueError as error:
+            message = f"stored event is unreadable: {error}"
+            return _Done(
+                Outcome("dead", entry, attempts=entry.attempts, message=message), "expired"
+            )
+        if not self.filter(event):
+            return _Done(Outcome("ok", entry), "filtered")
+        age = time.time() - entry.ingested_ms / 1000
+        if age > delivery.max_age:
+            message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
+            return _Done(
+                Outcome("dead", entry, attempts=entry.attempts, message=message),
+                "expired",
+                None,
+                event,
+            )
+        request = build_request(
+            event,
+            entry.event_json,
+            format=delivery.format,
+            headers=delivery.headers,
+            signing_keys=self.signing_keys,
+        )
+        result = await send(
+            self.dispatcher.session,
+            route.subscriber_url,
+            request,
+            self.timeout,
+            self.client_timeout,
+        )
+        if self.metrics is not None:
+            self.metrics.attempt_seconds.observe(result.seconds)
+        done = self._decide(entry, event, result, age, probe=probe)
+        hook = self.dispatcher.on_attempt
+        if hook is not None:
+            hook(route, event, result, done.outcome.op)
+        return done
+
+    def _decide(
+        self, entry: Entry, event: dict[str, Any], result: Result, age: float, *, probe: bool
+    ) -> _Done:
+        failure = result.failure
+        if failure is None:
+            return _Done(Outcome("ok", entry), "delivered", None, event)
+        delivery = self.route.delivery
+        status = str(failure.status or "")
+        attempts = entry.attempts + 1
+        if probe and is_retryable(delivery.retry.retry_on, failure) and age < delivery.max_age:
+            # A probe in Backoff does not spend the event's attempts.
+            return _Done(
+                Outcome("retry", entry, attempts=entry.attempts), "retried", failure, event
+            )
+        decision = decide(
+            delivery.retry, failure, attempts=attempts, age=age, max_age=delivery.max_age
+        )
+        if decision.retry:
+            delay_ms = int(decision.delay * 1000)
+            outcome = Outcome("retry", entry, delay_ms=delay_ms, attempts=attempts)
+            return _Done(outcome, "retried", failure, event)
+        message = f"{decision.reason}: {failure.message}"
+        outcome = Outcome("dead", entry, attempts=attempts, status=status, message=message)
+        answered = failure.kind == "status" and not is_retryable(delivery.retry.retry_on, failure)
+        return _Done(outcome, "dead_answered" if answered else "dead_failed", failure, event)
+
+    # --- settling -----------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            # Let a few more deliveries finish: one settle call per ~ms, not per answer.
+            await asyncio.sleep(FLUSH_DELAY)
+            self._flush_wake.clear()
+            if self.done:
+                batch, self.done = self.done, []
+                try:
+                    await self._settle(batch)
+                except (RedisError, OSError) as error:
+                    # Keep the outcomes; settle them once Redis answers again.
+                    level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+                    log.log(
+                        level, "Trigger %s: settling failed (%s); retrying", self.route.id, error
+                    )
+                    self.done = batch + self.done
+                    await asyncio.sleep(0.5)
+                    self._flush_wake.set()
+                    continue
+            if self.stopping and not self.in_flight and not self.done:
+                return
+
+    async def _settle(self, batch: list[_Done], *, probe: bool = False) -> None:
+        counts = {"delivered": 0, "filtered": 0, "retried": 0, "dead": 0}
+        answered = failed = 0
+        last_failure: Failure | None = None
+        for done in batch:
+            if done.kind in ("delivered", "dead_answered"):
+                answered += 1
+            elif done.kind in ("retried", "dead_failed"):
+                failed += 1
+                last_failure = done.failure
+            if done.kind.startswith("dead") or done.kind == "expired":
+                counts["dead"] += 1
+            else:
+                counts[done.kind] += 1
+        note = None
+        if last_failure is not None:
+            note = FailureNote(
+                now_rfc3339(), str(last_failure.status or ""), last_failure.message[:500]
+            )
+        failures = await self.cursor.settle(
+            [d.outcome for d in batch],
+            refunds=counts["filtered"],
+            answered=answered,
+            failed=failed,
+            failure=note,
+        )
+        if counts["retried"] or any(d.outcome.entry.order_key for d in batch):
+            # A retry may be due before the fetch loop's idle block ends, and a
+            # settled ordered event may have made the next one of its key due now.
+            self._wake.set()
+        if self.metrics is not None:
+            self.metrics.delivered.inc(counts["delivered"])
+            self.metrics.filtered.inc(counts["filtered"])
+            if counts["retried"]:
+                self.metrics.retried.inc(counts["retried"])
+                self.metrics.retries.inc(counts["retried"])
+            if counts["dead"]:
+                self.metrics.dead_lettered.inc(counts["dead"])
+        if counts["dead"] and self.route.delivery.dead_letter_url:
+            for done in batch:
+                if done.outcome.op == "dead" and done.event is not None:
+                    self._start(self._to_sink(done))
+        threshold = self.dispatcher.failures_to_backoff
+        if not probe and failures >= threshold and await self.backoff.enter_if_failing(threshold):
+            log.warning(
+                "Trigger %s: %d consecutive failed attempts, entering Backoff "
+                "(last: %s); probing the subscriber from now on",
+                self.route.id,
+                failures,
+                note.message if note else "",
+            )
+
+    async def _to_sink(self, done: _Done) -> None:
+        url = self.route.delivery.dead_letter_url
+        assert url is not None and done.event is not None
+        request = deadletter.sink_request(
+            done.event,
+            done.outcome.entry.event_json,
+            format=self.route.delivery.format,
+            signing_keys=self.signing_keys,
+            attempts=done.outcome.attempts,
+            status=done.outcome.status,
+            error=done.outcome.message,
+        )
+        await deadletter.send_to_sink(self.dispatcher.session, url, request, self.timeout)
+
+    # --- Backoff ------------------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        """In Backoff: probe with the head event when it is our turn, else wait."""
+        claim = await self.backoff.claim_probe(self.timeout + RECLAIM_MARGIN)
+        if claim < 0:
+            return  # another replica recovered the Trigger
+        if claim > 0:
+            await self._sleep(min(IDLE_BLOCK, max(0.01, claim / 1000)))
+            return
+        # Head events the filter drops or that are past maxAge are settled on
+        # the way; the first real answer (or failure) decides.
+        for _ in range(self.dispatcher.batch):
+            if self.stopping:
+                return
+            fetched = await self.cursor.fetch(1, self.lease_ms, probe=True)
+            if not fetched.entries:
+                # Nothing left to deliver: no reason to stay in Backoff.
+                await self.backoff.recover()
+                return
+            done = await self._attempt(fetched.entries[0], probe=True)
+            if done.kind != "retried":
+                await self._settle([done], probe=True)
+                if done.kind in ("delivered", "dead_answered"):
+                    due = await self.backoff.recover()
+                    log.warning(
+                        "Trigger %s: subscriber answered a probe; leaving Backoff, "
+                        "%d retries due now",
+                        self.route.id,
+                        due,
+                    )
+                    return
+                continue
+            interval = await self.backoff.probe_failed()
+            delay_ms = int(interval * 1000)
+            retry = Outcome(
+                "retry", done.outcome.entry, delay_ms=delay_ms, attempts=done.outcome.attempts
+            )
+            await self._settle([_Done(retry, "retried", done.failure, done.event)], probe=True)
+            log.info(
+                "Trigger %s: probe failed (%s); next probe in %gs",
+                self.route.id,
+                done.failure.message if done.failure else "",
+                interval,
+            )
+            return
+
+
+class Dispatcher:
+    """All Triggers of the routing table, delivered by this process."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        watcher: TableWatcher,
+        *,
+        consumer: str | None = None,
+        sealer: Sealer | None = None,
+        registry: CollectorRegistry | None = None,
+        batch: int = 100,
+        max_in_flight: int = 512,
+        failures_to_backoff: int = FAILURES_TO_BACKOFF,
+        publish_interval: float = 1.0,
+        retention_interval: float = 10.0,
+        on_attempt: AttemptHook | None = None,
+    ) -> None:
+        self.redis = redis
+        self.watcher = watcher
+        self.consumer = consumer or default_consumer_name()
+        self.sealer = sealer
+        self.metrics = DispatchMetrics(registry) if registry is not None else None
+        self.batch = batch
+        self.max_in_flight = max_in_flight
+        self.failures_to_backoff = failures_to_backoff
+        self.publish_interval = publish_interval
+        self.retention_interval = retention_interval
+        self.on_attempt = on_attempt
+        self.workers: dict[str, TriggerWorker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._unsealed: dict[str, str] = {}
+        self._stopping = False
+        self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Dispatcher.start() first"
+        return self._session
+
+    def unseal(self, sealed: str) -> str:
+        if self.sealer is None:
+            raise SealError("no seal key configured: set TIDINGS_SEAL_KEY_FILE or TIDINGS_SEAL_KEY")
+        plain = self._unsealed.get(sealed)
+        if plain is None:
+            plain = self._unsealed[sealed] = self.sealer.unseal(sealed)
+        return plain
+
+    async def start(self) -> None:
+        # No pool limit: each Trigger's own concurrency bounds its connections, and a
+        # shared cap would let one stalled subscriber starve every other Trigger.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            auto_decompress=False,
+        )
+        self.watcher.on_change(self.apply)
+        if self.watcher.loaded.is_set():
+            await self.apply(self.watcher.current)
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name="dispatch-publish"),
+            asyncio.create_task(self._retention_loop(), name="dispatch-retention"),
+        ]
+        log.info("dispatcher %s started", self.consumer)
+
+    async def apply(self, table: RoutingTable) -> None:
+        """Start, update and stop workers to match the routing table."""
+        if self._stopping:
+            return
+        for route_id, route in table.routes.items():
+            worker = self.workers.get(route_id)
+            if worker is None:
+                worker = self.workers[route_id] = TriggerWorker(self, route)
+                worker.start()
+            elif (worker.route.stream, worker.route.group) != (route.stream, route.group):
+                # Moved to another source: a new cursor, not an update of this one.
+                asyncio.create_task(worker.stop(grace=worker.timeout))  # noqa: RUF006
+                worker = self.workers[route_id] = TriggerWorker(self, route)
+                worker.start()
+            elif worker.route != route:
+                worker.update(route)
+        for route_id in list(self.workers):
+            if route_id not in table.routes:
+                worker = self.workers.pop(route_id)
+                asyncio.create_task(worker.stop(grace=worker.timeout))  # noqa: RUF006
+                if self.metrics is not None:
+                    self.metrics.forget(route_id)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Drain: in-flight deliveries get up to `grace` seconds, then settle."""
+        self._stopping = True
+        await cancel(set(self._tasks))
+        await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        if self._session is not None:
+            await self._session.close()
+        log.info("dispatcher %s stopped", self.consumer)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            for worker in list(self.workers.values()):
+                try:
+                    published = await worker.backoff.publish()
+                except (RedisError, OSError) as error:
+                    log.debug("publishing state of %s failed: %s", worker.route.id, error)
+                    continue
+                if worker.metrics is not None:
+                    worker.metrics.lag.set(published.lag)
+                    worker.metrics.dead_letters.set(published.dlq_size)
+                    worker.metrics.expired.set(published.expired)
+                    worker.metrics.set_state(published.state)
+            if time.monotonic() >= self._next_cleanup:
+                self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
+                for worker in list(self.workers.values()):
+                    try:
+                        await worker.forget_idle_consumers()
+                    except (RedisError, OSError) as error:
+                        log.debug("consumer cleanup of %s failed: %s", worker.route.id, error)
+            await asyncio.sleep(self.publish_interval)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention_interval)
+            table = self.watcher.current
+            for source in table.sources.values():
+                try:
+                    trimmed, expired = await retention.trim(
+                        self.redis, source, table.routes_of(source.namespace, source.name)
+                    )
+                except (RedisError, OSError) as error:
+                    log.debug("retention of %s failed: %s", source.id, error)
+                    continue
+                for trigger, count in expired.items():
+                    log.warning(
+                        "Trigger %s: %d events fell out of %s's retention before delivery",
+                        trigger,
+                        count,
+                        source.id,
+                    )
+                if trimmed:
+                    log.debug("retention trimmed %d entries of %s", trimmed, source.id)
+                try:
+                    old = await retention.trim_dead_letters(
+                        self.redis, table.routes_of(source.namespace, source.name)
+                    )
+                except (RedisError, OSError) as error:
+                    log.debug("dead-letter retention of %s failed: %s", source.id, error)
+                    continue
+                for trigger, count in old.items():
+                    log.info(
+                        "Trigger %s: %d dead letters past their max age dropped", trigger, count
+                    )

@@ -1,0 +1,595 @@
+"""Ingest: CloudEvents over HTTP into a source's stream.
+
+    POST /sources/{namespace}/{name}     202 once the events are stored
+    GET  /healthz                        the process is alive
+    GET  /readyz                         Redis answers and the routing table is loaded
+    GET  /metrics                        Prometheus text, from the registry given
+
+The request's mode is chosen by its headers:
+
+- `Content-Type: application/cloudevents-batch+json` — batch: a JSON array of
+  structured events, stored in one pipelined round trip;
+- `Content-Type: application/cloudevents+json` — structured: one JSON event;
+- a `ce-specversion` header — binary: attributes in `ce-*` headers, the body
+  is the data (parsed when its Content-Type is JSON, stored as bytes otherwise);
+- any other JSON Content-Type — plain JSON, wrapped in a CloudEvent: a new
+  UUID id (or the `Idempotency-Key` header, so retries dedupe), `source` the
+  EventSource's API path, `type` from `?type=` (default `dev.tidings.http.event`),
+  optional `?subject=`, `time` now.
+
+Auth follows the compiled EventSource: a bearer token, an HMAC-SHA256 of the
+body in a header (hex, optionally `sha256=`-prefixed, as GitHub and most
+webhook senders do), either one when both are configured, or nothing when
+`allowAnonymous`. Missing credentials are 401, wrong ones 403.
+
+202 is sent only after XADD returned (and WAIT, when `wait_replicas` is set);
+a Redis failure is 503 with Retry-After, never 202. Ids seen within the
+dedupe window are answered 202 again and listed under `duplicates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import Histogram as PromHistogram
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from tidings.api.events import KNOWN, CloudEvent, new_id, now_rfc3339
+from tidings.api.routes import CompiledIngest, CompiledSource
+from tidings.api.sealing import Sealer, SealError
+from tidings.dispatcher import streams
+from tidings.dispatcher.routing import TableWatcher
+from tidings.dispatcher.streams import AppendResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TYPE = "dev.tidings.http.event"
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+ROUTE = "/sources/{namespace}/{name}"
+# CloudEvents 1.0: attribute names are lower-case ASCII letters and digits.
+_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
+_OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+
+# Called after each stored request with its source, events and what became of them.
+AppendHook = Callable[[CompiledSource, list[CloudEvent], AppendResult], None]
+
+
+class IngestError(Exception):
+    """A request we refuse; the message names the field and the fix."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.message}, status=self.status, headers=self.headers)
+
+
+def _bad(message: str) -> IngestError:
+    return IngestError(400, message)
+
+
+# --- parsing (pure) -------------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_json_media(media: str) -> bool:
+    return media in ("application/json", "text/json") or media.endswith("+json")
+
+
+def _json(body: bytes, what: str) -> Any:
+    if not body.strip():
+        raise _bad(f"{what}: empty; send a JSON value")
+    try:
+        return json.loads(body)
+    except ValueError as error:
+        raise _bad(f"{what}: not valid JSON ({error})") from None
+
+
+def _check_time(value: str, field: str) -> None:
+    try:
+        if not _RFC3339.match(value):
+            raise ValueError
+        datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise _bad(
+            f"{field}: {value!r} is not an RFC 3339 timestamp, e.g. 2024-05-01T12:00:00Z"
+        ) from None
+
+
+def _extension_value(value: Any, field: str) -> str:
+    # JSON booleans and integers are CloudEvents types; they travel as strings.
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    raise _bad(f"{field}: an extension attribute must be a string, integer or boolean")
+
+
+def event_from_structured(body: Any, where: str = "") -> CloudEvent:
+    """One structured-mode event (a decoded JSON object), validated.
+    `where` prefixes field names in errors, e.g. `[3].` inside a batch."""
+    if not isinstance(body, dict):
+        raise _bad(f"{where or 'body'}: a CloudEvent must be a JSON object")
+    # JSON null means "absent" for every attribute.
+    attrs = {k: v for k, v in body.items() if v is not None}
+    specversion = attrs.get("specversion")
+    if specversion is None:
+        raise _bad(f'{where}specversion: required; set "specversion": "1.0"')
+    if specversion != "1.0":
+        raise _bad(f'{where}specversion: {specversion!r} is not supported; use "1.0"')
+    for name in ("id", "source", "type"):
+        value = attrs.get(name)
+        if value is None:
+            raise _bad(f"{where}{name}: required (CloudEvents needs id, source, type)")
+        if not isinstance(value, str) or not value:
+            raise _bad(f"{where}{name}: must be a non-empty string")
+    for name in _OPTIONAL_STRINGS:
+        if name in attrs and not isinstance(attrs[name], str):
+            raise _bad(f"{where}{name}: must be a string")
+    if "time" in attrs:
+        if not isinstance(attrs["time"], str):
+            raise _bad(f"{where}time: must be an RFC 3339 string")
+        _check_time(attrs["time"], f"{where}time")
+    if "data" in attrs and "data_base64" in attrs:
+        raise _bad(f"{where}data_base64: set either data or data_base64, not both")
+    data: Any = attrs.get("data")
+    if "data_base64" in attrs:
+        encoded = attrs["data_base64"]
+        try:
+            if not isinstance(encoded, str):
+                raise ValueError
+            data = base64.b64decode(encoded, validate=True)
+        except (ValueError, binascii.Error):
+            raise _bad(f"{where}data_base64: must be a base64 string") from None
+    extensions: dict[str, str] = {}
+    for name, value in attrs.items():
+        if name in KNOWN or name in ("data", "data_base64"):
+            continue
+        if not _ATTRIBUTE_NAME.match(name):
+            raise _bad(
+                f"{where}{name}: not a valid attribute name; CloudEvents attribute names "
+                "are lower-case letters and digits only"
+            )
+        extensions[name] = _extension_value(value, f"{where}{name}")
+    return CloudEvent(
+        id=attrs["id"],
+        source=attrs["source"],
+        type=attrs["type"],
+        data=data,
+        subject=attrs.get("subject"),
+        time=attrs.get("time"),
+        datacontenttype=attrs.get("datacontenttype"),
+        dataschema=attrs.get("dataschema"),
+        extensions=extensions,
+    )
+
+
+def event_from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """A binary-mode event: `ce-*` headers (percent-decoded) and the body as data."""
+    attrs: dict[str, str] = {}
+    for header, value in headers.items():
+        lower = header.lower()
+        if lower.startswith("ce-") and lower[3:] not in attrs:
+            attrs[lower[3:]] = unquote(value)
+    if attrs.get("specversion") != "1.0":
+        raise _bad(f"ce-specversion header: {attrs.get('specversion')!r} is not supported; use 1.0")
+    for name in ("id", "source", "type"):
+        if not attrs.get(name):
+            raise _bad(f"ce-{name} header: required in binary mode (CloudEvents 1.0)")
+    if "time" in attrs:
+        _check_time(attrs["time"], "ce-time header")
+    content_type = headers.get("Content-Type") or attrs.get("datacontenttype")
+    data: Any = None
+    if body:
+        if is_json_media(media_type(content_type)):
+            data = _json(body, f"body (Content-Type {media_type(content_type)})")
+        else:
+            data = body
+    extensions: dict[str, str] = {}
+    for name, value in attrs.items():
+        if name in KNOWN:
+            continue
+        if name == "data":
+            raise _bad("ce-data header: in binary mode the data is the request body")
+        if not _ATTRIBUTE_NAME.match(name):
+            raise _bad(
+                f"ce-{name} header: not a valid attribute name; CloudEvents attribute names "
+                "are lower-case letters and digits only"
+            )
+        extensions[name] = value
+    return CloudEvent(
+        id=attrs["id"],
+        source=attrs["source"],
+        type=attrs["type"],
+        data=data,
+        subject=attrs.get("subject"),
+        time=attrs.get("time"),
+        datacontenttype=content_type,
+        dataschema=attrs.get("dataschema"),
+        extensions=extensions,
+    )
+
+
+def event_from_plain_json(
+    source: CompiledSource, body: bytes, query: Mapping[str, str], headers: Mapping[str, str]
+) -> CloudEvent:
+    """Plain JSON, wrapped: see the module docstring for the attributes it gets."""
+    data = _json(body, "body")
+    event_type = query.get("type", DEFAULT_TYPE)
+    if not event_type:
+        raise _bad("type query parameter: must not be empty; e.g. ?type=com.example.created")
+    subject = query.get("subject") or None
+    return CloudEvent(
+        id=headers.get("Idempotency-Key") or new_id(),
+        source=source.api_path,
+        type=event_type,
+        data=data,
+        subject=subject,
+        time=now_rfc3339(),
+        datacontenttype="application/json",
+    )
+
+
+def parse_events(
+    source: CompiledSource,
+    headers: Mapping[str, str],
+    body: bytes,
+    query: Mapping[str, str] | None = None,
+) -> list[CloudEvent]:
+    """The events of one request, or IngestError(400/415) naming what is wrong."""
+    media = media_type(headers.get("Content-Type"))
+    if media == BATCH:
+        batch = _json(body, "body")
+        if not isinstance(batch, list):
+            raise _bad(f"body: a batch ({BATCH}) must be a JSON array of CloudEvents")
+        if not batch:
+            raise _bad("body: the batch is empty; send at least one CloudEvent")
+        return [event_from_structured(item, f"[{i}].") for i, item in enumerate(batch)]
+    if media == STRUCTURED:
+        return [event_from_structured(_json(body, "body"))]
+    if "ce-specversion" in headers:
+        return [event_from_binary(headers, body)]
+    if any(header.lower().startswith("ce-") for header in headers):
+        raise _bad("ce-specversion header: required for binary mode; set ce-specversion: 1.0")
+    if is_json_media(media):
+        return [event_from_plain_json(source, body, query or {}, headers)]
+    if media.startswith("application/cloudevents"):
+        raise IngestError(
+            415, f"Content-Type {media}: only the JSON event format is supported ({STRUCTURED})"
+        )
+    raise IngestError(
+        415,
+        f"Content-Type {media or '(none)'}: send application/json, {STRUCTURED}, {BATCH}, "
+        "or a binary-mode CloudEvent with ce-* headers",
+    )
+
+
+# --- auth (pure) ----------------------------------------------------------------------
+
+
+def check_auth(
+    ingest: CompiledIngest,
+    headers: Mapping[str, str],
+    body: bytes | None,
+    unseal: Callable[[str], str],
+) -> None:
+    """Pass, or raise IngestError 401 (no credentials) / 403 (wrong credentials).
+
+    `body` may be None when no HMAC is configured (the check then needs no body).
+    """
+    presented = False
+    if ingest.token_sealed is not None:
+        authorization = headers.get("Authorization", "")
+        if authorization:
+            presented = True
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise IngestError(401, "Authorization header: expected `Bearer <token>`")
+            expected = unseal(ingest.token_sealed).encode()
+            if not hmac.compare_digest(token.strip().encode(), expected):
+                raise IngestError(403, "Authorization header: the bearer token is not valid")
+            return
+    if ingest.hmac_secret_sealed is not None:
+        signature = headers.get(ingest.hmac_header, "")
+        if signature:
+            presented = True
+            assert body is not None, "HMAC auth needs the body"
+            given = signature.strip()
+            if given.lower().startswith("sha256="):
+                given = given[len("sha256=") :]
+            key = unseal(ingest.hmac_secret_sealed).encode()
+            expected_hex = hmac.new(key, body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(given.lower().encode(), expected_hex.encode()):
+                raise IngestError(
+                    403,
+                    f"{ingest.hmac_header} header: the signature does not match the body "
+                    "(expected hex HMAC-SHA256 of the raw body, optionally prefixed sha256=)",
+                )
+            return
+    if presented or ingest.allow_anonymous:
+        return
+    wanted = []
+    if ingest.token_sealed is not None:
+        wanted.append("an Authorization: Bearer <token> header")
+    if ingest.hmac_secret_sealed is not None:
+        wanted.append(f"an HMAC-SHA256 signature of the body in {ingest.hmac_header}")
+    raise IngestError(
+        401,
+        "credentials required: send " + " or ".join(wanted or ["credentials"]),
+        headers={"WWW-Authenticate": "Bearer"} if ingest.token_sealed else None,
+    )
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+class IngestMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "tidings_ingest_requests",
+            "Ingest requests by source and HTTP status.",
+            ["source", "code"],
+            registry=registry,
+        )
+        self.events = Counter(
+            "tidings_ingest_events",
+            "Events received by source and outcome (accepted, duplicate).",
+            ["source", "outcome"],
+            registry=registry,
+        )
+        self.latency = PromHistogram(
+            "tidings_ingest_request_seconds",
+            "Time from request start to answer, for requests that reached a known source.",
+            ["source"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+            registry=registry,
+        )
+
+
+# --- the server -----------------------------------------------------------------------
+
+
+class Ingest:
+    """The request handlers and what they share. Create with `build_app`."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        watcher: TableWatcher,
+        registry: CollectorRegistry,
+        sealer: Sealer,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        redis_timeout: float = 5.0,
+        on_append: AppendHook | None = None,
+    ) -> None:
+        self.redis = redis
+        self.watcher = watcher
+        self.registry = registry
+        self.sealer = sealer
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self.redis_timeout = redis_timeout
+        self.on_append = on_append
+        self.metrics = IngestMetrics(registry)
+        self._unsealed: dict[str, str] = {}
+
+    def unseal(self, sealed: str) -> str:
+        # Unsealing costs ~20 µs; tokens change only with the routing table.
+        plain = self._unsealed.get(sealed)
+        if plain is None:
+            if len(self._unsealed) > 10_000:
+                self._unsealed.clear()
+            plain = self._unsealed[sealed] = self.sealer.unseal(sealed)
+        return plain
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        label = ""  # only known sources get their own series (no cardinality attacks)
+        try:
+            source = self._source(namespace, name)
+            label = source.id
+            response = await self._ingest(request, source)
+        except IngestError as error:
+            response = error.response()
+        except SealError as error:
+            # The operator sealed with another key: no request can pass until fixed.
+            log.error("ingest into %s: %s", label, error)
+            response = IngestError(500, f"server misconfigured: {error}").response()
+        if label:
+            self.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        self.metrics.requests.labels(label, str(response.status)).inc()
+        return response
+
+    def _source(self, namespace: str, name: str) -> CompiledSource:
+        if not self.watcher.loaded.is_set():
+            raise IngestError(
+                503, "not ready: the routing table is not loaded yet", {"Retry-After": "1"}
+            )
+        source = self.watcher.current.sources.get(f"{namespace}/{name}")
+        if source is None or source.ingest is None:
+            what = "exists but is not an http source" if source else "not found"
+            raise IngestError(
+                404,
+                f"EventSource {namespace}/{name} {what}; POST to an EventSource with spec.http "
+                f"(kubectl get eventsources -n {namespace})",
+            )
+        return source
+
+    async def _ingest(self, request: web.Request, source: CompiledSource) -> web.Response:
+        ingest = source.ingest
+        assert ingest is not None
+        headers: CIMultiDictProxy[str] = request.headers
+        if ingest.hmac_secret_sealed is None:
+            # Refuse unauthenticated requests before reading their bodies.
+            check_auth(ingest, headers, None, self.unseal)
+        body = await read_body(request, ingest.max_body_bytes)
+        if ingest.hmac_secret_sealed is not None:
+            check_auth(ingest, headers, body, self.unseal)
+        events = parse_events(source, headers, body, request.query)
+        result = await self._append(source, events)
+        self.metrics.events.labels(source.id, "accepted").inc(len(result.accepted))
+        if result.duplicates:
+            self.metrics.events.labels(source.id, "duplicate").inc(len(result.duplicates))
+        if self.on_append is not None:
+            self.on_append(source, events, result)
+        return web.json_response(
+            {
+                "accepted": [e.event_id for e in result.accepted],
+                "duplicates": [e.event_id for e in result.duplicates],
+            },
+            status=202,
+        )
+
+    async def _append(self, source: CompiledSource, events: list[CloudEvent]) -> AppendResult:
+        try:
+            waiting = self.wait_timeout if self.wait_replicas > 0 else 0.0
+            async with asyncio.timeout(self.redis_timeout + waiting):
+                result = await streams.append(
+                    self.redis,
+                    source,
+                    events,
+                    wait_replicas=self.wait_replicas,
+                    wait_timeout=self.wait_timeout,
+                )
+        except (RedisError, OSError, TimeoutError) as error:
+            log.warning("ingest into %s failed: Redis: %s", source.id, error or type(error))
+            raise IngestError(
+                503,
+                f"not stored: Redis is unavailable ({type(error).__name__}); retry, "
+                "the same event id is accepted once",
+                {"Retry-After": "1"},
+            ) from None
+        if result.replicas is not None and result.replicas < self.wait_replicas:
+            raise IngestError(
+                503,
+                f"stored on the primary, but only {result.replicas} of {self.wait_replicas} "
+                f"replicas acknowledged within {self.wait_timeout:g}s; retry, the same event id "
+                "is accepted once",
+                {"Retry-After": "1"},
+            )
+        return result
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if not self.watcher.loaded.is_set():
+            return web.json_response(
+                {"ready": False, "reason": "the routing table is not loaded yet"}, status=503
+            )
+        try:
+            async with asyncio.timeout(1.0):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError) as error:
+            return web.json_response(
+                {"ready": False, "reason": f"Redis unreachable: {type(error).__name__} {error}"},
+                status=503,
+            )
+        table = self.watcher.current
+        return web.json_response(
+            {
+                "ready": True,
+                "tableVersion": table.version,
+                "sources": len(table.sources),
+                "routes": len(table.routes),
+            }
+        )
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, or IngestError(413) as soon as it exceeds `limit` bytes."""
+    too_large = IngestError(
+        413,
+        f"body: larger than this EventSource's limit of {limit} bytes "
+        "(spec.http.maxBodyBytes); send smaller events or split the batch",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+INGEST: web.AppKey[Ingest] = web.AppKey("ingest", Ingest)
+
+
+def build_app(
+    redis: Redis,
+    watcher: TableWatcher,
+    registry: CollectorRegistry,
+    sealer: Sealer,
+    *,
+    wait_replicas: int = 0,
+    wait_timeout: float = 1.0,
+    redis_timeout: float = 5.0,
+    on_append: AppendHook | None = None,
+) -> web.Application:
+    """The ingest, health and metrics endpoints as one aiohttp application.
+
+    The caller owns `watcher` (start it before serving; /readyz reports 503
+    until it has loaded the table) and `redis`. `/metrics` serves everything in
+    `registry`, the ingest counters included. With `wait_replicas` > 0 every
+    append waits up to `wait_timeout` seconds for that many replicas (WAIT)
+    and answers 503 if fewer acknowledged. An append that takes longer than
+    `redis_timeout` seconds (plus `wait_timeout` with WAIT) is answered 503
+    too, so a hung Redis cannot hold requests; the retry is safe (dedupe).
+    `on_append` is called after each stored request (`tidings dev` prints
+    from it). Raises ValueError for WAIT on a Redis Cluster client.
+    """
+    if wait_replicas > 0 and isinstance(redis, RedisCluster):
+        raise ValueError(f"wait_replicas={wait_replicas}: {streams.CLUSTER_WAIT}")
+    ingest = Ingest(
+        redis,
+        watcher,
+        registry,
+        sealer,
+        wait_replicas=wait_replicas,
+        wait_timeout=wait_timeout,
+        redis_timeout=redis_timeout,
+        on_append=on_append,
+    )
+    app = web.Application()
+    app[INGEST] = ingest
+    app.router.add_post(ROUTE, ingest.post_events)
+    app.router.add_get("/healthz", ingest.healthz)
+    app.router.add_get("/readyz", ingest.readyz)
+    app.router.add_get("/metrics", ingest.metrics_text)
+    return app

@@ -1,0 +1,61 @@
+"""Build the adapter of an EventSource: one entry point for `tidings source`
+and for `tidings dev`, which runs adapters in its own process.
+
+Every adapter has `async run()` (returns after `stop()`; failures inside are
+reported in its status and retried, never raised) and `async stop()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from tidings.api.routes import CompiledSource
+from tidings.api.types import EventSourceSpec
+
+
+class Adapter(Protocol):
+    kind: str
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ADAPTER_KINDS = ("postgres", "kubernetes", "schedule")
+
+
+def build(
+    source: CompiledSource,
+    spec: EventSourceSpec,
+    redis: Redis,
+    *,
+    dsn: str | None = None,
+    kubeconfig: str | None = None,
+    still_wanted: Callable[[], Awaitable[bool]] | None = None,
+) -> Adapter:
+    """The adapter for `spec`'s kind. Postgres needs the `dsn` (the value of
+    spec.postgres.connectionSecretRef) and stops for good when `still_wanted`
+    returns False (the EventSource is being deleted: it must not re-create its
+    slot); Kubernetes uses `kubeconfig` (default: $KUBECONFIG, ~/.kube/config,
+    else in-cluster)."""
+    if spec.postgres is not None:
+        if dsn is None:
+            raise ValueError("a postgres source needs the DSN from its connectionSecretRef")
+        from tidings.sources.postgres import PostgresAdapter
+
+        return PostgresAdapter(source, spec.postgres, redis, dsn=dsn, still_wanted=still_wanted)
+    if spec.schedule is not None:
+        from tidings.sources.schedule import ScheduleAdapter
+
+        return ScheduleAdapter(source, spec.schedule, redis)
+    if spec.kubernetes is not None:
+        from tidings.sources.kubeapi import KubeApi
+        from tidings.sources.kubernetes import KubernetesAdapter
+
+        return KubernetesAdapter(
+            source, spec.kubernetes, redis, api=KubeApi.from_config(kubeconfig)
+        )
+    raise ValueError(f"{spec.kind} sources have no adapter (http events come through ingest)")

@@ -1,0 +1,79 @@
+"""The HTTP endpoint of `tidings source --listen HOST:PORT`, in the adapter's own loop.
+
+GET /healthz   200 whenever the event loop answers: a wedged process (a
+               blocked loop, a stopped process) fails the liveness probe
+GET /readyz    200 while this replica's adapter reports Running; 503 with
+               the state and reason otherwise (a standby waiting for the
+               Lease is alive but not ready)
+GET /metrics   Prometheus text (tidings.sources.metrics)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from tidings.sources.metrics import SourceSeries
+
+LISTEN_ENV = "TIDINGS_SOURCE_LISTEN"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT (the host may be an IPv6 address in brackets; port 0: any free one)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"--listen / ${LISTEN_ENV}: {value!r} is not HOST:PORT, e.g. 0.0.0.0:8080")
+    return host, int(port)
+
+
+def readiness(series: SourceSeries) -> tuple[int, dict[str, object]]:
+    """The /readyz status code and body."""
+    if series.ready:
+        return 200, {"ready": True, "eventsource": series.eventsource, "state": series.state}
+    if series.state == "Standby":
+        why = "a standby: another replica holds the Lease; this one takes over if it stops"
+    elif not series.state:
+        why = "the adapter has not started yet"
+    else:
+        why = f"the adapter is {series.state} ({series.reason}): {series.message}"
+    return 503, {
+        "ready": False,
+        "eventsource": series.eventsource,
+        "state": series.state or "Starting",
+        "reason": why,
+    }
+
+
+def build_app(registry: CollectorRegistry, series: SourceSeries) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        status, body = readiness(series)
+        return web.json_response(body, status=status)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(
+    registry: CollectorRegistry, series: SourceSeries, host: str, port: int
+) -> web.AppRunner:
+    """Start serving; the caller calls `cleanup()` on the runner returned."""
+    runner = web.AppRunner(build_app(registry, series), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -1,0 +1,102 @@
+"""What every controller shares: settings, clients, the seal, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Coroutine, Iterator, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from tidings.operator.adapters import AdapterSettings
+from tidings.operator.kube import Kube
+from tidings.operator.publishing import StableSealer
+from tidings.operator.world import Key, Wakeups
+
+
+class ObjectLog(logging.LoggerAdapter[logging.Logger]):
+    """Log lines about one object: prefixed with "[ns/name]", and with an
+    `object` field in JSON logs."""
+
+    def __init__(self, logger: logging.Logger, kind: str, namespace: str, name: str) -> None:
+        super().__init__(logger, {"object": f"{kind}/{namespace}/{name}"})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return f"[{(self.extra or {})['object']}] {msg}", kwargs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The operator's flags, as the controllers need them."""
+
+    adapters: AdapterSettings
+    ingest_service: str = "tidings-ingest"
+    ingest_namespace: str = "tidings"
+    # How often a Trigger's delivery report is read from Redis.
+    health_interval: float = 5.0
+    # A report older than this is shown as stale (Delivering=Unknown).
+    stale_after: float = 120.0
+    # Every object is fully re-reconciled this often even without events: the
+    # safety net for a routing table lost with its Redis.
+    resync_interval: float = 300.0
+    # After a Redis or API error, wait this long before trying again, doubling
+    # up to retry_max while the errors go on (a thousand controllers must not
+    # hammer a Redis that is down).
+    retry_delay: float = 1.0
+    retry_max: float = 30.0
+    # A deleted Postgres EventSource: attempts at dropping its slot before giving up.
+    cleanup_attempts: int = 10
+    # How often the operator reads a Postgres slot's retained WAL itself while the
+    # adapter is not running.
+    wal_check_interval: float = 60.0
+
+    def retry_after(self, failures: int) -> float:
+        delay: float = min(self.retry_delay * 2.0 ** max(0, failures - 1), self.retry_max)
+        return delay * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    redis: Redis
+    kube: Kube
+    sealer: StableSealer
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    # Controllers running now, by key, so deletion waits for its daemon to stop.
+    _running: dict[Key, asyncio.Event] = field(default_factory=dict)
+    # The last DSN each Postgres EventSource was reconciled with, by (namespace,
+    # name): deleting a namespace may delete the Secret before the EventSource's
+    # finalizer runs, and the slot must still be dropped.
+    dsns: dict[tuple[str, str], str] = field(default_factory=dict)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @contextlib.contextmanager
+    def running(self, key: Key) -> Iterator[None]:
+        done = asyncio.Event()
+        self._running[key] = done
+        try:
+            yield
+        finally:
+            done.set()
+            if self._running.get(key) is done:
+                del self._running[key]
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run `work` in the background, holding a reference until it is done."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stopped(self, key: Key, limit: float = 10.0) -> None:
+        """Wait (at most `limit` seconds) until the controller of `key`, if any, has exited."""
+        done = self._running.get(key)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), limit)

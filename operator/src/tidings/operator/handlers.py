@@ -1,0 +1,240 @@
+"""The Kopf handlers: thin glue between watch events and the controllers.
+
+- Indexes (Kopf fills them completely before any daemon starts): EventSources,
+  Services, Secrets, and the adapter Deployments this operator manages.
+- Every watch event on one of those kinds, and on Triggers, wakes the
+  controllers that depend on that object (tidings.operator.world).
+- One daemon per Trigger and per EventSource runs its controller
+  (tidings.operator.triggers, tidings.operator.sources).
+- Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
+  succeed) remove the object's data-plane state (tidings.operator.publishing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from redis.exceptions import RedisError
+
+from tidings.api.durations import parse_duration
+from tidings.api.routes import ingest_token_secret_name
+from tidings.api.types import GROUP, VERSION
+from tidings.operator import adapters, publishing, replication, world
+from tidings.operator.context import Context
+from tidings.operator.health import Transition
+from tidings.operator.sources import SourceController
+from tidings.operator.triggers import TriggerController
+
+FINALIZER = "tidings.dev/cleanup"
+ANNOTATIONS_PREFIX = "tidings.dev"
+MANAGED = {"app.kubernetes.io/managed-by": adapters.MANAGED_BY}
+# A stopped daemon (deletion, peering pause, exit) is asked to return first (its
+# loop wakes on `stopped`), and cancelled only if it has not within this time.
+GRACE = 2.0
+CANCEL_AFTER = 2.0
+
+# A deleted Trigger's keys are deleted again this long after its delivery timeout.
+SWEEP_MARGIN = 5.0
+
+log = logging.getLogger(__name__)
+
+
+def build_registry(ctx: Context) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    wake = ctx.wakeups.notify
+
+    # --- indexes and wake-ups ----------------------------------------------------------
+
+    @kopf.index(GROUP, VERSION, "eventsources", id="sources", registry=registry)
+    def index_source(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return world.source_entry(namespace or "", name, body)
+
+    @kopf.index("", "v1", "services", id="services", registry=registry)
+    def index_service(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
+        return world.service_entry(namespace or "", name, spec)
+
+    @kopf.index("", "v1", "secrets", id="secrets", registry=registry)
+    def index_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return world.secret_entry(namespace or "", name, body)
+
+    @kopf.index("apps", "v1", "deployments", id="adapters", labels=MANAGED, registry=registry)
+    def index_adapter(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+        return world.adapter_entry(
+            namespace or "",
+            body,
+            source_label=adapters.SOURCE_LABEL,
+            hash_annotation=adapters.TEMPLATE_HASH,
+        )
+
+    @kopf.on.event(GROUP, VERSION, "eventsources", registry=registry)
+    def source_event(namespace: str | None, name: str, **_: Any) -> None:
+        wake(("EventSource", namespace or "", name))
+
+    @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
+    def trigger_event(namespace: str | None, name: str, **_: Any) -> None:
+        wake(("Trigger", namespace or "", name))
+
+    @kopf.on.event("", "v1", "services", registry=registry)
+    def service_event(namespace: str | None, name: str, **_: Any) -> None:
+        wake(("Service", namespace or "", name))
+
+    @kopf.on.event("", "v1", "secrets", registry=registry)
+    def secret_event(namespace: str | None, name: str, **_: Any) -> None:
+        wake(("Secret", namespace or "", name))
+
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    def adapter_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        wake(("Deployment", namespace or "", labels.get(adapters.SOURCE_LABEL, "")))
+
+    # --- controllers -------------------------------------------------------------------
+
+    def the_world(kwargs: dict[str, Any]) -> world.IndexWorld:
+        return world.IndexWorld(
+            sources=kwargs["sources"],
+            services=kwargs["services"],
+            secrets=kwargs["secrets"],
+            adapters=kwargs["adapters"],
+        )
+
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        "triggers",
+        cancellation_backoff=GRACE,
+        cancellation_timeout=CANCEL_AFTER,
+        registry=registry,
+    )
+    async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+        def post(t: Transition) -> None:
+            kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+
+        controller = TriggerController(ctx, body, the_world(kwargs), post_event=post)
+        with ctx.running(controller.key):
+            await controller.run(stopped)
+
+    @kopf.daemon(
+        GROUP,
+        VERSION,
+        "eventsources",
+        cancellation_backoff=GRACE,
+        cancellation_timeout=CANCEL_AFTER,
+        registry=registry,
+    )
+    async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+        def post(t: Transition) -> None:
+            kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+
+        controller = SourceController(ctx, body, the_world(kwargs), post_event=post)
+        with ctx.running(controller.key):
+            await controller.run(stopped)
+
+    # --- deletion ----------------------------------------------------------------------
+
+    @kopf.on.delete(GROUP, VERSION, "triggers", registry=registry)
+    async def trigger_deleted(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+        namespace = namespace or ""
+        await ctx.stopped(("Trigger", namespace, name))
+        source = spec.get("source")
+        await publishing.remove_trigger(ctx.redis, namespace, name, source)
+        if source:
+            ctx.spawn(sweep_later(ctx, namespace, name, source, timeout_of(spec)), f"sweep {name}")
+
+    @kopf.on.delete(GROUP, VERSION, "eventsources", registry=registry)
+    async def eventsource_deleted(namespace: str | None, name: str, **_: Any) -> None:
+        namespace = namespace or ""
+        await ctx.stopped(("EventSource", namespace, name))
+        removed = await publishing.remove_source(ctx.redis, namespace, name)
+        await remove_owned(ctx, namespace, name)
+        log.info(
+            "[EventSource/%s/%s] removed stream and %d data-plane keys", namespace, name, removed
+        )
+
+    @kopf.on.delete(GROUP, VERSION, "eventsources", id="replication", registry=registry)
+    async def eventsource_replication(
+        namespace: str | None,
+        name: str,
+        spec: kopf.Spec,
+        body: kopf.Body,
+        retry: int,
+        **kwargs: Any,
+    ) -> None:
+        # Runs after `eventsource_deleted`: the adapter Deployment is gone, so
+        # no walsender of ours holds the slot for long.
+        postgres = replication.postgres_spec(spec)
+        if postgres is None:
+            return
+        namespace = namespace or ""
+        outcome = await replication.drop(
+            postgres,
+            the_world(kwargs),
+            namespace=namespace,
+            name=name,
+            attempt=retry + 1,
+            attempts=ctx.settings.cleanup_attempts,
+            known_dsn=ctx.dsns.get((namespace, name)),
+        )
+        kopf.event(body, type=outcome.event_type, reason=outcome.reason, message=outcome.message)
+        if outcome.verdict == "retry":  # Kopf logs it, and keeps the count in an annotation
+            raise kopf.TemporaryError(outcome.message, delay=outcome.delay)
+        level = logging.INFO if outcome.verdict == "done" else logging.ERROR
+        log.log(level, "[EventSource/%s/%s] %s", namespace, name, outcome.message)
+        ctx.dsns.pop((namespace, name), None)
+
+    return registry
+
+
+def timeout_of(spec: Mapping[str, Any]) -> float:
+    """The Trigger's delivery timeout: how long a draining dispatcher may still
+    write its keys."""
+    try:
+        return parse_duration((spec.get("delivery") or {}).get("timeout") or "10s")
+    except ValueError:
+        return 10.0
+
+
+async def sweep_later(ctx: Context, namespace: str, name: str, source: str, after: float) -> None:
+    await asyncio.sleep(after + SWEEP_MARGIN)
+    with contextlib.suppress(RedisError, OSError):
+        await publishing.sweep_trigger(ctx.redis, namespace, name, source)
+
+
+async def remove_owned(ctx: Context, namespace: str, source: str) -> None:
+    """Stop the adapter and delete what the operator made for this source. Owner
+    references would let the garbage collector do it too, but later."""
+    name = adapters.adapter_name(source)
+    await ctx.kube.delete("Deployment", namespace, name)
+    await ctx.kube.delete("Secret", namespace, name)
+    token = ingest_token_secret_name(source)
+    labels = await ctx.kube.get_secret_labels(namespace, token)
+    if labels is not None and labels.get("app.kubernetes.io/managed-by") == adapters.MANAGED_BY:
+        await ctx.kube.delete("Secret", namespace, token)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Kopf settings: our finalizer, and Kopf's bookkeeping in annotations (never in
+    status, which users read)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATIONS_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "tidings-operator"
+    # No watching of CRDs and Namespaces (cluster-wide permissions for little gain):
+    # the CRDs must be installed before the operator starts (Helm does), and
+    # `--namespace` takes exact names.
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Filter on the server: only our adapter Deployments, and no Helm release
+    # Secrets (large, and never a Tidings credential).
+    settings.watching.label_selectors["apps", "v1", "deployments"] = (
+        f"app.kubernetes.io/managed-by={adapters.MANAGED_BY}"
+    )
+    settings.watching.field_selectors["", "v1", "secrets"] = "type!=helm.sh/release.v1"

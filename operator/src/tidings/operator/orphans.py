@@ -1,0 +1,110 @@
+"""Routing-table entries whose Trigger or EventSource is gone without its finalizer.
+
+The finalizer `tidings.dev/cleanup` removes an object's data-plane state. When
+someone strips it (a stuck namespace "fixed" by removing finalizers, a forced
+GitOps prune), the object vanishes and its route stays: dispatchers would go on
+delivering for a Trigger that no longer exists. So every `--resync-interval`
+the operator compares the table with the API and removes what has no object.
+
+Safe whatever this replica knows: an entry is a candidate when its object is
+not in a fresh LIST, and is removed only after a GET of that very object
+answers 404. Any replica may run it (removal is idempotent), so it does not
+depend on peering. Only namespaces this operator watches are looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tidings.api import keys
+from tidings.operator import publishing
+from tidings.operator.kube import Kube
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Collected:
+    routes: list[str] = field(default_factory=list)  # "namespace/name" of removed routes
+    sources: list[str] = field(default_factory=list)
+
+
+def _ids(raw: Sequence[bytes | str]) -> list[tuple[str, str]]:
+    out = []
+    for entry in raw:
+        text = entry.decode() if isinstance(entry, bytes) else entry
+        namespace, _, name = text.partition("/")
+        out.append((namespace, name))
+    return out
+
+
+def candidates(
+    entries: list[tuple[str, str]], listed: set[tuple[str, str]], namespaces: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Entries in watched namespaces whose object the LIST did not return."""
+    return [
+        (ns, name)
+        for ns, name in entries
+        if (not namespaces or ns in namespaces) and (ns, name) not in listed
+    ]
+
+
+async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collected:
+    """One pass. Reads the table first, then the API: an object created in
+    between has its entry written after the table was read, so it is not seen."""
+    route_ids = _ids(await redis.hkeys(keys.ROUTES))  # type: ignore[misc]
+    source_ids = _ids(await redis.hkeys(keys.SOURCES))  # type: ignore[misc]
+    done = Collected()
+    if route_ids:
+        listed = await kube.list_names("triggers", namespaces)
+        for namespace, name in candidates(route_ids, listed, namespaces):
+            if await kube.exists("triggers", namespace, name):
+                continue
+            route = await publishing.current_route(redis, namespace, name)
+            source = route.source if route is not None else None
+            await publishing.remove_trigger(redis, namespace, name, source)
+            if source:
+                await publishing.sweep_trigger(redis, namespace, name, source)
+            done.routes.append(f"{namespace}/{name}")
+            log.warning(
+                "[Trigger/%s/%s] is gone but its route was still routed (its finalizer was "
+                "removed by hand?): route, consumer group and keys removed",
+                namespace,
+                name,
+            )
+    if source_ids:
+        listed = await kube.list_names("eventsources", namespaces)
+        for namespace, name in candidates(source_ids, listed, namespaces):
+            if await kube.exists("eventsources", namespace, name):
+                continue
+            removed = await publishing.remove_source(redis, namespace, name)
+            done.sources.append(f"{namespace}/{name}")
+            log.warning(
+                "[EventSource/%s/%s] is gone but was still in the routing table (its "
+                "finalizer was removed by hand?): its stream and %d keys removed; a "
+                "Postgres source's replication slot, if any, must be dropped by hand",
+                namespace,
+                name,
+                removed,
+            )
+    return done
+
+
+async def keep_collecting(
+    redis: Redis, kube: Kube, namespaces: Sequence[str], interval: float
+) -> None:
+    """`collect` every `interval` seconds (jittered), until cancelled."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+        try:
+            await collect(redis, kube, namespaces)
+        except (RedisError, OSError, ApiException) as error:
+            log.warning("orphan collection failed, will retry: %s", error)

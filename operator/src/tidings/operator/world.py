@@ -1,0 +1,287 @@
+"""What exists in the cluster, as the compiler needs it — answered from memory.
+
+Kopf index handlers (tidings.operator.handlers) keep in-memory indexes of
+EventSources, Services, Secrets and adapter Deployments, fed by watches. Kopf
+fills every index from a full listing before any daemon starts, so a restarted
+operator never mistakes a cold cache for a missing Service. `IndexWorld`
+answers `tidings.api.routes.World` from those indexes: compiling a Trigger
+needs no API call.
+
+`Wakeups` is how a missing object recovers without polling: each object's
+controller subscribes to the keys it depends on (its EventSource, Services,
+Secrets); a watch event on one of them wakes exactly those controllers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from tidings.api.routes import ingest_token_secret_name
+from tidings.api.types import EventSourceSpec, TriggerSpec
+
+# (kind, namespace, name): what a controller may depend on or be woken for.
+Key = tuple[str, str, str]
+# A Kopf index: key -> a store (iterable) of the values of the objects under that key.
+Index = Mapping[Any, Iterable[Any]]
+
+# Secrets that are never a Tidings credential but can be large (Helm keeps whole
+# releases in them): left out of memory.
+IGNORED_SECRET_TYPES = frozenset({"helm.sh/release.v1"})
+
+V = TypeVar("V")
+
+
+def _first(index: Index | None, key: Any) -> Any | None:
+    if index is None:
+        return None
+    store = index.get(key)
+    return next(iter(store), None) if store is not None else None
+
+
+# --- index entries (what each index handler stores) --------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """An EventSource as Triggers need it: its spec and whether it is Ready."""
+
+    spec: EventSourceSpec | None  # None when the stored spec does not validate
+    ready: bool | None  # its Ready condition; None while it has none
+    message: str = ""
+
+
+def source_entry(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any, SourceEntry]:
+    try:
+        spec: EventSourceSpec | None = EventSourceSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        spec = None
+    ready: bool | None = None
+    message = ""
+    status = body.get("status") or {}
+    # The last reported readiness, even of an older generation: a spec change is
+    # re-reported within moments, and Triggers should not flap meanwhile.
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+            message = condition.get("message", "")
+    return {(namespace, name): SourceEntry(spec=spec, ready=ready, message=message)}
+
+
+def service_entry(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[Any, list[int]]:
+    ports = [int(p["port"]) for p in spec.get("ports") or [] if "port" in p]
+    return {(namespace, name): ports}
+
+
+def secret_entry(
+    namespace: str, name: str, body: Mapping[str, Any]
+) -> dict[Any, dict[str, str]] | None:
+    if body.get("type") in IGNORED_SECRET_TYPES:
+        return None
+    return {(namespace, name): dict(body.get("data") or {})}
+
+
+@dataclass(frozen=True)
+class AdapterEntry:
+    """An adapter Deployment the operator manages: which template it runs and
+    whether a replica is available."""
+
+    name: str
+    template_hash: str
+    available: int
+    message: str = ""
+
+
+def adapter_entry(
+    namespace: str, body: Mapping[str, Any], *, source_label: str, hash_annotation: str
+) -> dict[Any, AdapterEntry] | None:
+    meta = body.get("metadata") or {}
+    source = (meta.get("labels") or {}).get(source_label)
+    if not source:
+        return None
+    status = body.get("status") or {}
+    message = ""
+    for condition in status.get("conditions") or []:
+        if condition.get("type") in ("Available", "Progressing") and condition.get("message"):
+            message = condition["message"]
+    return {
+        (namespace, source): AdapterEntry(
+            name=meta.get("name", ""),
+            template_hash=(meta.get("annotations") or {}).get(hash_annotation, ""),
+            available=int(status.get("availableReplicas") or 0),
+            message=message,
+        )
+    }
+
+
+# --- the World -------------------------------------------------------------------------
+
+
+class IndexWorld:
+    """`tidings.api.routes.World` over Kopf's indexes (the mappings Kopf passes to
+    handlers as `<index id>` keyword arguments)."""
+
+    def __init__(
+        self,
+        *,
+        sources: Index | None,
+        services: Index | None,
+        secrets: Index | None,
+        adapters: Index | None = None,
+    ) -> None:
+        self._sources = sources
+        self._services = services
+        self._secrets = secrets
+        self._adapters = adapters
+
+    def source_entry(self, namespace: str, name: str) -> SourceEntry | None:
+        entry: SourceEntry | None = _first(self._sources, (namespace, name))
+        return entry
+
+    def source(self, namespace: str, name: str) -> EventSourceSpec | None:
+        entry = self.source_entry(namespace, name)
+        return entry.spec if entry is not None else None
+
+    def service_ports(self, namespace: str, name: str) -> list[int] | None:
+        ports: list[int] | None = _first(self._services, (namespace, name))
+        return list(ports) if ports is not None else None
+
+    def secret(self, namespace: str, name: str, key: str) -> str | None:
+        data: dict[str, str] | None = _first(self._secrets, (namespace, name))
+        if data is None or key not in data:
+            return None
+        try:
+            return base64.b64decode(data[key], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+
+    def adapter(self, namespace: str, source: str) -> AdapterEntry | None:
+        entry: AdapterEntry | None = _first(self._adapters, (namespace, source))
+        return entry
+
+
+# --- what a controller depends on ------------------------------------------------------
+
+
+def trigger_dependencies(namespace: str, name: str, spec: TriggerSpec) -> set[Key]:
+    """The keys whose change may change this Trigger's route or status."""
+    keys: set[Key] = {("Trigger", namespace, name), ("EventSource", namespace, spec.source)}
+    for destination in (spec.subscriber, spec.delivery.dead_letter):
+        if destination is not None and destination.ref is not None:
+            keys.add(("Service", destination.ref.namespace or namespace, destination.ref.name))
+    if spec.delivery.signing is not None:
+        keys.add(("Secret", namespace, spec.delivery.signing.secret_ref.name))
+    return keys
+
+
+def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None) -> set[Key]:
+    keys: set[Key] = {("EventSource", namespace, name), ("Deployment", namespace, name)}
+    if spec is None:
+        return keys
+    if spec.http is not None:
+        auth = spec.http.auth
+        for ref in (auth.token_secret_ref, auth.hmac_secret_ref):
+            if ref is not None:
+                keys.add(("Secret", namespace, ref.name))
+        if auth.token_secret_ref is None:
+            keys.add(("Secret", namespace, ingest_token_secret_name(name)))
+    if spec.postgres is not None:
+        keys.add(("Secret", namespace, spec.postgres.connection_secret_ref.name))
+    return keys
+
+
+# --- wake-ups --------------------------------------------------------------------------
+
+
+def worth_reconciling(
+    fired: set[Key], own: Key, generation: int, reconciled_generation: int | None
+) -> bool:
+    """Whether the wake-ups call for compiling again. A dependency changed: yes.
+    The object itself: only if its spec did (a new generation) — its own status
+    writes and Kopf's annotations wake it too, and change nothing to compile."""
+    if fired - {own}:
+        return True
+    return own in fired and generation != reconciled_generation
+
+
+class Wakeups:
+    """Wakes the controllers that depend on a key when a watch event names it."""
+
+    def __init__(self) -> None:
+        self._followers: defaultdict[Key, set[Subscription]] = defaultdict(set)
+
+    def notify(self, key: Key) -> None:
+        for subscription in self._followers.get(key, ()):
+            subscription._fire(key)
+
+    def subscribe(self) -> Subscription:
+        return Subscription(self)
+
+    def _follow(self, subscription: Subscription, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self._followers[key].add(subscription)
+
+    def _unfollow(self, subscription: Subscription, keys: Iterable[Key]) -> None:
+        for key in keys:
+            followers = self._followers.get(key)
+            if followers is not None:
+                followers.discard(subscription)
+                if not followers:
+                    del self._followers[key]
+
+    def __len__(self) -> int:
+        return len(self._followers)
+
+
+class Subscription:
+    """One controller's interest: the keys it follows, and those that fired."""
+
+    def __init__(self, wakeups: Wakeups) -> None:
+        self._wakeups = wakeups
+        self._event = asyncio.Event()
+        self._keys: set[Key] = set()
+        self._fired: set[Key] = set()
+
+    def follow(self, keys: set[Key]) -> None:
+        """Depend on exactly `keys` from now on."""
+        self._wakeups._unfollow(self, self._keys - keys)
+        self._wakeups._follow(self, keys - self._keys)
+        self._keys = set(keys)
+
+    def _fire(self, key: Key) -> None:
+        self._fired.add(key)
+        self._event.set()
+
+    async def wait(self, seconds: float, stopped: Any = None) -> set[Key]:
+        """Wait for wake-ups, at most `seconds`, or until `stopped` (Kopf's
+        DaemonStopped) is set; the keys that fired since the last wait (empty
+        after a timeout). Nothing that fires meanwhile is lost."""
+        if stopped is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), seconds)
+        else:
+            # A daemon that returns when asked is stopped gracefully, not
+            # cancelled (and Kopf warns about every cancellation).
+            woken = asyncio.ensure_future(self._event.wait())
+            asked = asyncio.ensure_future(stopped.wait())
+            try:
+                await asyncio.wait({woken, asked}, timeout=seconds, return_when="FIRST_COMPLETED")
+            finally:
+                for task in (woken, asked):
+                    task.cancel()
+                await asyncio.gather(woken, asked, return_exceptions=True)
+        fired, self._fired = self._fired, set()
+        self._event.clear()
+        return fired
+
+    def close(self) -> None:
+        self._wakeups._unfollow(self, self._keys)
+        self._keys = set()
