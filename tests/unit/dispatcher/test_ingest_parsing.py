@@ -8,8 +8,9 @@ import hmac
 import pytest
 from multidict import CIMultiDict
 
+from tidings.api.codec import from_structured
 from tidings.api.routes import CompiledIngest, CompiledSource
-from tidings.dispatcher.ingest import IngestError, check_auth, event_from_structured, parse_events
+from tidings.dispatcher.ingest import IngestError, check_auth, parse_events
 
 SOURCE = CompiledSource(
     namespace="shop",
@@ -32,16 +33,16 @@ def identity(sealed: str) -> str:
     ["2024-05-01T12:00:00Z", "2024-05-01t12:00:00.123456+02:00", "2024-05-01T12:00:00-07:30"],
 )
 def test_rfc3339_times_with_offsets_and_fractions_are_accepted(time: str) -> None:
-    assert event_from_structured({**CE, "time": time}).time == time
+    assert from_structured({**CE, "time": time}).time == time
 
 
 def test_boolean_and_integer_extensions_travel_as_strings() -> None:
-    event = event_from_structured({**CE, "sampled": True, "priority": 3})
+    event = from_structured({**CE, "sampled": True, "priority": 3})
     assert event.extensions == {"sampled": "true", "priority": "3"}
 
 
 def test_null_attributes_count_as_absent() -> None:
-    event = event_from_structured({**CE, "subject": None, "data": None})
+    event = from_structured({**CE, "subject": None, "data": None})
     assert event.subject is None and event.data is None
 
 

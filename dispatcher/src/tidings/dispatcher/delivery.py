@@ -1,12 +1,8 @@
 """One delivery attempt: the HTTP request a subscriber receives, and sending it.
 
-Formats (a Trigger's `delivery.format`):
-
-- `binary` (default): attributes as `ce-*` headers (percent-encoded as the
-  CloudEvents HTTP binding says), the data as the body;
-- `structured`: the whole event as `application/cloudevents+json`, the stored
-  JSON forwarded byte for byte;
-- `data`: the data alone, for receivers that know nothing of CloudEvents.
+Formats (a Trigger's `delivery.format`) are written by the one CloudEvents
+HTTP codec, `tidings.api.codec`: `binary` (default), `structured` (the stored
+JSON forwarded byte for byte) or `data` (the data alone).
 
 Every request carries the event's stable id, `ce-id` (binary) and always
 `webhook-id`, so a subscriber can drop the duplicates at-least-once delivery
@@ -25,23 +21,18 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 
+from tidings.api import codec
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
-STRUCTURED = "application/cloudevents+json"
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
 _RESERVED_PREFIXES = ("ce-", "webhook-")
 _RESERVED = frozenset({"content-type", "content-length", "host"})
-# CloudEvents HTTP binding: percent-encode space, '"', '%' and anything outside printable ASCII.
-_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
 @dataclass(slots=True)
@@ -64,37 +55,11 @@ def sign(keys: list[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
     )
 
 
-def _data_body(event: dict[str, Any]) -> tuple[bytes, str | None]:
-    """The event's data as bytes, and the content type it should travel with."""
-    content_type = event.get("datacontenttype")
-    if "data_base64" in event:
-        return base64.b64decode(event["data_base64"]), content_type or "application/octet-stream"
-    if "data" not in event:
-        return b"", content_type
-    data = event["data"]
-    if isinstance(data, str) and content_type and not _is_json(content_type):
-        return data.encode(), content_type  # text/plain and friends travel as they are
-    return json.dumps(data, separators=(",", ":")).encode(), content_type or "application/json"
-
-
-_NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
-
-
-def _plain_header(text: str) -> bool:
-    """True when the CloudEvents binding needs no percent-encoding (the common case)."""
-    return _NEEDS_QUOTING.search(text) is None
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "text/json") or media.endswith("+json")
-
-
 def build_request(
     event: dict[str, Any],
     raw: bytes,
     *,
-    format: str,
+    format: codec.Mode | str,
     headers: dict[str, str],
     signing_keys: list[bytes],
     now: float | None = None,
@@ -105,21 +70,8 @@ def build_request(
         for name, value in headers.items()
         if name.lower() not in _RESERVED and not name.lower().startswith(_RESERVED_PREFIXES)
     }
-    if format == "structured":
-        body = raw
-        out["Content-Type"] = STRUCTURED
-    else:
-        body, content_type = _data_body(event)
-        if content_type:
-            out["Content-Type"] = content_type
-        if format == "binary":
-            for name, value in event.items():
-                if name in ("data", "data_base64", "datacontenttype") or value is None:
-                    continue
-                text = str(value)
-                if not _plain_header(text):
-                    text = quote(text, safe=_HEADER_SAFE)
-                out["ce-" + name] = text
+    encoded, body = codec.encode(event, raw, format)
+    out.update(encoded)
     event_id = str(event["id"])
     out["webhook-id"] = event_id
     if signing_keys:

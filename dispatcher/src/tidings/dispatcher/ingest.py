@@ -30,18 +30,11 @@ dedupe window are answered 202 again and listed under `duplicates`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -50,7 +43,9 @@ from prometheus_client import Histogram as PromHistogram
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from tidings.api.events import KNOWN, CloudEvent, new_id, now_rfc3339
+from tidings.api import codec
+from tidings.api.codec import BATCH, STRUCTURED
+from tidings.api.events import CloudEvent, new_id, now_rfc3339
 from tidings.api.routes import CompiledIngest, CompiledSource
 from tidings.api.sealing import Sealer, SealError
 from tidings.dispatcher import streams
@@ -60,13 +55,7 @@ from tidings.dispatcher.streams import AppendResult
 log = logging.getLogger(__name__)
 
 DEFAULT_TYPE = "dev.tidings.http.event"
-STRUCTURED = "application/cloudevents+json"
-BATCH = "application/cloudevents-batch+json"
 ROUTE = "/sources/{namespace}/{name}"
-# CloudEvents 1.0: attribute names are lower-case ASCII letters and digits.
-_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]+$")
-_OPTIONAL_STRINGS = ("subject", "datacontenttype", "dataschema")
-_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
 
 # Called after each stored request with its source, events and what became of them.
 AppendHook = Callable[[CompiledSource, list[CloudEvent], AppendResult], None]
@@ -85,164 +74,19 @@ class IngestError(Exception):
         return web.json_response({"error": self.message}, status=self.status, headers=self.headers)
 
 
-def _bad(message: str) -> IngestError:
-    return IngestError(400, message)
-
-
 # --- parsing (pure) -------------------------------------------------------------------
-
-
-def media_type(content_type: str | None) -> str:
-    """`application/json; charset=utf-8` -> `application/json`."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def is_json_media(media: str) -> bool:
-    return media in ("application/json", "text/json") or media.endswith("+json")
-
-
-def _json(body: bytes, what: str) -> Any:
-    if not body.strip():
-        raise _bad(f"{what}: empty; send a JSON value")
-    try:
-        return json.loads(body)
-    except ValueError as error:
-        raise _bad(f"{what}: not valid JSON ({error})") from None
-
-
-def _check_time(value: str, field: str) -> None:
-    try:
-        if not _RFC3339.match(value):
-            raise ValueError
-        datetime.fromisoformat(value.upper())
-    except ValueError:
-        raise _bad(
-            f"{field}: {value!r} is not an RFC 3339 timestamp, e.g. 2024-05-01T12:00:00Z"
-        ) from None
-
-
-def _extension_value(value: Any, field: str) -> str:
-    # JSON booleans and integers are CloudEvents types; they travel as strings.
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | str):
-        return str(value)
-    raise _bad(f"{field}: an extension attribute must be a string, integer or boolean")
-
-
-def event_from_structured(body: Any, where: str = "") -> CloudEvent:
-    """One structured-mode event (a decoded JSON object), validated.
-    `where` prefixes field names in errors, e.g. `[3].` inside a batch."""
-    if not isinstance(body, dict):
-        raise _bad(f"{where or 'body'}: a CloudEvent must be a JSON object")
-    # JSON null means "absent" for every attribute.
-    attrs = {k: v for k, v in body.items() if v is not None}
-    specversion = attrs.get("specversion")
-    if specversion is None:
-        raise _bad(f'{where}specversion: required; set "specversion": "1.0"')
-    if specversion != "1.0":
-        raise _bad(f'{where}specversion: {specversion!r} is not supported; use "1.0"')
-    for name in ("id", "source", "type"):
-        value = attrs.get(name)
-        if value is None:
-            raise _bad(f"{where}{name}: required (CloudEvents needs id, source, type)")
-        if not isinstance(value, str) or not value:
-            raise _bad(f"{where}{name}: must be a non-empty string")
-    for name in _OPTIONAL_STRINGS:
-        if name in attrs and not isinstance(attrs[name], str):
-            raise _bad(f"{where}{name}: must be a string")
-    if "time" in attrs:
-        if not isinstance(attrs["time"], str):
-            raise _bad(f"{where}time: must be an RFC 3339 string")
-        _check_time(attrs["time"], f"{where}time")
-    if "data" in attrs and "data_base64" in attrs:
-        raise _bad(f"{where}data_base64: set either data or data_base64, not both")
-    data: Any = attrs.get("data")
-    if "data_base64" in attrs:
-        encoded = attrs["data_base64"]
-        try:
-            if not isinstance(encoded, str):
-                raise ValueError
-            data = base64.b64decode(encoded, validate=True)
-        except (ValueError, binascii.Error):
-            raise _bad(f"{where}data_base64: must be a base64 string") from None
-    extensions: dict[str, str] = {}
-    for name, value in attrs.items():
-        if name in KNOWN or name in ("data", "data_base64"):
-            continue
-        if not _ATTRIBUTE_NAME.match(name):
-            raise _bad(
-                f"{where}{name}: not a valid attribute name; CloudEvents attribute names "
-                "are lower-case letters and digits only"
-            )
-        extensions[name] = _extension_value(value, f"{where}{name}")
-    return CloudEvent(
-        id=attrs["id"],
-        source=attrs["source"],
-        type=attrs["type"],
-        data=data,
-        subject=attrs.get("subject"),
-        time=attrs.get("time"),
-        datacontenttype=attrs.get("datacontenttype"),
-        dataschema=attrs.get("dataschema"),
-        extensions=extensions,
-    )
-
-
-def event_from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
-    """A binary-mode event: `ce-*` headers (percent-decoded) and the body as data."""
-    attrs: dict[str, str] = {}
-    for header, value in headers.items():
-        lower = header.lower()
-        if lower.startswith("ce-") and lower[3:] not in attrs:
-            attrs[lower[3:]] = unquote(value)
-    if attrs.get("specversion") != "1.0":
-        raise _bad(f"ce-specversion header: {attrs.get('specversion')!r} is not supported; use 1.0")
-    for name in ("id", "source", "type"):
-        if not attrs.get(name):
-            raise _bad(f"ce-{name} header: required in binary mode (CloudEvents 1.0)")
-    if "time" in attrs:
-        _check_time(attrs["time"], "ce-time header")
-    content_type = headers.get("Content-Type") or attrs.get("datacontenttype")
-    data: Any = None
-    if body:
-        if is_json_media(media_type(content_type)):
-            data = _json(body, f"body (Content-Type {media_type(content_type)})")
-        else:
-            data = body
-    extensions: dict[str, str] = {}
-    for name, value in attrs.items():
-        if name in KNOWN:
-            continue
-        if name == "data":
-            raise _bad("ce-data header: in binary mode the data is the request body")
-        if not _ATTRIBUTE_NAME.match(name):
-            raise _bad(
-                f"ce-{name} header: not a valid attribute name; CloudEvents attribute names "
-                "are lower-case letters and digits only"
-            )
-        extensions[name] = value
-    return CloudEvent(
-        id=attrs["id"],
-        source=attrs["source"],
-        type=attrs["type"],
-        data=data,
-        subject=attrs.get("subject"),
-        time=attrs.get("time"),
-        datacontenttype=content_type,
-        dataschema=attrs.get("dataschema"),
-        extensions=extensions,
-    )
 
 
 def event_from_plain_json(
     source: CompiledSource, body: bytes, query: Mapping[str, str], headers: Mapping[str, str]
 ) -> CloudEvent:
     """Plain JSON, wrapped: see the module docstring for the attributes it gets."""
-    data = _json(body, "body")
+    data = codec.parse_json(body, "body")
     event_type = query.get("type", DEFAULT_TYPE)
     if not event_type:
-        raise _bad("type query parameter: must not be empty; e.g. ?type=com.example.created")
+        raise codec.FormatError(
+            "type query parameter: must not be empty; e.g. ?type=com.example.created"
+        )
     subject = query.get("subject") or None
     return CloudEvent(
         id=headers.get("Idempotency-Key") or new_id(),
@@ -262,30 +106,36 @@ def parse_events(
     query: Mapping[str, str] | None = None,
 ) -> list[CloudEvent]:
     """The events of one request, or IngestError(400/415) naming what is wrong."""
-    media = media_type(headers.get("Content-Type"))
+    try:
+        return _parse_events(source, headers, body, query or {})
+    except codec.FormatError as error:
+        raise IngestError(error.status, error.message) from None
+
+
+def _parse_events(
+    source: CompiledSource, headers: Mapping[str, str], body: bytes, query: Mapping[str, str]
+) -> list[CloudEvent]:
+    media = codec.media_type(headers.get("Content-Type"))
     if media == BATCH:
-        batch = _json(body, "body")
-        if not isinstance(batch, list):
-            raise _bad(f"body: a batch ({BATCH}) must be a JSON array of CloudEvents")
-        if not batch:
-            raise _bad("body: the batch is empty; send at least one CloudEvent")
-        return [event_from_structured(item, f"[{i}].") for i, item in enumerate(batch)]
+        return codec.from_batch(body)
     if media == STRUCTURED:
-        return [event_from_structured(_json(body, "body"))]
+        return [codec.from_structured(codec.parse_json(body, "body"))]
     if "ce-specversion" in headers:
-        return [event_from_binary(headers, body)]
+        return [codec.from_binary(headers, body)]
     if any(header.lower().startswith("ce-") for header in headers):
-        raise _bad("ce-specversion header: required for binary mode; set ce-specversion: 1.0")
-    if is_json_media(media):
-        return [event_from_plain_json(source, body, query or {}, headers)]
-    if media.startswith("application/cloudevents"):
-        raise IngestError(
-            415, f"Content-Type {media}: only the JSON event format is supported ({STRUCTURED})"
+        raise codec.FormatError(
+            "ce-specversion header: required for binary mode; set ce-specversion: 1.0"
         )
-    raise IngestError(
-        415,
+    if codec.is_json_media(media):
+        return [event_from_plain_json(source, body, query, headers)]
+    if media.startswith("application/cloudevents"):
+        raise codec.FormatError(
+            f"Content-Type {media}: only the JSON event format is supported ({STRUCTURED})", 415
+        )
+    raise codec.FormatError(
         f"Content-Type {media or '(none)'}: send application/json, {STRUCTURED}, {BATCH}, "
         "or a binary-mode CloudEvent with ce-* headers",
+        415,
     )
 
 
