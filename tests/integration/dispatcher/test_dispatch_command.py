@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import aiohttp
 from dispatch_harness import Plane, Subscriber, wait_until
+from redis.asyncio import Redis
 
-from tidings.cli.redis_server import free_port
+from tidings.api.sealing import Sealer, new_key
+from tidings.cli.redis_server import RedisServer, free_port
 
 
 async def test_one_process_takes_events_over_http_and_delivers_them(
@@ -38,3 +46,63 @@ async def test_one_process_takes_events_over_http_and_delivers_them(
         async with http.get(f"{base}/metrics") as response:
             text = await response.text()
         assert f'tidings_deliveries_total{{outcome="delivered",trigger="{route.id}"}} 1.0' in text
+
+
+async def test_a_dispatcher_started_before_its_redis_waits_not_ready_then_serves(
+    tmp_path: Path, subscriber: Subscriber
+) -> None:
+    """A pod that starts before its Redis must not crash into a restart loop:
+    alive at once, not ready, and ingesting and delivering once Redis is up."""
+    redis_port, port = free_port(), free_port()
+    server = RedisServer(tmp_path / "late-redis", port=redis_port)
+    key = new_key()
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tidings"),
+        "dispatcher",
+        "--listen",
+        f"127.0.0.1:{port}",
+        env={**os.environ, "REDIS_URL": server.url, "TIDINGS_SEAL_KEY": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def status(path: str) -> int | None:
+                try:
+                    async with http.get(base + path) as response:
+                        return response.status
+                except aiohttp.ClientError:
+                    return None
+
+            await wait_until(lambda: status("/healthz"), 20, "the dispatcher answers")
+            assert await status("/healthz") == 200
+            assert await status("/readyz") == 503
+            await asyncio.sleep(1.5)  # several failed attempts at Redis
+            assert process.returncode is None, "the dispatcher exited while Redis was down"
+
+            server.start()
+            redis = Redis.from_url(server.url)
+            try:
+                plane = Plane(redis, server.url, Sealer(key), key)
+                await plane.add_source()
+                await plane.add_trigger("t", subscriber.url)
+
+                async def ready() -> bool:
+                    return await status("/readyz") == 200
+
+                await wait_until(ready, 20, "ready once Redis answers")
+                async with http.post(
+                    f"{base}/sources/{plane.namespace}/src", json={"n": 1}
+                ) as response:
+                    assert response.status == 202, await response.text()
+                await wait_until(lambda: subscriber.received, 20, "delivered")
+            finally:
+                await redis.aclose()
+    finally:
+        process.terminate()
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+        server.stop()
+    assert process.returncode == 0, err.decode()
+    assert b"waiting for Redis" in err

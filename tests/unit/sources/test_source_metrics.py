@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from prometheus_client import CollectorRegistry
 
-from tidings.sources.health import parse_listen, readiness
+from tidings.sources.health import readiness
 from tidings.sources.metrics import SourceMetrics, SourceSeries
 from tidings.sources.status import AdapterStatus, StatusReporter
 
@@ -105,23 +104,3 @@ def test_ready_only_while_running_and_a_standby_says_it_waits_for_the_lease() ->
     assert code == 503 and "ConnectionFailed" in str(body["reason"])
     source.observe(AdapterStatus("Running", "Streaming", "streaming"))
     assert readiness(source) == (200, {"ready": True, "eventsource": SOURCE, "state": "Running"})
-
-
-@pytest.mark.parametrize(
-    ("text", "address"),
-    [
-        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
-        ("[::]:9000", ("::", 9000)),
-        ("localhost:0", ("localhost", 0)),
-    ],
-)
-def test_listen_addresses_are_host_and_port(text: str, address: tuple[str, int]) -> None:
-    assert parse_listen(text) == address
-
-
-@pytest.mark.parametrize("text", ["8080", ":8080", "host:http", "host:70000"])
-def test_a_bad_listen_address_names_the_flag_and_an_example(text: str) -> None:
-    with pytest.raises(
-        ValueError, match=r"--listen / \$TIDINGS_SOURCE_LISTEN: .* e\.g\. 0\.0\.0\.0:8080"
-    ):
-        parse_listen(text)

@@ -4,11 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from tidings.api.settings import SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def add_common_options(parser: argparse.ArgumentParser, *, redis: bool = True) -> None:
@@ -52,3 +59,49 @@ def setup_logging(log_format: str = "text", level: str = "INFO") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT, the host an IPv6 address in brackets if it is one (`[::1]:8080`);
+    port 0 asks for any free port. ValueError names the fix."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs its brackets, or the port is ambiguous
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"--listen {value!r}: write HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080")
+    return host, int(port)
+
+
+async def wait_until_reachable(
+    what: str,
+    check: Callable[[], Awaitable[object]],
+    stop: asyncio.Event | None = None,
+    *,
+    first_delay: float = 0.2,
+    max_delay: float = 5.0,
+) -> bool:
+    """Call `check` until it returns without raising, backing off from
+    `first_delay` to `max_delay`; False if `stop` was set first. A process
+    started before its Redis or API server waits here, not-ready, instead of
+    crashing into a restart loop."""
+    delay, failures = first_delay, 0
+    while stop is None or not stop.is_set():
+        try:
+            await check()
+        except Exception as error:
+            failures += 1
+            if failures == 1 or failures % 10 == 0:
+                log.warning("waiting for %s (%s); retrying", what, error)
+        else:
+            if failures:
+                log.info("%s is reachable after %d failed attempt(s)", what, failures)
+            return True
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        delay = min(max_delay, delay * 2)
+    return False

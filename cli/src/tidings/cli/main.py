@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from tidings.api.process import setup_logging
+from tidings.api.settings import LogSettings, SettingsError, load
 
 # name -> module with `register(subparsers)`; each sets `func` on its parser.
 COMMANDS = {
@@ -32,9 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if hasattr(args, "log_format"):
-        setup_logging(args.log_format, args.log_level)
+        try:
+            common = load(LogSettings, args)
+        except SettingsError as error:
+            parser.error(str(error))
+        setup_logging(common.log_format, common.log_level)
     result: int | None = args.func(args)
     return result or 0
 

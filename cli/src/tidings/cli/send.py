@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import hmac
 import json
-import os
 import sys
 import urllib.error
 import urllib.parse
@@ -22,20 +21,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tidings.api.events import new_id, now_rfc3339
-from tidings.api.process import add_common_options
+from tidings.api import codec
+from tidings.api.events import CloudEvent, new_id, now_rfc3339
+from tidings.api.settings import LogSettings, SettingsError, add_arguments, load, setting
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 SESSION_FILE = "dev-session.json"
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("TIDINGS_STATE_DIR", ".tidings"))
+@dataclass(frozen=True)
+class SendSettings(LogSettings):
+    url: str = setting(
+        "--url",
+        "TIDINGS_URL",
+        "",
+        f"ingest base URL (empty: the running `tidings dev`, else {DEFAULT_URL})",
+    )
+    token: str = setting(
+        "--token", "TIDINGS_TOKEN", "", "bearer token (empty: from the running `tidings dev`)"
+    )
+    state_dir: str = setting(
+        "--state-dir", "TIDINGS_STATE_DIR", ".tidings", "where `tidings dev` keeps its session"
+    )
 
 
-def read_session(directory: Path | None = None) -> dict[str, Any]:
+def read_session(directory: Path) -> dict[str, Any]:
     """What a running `tidings dev` wrote about itself ({} if none)."""
-    path = (directory or state_dir()) / SESSION_FILE
+    path = directory / SESSION_FILE
     try:
         session: dict[str, Any] = json.loads(path.read_text())
         return session
@@ -68,45 +80,27 @@ def build_request(
     """The HTTP request for one event (pure, so it is tested without a server)."""
     event_id = event_id or new_id()
     url = f"{base_url.rstrip('/')}/sources/{source}"
-    headers: dict[str, str] = {}
-    if mode == "binary":
-        headers.update(
-            {
-                "Content-Type": "application/json",
-                "ce-specversion": "1.0",
-                "ce-id": event_id,
-                "ce-source": event_source,
-                "ce-type": event_type,
-                "ce-time": now_rfc3339(),
-            }
-        )
-        if subject:
-            headers["ce-subject"] = subject
-        body = json.dumps(data).encode()
-    elif mode == "structured":
-        event: dict[str, Any] = {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": event_source,
-            "type": event_type,
-            "time": now_rfc3339(),
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-        if subject:
-            event["subject"] = subject
-        headers["Content-Type"] = "application/cloudevents+json"
-        body = json.dumps(event).encode()
-    elif mode == "plain":
+    if mode not in ("binary", "structured", "plain"):
+        raise ValueError(f"--mode {mode!r}: use binary, structured or plain")
+    if mode == "plain":
         query = urllib.parse.urlencode(
             {"type": event_type, **({"subject": subject} if subject else {})}
         )
         url += f"?{query}"
-        headers["Content-Type"] = "application/json"
-        headers["Idempotency-Key"] = event_id
+        headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
         body = json.dumps(data).encode()
     else:
-        raise ValueError(f"--mode {mode!r}: use binary, structured or plain")
+        event = CloudEvent(
+            id=event_id,
+            source=event_source,
+            type=event_type,
+            data=data,
+            subject=subject,
+            time=now_rfc3339(),
+            datacontenttype="application/json",
+        )
+        structured = event.to_structured()
+        headers, body = codec.encode(structured, json.dumps(structured).encode(), mode)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if hmac_secret:
@@ -153,10 +147,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"tidings send: {source!r}: write the EventSource as NAMESPACE/NAME", file=sys.stderr)
         return 2
     data = _parse_data(args.data)
-    session = read_session()
-    base_url = args.url or session.get("url") or DEFAULT_URL
-    token = args.token or os.environ.get("TIDINGS_TOKEN") or session.get("tokens", {}).get(source)
-    signing = session.get("hmac", {}).get(source, {}) if not args.token else {}
+    try:
+        options = load(SendSettings, args)
+    except SettingsError as error:
+        print(f"tidings send: {error}", file=sys.stderr)
+        return 2
+    session = read_session(Path(options.state_dir))
+    base_url = options.url or session.get("url") or DEFAULT_URL
+    token = options.token or session.get("tokens", {}).get(source)
+    signing = session.get("hmac", {}).get(source, {}) if not options.token else {}
     status = 0
     for n in range(args.count):
         request = build_request(
@@ -211,11 +210,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--mode", choices=["binary", "structured", "plain"], default="binary", help="HTTP mode"
     )
     parser.add_argument("--count", type=int, default=1, help="send N events (ids differ)")
-    parser.add_argument(
-        "--url", help=f"ingest base URL (default: the running `tidings dev`, else {DEFAULT_URL})"
-    )
-    parser.add_argument(
-        "--token", help="bearer token (default: $TIDINGS_TOKEN, else from `tidings dev`)"
-    )
-    add_common_options(parser, redis=False)
+    add_arguments(parser, SendSettings)
     parser.set_defaults(func=run)

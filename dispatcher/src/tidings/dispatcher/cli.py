@@ -20,20 +20,60 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis, RedisCluster
 
-from tidings.api.process import add_common_options
+from tidings.api.process import parse_listen, wait_until_reachable
 from tidings.api.sealing import Sealer, SealError, load_key, new_key
+from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
 from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.routing import TableWatcher
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DispatcherSettings(CommonSettings):
+    listen: str = setting(
+        "--listen",
+        "TIDINGS_LISTEN",
+        "0.0.0.0:8080",
+        "HOST:PORT for ingest, health and metrics",
+        metavar="HOST:PORT",
+    )
+    consumer_name: str = setting(
+        "--consumer-name",
+        "TIDINGS_CONSUMER_NAME",
+        "",
+        "this process's name in the consumer groups (empty: HOSTNAME-PID)",
+    )
+    grace: float = setting(
+        "--grace", "TIDINGS_GRACE", 30.0, "seconds to drain in-flight deliveries on SIGTERM"
+    )
+    redis_cluster: bool = setting(
+        "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
+    )
+    wait_replicas: int = setting(
+        "--wait-replicas",
+        "TIDINGS_WAIT_REPLICAS",
+        0,
+        "ingest answers 202 only after this many replicas have the event (WAIT)",
+    )
+    max_in_flight: int = setting(
+        "--max-in-flight",
+        "TIDINGS_MAX_IN_FLIGHT",
+        512,
+        "deliveries one Trigger may have in flight in this process; the Trigger's "
+        "concurrency limits all processes together",
+    )
+    no_ingest: bool = setting(
+        "--no-ingest", "TIDINGS_NO_INGEST", False, "deliver only; serve just health and metrics"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,53 +83,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_common_options(parser)
-    parser.add_argument(
-        "--listen",
-        default=os.environ.get("TIDINGS_LISTEN", "0.0.0.0:8080"),
-        help="HOST:PORT for ingest, health and metrics (default 0.0.0.0:8080)",
-    )
-    parser.add_argument(
-        "--consumer-name",
-        default=os.environ.get("TIDINGS_CONSUMER_NAME") or default_consumer_name(),
-        help="This process's name in the consumer groups (default: HOSTNAME-PID)",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=float(os.environ.get("TIDINGS_GRACE", "30")),
-        help="Seconds to drain in-flight deliveries on SIGTERM (default 30)",
-    )
-    parser.add_argument(
-        "--redis-cluster",
-        action="store_true",
-        default=os.environ.get("TIDINGS_REDIS_CLUSTER", "") in ("1", "true", "yes"),
-        help="--redis-url points at a Redis Cluster node",
-    )
-    parser.add_argument(
-        "--wait-replicas",
-        type=int,
-        default=0,
-        help="Ingest answers 202 only after this many replicas have the event (WAIT)",
-    )
-    parser.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=512,
-        help="Deliveries one Trigger may have in flight in this process (default 512); "
-        "the Trigger's concurrency limits all processes together",
-    )
-    parser.add_argument(
-        "--no-ingest", action="store_true", help="Deliver only; serve just health and metrics"
-    )
+    add_arguments(parser, DispatcherSettings)
     parser.set_defaults(func=run)
-
-
-def _listen(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise SystemExit(f"--listen: {value!r} is not HOST:PORT, e.g. 0.0.0.0:8080")
-    return host, int(port)
 
 
 def _sealer() -> Sealer:
@@ -101,50 +96,60 @@ def _sealer() -> Sealer:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.redis_url:
-        raise SystemExit("--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0")
-    host, port = _listen(args.listen)
-    return asyncio.run(serve(args, host, port))
+    try:
+        settings = load(DispatcherSettings, args)
+        settings.require_redis_url()
+        host, port = parse_listen(settings.listen)
+    except SettingsError as error:
+        raise SystemExit(f"tidings dispatcher: {error}") from None
+    return asyncio.run(serve(settings, host, port))
 
 
-async def serve(args: argparse.Namespace, host: str, port: int) -> int:
+async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
+    redis_url = settings.require_redis_url()
+    consumer_name = settings.consumer_name or default_consumer_name()
     redis: Redis
-    if args.redis_cluster:
-        redis = RedisCluster.from_url(args.redis_url)  # type: ignore[assignment]
+    if settings.redis_cluster:
+        redis = RedisCluster.from_url(redis_url)  # type: ignore[assignment]
     else:
-        redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
+        redis = Redis.from_url(redis_url, socket_connect_timeout=5)
     watcher = TableWatcher(redis)
     registry = CollectorRegistry()
     sealer = _sealer()
-    await watcher.start()
     dispatcher = Dispatcher(
         redis,
         watcher,
-        consumer=args.consumer_name,
+        consumer=consumer_name,
         sealer=sealer,
         registry=registry,
-        max_in_flight=args.max_in_flight,
+        max_in_flight=settings.max_in_flight,
     )
-    await dispatcher.start()
-    if args.no_ingest:
+    if settings.no_ingest:
         app = web.Application()
         app.router.add_get("/healthz", _healthz)
+        app.router.add_get("/readyz", lambda request: _readyz(watcher))
         app.router.add_get("/metrics", lambda request: _metrics(registry))
     else:
-        app = build_app(redis, watcher, registry, sealer, wait_replicas=args.wait_replicas)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("dispatcher %s listening on %s:%d", args.consumer_name, host, port)
-
+        app = build_app(redis, watcher, registry, sealer, wait_replicas=settings.wait_replicas)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: no more ingest, draining deliveries for up to %gs", args.grace)
+    # Serve first: alive at once, ready (and ingesting) once Redis answers and
+    # the table is loaded, so a pod started before its Redis waits, not crashes.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("dispatcher %s listening on %s:%d", consumer_name, host, port)
+    started = await wait_until_reachable("Redis", redis.ping, stop)
+    if started:
+        await watcher.start()
+        await dispatcher.start()
+        await stop.wait()
+    log.info("stopping: no more ingest, draining deliveries for up to %gs", settings.grace)
     await runner.cleanup()
-    await dispatcher.stop(grace=args.grace)
+    if started:
+        await dispatcher.stop(grace=settings.grace)
     # Bounded: cancelling the table watcher's pub/sub reader can stall in the client.
     stopping = asyncio.create_task(watcher.stop())
     await asyncio.wait({stopping}, timeout=2.0)
@@ -155,6 +160,14 @@ async def serve(args: argparse.Namespace, host: str, port: int) -> int:
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
+
+
+async def _readyz(watcher: TableWatcher) -> web.Response:
+    if watcher.loaded.is_set():
+        return web.json_response({"ready": True})
+    return web.json_response(
+        {"ready": False, "reason": "the routing table is not loaded yet"}, status=503
+    )
 
 
 async def _metrics(registry: CollectorRegistry) -> web.Response:

@@ -32,7 +32,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -42,9 +41,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from tidings.api.process import add_common_options
+from tidings.api.process import parse_listen
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
+from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec, ObjectMeta
 from tidings.sources import adapters, health
 from tidings.sources.errors import Forbidden
@@ -64,6 +64,54 @@ class UsageError(Exception):
     """Bad arguments or an EventSource this command cannot run; exit code 2."""
 
 
+@dataclass(frozen=True)
+class SourceSettings(CommonSettings):
+    kubeconfig: str | None = setting(
+        "--kubeconfig",
+        "KUBECONFIG",
+        None,
+        "kubeconfig file (unset: ~/.kube/config, else in-cluster)",
+        kind=str,
+    )
+    identity: str = setting(
+        "--identity",
+        "TIDINGS_SOURCE_IDENTITY",
+        "",
+        "Lease holder identity (empty: $POD_NAME or the host name, and the pid)",
+    )
+    no_lease: bool = setting(
+        "--no-lease", "TIDINGS_SOURCE_NO_LEASE", False, "do not hold the Lease (one replica only!)"
+    )
+    lease_seconds: float = setting(
+        "--lease-seconds",
+        "TIDINGS_SOURCE_LEASE_SECONDS",
+        15.0,
+        "Lease duration: how long a stopped holder blocks a standby",
+    )
+    spec_poll_seconds: float = setting(
+        "--spec-poll-seconds",
+        "TIDINGS_SOURCE_SPEC_POLL_SECONDS",
+        SPEC_POLL_SECONDS,
+        "how often to check the EventSource for a new generation, when read from the API",
+    )
+    listen: str = setting(
+        "--listen",
+        health.LISTEN_ENV,
+        "",
+        "serve /healthz, /readyz and /metrics on HOST:PORT (empty: no server)",
+        metavar="HOST:PORT",
+    )
+    eventsource_spec: str = setting(
+        "--eventsource-spec",
+        SPEC_ENV,
+        "",
+        "the EventSource's spec as JSON (the operator sets it in adapter Deployments)",
+        metavar="JSON",
+    )
+    # Environment only: the operator injects it from the Secret (secretKeyRef).
+    pg_dsn: str = setting(None, DSN_ENV, "", "the Postgres DSN")
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "source",
@@ -80,43 +128,17 @@ def register(subparsers: Any) -> None:
         metavar="PATH",
         help="read the EventSource (and its Secret) from YAML files instead of the API",
     )
-    parser.add_argument(
-        "--kubeconfig",
-        default=None,
-        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
-    )
-    parser.add_argument(
-        "--identity", default=None, help="Lease holder identity (default: POD_NAME or host_pid)"
-    )
-    parser.add_argument(
-        "--no-lease", action="store_true", help="do not hold the Lease (one replica only!)"
-    )
-    parser.add_argument(
-        "--lease-seconds",
-        type=float,
-        default=15.0,
-        help="Lease duration: how long a stopped holder blocks a standby (default 15)",
-    )
-    parser.add_argument(
-        "--spec-poll-seconds",
-        type=float,
-        default=SPEC_POLL_SECONDS,
-        help="how often to check the EventSource for a new generation, when read from the API",
-    )
-    parser.add_argument(
-        "--listen",
-        default=os.environ.get(health.LISTEN_ENV) or None,
-        metavar="HOST:PORT",
-        help=f"serve /healthz, /readyz and /metrics here (default: ${health.LISTEN_ENV}; "
-        "unset: no server)",
-    )
-    add_common_options(parser)
+    add_arguments(parser, SourceSettings)
     parser.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(run(args))
+        try:
+            settings = load(SourceSettings, args)
+        except SettingsError as error:
+            raise UsageError(str(error)) from None
+        return asyncio.run(run(args, settings))
     except UsageError as error:
         print(f"tidings source: {error}", file=sys.stderr)
         return 2
@@ -240,9 +262,9 @@ def compile_adapter_source(eventsource: EventSource) -> CompiledSource:
     )
 
 
-async def resolve_dsn(loaded: Loaded, api: KubeApi | None) -> str:
-    if os.environ.get(DSN_ENV):
-        return os.environ[DSN_ENV]
+async def resolve_dsn(loaded: Loaded, api: KubeApi | None, given: str = "") -> str:
+    if given:
+        return given
     spec = loaded.eventsource.spec.postgres
     assert spec is not None
     namespace = loaded.eventsource.metadata.namespace
@@ -263,38 +285,38 @@ async def resolve_dsn(loaded: Loaded, api: KubeApi | None) -> str:
     return base64.b64decode(encoded).decode()
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
     namespace, name = parse_ref(args.eventsource)
-    if not args.redis_url:
+    if not settings.redis_url:
         raise UsageError("no Redis: pass --redis-url or set REDIS_URL")
     listen = None
-    if getattr(args, "listen", None):
+    if settings.listen:
         try:
-            listen = health.parse_listen(args.listen)
+            listen = parse_listen(settings.listen)
         except ValueError as error:
-            raise UsageError(str(error)) from None
-    api = None if args.manifest else _kube_api(args.kubeconfig)
+            raise UsageError(f"{error} (or ${health.LISTEN_ENV})") from None
+    api = None if args.manifest else _kube_api(settings.kubeconfig)
     # Postgres only: its adapter creates a slot and a publication that must not
     # outlive the EventSource (and only it is granted `get` on it with the spec
     # in its env).
     still_wanted = None
     if api is not None and args.kind == "postgres":
         still_wanted = eventsource_still_wanted(api, namespace, name)
-    redis = Redis.from_url(args.redis_url)
+    redis = Redis.from_url(settings.redis_url)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     elector = None
-    if api is not None and not args.no_lease:
+    if api is not None and not settings.no_lease:
         elector = LeaseElector(
             api,
             namespace,
             lease_name(name),
-            args.identity or default_identity(),
-            duration=args.lease_seconds,
-            renew_every=args.lease_seconds / 3,
-            retry_every=min(2.0, args.lease_seconds / 3),
+            settings.identity or default_identity(),
+            duration=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 3,
+            retry_every=min(2.0, settings.lease_seconds / 3),
         )
     series: SourceSeries | None = None
     server = None
@@ -305,7 +327,7 @@ async def run(args: argparse.Namespace) -> int:
             try:
                 server = await health.serve(registry, series, *listen)
             except OSError as error:
-                raise UsageError(f"--listen {args.listen}: {error}") from None
+                raise UsageError(f"--listen {settings.listen}: {error}") from None
             log.info("serving /healthz, /readyz, /metrics on %s:%d", *listen)
         while not stopping.is_set():
             if elector is not None:
@@ -325,7 +347,7 @@ async def run(args: argparse.Namespace) -> int:
             if still_wanted is not None and not await still_wanted():
                 log.info("EventSource %s/%s is being deleted: exiting", namespace, name)
                 break
-            loaded = await _load(args, api, namespace, name)
+            loaded = await _load(args.manifest, settings.eventsource_spec, api, namespace, name)
             if loaded is None:
                 log.info("EventSource %s/%s is gone: exiting", namespace, name)
                 break
@@ -334,19 +356,24 @@ async def run(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"EventSource {namespace}/{name} is a {kind} source, not {args.kind}"
                 )
-            dsn = await resolve_dsn(loaded, api) if kind == "postgres" else None
+            dsn = await resolve_dsn(loaded, api, settings.pg_dsn) if kind == "postgres" else None
             adapter = adapters.build(
                 compile_adapter_source(loaded.eventsource),
                 loaded.eventsource.spec,
                 redis,
                 dsn=dsn,
-                kubeconfig=args.kubeconfig,
+                kubeconfig=settings.kubeconfig,
                 still_wanted=still_wanted,
             )
             if series is not None:
                 attach(adapter, series)
             outcome = await _run_until(
-                adapter, stopping, elector, api, loaded, args.spec_poll_seconds
+                adapter,
+                stopping,
+                elector,
+                api if not settings.eventsource_spec else None,
+                loaded,
+                settings.spec_poll_seconds,
             )
             log.info("adapter of %s/%s stopped: %s", namespace, name, outcome)
             # A Postgres adapter that saw the deletion stopped for good: no restart.
@@ -383,12 +410,12 @@ def _kube_api(kubeconfig: str | None) -> KubeApi:
 
 
 async def _load(
-    args: argparse.Namespace, api: KubeApi | None, namespace: str, name: str
+    manifests: list[str] | None, spec: str, api: KubeApi | None, namespace: str, name: str
 ) -> Loaded | None:
-    if args.manifest:
-        return load_from_files(args.manifest, namespace, name)
-    if os.environ.get(SPEC_ENV):
-        return load_from_env(os.environ[SPEC_ENV], namespace, name)
+    if manifests:
+        return load_from_files(manifests, namespace, name)
+    if spec:
+        return load_from_env(spec, namespace, name)
     assert api is not None
     return await load_from_api(api, namespace, name)
 
@@ -413,11 +440,12 @@ async def _run_until(
     adapter: adapters.Adapter,
     stopping: asyncio.Event,
     elector: LeaseElector | None,
-    api: KubeApi | None,
+    spec_api: KubeApi | None,
     loaded: Loaded,
     poll: float,
 ) -> str:
-    """Run the adapter until a signal, a lost Lease or a changed EventSource."""
+    """Run the adapter until a signal, a lost Lease or a changed EventSource
+    (polled through `spec_api`, unless the spec came from files or the env)."""
     running = asyncio.ensure_future(adapter.run())
     watchers: dict[asyncio.Future[Any], str] = {
         asyncio.ensure_future(stopping.wait()): "signal",
@@ -425,8 +453,8 @@ async def _run_until(
     }
     if elector is not None:
         watchers[asyncio.ensure_future(elector.hold())] = "lease lost"
-    if api is not None and not os.environ.get(SPEC_ENV):
-        watchers[asyncio.ensure_future(_spec_changes(api, loaded, poll))] = "spec"
+    if spec_api is not None:
+        watchers[asyncio.ensure_future(_spec_changes(spec_api, loaded, poll))] = "spec"
     done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     first = next(iter(done))
     outcome = watchers[first]

@@ -18,15 +18,6 @@ from tidings.sources.metrics import SourceSeries
 LISTEN_ENV = "TIDINGS_SOURCE_LISTEN"
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """HOST:PORT (the host may be an IPv6 address in brackets; port 0: any free one)."""
-    host, _, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"--listen / ${LISTEN_ENV}: {value!r} is not HOST:PORT, e.g. 0.0.0.0:8080")
-    return host, int(port)
-
-
 def readiness(series: SourceSeries) -> tuple[int, dict[str, object]]:
     """The /readyz status code and body."""
     if series.ready:

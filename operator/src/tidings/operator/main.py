@@ -14,17 +14,19 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import kubernetes.client  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
 from tidings.api import sealing
-from tidings.api.process import add_common_options
+from tidings.api.process import wait_until_reachable
+from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.operator import handlers, orphans, peering
 from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
 from tidings.operator.context import Context, Settings
@@ -39,6 +41,133 @@ DEFAULT_IMAGE = "tidings:latest"
 REDIS_CONNECTIONS = 32
 
 
+@dataclass(frozen=True)
+class OperatorSettings(CommonSettings):
+    namespaces: list[str] = setting(
+        "--namespace",
+        "TIDINGS_NAMESPACES",
+        [],
+        "watch only this namespace (empty: all namespaces)",
+        metavar="NS",
+    )
+    kubeconfig: str | None = setting(
+        "--kubeconfig", "KUBECONFIG", None, "kubeconfig file (unset: in-cluster)", kind=str
+    )
+    seal_key_file: str = setting(
+        "--seal-key-file",
+        sealing.ENV_KEY_FILE,
+        "",
+        f"file holding the seal key (empty: ${sealing.ENV_KEY})",
+    )
+    image: str = setting("--image", "TIDINGS_IMAGE", DEFAULT_IMAGE, "image of adapter Deployments")
+    adapter_resources: str = setting(
+        "--adapter-resources",
+        "TIDINGS_ADAPTER_RESOURCES",
+        "",
+        "resources of adapter containers as JSON, e.g. "
+        '\'{"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}\' '
+        "(empty: 50m CPU and 64Mi requested, 256Mi memory limit)",
+        metavar="JSON",
+    )
+    adapter_image_pull_policy: str = setting(
+        "--adapter-image-pull-policy",
+        "TIDINGS_ADAPTER_IMAGE_PULL_POLICY",
+        "IfNotPresent",
+        "imagePullPolicy of adapter containers",
+        choices=("Always", "IfNotPresent", "Never"),
+    )
+    adapter_service_account: str = setting(
+        "--adapter-service-account",
+        "TIDINGS_ADAPTER_SERVICE_ACCOUNT",
+        "",
+        "ServiceAccount adapter pods run as, in the EventSource's namespace",
+    )
+    adapter_redis_url: str = setting(
+        "--adapter-redis-url",
+        "TIDINGS_ADAPTER_REDIS_URL",
+        "",
+        "Redis URL adapters use (empty: --redis-url)",
+    )
+    ingest_service: str = setting(
+        "--ingest-service",
+        "TIDINGS_INGEST_SERVICE",
+        "tidings-ingest",
+        "the ingest Service, for http sources' status.url",
+    )
+    ingest_namespace: str = setting(
+        "--ingest-namespace",
+        "TIDINGS_INGEST_NAMESPACE",
+        "tidings",
+        "namespace of the ingest Service",
+    )
+    health_interval: float = setting(
+        "--health-interval",
+        "TIDINGS_HEALTH_INTERVAL",
+        5.0,
+        "seconds between reads of each Trigger's delivery report and each source adapter's report",
+    )
+    wal_check_interval: float = setting(
+        "--wal-check-interval",
+        "TIDINGS_WAL_CHECK_INTERVAL",
+        60.0,
+        "seconds between the operator's own reads of a Postgres slot's retained WAL while its "
+        "adapter is not running",
+    )
+    cleanup_attempts: int = setting(
+        "--cleanup-attempts",
+        "TIDINGS_CLEANUP_ATTEMPTS",
+        10,
+        "attempts at dropping a deleted Postgres EventSource's replication slot and "
+        "publication (delays double up to 60 s, ~4 min in all) before releasing it with a "
+        "Warning Event",
+    )
+    stale_after: float = setting(
+        "--stale-after",
+        "TIDINGS_STALE_AFTER",
+        120.0,
+        "a delivery report older than this many seconds is shown as stale",
+    )
+    resync_interval: float = setting(
+        "--resync-interval",
+        "TIDINGS_RESYNC_INTERVAL",
+        300.0,
+        "seconds between full re-reconciles of each object without any event: the safety net "
+        "for a Redis that lost its data",
+    )
+    standalone: bool = setting(
+        "--standalone",
+        "TIDINGS_STANDALONE",
+        False,
+        "run without peering (then run exactly one replica)",
+    )
+    peering_name: str = setting(
+        "--peering-name",
+        "TIDINGS_PEERING_NAME",
+        peering.DEFAULT_NAME,
+        "peering object shared by replicas",
+    )
+    priority: int | None = setting(
+        "--priority",
+        "TIDINGS_PRIORITY",
+        None,
+        "peering priority; the highest live replica is active (unset: random)",
+        kind=int,
+    )
+    peering_lifetime: int = setting(
+        "--peering-lifetime",
+        "TIDINGS_PEERING_LIFETIME",
+        60,
+        "seconds after which a silent (killed) replica is presumed dead",
+    )
+    liveness: str = setting(
+        "--liveness",
+        "TIDINGS_OPERATOR_LIVENESS",
+        "",
+        "serve a liveness probe at http://HOST:PORT/healthz",
+        metavar="HOST:PORT",
+    )
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "operator",
@@ -46,124 +175,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_common_options(parser)
-    env = os.environ.get
-    parser.add_argument(
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS",
-        help="watch only this namespace (repeatable); default: all namespaces",
-    )
-    parser.add_argument("--kubeconfig", default=None, help="default: in-cluster, else $KUBECONFIG")
-    parser.add_argument(
-        "--seal-key-file",
-        default=None,
-        help=f"file holding the seal key (default: ${sealing.ENV_KEY_FILE}, "
-        f"else ${sealing.ENV_KEY})",
-    )
-    parser.add_argument(
-        "--image",
-        default=env("TIDINGS_IMAGE", DEFAULT_IMAGE),
-        help="image of adapter Deployments (default: $TIDINGS_IMAGE, else %(default)s)",
-    )
-    parser.add_argument(
-        "--adapter-resources",
-        default=None,
-        metavar="JSON",
-        help="resources of adapter containers, e.g. "
-        '\'{"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}\' '
-        "(default: 50m CPU and 64Mi requested, 256Mi memory limit)",
-    )
-    parser.add_argument(
-        "--adapter-image-pull-policy",
-        choices=["Always", "IfNotPresent", "Never"],
-        default="IfNotPresent",
-        help="imagePullPolicy of adapter containers (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--adapter-service-account",
-        default=env("TIDINGS_ADAPTER_SERVICE_ACCOUNT"),
-        help="ServiceAccount adapter pods run as, in the EventSource's namespace",
-    )
-    parser.add_argument(
-        "--adapter-redis-url",
-        default=env("TIDINGS_ADAPTER_REDIS_URL"),
-        help="Redis URL adapters use (default: --redis-url)",
-    )
-    parser.add_argument(
-        "--ingest-service",
-        default=env("TIDINGS_INGEST_SERVICE", "tidings-ingest"),
-        help="the ingest Service, for http sources' status.url (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--ingest-namespace",
-        default=env("TIDINGS_INGEST_NAMESPACE", "tidings"),
-        help="namespace of the ingest Service (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--health-interval",
-        type=float,
-        default=5.0,
-        help="seconds between reads of each Trigger's delivery report and each source "
-        "adapter's report (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--wal-check-interval",
-        type=float,
-        default=60.0,
-        help="seconds between the operator's own reads of a Postgres slot's retained WAL "
-        "while its adapter is not running (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--cleanup-attempts",
-        type=int,
-        default=10,
-        help="attempts at dropping a deleted Postgres EventSource's replication slot and "
-        "publication (delays double up to 60 s, ~4 min in all) before releasing it with a "
-        "Warning Event (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--stale-after",
-        type=float,
-        default=120.0,
-        help="a delivery report older than this many seconds is shown as stale",
-    )
-    parser.add_argument(
-        "--resync-interval",
-        type=float,
-        default=300.0,
-        help="seconds between full re-reconciles of each object without any event: the "
-        "safety net for a Redis that lost its data (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--standalone",
-        action="store_true",
-        help="run without peering (then run exactly one replica)",
-    )
-    parser.add_argument(
-        "--peering-name",
-        default=peering.DEFAULT_NAME,
-        help="peering object shared by replicas (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--priority",
-        type=int,
-        default=None,
-        help="peering priority; the highest live replica is active (default: random)",
-    )
-    parser.add_argument(
-        "--peering-lifetime",
-        type=int,
-        default=60,
-        help="seconds after which a silent (killed) replica is presumed dead",
-    )
-    parser.add_argument(
-        "--liveness",
-        default=env("TIDINGS_OPERATOR_LIVENESS"),
-        metavar="HOST:PORT",
-        help="serve a liveness probe at http://HOST:PORT/healthz",
-    )
+    add_arguments(parser, OperatorSettings)
     parser.add_argument(
         "--print-peering-crds",
         action="store_true",
@@ -176,12 +188,17 @@ def run(args: argparse.Namespace) -> int:
     if args.print_peering_crds:
         sys.stdout.write(peering.crds_yaml())
         return 0
-    if not args.redis_url:
+    try:
+        options = load(OperatorSettings, args)
+    except SettingsError as error:
+        log.error("%s", error)
+        return 2
+    if not options.redis_url:
         log.error("no Redis: pass --redis-url or set REDIS_URL")
         return 2
-    if args.adapter_resources:
+    if options.adapter_resources:
         try:
-            parse_resources(args.adapter_resources)
+            parse_resources(options.adapter_resources)
         except ValueError as error:
             log.error("%s", error)
             return 2
@@ -190,12 +207,12 @@ def run(args: argparse.Namespace) -> int:
         # of lines per minute at scale. Our controllers log what changes.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        sealer = StableSealer(sealing.load_key(args.seal_key_file))
+        sealer = StableSealer(sealing.load_key(options.seal_key_file or None))
     except (sealing.SealError, OSError) as error:
         log.error("%s", error)
         return 2
     try:
-        asyncio.run(serve(args, sealer))
+        asyncio.run(serve(options, sealer))
     except PeeringError as error:
         log.error("%s", error)
         return 2
@@ -206,26 +223,26 @@ class PeeringError(RuntimeError):
     pass
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
+def settings_from(options: OperatorSettings) -> Settings:
     return Settings(
         adapters=AdapterSettings(
-            image=args.image,
-            redis_url=args.adapter_redis_url or args.redis_url,
-            service_account=args.adapter_service_account,
-            image_pull_policy=args.adapter_image_pull_policy,
+            image=options.image,
+            redis_url=options.adapter_redis_url or options.require_redis_url(),
+            service_account=options.adapter_service_account or None,
+            image_pull_policy=options.adapter_image_pull_policy,
             resources=(
-                parse_resources(args.adapter_resources)
-                if args.adapter_resources
+                parse_resources(options.adapter_resources)
+                if options.adapter_resources
                 else dict(DEFAULT_RESOURCES)
             ),
         ),
-        ingest_service=args.ingest_service,
-        ingest_namespace=args.ingest_namespace,
-        health_interval=args.health_interval,
-        stale_after=args.stale_after,
-        resync_interval=args.resync_interval,
-        cleanup_attempts=max(1, args.cleanup_attempts),
-        wal_check_interval=args.wal_check_interval,
+        ingest_service=options.ingest_service,
+        ingest_namespace=options.ingest_namespace,
+        health_interval=options.health_interval,
+        stale_after=options.stale_after,
+        resync_interval=options.resync_interval,
+        cleanup_attempts=max(1, options.cleanup_attempts),
+        wal_check_interval=options.wal_check_interval,
     )
 
 
@@ -251,39 +268,45 @@ async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
             log.warning("cannot create the peering object %s (forbidden); assuming it exists", name)
 
 
-async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
-    kube = Kube(load_config(args.kubeconfig))
+async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
+    configuration = load_config(options.kubeconfig)
+    # Started before its API server (a fresh cluster, a control-plane restart):
+    # wait, do not crash into a restart loop.
+    await wait_until_reachable("the Kubernetes API", lambda: _api_version(configuration))
+    kube = Kube(configuration)
     redis = aioredis.Redis(
         connection_pool=aioredis.BlockingConnectionPool.from_url(
-            args.redis_url, max_connections=REDIS_CONNECTIONS, timeout=None
+            options.require_redis_url(), max_connections=REDIS_CONNECTIONS, timeout=None
         )
     )
-    namespaces: list[str] = args.namespace
-    priority = args.priority if args.priority is not None else random.randint(1, 2**31 - 1)
-    if not args.standalone:
-        await ensure_peering(kube, args.peering_name, namespaces)
-    ctx = Context(settings=settings_from(args), redis=redis, kube=kube, sealer=sealer)
+    namespaces: list[str] = options.namespaces
+    priority = options.priority if options.priority is not None else random.randint(1, 2**31 - 1)
+    if not options.standalone:
+        await ensure_peering(kube, options.peering_name, namespaces)
+    ctx = Context(settings=settings_from(options), redis=redis, kube=kube, sealer=sealer)
     registry = handlers.build_registry(ctx)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(args.kubeconfig)
+        return connection_info(options.kubeconfig)
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         handlers.configure(settings)
-        settings.peering.lifetime = args.peering_lifetime
+        settings.peering.lifetime = options.peering_lifetime
         settings.peering.stealth = True
 
     log.info(
         "operator starting: %s, %s, Redis %s",
         f"namespaces {', '.join(namespaces)}" if namespaces else "all namespaces",
-        "standalone" if args.standalone else f"peering {args.peering_name!r} priority {priority}",
-        _redacted(args.redis_url),
+        "standalone"
+        if options.standalone
+        else f"peering {options.peering_name!r} priority {priority}",
+        _redacted(options.require_redis_url()),
     )
     # Entries whose object vanished without its finalizer (tidings.operator.orphans).
     collector = asyncio.create_task(
-        orphans.keep_collecting(redis, kube, namespaces, args.resync_interval),
+        orphans.keep_collecting(redis, kube, namespaces, options.resync_interval),
         name="orphan collector",
     )
     try:
@@ -291,10 +314,10 @@ async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
             registry=registry,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            standalone=args.standalone,
-            peering_name=None if args.standalone else args.peering_name,
+            standalone=options.standalone,
+            peering_name=None if options.standalone else options.peering_name,
             priority=priority,
-            liveness_endpoint=f"http://{args.liveness}/healthz" if args.liveness else None,
+            liveness_endpoint=f"http://{options.liveness}/healthz" if options.liveness else None,
         )
     finally:
         collector.cancel()
@@ -302,6 +325,14 @@ async def serve(args: argparse.Namespace, sealer: StableSealer) -> None:
             await collector
         await redis.aclose()
         kube.close()
+
+
+async def _api_version(configuration: Any) -> None:
+    def call() -> None:
+        with kubernetes.client.ApiClient(configuration) as client:
+            kubernetes.client.VersionApi(client).get_code(_request_timeout=5)
+
+    await asyncio.to_thread(call)
 
 
 def _redacted(url: str) -> str:

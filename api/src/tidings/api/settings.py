@@ -1,0 +1,208 @@
+"""One typed settings object per process: each setting's flag, environment
+variable, type and default are declared together, once.
+
+    @dataclass(frozen=True)
+    class DispatcherSettings(CommonSettings):
+        grace: float = setting("--grace", "TIDINGS_GRACE", 30.0, "seconds to drain on SIGTERM")
+
+    add_arguments(parser, DispatcherSettings)      # in `register`
+    settings = load(DispatcherSettings, args)      # in `run`
+
+A flag beats its environment variable, which beats the default. Every flag
+has its variable (the help text names it); a secret has only its variable, so
+it stays off command lines. A malformed value names the flag or the variable
+it came from and an example of a good one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A malformed flag or environment value; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    flag: str | None  # None: environment only (secrets stay off the command line)
+    env: str
+    help: str
+    kind: str  # "str" | "int" | "float" | "bool" | "list"
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    example: str | None = None
+
+
+def setting(
+    flag: str | None,
+    env: str,
+    default: T,
+    help: str,
+    *,
+    kind: type | None = None,
+    choices: Sequence[str] | None = None,
+    metavar: str | None = None,
+    example: str | None = None,
+) -> T:
+    """A dataclass field for one setting. `kind` is inferred from the default
+    (pass it when the default is None: `kind=int`); a list default makes a
+    repeatable flag whose variable is comma-separated."""
+    inferred = kind or type(default)
+    name = {str: "str", int: "int", float: "float", bool: "bool", list: "list"}.get(inferred)
+    if name is None:
+        raise TypeError(f"{flag}: settings are str, int, float, bool or list, not {inferred}")
+    meta = Setting(flag, env, help, name, tuple(choices) if choices else None, metavar, example)
+    field: Any
+    if isinstance(default, list):
+        items = list(default)
+        field = dataclasses.field(default_factory=lambda: list(items), metadata={"setting": meta})
+    else:
+        field = dataclasses.field(default=default, metadata={"setting": meta})
+    return cast(T, field)  # a Field that dataclass turns into a T attribute
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How every process logs."""
+
+    log_format: str = setting(
+        "--log-format", "TIDINGS_LOG_FORMAT", "text", "log format", choices=("text", "json")
+    )
+    log_level: str = setting("--log-level", "TIDINGS_LOG_LEVEL", "INFO", "log level")
+
+
+@dataclass(frozen=True)
+class CommonSettings(LogSettings):
+    """What every process that talks to Redis takes."""
+
+    redis_url: str | None = setting(
+        "--redis-url",
+        "REDIS_URL",
+        None,
+        "Redis URL",
+        kind=str,
+        example="redis://127.0.0.1:6379/0",
+    )
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise SettingsError(
+                "--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0"
+            )
+        return self.redis_url
+
+
+def _settings(cls: type) -> list[tuple[dataclasses.Field[Any], Setting]]:
+    return [
+        (field, field.metadata["setting"])
+        for field in dataclasses.fields(cls)
+        if "setting" in field.metadata
+    ]
+
+
+def _default_text(field: dataclasses.Field[Any]) -> str:
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        return "required"
+    if value is None or value == [] or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value).replace("%", "%%")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
+    """Add one flag per setting of `cls` (a dataclass built with `setting`).
+    Parsed values stay None when absent, so `load` can fall back to the
+    environment and then the default."""
+    for field, meta in _settings(cls):
+        if field.name in skip or meta.flag is None:
+            continue
+        help_text = f"{meta.help} (env {meta.env}; default: {_default_text(field)})"
+        if meta.kind == "bool":
+            parser.add_argument(
+                meta.flag, dest=field.name, action="store_true", default=None, help=help_text
+            )
+        elif meta.kind == "list":
+            parser.add_argument(
+                meta.flag,
+                dest=field.name,
+                action="append",
+                default=None,
+                metavar=meta.metavar,
+                help=help_text + "; repeatable, or comma-separated in the variable",
+            )
+        else:
+            parser.add_argument(
+                meta.flag,
+                dest=field.name,
+                default=None,
+                choices=meta.choices,
+                metavar=meta.metavar,
+                help=help_text,
+            )
+
+
+def _cast(meta: Setting, raw: str, source: str) -> Any:
+    example = f"; e.g. {meta.example}" if meta.example else ""
+    if meta.kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise SettingsError(f"{source}={raw!r}: not a boolean; use true or false")
+    if meta.kind == "list":
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if meta.choices and raw not in meta.choices:
+        raise SettingsError(f"{source}={raw!r}: use one of {', '.join(meta.choices)}")
+    if meta.kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{source}={raw!r}: not a whole number{example}") from None
+    if meta.kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{source}={raw!r}: not a number{example}") from None
+    return raw
+
+
+def load(
+    cls: Callable[..., S],
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> S:
+    """The settings: each from its flag, else its environment variable, else its default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field, meta in _settings(cls):  # type: ignore[arg-type]
+        given = getattr(args, field.name, None) if args is not None else None
+        if given is not None:
+            if meta.kind == "list":
+                values[field.name] = [
+                    item.strip() for value in given for item in str(value).split(",") if item
+                ]
+            elif meta.kind == "bool":
+                values[field.name] = bool(given)
+            else:
+                values[field.name] = _cast(meta, str(given), meta.flag or meta.env)
+        elif environ.get(meta.env) not in (None, ""):
+            values[field.name] = _cast(meta, environ[meta.env], meta.env)
+    return cls(**values)
