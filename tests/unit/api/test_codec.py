@@ -58,3 +58,9 @@ def test_a_batch_error_names_the_item_and_the_attribute() -> None:
     batch = [stored(EVENT)[0], {"specversion": "1.0", "id": "2", "source": "/s"}]
     with pytest.raises(codec.FormatError, match=r"\[1\]\.type: required"):
         codec.from_batch(json.dumps(batch).encode())
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_json_nested_past_the_stack_is_a_client_error(opening: str) -> None:
+    with pytest.raises(codec.FormatError, match="body: JSON nested too deeply"):
+        codec.parse_json((opening * 100_000).encode(), "body")

@@ -71,6 +71,9 @@ def parse_json(body: bytes, what: str) -> Any:
         return json.loads(body)
     except ValueError as error:
         raise _bad(f"{what}: not valid JSON ({error})") from None
+    except RecursionError:
+        # A few thousand `[` exhaust the decoder's stack: a client error, not a 500.
+        raise _bad(f"{what}: JSON nested too deeply; flatten the document") from None
 
 
 def _check_time(value: str, field: str) -> None:
