@@ -9,10 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 from helm_harness import CHART, REPO
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +119,47 @@ def test_dockerignore_keeps_exactly_what_the_build_copies() -> None:
     for path in copied:
         assert (REPO / path).exists(), path
     assert "*" in ignore  # everything else (.venv, .tidings, .git, tests) stays out
+
+
+def locked() -> dict[str, tuple[str, int]]:
+    """requirements.lock as {normalized name: (version, number of hashes)}."""
+    text = re.sub(r"\\\n\s*", " ", (REPO / "requirements.lock").read_text())
+    pins: dict[str, tuple[str, int]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement, *options = line.split()
+            name, _, version = requirement.partition("==")
+            assert version, f"not pinned with ==: {line}"
+            pins[canonicalize_name(name)] = (
+                version,
+                sum(o.startswith("--hash=sha256:") for o in options),
+            )
+    return pins
+
+
+def test_the_lock_pins_every_dependency_of_pyproject_with_hashes() -> None:
+    """hack/lock.sh writes requirements.lock from pyproject.toml; a dependency added
+    or a range moved without re-running it fails here, not in an image build."""
+    pins = locked()
+    for name, (version, hashes) in pins.items():
+        assert hashes >= 1, f"{name}=={version} has no hash"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock: run hack/lock.sh"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), (
+            f"{name}=={pins[name][0]} does not satisfy {spec!r}: run hack/lock.sh"
+        )
+    build = (REPO / "build-requirements.lock").read_text()
+    assert re.search(r"^setuptools==\S+ \\\n\s+--hash=sha256:", build, re.M), build
+
+
+def test_the_image_installs_exactly_the_locked_set() -> None:
+    runs = " ".join(rest for word, rest in stages()[0] if word == "RUN")
+    for lock in ("requirements.lock", "build-requirements.lock"):
+        assert f"--require-hashes --only-binary=:all: --no-deps -r {lock}" in runs
+    # tidings itself: no dependency resolution, no index, and a consistency check.
+    assert "pip install --no-deps --no-index /wheels/tidings-" in runs
+    assert "pip check" in runs
