@@ -34,7 +34,7 @@ def test_the_state_hash_is_parsed_as_the_dispatcher_writes_it() -> None:
         failure_message="Service Unavailable",
         updated_ms=1700000000000,
     )
-    assert reading.as_status() == {
+    assert reading.as_status().to_wire() == {
         "state": "Backoff",
         "lag": 42,
         "deadLettered": 3,
@@ -56,7 +56,7 @@ def test_an_absent_hash_is_no_reading_and_unknown_values_are_dropped() -> None:
 def test_a_network_failure_has_no_status_code() -> None:
     reading = health.parse({"state": "Backoff", keys.STATE_LAST_FAILURE_MESSAGE: "timeout"})
     assert reading is not None
-    assert reading.as_status()["lastFailure"] == {"message": "timeout"}
+    assert reading.as_status().to_wire()["lastFailure"] == {"message": "timeout"}
     assert reading.failure_summary() == "timeout"
 
 
@@ -64,6 +64,13 @@ def test_status_delivery_round_trips_into_a_reading() -> None:
     reading = Reading(state="Backoff", lag=5, failure_status=500, failure_message="boom")
     assert health.from_status(reading.as_status()) == reading
     assert health.from_status(None) is None
+
+
+def test_idle_is_not_a_state() -> None:
+    """Nothing to deliver is `lag: 0` while Delivering; a flapping Idle would cost a
+    status write at every burst."""
+    assert "Idle" not in health.STATES
+    assert health.parse({keys.STATE_STATE: "Idle"}) == Reading()
 
 
 def test_a_state_change_is_shown_at_once() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tidings.api.routes import CompileError
-from tidings.api.types import EventSourceSpec
+from tidings.api.types import EventSourceSpec, EventSourceStatus, TriggerStatus
 from tidings.operator import status
 from tidings.operator.health import Reading
 from tidings.operator.status import SourceFacts, TriggerFacts
@@ -32,19 +32,52 @@ def facts(**overrides: Any) -> TriggerFacts:
     return TriggerFacts(**values)
 
 
-def by_type(built: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in built["conditions"]}
+def by_type(built: TriggerStatus | EventSourceStatus) -> dict[str, dict[str, Any]]:
+    """The conditions as written (wire form), by type."""
+    return {c["type"]: c for c in built.to_wire()["conditions"]}
 
 
-def build(
-    f: TriggerFacts, current: dict[str, Any] | None = None, now: str = "T1"
-) -> dict[str, Any]:
+def build(f: TriggerFacts, current: TriggerStatus | None = None, now: str = "T1") -> TriggerStatus:
     return status.trigger_status(f, current, now=now, stale_after=120)
 
 
+def test_a_trigger_status_is_written_in_the_crds_wire_form() -> None:
+    written = build(facts(reading=Reading(state="Backoff", lag=4, failure_message="x"))).to_wire()
+    conditions = written.pop("conditions")
+    assert written == {
+        "observedGeneration": 3,
+        "subscriberURI": URL,
+        "delivery": {"state": "Backoff", "lag": 4, "lastFailure": {"message": "x"}},
+    }
+    assert [(c["type"], c["status"], c["reason"]) for c in conditions] == [
+        ("Ready", "True", "Ready"),
+        ("SourceReady", "True", "SourceReady"),
+        ("SubscriberResolved", "True", "SubscriberResolved"),
+        ("Delivering", "False", "Backoff"),
+    ]
+    for condition in conditions:
+        assert set(condition) == {
+            "type",
+            "status",
+            "reason",
+            "message",
+            "observedGeneration",
+            "lastTransitionTime",
+        }
+        assert (condition["observedGeneration"], condition["lastTransitionTime"]) == (3, "T1")
+
+
+def test_a_trigger_without_a_report_or_a_route_writes_no_delivery() -> None:
+    error = CompileError("SourceNotFound", "m")
+    written = build(facts(reading=None, source_entry=None, compile_error=error)).to_wire()
+    assert "delivery" not in written
+    unrouted = facts(reading=Reading(state="Delivering"), source_entry=None, compile_error=error)
+    assert "delivery" not in build(unrouted).to_wire()  # no route: nobody delivers it
+
+
 def test_a_healthy_trigger_is_ready_and_delivering() -> None:
-    built = build(facts())
-    conditions = by_type(built)
+    built = build(facts()).to_wire()
+    conditions = by_type(build(facts()))
     assert {t: c["status"] for t, c in conditions.items()} == {
         "Ready": "True",
         "SourceReady": "True",
@@ -77,8 +110,8 @@ def test_a_missing_service_is_subscriber_not_found_with_the_compilers_message() 
     assert conditions["SubscriberResolved"]["reason"] == "SubscriberNotFound"
     assert conditions["Ready"]["reason"] == "SubscriberNotFound"
     assert conditions["Ready"]["message"] == error.message
-    assert "subscriberURI" not in built
-    assert "state" not in built.get("delivery", {})  # no route, nobody delivers
+    assert "subscriberURI" not in built.to_wire()
+    assert "state" not in built.to_wire().get("delivery", {})  # no route, nobody delivers
 
 
 def test_an_invalid_filter_is_reported_with_the_compilers_message() -> None:
@@ -105,7 +138,7 @@ def test_a_source_that_is_not_ready_makes_the_trigger_not_ready() -> None:
 
 def test_paused_shows_state_paused_before_dispatchers_report_it() -> None:
     built = build(facts(paused=True))
-    assert built["delivery"]["state"] == "Paused"
+    assert built.to_wire()["delivery"]["state"] == "Paused"
     conditions = by_type(built)
     assert conditions["Ready"]["status"] == "True"
     assert (conditions["Delivering"]["status"], conditions["Delivering"]["reason"]) == (
@@ -133,11 +166,11 @@ def test_last_transition_time_is_kept_while_the_status_holds() -> None:
     first = build(facts(), now="T1")
     # Same situation later; a message change alone does not move the timestamp either.
     later = build(facts(subscriber_url=URL + "x"), first, now="T2")
-    assert {c["lastTransitionTime"] for c in later["conditions"]} == {"T1"}
+    assert {c["lastTransitionTime"] for c in later.to_wire()["conditions"]} == {"T1"}
     broken = build(
         facts(source_entry=None, compile_error=CompileError("SourceNotFound", "m")), later, now="T3"
     )
-    times = {c["type"]: c["lastTransitionTime"] for c in broken["conditions"]}
+    times = {t: c["lastTransitionTime"] for t, c in by_type(broken).items()}
     assert times["Ready"] == "T3" and times["SourceReady"] == "T3"
     assert times["SubscriberResolved"] == "T1"
 
@@ -149,23 +182,34 @@ def test_an_unchanged_situation_gives_identical_status() -> None:
 
 
 def test_owned_keeps_only_our_fields_and_condition_types() -> None:
+    ready = {"type": "Ready", "status": "True", "reason": "Ready", "message": ""}
     live = {
         "observedGeneration": 1,
         "somethingElse": {"x": 1},
-        "conditions": [
-            {"type": "Ready", "status": "True"},
-            {"type": "WalRetained", "status": "False"},
-        ],
+        "conditions": [ready, {"type": "WalRetained", "status": "False", "reason": "R"}],
     }
-    mine = status.owned(live, status.TRIGGER_FIELDS, status.TRIGGER_CONDITIONS)
-    assert mine == {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}
+    mine = status.owned(live, TriggerStatus, status.TRIGGER_CONDITIONS)
+    assert mine.to_wire() == {"observedGeneration": 1, "conditions": [ready]}
+    assert status.owned(None, TriggerStatus, status.TRIGGER_CONDITIONS).to_wire() == {
+        "conditions": []
+    }
+
+
+def test_a_live_status_the_schema_would_refuse_is_owned_as_empty() -> None:
+    live = {"observedGeneration": "one", "conditions": [{"type": "Ready"}]}
+    mine = status.owned(live, EventSourceStatus, status.SOURCE_CONDITIONS)
+    assert mine.to_wire() == {"conditions": []}
 
 
 def test_same_ignores_condition_order() -> None:
-    a = {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "False"}]}
-    b = {"conditions": [{"type": "B", "status": "False"}, {"type": "A", "status": "True"}]}
-    assert status.same(a, b)
-    assert not status.same(a, {"conditions": [{"type": "A", "status": "True"}]})
+    def of(*conditions: tuple[str, str]) -> EventSourceStatus:
+        return EventSourceStatus.model_validate(
+            {"conditions": [{"type": t, "status": s, "reason": "R"} for t, s in conditions]}
+        )
+
+    a = of(("A", "True"), ("B", "False"))
+    assert status.same(a, of(("B", "False"), ("A", "True")))
+    assert not status.same(a, of(("A", "True")))
 
 
 # --- EventSource -----------------------------------------------------------------------
@@ -187,15 +231,27 @@ def source_facts(**overrides: Any) -> SourceFacts:
 
 
 def test_an_http_source_is_ready_with_its_url() -> None:
-    built = status.source_status(source_facts(), None, now="T1")
-    assert built["url"].endswith("/sources/shop/users")
-    assert [(c["type"], c["status"]) for c in built["conditions"]] == [("Ready", "True")]
+    built = status.source_status(source_facts(), None, now="T1").to_wire()
+    assert built == {
+        "observedGeneration": 2,
+        "url": "http://tidings-ingest.tidings.svc.cluster.local/sources/shop/users",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": f"accepting events at {built['url']}",
+                "observedGeneration": 2,
+                "lastTransitionTime": "T1",
+            }
+        ],
+    }
 
 
 def test_a_source_with_a_missing_secret_is_not_ready() -> None:
     error = CompileError("SecretNotFound", "spec.http.auth.tokenSecretRef: Secret shop/t not found")
     built = status.source_status(source_facts(compile_error=error), None, now="T1")
-    ready = built["conditions"][0]
+    ready = built.to_wire()["conditions"][0]
     assert (ready["status"], ready["reason"], ready["message"]) == (
         "False",
         "SecretNotFound",
@@ -210,7 +266,7 @@ def test_an_adapter_source_is_ready_only_when_its_adapter_is_available() -> None
         adapter_expected=True,
         adapter=AdapterEntry("tidings-source-users", "h", 0, "0/1 ready"),
     )
-    conditions = {c["type"]: c for c in status.source_status(pending, None, now="T")["conditions"]}
+    conditions = by_type(status.source_status(pending, None, now="T"))
     assert conditions["AdapterReady"]["reason"] == "AdapterUnavailable"
     assert "0/1 ready" in conditions["AdapterReady"]["message"]
     assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == (
@@ -224,7 +280,7 @@ def test_an_adapter_source_is_ready_only_when_its_adapter_is_available() -> None
         adapter=AdapterEntry("tidings-source-users", "h", 1),
         report=streaming(),
     )
-    conditions = {c["type"]: c for c in status.source_status(running, None, now="T")["conditions"]}
+    conditions = by_type(status.source_status(running, None, now="T"))
     assert conditions["Ready"]["status"] == conditions["AdapterReady"]["status"] == "True"
     assert conditions["Capturing"]["reason"] == "Streaming"
     assert conditions["Ready"]["message"] == "capturing postgres events: streaming slot s"
@@ -247,8 +303,10 @@ def adapter_source(**overrides: Any) -> SourceFacts:
     return source_facts(**values)
 
 
-def conditions_of(f: SourceFacts, current: Any = None, now: str = "T") -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in status.source_status(f, current, now=now)["conditions"]}
+def conditions_of(
+    f: SourceFacts, current: EventSourceStatus | None = None, now: str = "T"
+) -> dict[str, dict[str, Any]]:
+    return by_type(status.source_status(f, current, now=now))
 
 
 def test_an_adapter_that_retries_makes_the_source_not_ready_with_its_own_reason() -> None:
@@ -300,8 +358,8 @@ def test_retained_wal_and_a_recreated_slot_are_warning_conditions_posted_once() 
         None,
         now="T1",
     )
-    assert {c["type"]: c["status"] for c in quiet["conditions"]}["WalRetained"] == "False"
-    assert "ChangesMissed" not in {c["type"] for c in quiet["conditions"]}
+    assert by_type(quiet)["WalRetained"]["status"] == "False"
+    assert "ChangesMissed" not in by_type(quiet)
     report = streaming(
         walRetainedBytes=5 << 20,
         walThresholdBytes=1 << 20,
@@ -317,12 +375,12 @@ def test_retained_wal_and_a_recreated_slot_are_warning_conditions_posted_once() 
     assert (by["ChangesMissed"].status, by["ChangesMissed"].reason) == ("True", "SlotRecreated")
     assert "0/16B3748" in by["ChangesMissed"].message
     assert by["Ready"].status == "True"  # a warning, not an outage
-    assert [w.type for w in status.warnings(quiet["conditions"], loud)] == [
+    assert [w.type for w in status.warnings(quiet.conditions, loud)] == [
         "WalRetained",
         "ChangesMissed",
     ]
     written = status.source_status(adapter_source(report=report), quiet, now="T2")
-    assert status.warnings(written["conditions"], loud) == []
+    assert status.warnings(written.conditions, loud) == []
 
 
 def test_a_growing_wal_within_the_threshold_does_not_change_status() -> None:

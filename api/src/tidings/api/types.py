@@ -393,11 +393,12 @@ class TriggerSpec(ApiModel):
 
 
 # --- status ---------------------------------------------------------------------------
+# What the operator writes (tidings.operator.status builds these models and
+# writes their wire form), so the CRD's status schema and the operator's
+# output cannot drift apart.
 
 
 class Condition(ApiModel):
-    model_config = ConfigDict(frozen=False)
-
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
@@ -412,29 +413,39 @@ class LastFailure(ApiModel):
     message: str | None = None
 
 
+# What the dispatchers report (tidings.api.keys.STATE_STATE); Paused also
+# at once from spec.paused. No `Idle`: "nothing to deliver" is `lag: 0`.
+DeliveryState = Literal["Delivering", "Backoff", "Paused"]
+
+
 class DeliveryStatus(ApiModel):
-    state: Literal["Delivering", "Backoff", "Paused", "Idle"] | None = None
+    state: DeliveryState | None = Field(
+        None,
+        description="Delivering; Backoff (the subscriber keeps failing: its oldest event is "
+        "retried at growing intervals); Paused.",
+    )
     lag: int | None = None
     dead_lettered: int | None = None
     expired: int | None = Field(None, description="Events trimmed by retention undelivered.")
     last_failure: LastFailure | None = None
 
 
-class TriggerStatus(ApiModel):
-    model_config = ConfigDict(frozen=False, extra="allow")
+class ObjectStatus(ApiModel):
+    """What both kinds report; other writers may add fields (and condition types)."""
+
+    model_config = ConfigDict(extra="allow")
 
     observed_generation: int | None = None
-    subscriber_uri: str | None = Field(None, alias="subscriberURI")
     conditions: list[Condition] | None = None
+
+
+class TriggerStatus(ObjectStatus):
+    subscriber_uri: str | None = Field(None, alias="subscriberURI")
     delivery: DeliveryStatus | None = None
 
 
-class EventSourceStatus(ApiModel):
-    model_config = ConfigDict(frozen=False, extra="allow")
-
-    observed_generation: int | None = None
+class EventSourceStatus(ObjectStatus):
     url: str | None = Field(None, description="Ingest URL, for http sources.")
-    conditions: list[Condition] | None = None
 
 
 # --- whole objects (used by `tidings dev` and tests) ----------------------------------

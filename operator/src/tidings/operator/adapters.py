@@ -120,7 +120,7 @@ def needs_generated_token(spec: EventSourceSpec) -> bool:
     )
 
 
-def token_secret(namespace: str, source: str, uid: str, token: str | None = None) -> dict[str, Any]:
+def token_secret(namespace: str, source: str, uid: str) -> dict[str, Any]:
     """The generated ingest token Secret of an http source."""
     return {
         "apiVersion": "v1",
@@ -132,7 +132,7 @@ def token_secret(namespace: str, source: str, uid: str, token: str | None = None
             "labels": labels(source, "ingest-token"),
             "ownerReferences": [owner_reference("EventSource", source, uid)],
         },
-        "stringData": {TOKEN_KEY: token or secrets.token_urlsafe(32)},
+        "stringData": {TOKEN_KEY: secrets.token_urlsafe(32)},
     }
 
 

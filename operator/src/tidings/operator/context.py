@@ -1,4 +1,5 @@
-"""What every controller shares: settings, clients, the seal, wake-ups."""
+"""What every controller shares: settings, clients, the seal, wake-ups; and the
+part of a controller that is the same for every kind (`ObjectController`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,18 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine, Iterator, MutableMapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Generic
 
 from redis.asyncio import Redis
 
 from tidings.operator.adapters import AdapterSettings
-from tidings.operator.kube import Kube
+from tidings.operator.health import Transition
+from tidings.operator.kube import Kube, StatusWriter
 from tidings.operator.publishing import StableSealer
-from tidings.operator.world import Key, Wakeups
+from tidings.operator.status import Status
+from tidings.operator.world import IndexWorld, Key, Wakeups
 
 
 class ObjectLog(logging.LoggerAdapter[logging.Logger]):
@@ -100,3 +103,32 @@ class Context:
         if done is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), limit)
+
+
+@dataclass(eq=False)
+class ObjectController(Generic[Status]):
+    """One object's controller, as tidings.operator.loop drives it: its live body,
+    key, log and status writer. Subclasses name their kind."""
+
+    KIND: ClassVar[str]  # Trigger | EventSource
+    PLURAL: ClassVar[str]
+    STATUS: ClassVar[type[Any]]  # the status model (tidings.api.types)
+    CONDITIONS: ClassVar[tuple[str, ...]]  # the condition types this operator owns
+
+    ctx: Context
+    body: Mapping[str, Any]  # Kopf's live view: always the newest object seen
+    world: IndexWorld
+    post_event: Callable[[Transition], None] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        meta = self.body["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.key: Key = (self.KIND, self.namespace, self.name)
+        self.log = ObjectLog(logging.getLogger(type(self).__module__), *self.key)
+        self.writer: StatusWriter[Status] = StatusWriter(
+            self.ctx.kube, self.key, model=self.STATUS, plural=self.PLURAL, types=self.CONDITIONS
+        )
+
+    def generation(self) -> int:
+        return int(self.body["metadata"].get("generation") or 0)

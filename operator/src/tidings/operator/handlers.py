@@ -5,7 +5,8 @@
 - Every watch event on one of those kinds, and on Triggers, wakes the
   controllers that depend on that object (tidings.operator.world).
 - One daemon per Trigger and per EventSource runs its controller
-  (tidings.operator.triggers, tidings.operator.sources).
+  (tidings.operator.triggers, tidings.operator.sources) in the reconcile loop
+  (tidings.operator.loop).
 - Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
   succeed) remove the object's data-plane state (tidings.operator.publishing).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -27,6 +28,7 @@ from tidings.api.types import GROUP, VERSION
 from tidings.operator import adapters, publishing, replication, world
 from tidings.operator.context import Context
 from tidings.operator.health import Transition
+from tidings.operator.loop import Controller, keep_reconciling
 from tidings.operator.sources import SourceController
 from tidings.operator.triggers import TriggerController
 
@@ -101,37 +103,31 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             adapters=kwargs["adapters"],
         )
 
-    @kopf.daemon(
-        GROUP,
-        VERSION,
-        "triggers",
-        cancellation_backoff=GRACE,
-        cancellation_timeout=CANCEL_AFTER,
-        registry=registry,
-    )
+    async def drive(controller: Controller, stopped: kopf.DaemonStopped) -> None:
+        with ctx.running(controller.key):
+            await keep_reconciling(
+                controller, wakeups=ctx.wakeups, settings=ctx.settings, stopped=stopped
+            )
+
+    def daemon(plural: str) -> kopf.on.DaemonDecorator:
+        return kopf.daemon(
+            GROUP,
+            VERSION,
+            plural,
+            cancellation_backoff=GRACE,
+            cancellation_timeout=CANCEL_AFTER,
+            registry=registry,
+        )
+
+    @daemon("triggers")
     async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        def post(t: Transition) -> None:
-            kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+        world_ = the_world(kwargs)
+        await drive(TriggerController(ctx, body, world_, post_event=poster(body)), stopped)
 
-        controller = TriggerController(ctx, body, the_world(kwargs), post_event=post)
-        with ctx.running(controller.key):
-            await controller.run(stopped)
-
-    @kopf.daemon(
-        GROUP,
-        VERSION,
-        "eventsources",
-        cancellation_backoff=GRACE,
-        cancellation_timeout=CANCEL_AFTER,
-        registry=registry,
-    )
+    @daemon("eventsources")
     async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        def post(t: Transition) -> None:
-            kopf.event(body, type=t.type, reason=t.reason, message=t.message)
-
-        controller = SourceController(ctx, body, the_world(kwargs), post_event=post)
-        with ctx.running(controller.key):
-            await controller.run(stopped)
+        world_ = the_world(kwargs)
+        await drive(SourceController(ctx, body, world_, post_event=poster(body)), stopped)
 
     # --- deletion ----------------------------------------------------------------------
 
@@ -186,6 +182,15 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         ctx.dsns.pop((namespace, name), None)
 
     return registry
+
+
+def poster(body: kopf.Body) -> Callable[[Transition], None]:
+    """Posts a controller's Events (BackoffStarted, RetainedWalOverThreshold …) on its object."""
+
+    def post(t: Transition) -> None:
+        kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+
+    return post
 
 
 def timeout_of(spec: Mapping[str, Any]) -> float:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast, get_args
 
 from redis.asyncio import Redis
 
 from tidings.api import keys
+from tidings.api.text import text
+from tidings.api.types import DeliveryState, DeliveryStatus, LastFailure
 
 # How often settled values may change (seconds since the last delivery write).
 COUNTERS_INTERVAL = 5.0
@@ -33,14 +35,14 @@ FAILURE_TIME_INTERVAL = 60.0
 LAG_MIN_CHANGE = 10
 LAG_RELATIVE_CHANGE = 0.5
 
-STATES = ("Delivering", "Backoff", "Paused", "Idle")
+STATES: tuple[str, ...] = get_args(DeliveryState)
 
 
 @dataclass(frozen=True)
 class Reading:
     """One Trigger's delivery report, as the data plane wrote it."""
 
-    state: str | None = None
+    state: DeliveryState | None = None
     lag: int | None = None
     dead_lettered: int | None = None
     expired: int | None = None
@@ -49,30 +51,18 @@ class Reading:
     failure_message: str | None = None
     updated_ms: int | None = None  # when a dispatcher last wrote it
 
-    def as_status(self) -> dict[str, Any]:
-        """The `status.delivery` object (camelCase, unset fields left out)."""
-        out: dict[str, Any] = {}
-        if self.state is not None:
-            out["state"] = self.state
-        for name, value in (
-            ("lag", self.lag),
-            ("deadLettered", self.dead_lettered),
-            ("expired", self.expired),
-        ):
-            if value is not None:
-                out[name] = value
-        failure = {
-            k: v
-            for k, v in (
-                ("time", self.failure_time),
-                ("status", self.failure_status),
-                ("message", self.failure_message),
-            )
-            if v is not None
-        }
-        if failure:
-            out["lastFailure"] = failure
-        return out
+    def as_status(self) -> DeliveryStatus:
+        """The `status.delivery` object (without lastFailure when none is recorded)."""
+        failure = LastFailure(
+            time=self.failure_time, status=self.failure_status, message=self.failure_message
+        )
+        return DeliveryStatus(
+            state=self.state,
+            lag=self.lag,
+            dead_lettered=self.dead_lettered,
+            expired=self.expired,
+            last_failure=failure if failure != LastFailure() else None,
+        )
 
     def failure_summary(self) -> str:
         """The last failure in a few words, without its time (it goes in a message)."""
@@ -82,10 +72,6 @@ class Reading:
         if self.failure_message:
             parts.append(self.failure_message[:200])
         return ": ".join(parts) if parts else "no failure recorded"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _int(value: str | None) -> int | None:
@@ -101,10 +87,10 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
     """A Reading from the state HASH (bytes or str keys); None when it is empty."""
     if not raw:
         return None
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     state = fields.get(keys.STATE_STATE)
     return Reading(
-        state=state if state in STATES else None,
+        state=cast(DeliveryState, state) if state in STATES else None,
         lag=_int(fields.get(keys.STATE_LAG)),
         dead_lettered=_int(fields.get(keys.STATE_DEAD_LETTERED)),
         expired=_int(fields.get(keys.STATE_EXPIRED)),
@@ -115,19 +101,19 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
     )
 
 
-def from_status(delivery: Mapping[str, Any] | None) -> Reading | None:
+def from_status(delivery: DeliveryStatus | None) -> Reading | None:
     """The Reading last written into status.delivery (to settle against after a restart)."""
-    if not delivery:
+    if delivery is None or delivery == DeliveryStatus():
         return None
-    failure = delivery.get("lastFailure") or {}
+    failure = delivery.last_failure or LastFailure()
     return Reading(
-        state=delivery.get("state"),
-        lag=delivery.get("lag"),
-        dead_lettered=delivery.get("deadLettered"),
-        expired=delivery.get("expired"),
-        failure_time=failure.get("time"),
-        failure_status=failure.get("status"),
-        failure_message=failure.get("message"),
+        state=delivery.state,
+        lag=delivery.lag,
+        dead_lettered=delivery.dead_lettered,
+        expired=delivery.expired,
+        failure_time=failure.time,
+        failure_status=failure.status,
+        failure_message=failure.message,
     )
 
 

@@ -16,17 +16,20 @@ import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import kopf
 import kubernetes  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
 from tidings.api.types import GROUP, VERSION
-from tidings.operator.status import owned, same
+from tidings.operator.status import Status, owned, same
+from tidings.operator.world import Key
 
 FIELD_MANAGER = "tidings-operator"
 APPLY = "application/apply-patch+yaml"
+# Threads (and pooled connections) for the synchronous client's calls.
+WORKERS = 16
 
 T = TypeVar("T")
 
@@ -73,13 +76,13 @@ def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
 
 
 class Kube:
-    def __init__(self, configuration: Any, *, workers: int = 16) -> None:
-        configuration.connection_pool_maxsize = workers
+    def __init__(self, configuration: Any) -> None:
+        configuration.connection_pool_maxsize = WORKERS
         self._client = kubernetes.client.ApiClient(configuration)
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
         self._core = kubernetes.client.CoreV1Api(self._client)
         self._apps = kubernetes.client.AppsV1Api(self._client)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kube")
 
     async def _run(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
@@ -232,8 +235,9 @@ class Kube:
         return dict((meta.labels if meta is not None else None) or {})
 
 
-class StatusWriter:
-    """Writes one object's status only when it differs from the newest known one.
+class StatusWriter(Generic[Status]):
+    """Writes one object's status (a typed model, tidings.api.types) only when it
+    differs from the newest known one.
 
     "Newest known" is the live status from the watch, except in the moment
     between our own write and its watch event: then it is what we wrote (while
@@ -243,36 +247,32 @@ class StatusWriter:
     def __init__(
         self,
         kube: Kube,
+        key: Key,
         *,
-        kind: str,
+        model: type[Status],
         plural: str,
-        namespace: str,
-        name: str,
-        fields: tuple[str, ...],
         types: tuple[str, ...],
     ) -> None:
         self._kube = kube
-        self._kind, self._plural = kind, plural
-        self._namespace, self._name = namespace, name
-        self._fields, self._types = fields, types
-        self._applied: dict[str, Any] | None = None
+        self._kind, self._namespace, self._name = key
+        self._model, self._plural, self._types = model, plural, types
+        self._applied: Status | None = None
         self._applied_over: str | None = None
-        self.writes = 0
 
-    def known(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def known(self, body: Mapping[str, Any]) -> Status:
+        """The status this operator owns, as it stands now."""
         version = (body.get("metadata") or {}).get("resourceVersion")
         if self._applied is not None and version == self._applied_over:
             return self._applied
-        return owned(body.get("status"), self._fields, self._types)
+        return owned(body.get("status"), self._model, self._types)
 
-    async def write(self, body: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    async def write(self, body: Mapping[str, Any], desired: Status) -> bool:
         """Apply `desired` unless it is already there; True if written."""
         if same(desired, self.known(body)):
             return False
         version = (body.get("metadata") or {}).get("resourceVersion")
         await self._kube.apply_status(
-            self._kind, self._plural, self._namespace, self._name, desired
+            self._kind, self._plural, self._namespace, self._name, desired.to_wire()
         )
-        self._applied, self._applied_over = dict(desired), version
-        self.writes += 1
+        self._applied, self._applied_over = desired, version
         return True

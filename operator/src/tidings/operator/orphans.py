@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tidings.api import keys
+from tidings.api.text import text
 from tidings.operator import publishing
 from tidings.operator.kube import Kube
 
@@ -40,8 +41,7 @@ class Collected:
 def _ids(raw: Sequence[bytes | str]) -> list[tuple[str, str]]:
     out = []
     for entry in raw:
-        text = entry.decode() if isinstance(entry, bytes) else entry
-        namespace, _, name = text.partition("/")
+        namespace, _, name = text(entry).partition("/")
         out.append((namespace, name))
     return out
 
@@ -57,44 +57,50 @@ def candidates(
     ]
 
 
+async def gone(
+    kube: Kube, plural: str, entries: list[tuple[str, str]], namespaces: Sequence[str]
+) -> list[tuple[str, str]]:
+    """Entries whose object is in no fresh LIST and whose GET answers 404."""
+    if not entries:
+        return []
+    listed = await kube.list_names(plural, namespaces)
+    return [
+        (namespace, name)
+        for namespace, name in candidates(entries, listed, namespaces)
+        if not await kube.exists(plural, namespace, name)
+    ]
+
+
 async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collected:
     """One pass. Reads the table first, then the API: an object created in
     between has its entry written after the table was read, so it is not seen."""
     route_ids = _ids(await redis.hkeys(keys.ROUTES))  # type: ignore[misc]
     source_ids = _ids(await redis.hkeys(keys.SOURCES))  # type: ignore[misc]
     done = Collected()
-    if route_ids:
-        listed = await kube.list_names("triggers", namespaces)
-        for namespace, name in candidates(route_ids, listed, namespaces):
-            if await kube.exists("triggers", namespace, name):
-                continue
-            route = await publishing.current_route(redis, namespace, name)
-            source = route.source if route is not None else None
-            await publishing.remove_trigger(redis, namespace, name, source)
-            if source:
-                await publishing.sweep_trigger(redis, namespace, name, source)
-            done.routes.append(f"{namespace}/{name}")
-            log.warning(
-                "[Trigger/%s/%s] is gone but its route was still routed (its finalizer was "
-                "removed by hand?): route, consumer group and keys removed",
-                namespace,
-                name,
-            )
-    if source_ids:
-        listed = await kube.list_names("eventsources", namespaces)
-        for namespace, name in candidates(source_ids, listed, namespaces):
-            if await kube.exists("eventsources", namespace, name):
-                continue
-            removed = await publishing.remove_source(redis, namespace, name)
-            done.sources.append(f"{namespace}/{name}")
-            log.warning(
-                "[EventSource/%s/%s] is gone but was still in the routing table (its "
-                "finalizer was removed by hand?): its stream and %d keys removed; a "
-                "Postgres source's replication slot, if any, must be dropped by hand",
-                namespace,
-                name,
-                removed,
-            )
+    for namespace, name in await gone(kube, "triggers", route_ids, namespaces):
+        route = await publishing.current_route(redis, namespace, name)
+        source = route.source if route is not None else None
+        await publishing.remove_trigger(redis, namespace, name, source)
+        if source:
+            await publishing.sweep_trigger(redis, namespace, name, source)
+        done.routes.append(f"{namespace}/{name}")
+        log.warning(
+            "[Trigger/%s/%s] is gone but its route was still routed (its finalizer was "
+            "removed by hand?): route, consumer group and keys removed",
+            namespace,
+            name,
+        )
+    for namespace, name in await gone(kube, "eventsources", source_ids, namespaces):
+        removed = await publishing.remove_source(redis, namespace, name)
+        done.sources.append(f"{namespace}/{name}")
+        log.warning(
+            "[EventSource/%s/%s] is gone but was still in the routing table (its "
+            "finalizer was removed by hand?): its stream and %d keys removed; a "
+            "Postgres source's replication slot, if any, must be dropped by hand",
+            namespace,
+            name,
+            removed,
+        )
     return done
 
 

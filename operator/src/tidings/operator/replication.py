@@ -27,6 +27,8 @@ from tidings.sources.replication import quote_ident
 
 # One attempt may not hang the deletion (a DSN pointing at a black hole).
 ATTEMPT_TIMEOUT = 30.0
+# The longest delay between two attempts.
+BACKOFF_MAX = 60.0
 
 
 class Secrets(Protocol):
@@ -76,7 +78,6 @@ async def drop(
     name: str,
     attempt: int,
     attempts: int,
-    backoff_max: float = 60.0,
     known_dsn: str | None = None,
 ) -> Outcome:
     """One attempt at dropping the slot and the publication."""
@@ -113,7 +114,7 @@ async def drop(
             "Warning",
             "CleanupFailed",
             f"attempt {attempt} of {attempts} to drop the replication slot failed: {failure}",
-            delay=retry_delay(attempt, backoff_max),
+            delay=retry_delay(attempt, BACKOFF_MAX),
         )
     return Outcome(
         "abandoned",

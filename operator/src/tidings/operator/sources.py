@@ -4,8 +4,9 @@ Per EventSource: the stream exists; the compiled source (sealed ingest
 credentials) is in the routing table; an http source without a token Secret
 gets a generated one (created once, never rewritten); an adapter source runs
 its adapter Deployment; status carries the ingest URL and the truth about all
-of it. Like Triggers, it reconciles when woken by a watch event on itself or
-what it depends on (its Secrets, its Deployment), and writes only changes.
+of it. Like Triggers, it runs in the reconcile loop (tidings.operator.loop):
+it reconciles when woken by a watch event on itself or what it depends on
+(its Secrets, its Deployment), and writes only changes.
 
 Adapter sources also report on themselves (tidings.sources.status):
 the controller reads that report every `health_interval` and merges it into
@@ -16,16 +17,11 @@ Event when a warning condition turns True.
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from tidings.api.routes import (
     CompiledSource,
@@ -33,17 +29,14 @@ from tidings.api.routes import (
     compile_source,
     ingest_token_secret_name,
 )
-from tidings.api.types import EventSourceSpec, PostgresSource
+from tidings.api.types import EventSourceSpec, EventSourceStatus, PostgresSource
 from tidings.operator import adapters, health, publishing, status
-from tidings.operator.context import Context, ObjectLog
+from tidings.operator.context import ObjectController
 from tidings.operator.health import Transition
-from tidings.operator.kube import StatusWriter
-from tidings.operator.world import IndexWorld, Key, source_dependencies, worth_reconciling
+from tidings.operator.world import IndexWorld, Key, source_dependencies
 from tidings.sources import pgsetup
 from tidings.sources import status as adapter_status
 from tidings.sources.errors import SourceError
-
-log = logging.getLogger(__name__)
 
 # The operator's own look at a slot's retained WAL may not stall the controller.
 WAL_CHECK_TIMEOUT = 10.0
@@ -92,74 +85,24 @@ def check_adapter_secrets(world: IndexWorld, namespace: str, spec: EventSourceSp
             )
 
 
-class SourceController:
-    def __init__(
-        self,
-        ctx: Context,
-        body: Mapping[str, Any],
-        world: IndexWorld,
-        *,
-        post_event: Callable[[Transition], None] | None = None,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
-    ) -> None:
-        self.ctx = ctx
-        self.body = body
-        self.world = world
-        self.post_event = post_event or (lambda _: None)
-        self.outcome: SourceOutcome | None = None  # the last reconcile's verdict
-        # Postgres: the operator's own reading of the slot's retained WAL, taken
-        # while the adapter does not run (then nobody else would warn of it).
-        self.wal: adapter_status.WalReading | None = None
-        self.next_wal_check = 0.0
-        meta = body["metadata"]
-        self.namespace: str = meta["namespace"]
-        self.name: str = meta["name"]
-        self.log = logger or ObjectLog(log, "EventSource", self.namespace, self.name)
-        self.key: Key = ("EventSource", self.namespace, self.name)
-        self.writer = StatusWriter(
-            ctx.kube,
-            kind="EventSource",
-            plural="eventsources",
-            namespace=self.namespace,
-            name=self.name,
-            fields=status.SOURCE_FIELDS,
-            types=status.SOURCE_CONDITIONS,
-        )
+class SourceController(ObjectController[EventSourceStatus]):
+    """Drives one EventSource (tidings.operator.loop.Controller)."""
 
-    async def run(self, stopped: Any) -> None:
-        settings = self.ctx.settings
-        loop = asyncio.get_running_loop()
-        subscription = self.ctx.wakeups.subscribe()
-        subscription.follow({self.key})
-        fired: set[Key] = set()
-        next_resync, failures = 0.0, 0
-        reconciled: int | None = None  # the generation last reconciled
-        try:
-            while not stopped:
-                delay = settings.resync_interval * random.uniform(0.8, 1.2)
-                generation = int(self.body["metadata"].get("generation") or 0)
-                try:
-                    if (
-                        reconciled is None
-                        or failures
-                        or loop.time() >= next_resync
-                        or worth_reconciling(fired, self.key, generation, reconciled)
-                    ):
-                        # Follow first, then read: a change after the read still wakes us.
-                        subscription.follow(self.dependencies())
-                        await self.reconcile()
-                        next_resync, failures, reconciled = loop.time() + delay, 0, generation
-                    elif self.reports():
-                        await self.write_status()  # the adapter's report may have changed
-                    if self.reports():
-                        delay = min(delay, settings.health_interval)
-                except (RedisError, OSError, ApiException) as error:
-                    failures += 1
-                    delay = settings.retry_after(failures)
-                    self.log.warning("will retry in %.1fs: %s", delay, error)
-                fired = await subscription.wait(delay, stopped)
-        finally:
-            subscription.close()
+    KIND = "EventSource"
+    PLURAL = "eventsources"
+    STATUS = EventSourceStatus
+    CONDITIONS = status.SOURCE_CONDITIONS
+    outcome: SourceOutcome | None = None  # the last reconcile's verdict
+    # Postgres: the operator's own reading of the slot's retained WAL, taken
+    # while the adapter does not run (then nobody else would warn of it).
+    wal: adapter_status.WalReading | None = None
+    next_wal_check = 0.0
+
+    async def observe(self) -> float | None:
+        """Write status if it changed; an adapter's report is read again after
+        `health_interval`, other sources change only when woken."""
+        await self.write_status()
+        return self.ctx.settings.health_interval if self.reports() else None
 
     def reports(self) -> bool:
         """Whether this source has an adapter whose report status shows."""
@@ -188,6 +131,8 @@ class SourceController:
         return source_dependencies(self.namespace, self.name, spec)
 
     async def reconcile(self) -> None:
+        """Publish (or withdraw) the compiled source and run its adapter; status
+        follows in `observe`."""
         meta = self.body["metadata"]
         generation = int(meta.get("generation") or 0)
         uid = meta.get("uid", "")
@@ -199,7 +144,6 @@ class SourceController:
             )
             await publishing.withdraw_source(self.ctx.redis, self.namespace, self.name)
             self.outcome = outcome
-            await self.write_status()
             return
 
         world: Any = self.world
@@ -233,7 +177,6 @@ class SourceController:
             self.log.info("source withdrawn: %s", error.message)
         await self.reconcile_adapter(spec, uid, compiled is not None)
         self.outcome = SourceOutcome(generation, spec, compiled, error, self._url(spec))
-        await self.write_status()
 
     async def check_wal(self, spec: PostgresSource) -> None:
         """Read the slot's retained WAL, at most every wal_check_interval."""
@@ -300,7 +243,7 @@ class SourceController:
 
     async def write_status(self) -> None:
         outcome = self.outcome
-        assert outcome is not None
+        assert outcome is not None  # the loop reconciles first
         spec = outcome.spec
         kind = spec.kind if spec is not None else ""
         expected = kind in adapters.ADAPTER_KINDS
@@ -331,6 +274,6 @@ class SourceController:
         wanted = status.source_conditions(facts)
         desired = status.source_status(facts, known, now=health.now_rfc3339())
         if await self.writer.write(self.body, desired):
-            for warning in status.warnings(known.get("conditions"), wanted):
+            for warning in status.warnings(known.conditions, wanted):
                 self.log.warning("%s: %s", warning.reason, warning.message)
                 self.post_event(Transition("Warning", warning.reason, warning.message))

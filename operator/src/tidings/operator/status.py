@@ -1,5 +1,9 @@
 """Status as a pure function of what the controller observed.
 
+The status is the API's own typed model (tidings.api.types.TriggerStatus,
+EventSourceStatus: the models the CRD schema is generated from), written in
+its wire form (camelCase, unset fields left out).
+
 Conditions follow the Kubernetes API conventions: type, status, a CamelCase
 reason a script can match, a human message, observedGeneration, and a
 lastTransitionTime that only moves when the status (True/False/Unknown) does.
@@ -25,14 +29,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import ValidationError
 
 from tidings.api.routes import CompileError
+from tidings.api.types import (
+    Condition,
+    DeliveryStatus,
+    EventSourceStatus,
+    ObjectStatus,
+    TriggerStatus,
+)
 from tidings.operator.health import Reading
 from tidings.operator.world import AdapterEntry, SourceEntry
 from tidings.sources import status as adapter_status
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+Status = TypeVar("Status", bound=ObjectStatus)
 
 TRIGGER_CONDITIONS = ("Ready", "SourceReady", "SubscriberResolved", "Delivering")
 SOURCE_CONDITIONS = ("Ready", "AdapterReady", "Capturing", "WalRetained", "ChangesMissed")
@@ -50,58 +64,53 @@ class Want:
 
 def conditions(
     wanted: Sequence[Want],
-    current: Sequence[Mapping[str, Any]] | None,
+    current: Sequence[Condition] | None,
     *,
     generation: int,
     now: str,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """The conditions to write: `lastTransitionTime` kept from `current` while a
     condition's status is unchanged, else `now`."""
-    previous = {c.get("type"): c for c in current or []}
-    out: list[dict[str, Any]] = []
+    previous = {c.type: c for c in current or []}
+    out: list[Condition] = []
     for want in wanted:
-        before = previous.get(want.type) or {}
-        since = before.get("lastTransitionTime")
-        if before.get("status") != want.status or not since:
+        before = previous.get(want.type)
+        since = before.last_transition_time if before is not None else None
+        if before is None or before.status != want.status or not since:
             since = now
         out.append(
-            {
-                "type": want.type,
-                "status": want.status,
-                "reason": want.reason,
-                "message": want.message,
-                "observedGeneration": generation,
-                "lastTransitionTime": since,
-            }
+            Condition(
+                type=want.type,
+                status=want.status,
+                reason=want.reason,
+                message=want.message,
+                observed_generation=generation,
+                last_transition_time=since,
+            )
         )
     return out
 
 
-TRIGGER_FIELDS = ("observedGeneration", "subscriberURI", "conditions", "delivery")
-SOURCE_FIELDS = ("observedGeneration", "url", "conditions")
-
-
-def owned(
-    status: Mapping[str, Any] | None, fields: Sequence[str], types: Sequence[str]
-) -> dict[str, Any]:
+def owned(status: Mapping[str, Any] | None, model: type[Status], types: Sequence[str]) -> Status:
     """The part of a live status this operator writes, to compare with a desired one
     (other fields and conditions of other types belong to other writers)."""
     status = status or {}
-    out = {k: status[k] for k in fields if k in status and k != "conditions"}
-    mine = [dict(c) for c in status.get("conditions") or [] if c.get("type") in types]
-    if mine or "conditions" in fields:
-        out["conditions"] = mine
-    return out
+    fields = [field.alias or name for name, field in model.model_fields.items()]
+    mine = {k: status[k] for k in fields if k in status and k != "conditions"}
+    mine["conditions"] = [c for c in status.get("conditions") or [] if c.get("type") in types]
+    try:
+        return model.model_validate(mine)
+    except ValidationError:
+        # Not what the CRD schema admits (so not ours): the next write replaces it.
+        return model(conditions=[])
 
 
-def same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def same(a: ObjectStatus, b: ObjectStatus) -> bool:
     """Equal as status, whatever the order of conditions."""
 
-    def normal(s: Mapping[str, Any]) -> dict[str, Any]:
-        out = dict(s)
-        out["conditions"] = sorted(
-            (dict(c) for c in s.get("conditions") or []), key=lambda c: str(c.get("type"))
-        )
+    def normal(s: ObjectStatus) -> dict[str, Any]:
+        out = s.to_wire()
+        out["conditions"] = sorted(out.get("conditions") or [], key=lambda c: str(c["type"]))
         return out
 
     return normal(a) == normal(b)
@@ -207,38 +216,35 @@ def trigger_conditions(f: TriggerFacts, *, stale_after: float) -> list[Want]:
 
 def trigger_status(
     f: TriggerFacts,
-    current: Mapping[str, Any] | None,
+    current: TriggerStatus | None,
     *,
     now: str,
     stale_after: float,
-) -> dict[str, Any]:
+) -> TriggerStatus:
     """The whole status this operator owns for a Trigger."""
-    status: dict[str, Any] = {"observedGeneration": f.generation}
-    if f.subscriber_url is not None:
-        status["subscriberURI"] = f.subscriber_url
-    status["conditions"] = conditions(
-        trigger_conditions(f, stale_after=stale_after),
-        (current or {}).get("conditions"),
-        generation=f.generation,
-        now=now,
+    return TriggerStatus(
+        observed_generation=f.generation,
+        subscriber_uri=f.subscriber_url,
+        conditions=conditions(
+            trigger_conditions(f, stale_after=stale_after),
+            current.conditions if current is not None else None,
+            generation=f.generation,
+            now=now,
+        ),
+        delivery=delivery_status(f),
     )
-    delivery = delivery_block(f)
-    if delivery:
-        status["delivery"] = delivery
-    return status
 
 
-def delivery_block(f: TriggerFacts) -> dict[str, Any]:
-    """status.delivery (and so the STATE and LAG columns)."""
-    block: dict[str, Any] = {}
-    reading = f.reading
-    if reading is not None:
-        block = reading.as_status()
+def delivery_status(f: TriggerFacts) -> DeliveryStatus | None:
+    """status.delivery (and so the STATE and LAG columns); None when there is nothing
+    to show."""
+    delivery = f.reading.as_status() if f.reading is not None else DeliveryStatus()
     if f.compile_error is not None:
-        block.pop("state", None)  # no route: nobody is delivering it
+        delivery = delivery.model_copy(update={"state": None})  # no route: nobody delivers it
     elif f.paused:
-        block["state"] = "Paused"  # spec wins; dispatchers follow within a second
-    return block
+        # spec wins; dispatchers follow within a second
+        delivery = delivery.model_copy(update={"state": "Paused"})
+    return delivery if delivery != DeliveryStatus() else None
 
 
 # --- EventSource -----------------------------------------------------------------------
@@ -321,10 +327,10 @@ def source_conditions(f: SourceFacts) -> list[Want]:
     return [ready_] + ([adapter] if adapter is not None else []) + from_adapter
 
 
-def warnings(before: Sequence[Mapping[str, Any]] | None, after: Sequence[Want]) -> list[Want]:
+def warnings(before: Sequence[Condition] | None, after: Sequence[Want]) -> list[Want]:
     """Warning conditions that just became True (each is worth a Kubernetes Event
     once; the written status remembers it across operator restarts)."""
-    was_true = {c.get("type") for c in before or [] if c.get("status") == "True"}
+    was_true = {c.type for c in before or [] if c.status == "True"}
     return [
         w
         for w in after
@@ -334,14 +340,17 @@ def warnings(before: Sequence[Mapping[str, Any]] | None, after: Sequence[Want]) 
     ]
 
 
-def source_status(f: SourceFacts, current: Mapping[str, Any] | None, *, now: str) -> dict[str, Any]:
-    status: dict[str, Any] = {"observedGeneration": f.generation}
-    if f.url is not None:
-        status["url"] = f.url
-    status["conditions"] = conditions(
-        source_conditions(f),
-        (current or {}).get("conditions"),
-        generation=f.generation,
-        now=now,
+def source_status(
+    f: SourceFacts, current: EventSourceStatus | None, *, now: str
+) -> EventSourceStatus:
+    """The whole status this operator owns for an EventSource."""
+    return EventSourceStatus(
+        observed_generation=f.generation,
+        url=f.url,
+        conditions=conditions(
+            source_conditions(f),
+            current.conditions if current is not None else None,
+            generation=f.generation,
+            now=now,
+        ),
     )
-    return status

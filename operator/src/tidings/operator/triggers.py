@@ -1,38 +1,32 @@
 """One Trigger's controller: compile it, publish its route, report its status.
 
-A Kopf daemon runs one `TriggerController` per Trigger. It reconciles when
-woken — by a watch event on the Trigger or on anything it depends on (its
-EventSource, Services, signing Secret), see tidings.operator.world — and otherwise
-only reads the data plane's delivery report every `health_interval`. Nothing
-is written unless it changed: the routing table skips identical routes, the
-status writer skips identical status, so a restarted operator re-derives
-everything and writes nothing.
+A Kopf daemon runs one `TriggerController` per Trigger in the reconcile loop
+(tidings.operator.loop): it reconciles when woken by a watch event on the
+Trigger or on anything it depends on (its EventSource, Services, signing
+Secret; tidings.operator.world), and otherwise only reads the data plane's
+delivery report every `health_interval`. Nothing is written unless it
+changed: the routing table skips identical routes, the status writer skips
+identical status, so a restarted operator re-derives everything and writes
+nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from tidings.api.routes import CompileError, Route, compile_trigger, resolve_destination
-from tidings.api.types import TriggerSpec
+from tidings.api.types import TriggerSpec, TriggerStatus
 from tidings.operator import health, publishing, status
-from tidings.operator.context import Context, ObjectLog
-from tidings.operator.health import Reading, Transition
-from tidings.operator.kube import StatusWriter
-from tidings.operator.world import IndexWorld, Key, trigger_dependencies, worth_reconciling
-
-log = logging.getLogger(__name__)
+from tidings.operator.context import Context, ObjectController
+from tidings.operator.health import Reading
+from tidings.operator.world import IndexWorld, Key, trigger_dependencies
 
 
 @dataclass(frozen=True)
@@ -90,77 +84,21 @@ def compile_body(body: Mapping[str, Any], world: IndexWorld, ctx: Context) -> Co
     return Compiled(generation, spec, route, error, url, subscriber_error)
 
 
-class TriggerController:
-    def __init__(
-        self,
-        ctx: Context,
-        body: Mapping[str, Any],
-        world: IndexWorld,
-        *,
-        post_event: Callable[[Transition], None],
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
-    ) -> None:
-        self.ctx = ctx
-        self.body = body  # Kopf's live view: always the newest object seen
-        self.world = world
-        self.post_event = post_event
-        meta = body["metadata"]
-        self.namespace: str = meta["namespace"]
-        self.name: str = meta["name"]
-        self.log = logger or ObjectLog(log, "Trigger", self.namespace, self.name)
-        self.key: Key = ("Trigger", self.namespace, self.name)
-        self.writer = StatusWriter(
-            ctx.kube,
-            kind="Trigger",
-            plural="triggers",
-            namespace=self.namespace,
-            name=self.name,
-            fields=status.TRIGGER_FIELDS,
-            types=status.TRIGGER_CONDITIONS,
-        )
-        known = self.writer.known(body)
-        self.shown: Reading | None = health.from_status(known.get("delivery"))
+class TriggerController(ObjectController[TriggerStatus]):
+    """Drives one Trigger (tidings.operator.loop.Controller)."""
+
+    KIND = "Trigger"
+    PLURAL = "triggers"
+    STATUS = TriggerStatus
+    CONDITIONS = status.TRIGGER_CONDITIONS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # What status.delivery shows, and when it was last written (settled against).
+        self.shown: Reading | None = health.from_status(self.writer.known(self.body).delivery)
         self.shown_state: str | None = self.shown.state if self.shown else None
         self.delivery_written = -math.inf
         self.compiled: Compiled | None = None
-
-    async def run(self, stopped: Any) -> None:
-        """Reconcile until Kopf stops the daemon (deletion, pause, exit)."""
-        settings = self.ctx.settings
-        loop = asyncio.get_running_loop()
-        subscription = self.ctx.wakeups.subscribe()
-        subscription.follow({self.key})
-        fired: set[Key] = set()
-        next_resync, failures = 0.0, 0
-        try:
-            while not stopped:
-                delay = settings.health_interval
-                try:
-                    if (
-                        self.compiled is None
-                        or loop.time() >= next_resync
-                        or worth_reconciling(
-                            fired, self.key, self.generation(), self.compiled.generation
-                        )
-                    ):
-                        # Follow first, then read: a change after the read still wakes us.
-                        subscription.follow(self.dependencies())
-                        await self.reconcile()
-                        next_resync = loop.time() + settings.resync_interval * random.uniform(
-                            0.8, 1.2
-                        )
-                    await self.report()
-                    failures = 0
-                except (RedisError, OSError, ApiException) as error:
-                    failures += 1
-                    self.compiled, delay = None, settings.retry_after(failures)
-                    self.log.warning("will retry in %.1fs: %s", delay, error)
-                fired = await subscription.wait(delay, stopped)
-        finally:
-            subscription.close()
-
-    def generation(self) -> int:
-        return int(self.body["metadata"].get("generation") or 0)
 
     def dependencies(self) -> set[Key]:
         try:
@@ -186,10 +124,11 @@ class TriggerController:
                 self.log.info("route withdrawn: %s", compiled.error.message)
         self.compiled = compiled
 
-    async def report(self) -> None:
-        """Read the delivery report and write status if it changed meaningfully."""
+    async def observe(self) -> float:
+        """Read the delivery report and write status if it changed meaningfully;
+        look again after `health_interval`."""
         compiled = self.compiled
-        assert compiled is not None
+        assert compiled is not None  # the loop reconciles first
         settings = self.ctx.settings
         loop = asyncio.get_running_loop()
         source = compiled.spec.source if compiled.spec is not None else None
@@ -215,10 +154,11 @@ class TriggerController:
             facts, known, now=health.now_rfc3339(), stale_after=settings.stale_after
         )
         written = await self.writer.write(self.body, desired)
-        if written and desired.get("delivery") != known.get("delivery"):
+        if written and desired.delivery != known.delivery:
             self.delivery_written = loop.time()
-        state = (desired.get("delivery") or {}).get("state")
+        state = desired.delivery.state if desired.delivery is not None else None
         transition = health.backoff_transition(self.shown_state, state, shown)
         if transition is not None:
             self.post_event(transition)
         self.shown, self.shown_state = shown, state
+        return settings.health_interval

@@ -19,9 +19,9 @@ import base64
 import binascii
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -36,8 +36,6 @@ Index = Mapping[Any, Iterable[Any]]
 # Secrets that are never a Tidings credential but can be large (Helm keeps whole
 # releases in them): left out of memory.
 IGNORED_SECRET_TYPES = frozenset({"helm.sh/release.v1"})
-
-V = TypeVar("V")
 
 
 def _first(index: Index | None, key: Any) -> Any | None:
@@ -241,6 +239,15 @@ class Wakeups:
         return len(self._followers)
 
 
+class Stopped(Protocol):
+    """Kopf's `stopped` flag of a daemon (kopf.DaemonStopped): true once Kopf asks
+    the daemon to return (deletion, peering pause, exit)."""
+
+    def __bool__(self) -> bool: ...
+
+    def wait(self) -> Awaitable[object]: ...
+
+
 class Subscription:
     """One controller's interest: the keys it follows, and those that fired."""
 
@@ -260,10 +267,10 @@ class Subscription:
         self._fired.add(key)
         self._event.set()
 
-    async def wait(self, seconds: float, stopped: Any = None) -> set[Key]:
-        """Wait for wake-ups, at most `seconds`, or until `stopped` (Kopf's
-        DaemonStopped) is set; the keys that fired since the last wait (empty
-        after a timeout). Nothing that fires meanwhile is lost."""
+    async def wait(self, seconds: float, stopped: Stopped | None = None) -> set[Key]:
+        """Wait for wake-ups, at most `seconds`, or until `stopped` is set; the keys
+        that fired since the last wait (empty after a timeout). Nothing that fires
+        meanwhile is lost."""
         if stopped is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), seconds)

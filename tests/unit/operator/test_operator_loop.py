@@ -1,0 +1,162 @@
+"""The reconcile loop: woken at once by what an object depends on, resynced slowly,
+backing off on errors, and returning as soon as Kopf asks it to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tidings.operator.adapters import AdapterSettings
+from tidings.operator.context import ObjectLog, Settings
+from tidings.operator.loop import keep_reconciling
+from tidings.operator.world import Key, Wakeups
+
+OWN: Key = ("Trigger", "shop", "welcome")
+SERVICE: Key = ("Service", "shop", "mailer")
+
+
+class Flag:
+    """Kopf's DaemonStopped as the loop sees it: truthy once set, awaitable."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class Recorder:
+    """A controller that records what the loop asks of it."""
+
+    def __init__(self, *, look_again: float | None = None, failures: int = 0) -> None:
+        self.key = OWN
+        self.log = ObjectLog(logging.getLogger(__name__), *OWN)
+        self.gen = 1
+        self.look_again = look_again
+        self.failures_left = failures
+        self.reconciled: list[int] = []
+        self.observed = 0
+        self.changed = asyncio.Event()
+
+    def generation(self) -> int:
+        return self.gen
+
+    def dependencies(self) -> set[Key]:
+        return {OWN, SERVICE}
+
+    async def reconcile(self) -> None:
+        if self.failures_left:
+            self.failures_left -= 1
+            self.changed.set()
+            raise RedisConnectionError("Redis is down")
+        self.reconciled.append(self.gen)
+        self.changed.set()
+
+    async def observe(self) -> float | None:
+        self.observed += 1
+        self.changed.set()
+        return self.look_again
+
+    async def until(self, done: Callable[[], bool], within: float = 1.0) -> None:
+        deadline = time.monotonic() + within
+        while not done():
+            self.changed.clear()
+            left = deadline - time.monotonic()
+            assert left > 0, "the loop did not get there in time"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), left)
+
+
+def settings(resync_interval: float) -> Settings:
+    return Settings(
+        adapters=AdapterSettings(image="tidings", redis_url="redis://"),
+        resync_interval=resync_interval,
+        retry_delay=0.01,
+        retry_max=0.05,
+    )
+
+
+async def running(
+    controller: Recorder, wakeups: Wakeups, stopped: Flag, resync_interval: float = 300.0
+) -> asyncio.Task[None]:
+    task = asyncio.create_task(
+        keep_reconciling(
+            controller, wakeups=wakeups, settings=settings(resync_interval), stopped=stopped
+        )
+    )
+    await controller.until(lambda: controller.observed >= 1)
+    return task
+
+
+async def stop(task: asyncio.Task[None], stopped: Flag) -> None:
+    stopped.set()
+    await asyncio.wait_for(task, 0.5)
+
+
+async def test_a_dependency_change_wakes_a_reconcile_at_once() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder()
+    task = await running(controller, wakeups, stopped)
+    assert controller.reconciled == [1]
+    started = time.monotonic()
+    wakeups.notify(SERVICE)
+    await controller.until(lambda: len(controller.reconciled) == 2, within=0.1)
+    assert time.monotonic() - started < 0.1
+    await stop(task, stopped)
+
+
+async def test_the_objects_own_event_reconciles_only_for_a_new_generation() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder()
+    task = await running(controller, wakeups, stopped)
+    wakeups.notify(OWN)  # e.g. our own status write coming back
+    await controller.until(lambda: controller.observed == 2)
+    assert controller.reconciled == [1]
+    controller.gen = 2
+    wakeups.notify(OWN)
+    await controller.until(lambda: controller.reconciled == [1, 2])
+    await stop(task, stopped)
+
+
+async def test_observe_runs_again_when_the_controller_asks() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder(look_again=0.01)
+    task = await running(controller, wakeups, stopped)
+    await controller.until(lambda: controller.observed >= 4)
+    assert controller.reconciled == [1]
+    await stop(task, stopped)
+
+
+async def test_the_resync_reconciles_without_any_event() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder()
+    task = await running(controller, wakeups, stopped, resync_interval=0.02)
+    await controller.until(lambda: len(controller.reconciled) >= 3)
+    await stop(task, stopped)
+
+
+async def test_errors_are_retried_after_a_backoff_with_a_full_reconcile() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder(failures=3)
+    started = time.monotonic()
+    task = await running(controller, wakeups, stopped)
+    # 0.01, 0.02, 0.04 s (±20 %) between the attempts, then it goes through.
+    assert controller.reconciled == [1] and controller.failures_left == 0
+    assert time.monotonic() - started >= 0.8 * 0.07
+    await stop(task, stopped)
+
+
+async def test_the_loop_returns_when_asked_to_stop_and_unfollows_everything() -> None:
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder()
+    task = await running(controller, wakeups, stopped)
+    assert len(wakeups) == 2  # its own key and the Service
+    started = time.monotonic()
+    await stop(task, stopped)
+    assert time.monotonic() - started < 0.1
+    assert len(wakeups) == 0
