@@ -121,13 +121,13 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
 
     @daemon("triggers")
     async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        world_ = the_world(kwargs)
-        await drive(TriggerController(ctx, body, world_, post_event=poster(body)), stopped)
+        controller = TriggerController(ctx, body, the_world(kwargs), post_event=poster(body))
+        await drive(controller, stopped)
 
     @daemon("eventsources")
     async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        world_ = the_world(kwargs)
-        await drive(SourceController(ctx, body, world_, post_event=poster(body)), stopped)
+        controller = SourceController(ctx, body, the_world(kwargs), post_event=poster(body))
+        await drive(controller, stopped)
 
     # --- deletion ----------------------------------------------------------------------
 
