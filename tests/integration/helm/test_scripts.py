@@ -13,7 +13,14 @@ from helm_harness import REPO
 
 pytestmark = pytest.mark.integration
 
-SCRIPTS = ["hack/kind-e2e.sh", "hack/build-helm.sh"]
+SCRIPTS = [
+    "hack/kind-e2e.sh",
+    "hack/build-helm.sh",
+    "hack/build-k8s-tools.sh",
+    "hack/build-images.sh",
+    "hack/cluster.sh",
+    "hack/lock.sh",
+]
 
 
 def shellcheck() -> str:
