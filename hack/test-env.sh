@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Everything the integration tests and the demo need, for real: Redis,
-# PostgreSQL and a Kubernetes control plane, each on free loopback ports.
+# PostgreSQL, a Kubernetes control plane and an S3 server (Versity Gateway),
+# each on free loopback ports.
 #
 #   hack/test-env.sh up       # prints the exports; eval "$(hack/test-env.sh up)"
 #   hack/test-env.sh env|status|down
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-COMPONENTS=(redis postgres control-plane)
+COMPONENTS=(redis postgres control-plane s3)
 
 # A fresh CI machine has none of the servers; Debian packages them all
-# (kube-apiserver is built from source by hack/build-k8s-tools.sh instead).
+# (kube-apiserver and Versity Gateway are built from Go modules instead, by
+# hack/build-k8s-tools.sh and hack/s3.sh).
 install_missing() {
   local missing=()
   command -v python3 >/dev/null || missing+=(python3)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
   [[ -n ${REDIS_SERVER:-} ]] || command -v redis-server >/dev/null || missing+=(redis-server)
   [[ -n ${ETCD:-} ]] || command -v etcd >/dev/null || missing+=(etcd-server)
   [[ -n ${PG_BIN:-} ]] || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
