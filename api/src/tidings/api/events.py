@@ -1,9 +1,11 @@
 """CloudEvents 1.0 as Tidings stores them: one JSON object per stream entry.
 
-Ingest and the source adapters append events with `encode`; the dispatcher
-reads them with `decode`. The stored form is the structured-mode JSON of the
-event (`data` inline when it is JSON, `data_base64` otherwise), so structured
-delivery forwards it as is.
+Ingest and the source adapters append events with `encode`. The stored form
+is the structured-mode JSON of the event (`data` inline when it is JSON,
+`data_base64` otherwise), so structured delivery forwards it as is: the
+dispatcher takes the raw fields from its fetch script (tidings.dispatcher.cursor)
+and parses the JSON once, never building a CloudEvent. `decode` is for whoever
+reads a stream entry directly (tools, tests).
 """
 
 from __future__ import annotations

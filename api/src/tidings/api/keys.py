@@ -1,8 +1,11 @@
-"""Every Redis key, stream field and channel name Tidings uses, defined once.
+"""Every Redis key, stream field, hash field and channel name Tidings uses, defined once.
 
 All keys of one EventSource share the hash tag `{ns/name}`, so in Redis Cluster
 they live on one slot and every script or transaction over them stays legal.
 The routing table has its own tag, `{routing}`.
+
+The Lua scripts (tidings.api.scripts) spell the upper-case names below as
+`{{NAME}}`; the loader puts the value in, so a name changed here changes there.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ CURSORS = f"{PREFIX}:{{routing}}:cursors"
 # --- stream entry fields ---
 FIELD_EVENT = "e"  # the CloudEvent, JSON (structured form; data inline or data_base64)
 FIELD_TIME = "t"  # ingest time, ms since epoch
+
+# An empty stream is made by creating and destroying a consumer group of this
+# name; Kubernetes names cannot contain ':', so no Trigger's group is called this.
+PLACEHOLDER_GROUP = f"{PREFIX}:init"
 
 
 def source_tag(namespace: str, name: str) -> str:
@@ -43,7 +50,8 @@ def dedupe(namespace: str, name: str, event_id: str) -> str:
 
 
 def adapter_state(namespace: str, name: str) -> str:
-    """HASH of a source adapter's resume point (LSN, resourceVersion, last tick)."""
+    """HASH of a source adapter's resume point (LSN, resourceVersion, last tick) and
+    its guard (ADAPTER_GUARD)."""
     return f"{PREFIX}:{source_tag(namespace, name)}:adapter"
 
 
@@ -68,12 +76,13 @@ def retries(namespace: str, source: str, trigger: str) -> str:
 
 
 def attempts(namespace: str, source: str, trigger: str) -> str:
-    """HASH stream id -> attempt bookkeeping JSON (count, first failure, last status)."""
+    """HASH stream id -> attempts made so far (a count) of a scheduled retry."""
     return _trigger_key(namespace, source, trigger, "attempts")
 
 
 def dead_letters(namespace: str, source: str, trigger: str) -> str:
-    """STREAM of dead-lettered events with their attempts, last status and error."""
+    """STREAM of dead-lettered events (DLQ_* fields) with their attempts, last status
+    and error."""
     return _trigger_key(namespace, source, trigger, "dlq")
 
 
@@ -88,7 +97,7 @@ def in_flight(namespace: str, source: str, trigger: str) -> str:
 
 
 def rate_bucket(namespace: str, source: str, trigger: str) -> str:
-    """HASH token bucket (tokens, updated ms) for the cluster-wide rate limit."""
+    """HASH token bucket (RATE_* fields) for the cluster-wide rate limit."""
     return _trigger_key(namespace, source, trigger, "rate")
 
 
@@ -134,7 +143,7 @@ def replays(namespace: str, source: str, trigger: str) -> str:
 
 
 # --- trigger_state HASH fields (written by the dispatcher, read by the operator) ---
-STATE_STATE = "state"  # Delivering | Backoff | Paused
+STATE_STATE = "state"  # DELIVERING | BACKOFF | PAUSED
 STATE_LAG = "lag"  # events not yet delivered: unread + scheduled retries + parked
 STATE_PENDING = "pending"  # entries being delivered right now (the group's PEL)
 STATE_RETRIES = "retries"  # entries scheduled for another attempt
@@ -148,3 +157,24 @@ STATE_LAST_FAILURE_MESSAGE = "lastFailureMessage"
 STATE_PROBE_DUE = "probeDue"  # Backoff: ms since epoch of the next probe
 STATE_PROBE_INTERVAL = "probeInterval"  # Backoff: current probe interval, ms
 STATE_UPDATED = "updated"  # ms since epoch of the last publish
+
+# --- trigger_state's `state` values ---
+DELIVERING = "Delivering"
+BACKOFF = "Backoff"
+PAUSED = "Paused"
+
+# --- rate_bucket HASH fields ---
+RATE_TOKENS = "tokens"  # tokens left (a float, as text)
+RATE_UPDATED = "ts"  # ms since epoch of the last refill
+
+# --- dead_letters STREAM entry fields ---
+DLQ_EVENT = "event"  # the CloudEvent as stored in the source's stream ("" if it was gone)
+DLQ_STREAM_ID = "streamId"  # its id in the source's stream
+DLQ_ATTEMPTS = "attempts"  # attempts made
+DLQ_STATUS = "status"  # the last HTTP status, "" after a network error or timeout
+DLQ_ERROR = "error"  # why it was given up, and the last error
+DLQ_TIME = "time"  # when, ms since epoch
+DLQ_TRIGGER = "trigger"  # "namespace/name"
+
+# --- adapter_state HASH field ---
+ADAPTER_GUARD = "position"  # the position of the last event an adapter wrote

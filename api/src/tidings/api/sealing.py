@@ -11,6 +11,7 @@ a timestamp we ignore. See docs/design.md, "Secrets".
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -60,3 +61,35 @@ class Sealer:
                 "a sealed secret does not open with this seal key: operator and dispatcher "
                 "must mount the same key"
             ) from None
+
+
+class StableSealer(Sealer):
+    """A Sealer that gives the same ciphertext for the same plaintext: the one it
+    learned from the routing table, else the one it made first.
+
+    Fernet ciphertexts differ on every call (random IV), so re-sealing an
+    unchanged secret would rewrite its route and bump the table version on
+    every operator restart or `tidings dev` reload. The operator and `tidings
+    dev` both seal with this.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self._known: dict[str, str] = {}
+
+    def seal(self, plain: str) -> str:
+        sealed = self._known.get(plain)
+        if sealed is None:
+            sealed = self._known[plain] = super().seal(plain)
+        return sealed
+
+    def learn(self, sealed_values: Iterable[str | None]) -> None:
+        """Adopt ciphertexts found in the table (ones sealed with another key are
+        ignored: they get re-sealed, which is how a new seal key rolls out)."""
+        for sealed in sealed_values:
+            if not sealed:
+                continue
+            try:
+                self._known[self.unseal(sealed)] = sealed
+            except SealError:
+                continue

@@ -2,43 +2,27 @@
 
 Layout (tidings.api.keys): a HASH of compiled Routes, a HASH of compiled
 sources, and a version counter, all under the `{routing}` hash tag. Every
-change is one Lua call that writes only when the value differs, bumps the
-version and publishes it on TABLE_CHANGED, so a restarted operator that
-re-publishes identical routes causes no churn. Dispatchers subscribe for
-changes and re-read the whole table on a timer as a safety net.
+change is one Lua call (lua/table_put.lua) that writes only when the value
+differs, bumps the version and publishes it on TABLE_CHANGED, so a restarted
+operator that re-publishes identical routes causes no churn. Dispatchers
+subscribe for changes and re-read the whole table on a timer as a safety net.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 
-from tidings.api import keys
+from tidings.api import keys, scripts
 from tidings.api.routes import CompiledSource, Route
-
-# KEYS[1] = hash, KEYS[2] = version; ARGV[1] = field, ARGV[2] = value ("" deletes).
-_PUT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[2] == '' then
-  if not current then return -1 end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-elseif current == ARGV[2] then
-  return -1
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-end
-local version = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[3], version)
-return version
-"""
+from tidings.api.text import text
 
 
 async def _put(redis: Redis, table: str, entry: str, value: str) -> int | None:
     """Write (or with value "" delete) one entry; the new version, or None if unchanged."""
     version = int(
-        await redis.eval(_PUT, 2, table, keys.TABLE_VERSION, entry, value, keys.TABLE_CHANGED)  # type: ignore[misc]
+        await scripts.TABLE_PUT(redis, keys=[table, keys.TABLE_VERSION], args=[entry, value])
     )
     return None if version < 0 else version
 
@@ -79,21 +63,16 @@ async def load(redis: Redis) -> RoutingTable:
         pipe.hgetall(keys.SOURCES)
         version, raw_routes, raw_sources = await pipe.execute()
     table = RoutingTable(version=int(version or 0))
-    for entry, value in _decode(raw_sources).items():
+    for raw_entry, value in raw_sources.items():
+        entry = text(raw_entry)
         try:
             table.sources[entry] = CompiledSource.model_validate_json(value)
         except ValueError as error:
             table.rejected[f"source {entry}"] = str(error)
-    for entry, value in _decode(raw_routes).items():
+    for raw_entry, value in raw_routes.items():
+        entry = text(raw_entry)
         try:
             table.routes[entry] = Route.model_validate_json(value)
         except ValueError as error:
             table.rejected[f"route {entry}"] = str(error)
     return table
-
-
-def _decode(raw: dict[Any, Any]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }

@@ -38,15 +38,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tidings.api import manifests as manifest_files
 from tidings.api import sealing, table
 from tidings.api.events import CloudEvent
+from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
 from tidings.api.process import add_common_options
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
-from tidings.api.sealing import Sealer
+from tidings.api.sealing import Sealer, StableSealer
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
@@ -66,21 +67,6 @@ POLL_INTERVAL = 1.0
 def say(line: str) -> None:
     """User-facing output: stdout, one line, flushed (logs go to stderr)."""
     print(line, flush=True)
-
-
-class StableSealer(Sealer):
-    """Seals a given plain text to the same ciphertext for the whole session,
-    so recompiling unchanged manifests publishes nothing (Fernet output is
-    randomised; without this every reload would look like a change)."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self._sealed: dict[str, str] = {}
-
-    def seal(self, plain: str) -> str:
-        if plain not in self._sealed:
-            self._sealed[plain] = super().seal(plain)
-        return self._sealed[plain]
 
 
 def dev_seal_key(state: Path) -> str:
@@ -262,11 +248,7 @@ async def create_groups(redis: Redis, routes: Iterable[Route]) -> None:
     engine would: an event sent right after dev says a Trigger is there must
     reach it, even if the engine's worker for it has not started yet."""
     for route in routes:
-        try:
-            await redis.xgroup_create(route.stream, route.group, id="$", mkstream=True)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        await ensure_group(redis, route.stream, route.group)
 
 
 # --- source adapters (postgres, kubernetes, schedule) ---------------------------------

@@ -20,51 +20,33 @@ A Trigger in Backoff gets nothing: it only probes (backoff_state.py).
   retry   XACK, schedule in the retry ZSET with the attempt count (the entry
           leaves the PEL; the retry ZSET owns it, and `held` keeps retention off it)
   dead    XACK, drop bookkeeping, XADD to the DLQ stream (deadletter.py)
-A due retry may be a dead letter handed back by `tidings replay`: it is
-delivered from its copy in the replay HASH, which ok/dead drop (deadletter.py).
 and releases leases, refunds tokens of filtered-out events, and keeps the
 consecutive-failure count and last failure the Backoff state machine reads.
+A due retry may be a dead letter handed back by `tidings replay`: it is
+delivered from its copy in the replay HASH, which ok/dead drop (deadletter.py).
+
+The scripts are tidings/api/lua/cursor_fetch.lua and cursor_settle.lua; every
+time in them is Redis's clock (TIME), so replicas with skewed clocks share
+leases, rate tokens and due times correctly.
 """
 
 from __future__ import annotations
 
-import time
-import weakref
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
-from tidings.api import keys
+from tidings.api import keys, scripts
 from tidings.api.routes import Route
-from tidings.dispatcher import deadletter, limits, ordering
+from tidings.api.text import text
+from tidings.dispatcher import ordering
 from tidings.dispatcher.limits import Limits
-
-# Both scripts take the same KEYS, in this order.
-_KEY_NAMES = (
-    "K_STREAM",
-    "K_RETRY",
-    "K_ATTEMPTS",
-    "K_INFLIGHT",
-    "K_RATE",
-    "K_ORDER",
-    "K_PARKED",
-    "K_HELD",
-    "K_DLQ",
-    "K_STATE",
-    "K_REPLAY",
-)
-_PRELUDE = (
-    "local "
-    + ", ".join(_KEY_NAMES)
-    + " = "
-    + ", ".join(str(i) for i in range(1, len(_KEY_NAMES) + 1))
-    + "\n"
-)
 
 
 def script_keys(route: Route) -> list[str]:
+    """The KEYS of both scripts, in the order lua/_cursor_keys.lua names them."""
     ns, source, name = route.namespace, route.source, route.name
     return [
         route.stream,
@@ -81,187 +63,34 @@ def script_keys(route: Route) -> list[str]:
     ]
 
 
-# Every time in these scripts is Redis's clock (TIME), so replicas with skewed
-# clocks share leases, rate tokens and due times correctly.
-# ARGV: group, consumer, want, (unused), lease ms, concurrency, rate, burst,
-#       reclaim idle ms (0: do not reclaim), ordering path ("" : unordered),
-#       probe ("1": fetch even in Backoff, for the probe)
-# Returns {status, info, entries}; status ok | limited (info: ms to wait) |
-# empty (info: {last stream id, ms until the next retry is due, or -1}) | backoff.
-# Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
-_FETCH = (
-    _PRELUDE
-    + limits.LUA
-    + ordering.LUA
-    + deadletter.REPLAYED_LUA
-    + """
-local group, consumer = ARGV[1], ARGV[2]
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local want, lease = tonumber(ARGV[3]), tonumber(ARGV[5])
-local limit, rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local reclaim_idle, path, probe = tonumber(ARGV[9]), ARGV[10], ARGV[11]
+class Origin(StrEnum):
+    """Where a fetched entry came from (the scripts' one-letter codes)."""
 
-if probe ~= '1' and redis.call('HGET', KEYS[K_STATE], 'state') == 'Backoff' then
-  return {'backoff', 0, {}}
-end
-local tokens
-want, tokens = limits_take(want, now, limit, rate, burst)
-if want <= 0 then
-  local wait = 5
-  if rate > 0 and tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
-  return {'limited', wait, {}}
-end
+    RETRY = "r"  # a scheduled retry that came due
+    RECLAIMED = "c"  # pending at a consumer that died (XAUTOCLAIM)
+    NEW = "n"  # read for the first time (XREADGROUP >)
 
-local parts = nil
-if path ~= '' then parts = order_path(path) end
-local out, ids = {}, {}
-local function take(origin, id, fields)
-  local key = ''
-  if parts then
-    local k = order_key(fields, parts)
-    if k then key = 'k' .. k end
-  end
-  local attempts = '0'
-  if origin == 'r' then attempts = redis.call('HGET', KEYS[K_ATTEMPTS], id) or '0' end
-  out[#out + 1] = {origin, id, fields, attempts, key}
-  ids[#ids + 1] = id
-end
 
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIMIT', 0, want)) do
-  -- A replayed dead letter is delivered from its copy (deadletter.py).
-  local fields = replayed(id)
-  if not fields then
-    local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
-    fields = entry and entry[2]
-  end
-  if fields then
-    redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
-    take('r', id, fields)
-  else  -- gone from the stream (deleted by hand): nothing left to deliver
-    redis.call('ZREM', KEYS[K_RETRY], id)
-    redis.call('ZREM', KEYS[K_HELD], id)
-    redis.call('HDEL', KEYS[K_ATTEMPTS], id)
-  end
-end
+class FetchStatus(StrEnum):
+    OK = "ok"  # entries to deliver
+    LIMITED = "limited"  # the concurrency or rate limit allows none now
+    EMPTY = "empty"  # nothing to deliver
+    BACKOFF = "backoff"  # the Trigger is in Backoff: probe instead
 
-if reclaim_idle > 0 and #out < want then
-  local claimed = redis.call('XAUTOCLAIM', KEYS[K_STREAM], group, consumer, reclaim_idle, '0-0',
-    'COUNT', want - #out)
-  for _, entry in ipairs(claimed[2]) do
-    if entry and entry[2] then take('c', entry[1], entry[2]) end
-  end
-end
 
-if #out < want then
-  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want - #out,
-    'STREAMS', KEYS[K_STREAM], '>')
-  if read then
-    for _, entry in ipairs(read[1][2]) do
-      local id, fields = entry[1], entry[2]
-      local key = parts and order_key(fields, parts)
-      if key and not order_acquire(key, id) then
-        redis.call('XACK', KEYS[K_STREAM], group, id)
-        order_park(key, id)
-      else
-        take('n', id, fields)
-      end
-    end
-  end
-end
+class Op(StrEnum):
+    """What settling does with an entry (cursor_settle.lua)."""
 
-if #out == 0 then
-  local last = redis.call('XREVRANGE', KEYS[K_STREAM], '+', '-', 'COUNT', 1)[1]
-  local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
-  local due_in = -1
-  if due then due_in = math.max(0, tonumber(due) - now) end
-  return {'empty', {last and last[1] or '0-0', due_in}, {}}
-end
-limits_commit(now, now + lease, consumer, ids, limit, tokens, rate)
-return {'ok', 0, out}
-"""
-)
-
-# ARGV: group, consumer, the DLQ's max entries, burst, filtered-out count, answered count,
-#       failed count, last failure time, status, message, trigger id,
-#       the ids of plain acks (new entries delivered, no ordering key), space-separated
-#       (the common case, packed in one argument: packing 8 per entry costs more
-#       client CPU than the script);
-# then per other entry: op ok|retry|dead, id, origin, key ("k"..key or ""),
-#       delay ms (retry: from now on Redis's clock), attempts, status, message.
-# Returns the consecutive failure count.
-_SETTLE = (
-    _PRELUDE
-    + limits.LUA
-    + ordering.LUA
-    + deadletter.LUA
-    + """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local group, consumer, burst = ARGV[1], ARGV[2], tonumber(ARGV[4])
-local dlq_max = tonumber(ARGV[3])
-local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local trigger = ARGV[11]
-
-local acks = {}
-for id in string.gmatch(ARGV[12], '%S+') do
-  limits_release(consumer, id)
-  acks[#acks + 1] = id
-end
-for i = 13, #ARGV, 8 do
-  local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  limits_release(consumer, id)
-  if origin ~= 'r' then acks[#acks + 1] = id end
-  if op == 'retry' then
-    redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
-    -- A replayed event has its own copy: retention need not keep the source's entry.
-    if redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0 then
-      redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
-    end
-    redis.call('HSET', KEYS[K_ATTEMPTS], id, ARGV[i + 5])
-  else
-    if origin ~= 'n' then
-      redis.call('ZREM', KEYS[K_RETRY], id)
-      redis.call('ZREM', KEYS[K_HELD], id)
-      redis.call('HDEL', KEYS[K_ATTEMPTS], id)
-    end
-    if op == 'dead' then
-      deadletter_add(id, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, trigger, dlq_max)
-    end
-    if origin == 'r' then redis.call('HDEL', KEYS[K_REPLAY], id) end
-    if key ~= '' then order_release(string.sub(key, 2), id, now) end
-  end
-end
-for i = 1, #acks, 1000 do
-  redis.call('XACK', KEYS[K_STREAM], group, unpack(acks, i, math.min(i + 999, #acks)))
-end
-limits_release_all()
-limits_refund(refunds, burst)
-
-local failures
-if answered > 0 then
-  failures = failed
-  redis.call('HSET', KEYS[K_STATE], 'failures', failures)
-elseif failed > 0 then
-  failures = redis.call('HINCRBY', KEYS[K_STATE], 'failures', failed)
-else
-  failures = tonumber(redis.call('HGET', KEYS[K_STATE], 'failures') or '0')
-end
-if failed > 0 then
-  redis.call('HSET', KEYS[K_STATE], 'lastFailureTime', ARGV[8], 'lastFailureStatus', ARGV[9],
-    'lastFailureMessage', ARGV[10])
-end
-return failures
-"""
-)
+    OK = "ok"  # delivered, or filtered out
+    RETRY = "retry"  # scheduled for another attempt
+    DEAD = "dead"  # dead-lettered
 
 
 @dataclass(slots=True)
 class Entry:
-    """One entry to deliver. `origin`: r (a due retry), c (reclaimed from a dead
-    consumer), n (new). `attempts`: attempts made before this one."""
+    """One entry to deliver. `attempts`: attempts made before this one."""
 
-    origin: str
+    origin: Origin
     id: str
     event_json: bytes
     ingested_ms: int
@@ -271,7 +100,7 @@ class Entry:
 
 @dataclass(slots=True)
 class Fetched:
-    status: str  # ok | limited | empty | backoff
+    status: FetchStatus
     entries: list[Entry]
     wait_ms: int = 0  # limited: when tokens are expected
     last_id: str = "0-0"  # empty: the stream's newest id, to block on
@@ -280,7 +109,7 @@ class Fetched:
 
 @dataclass(slots=True)
 class Outcome:
-    op: str  # ok | retry | dead
+    op: Op
     entry: Entry
     delay_ms: int = 0  # retry: when, from now
     attempts: int = 0  # retry: the count to store; dead: the attempts made
@@ -295,17 +124,12 @@ class FailureNote:
     message: str
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Cursor:
     """The fetch/settle scripts bound to one Redis client and one Trigger."""
 
     def __init__(self, redis: Redis, route: Route, consumer: str) -> None:
         self.redis = redis
         self.consumer = consumer
-        self.fetch_script, self.settle_script = _scripts(redis)
         self.update(route)
 
     def update(self, route: Route) -> None:
@@ -317,14 +141,13 @@ class Cursor:
     async def fetch(
         self, want: int, lease_ms: int, reclaim_idle_ms: int = 0, *, probe: bool = False
     ) -> Fetched:
-        now = int(time.time() * 1000)
-        status, info, raw = await self.fetch_script(
+        status, info, raw = await scripts.CURSOR_FETCH(
+            self.redis,
             keys=self.keys,
             args=[
                 self.route.group,
                 self.consumer,
                 want,
-                now,
                 lease_ms,
                 self.limits.concurrency,
                 self.limits.rate,
@@ -334,13 +157,13 @@ class Cursor:
                 "1" if probe else "0",
             ],
         )
-        status = _text(status)
-        if status == "ok":
-            return Fetched("ok", [_entry(item) for item in raw])
-        if status == "limited":
-            return Fetched("limited", [], wait_ms=int(info))
-        if status == "empty":
-            return Fetched("empty", [], last_id=_text(info[0]), due_in_ms=int(float(info[1])))
+        status = FetchStatus(text(status))
+        if status is FetchStatus.OK:
+            return Fetched(status, [_entry(item) for item in raw])
+        if status is FetchStatus.LIMITED:
+            return Fetched(status, [], wait_ms=int(info))
+        if status is FetchStatus.EMPTY:
+            return Fetched(status, [], last_id=text(info[0]), due_in_ms=int(float(info[1])))
         return Fetched(status, [])
 
     async def settle(
@@ -365,14 +188,10 @@ class Cursor:
             failure.status if failure else "",
             failure.message if failure else "",
             self.route.id,
-            " ".join(
-                o.entry.id
-                for o in outcomes
-                if o.op == "ok" and o.entry.origin == "n" and not o.entry.order_key
-            ),
+            " ".join(o.entry.id for o in outcomes if _plain_ack(o)),
         ]
         for o in outcomes:
-            if o.op == "ok" and o.entry.origin == "n" and not o.entry.order_key:
+            if _plain_ack(o):
                 continue
             args += [
                 o.op,
@@ -384,9 +203,20 @@ class Cursor:
                 o.status,
                 o.message,
             ]
-        return int(await self.settle_script(keys=self.keys, args=args))
+        return int(await scripts.CURSOR_SETTLE(self.redis, keys=self.keys, args=args))
 
 
+def _plain_ack(outcome: Outcome) -> bool:
+    """A new entry delivered without an ordering key: only XACK and the lease."""
+    entry = outcome.entry
+    return outcome.op is Op.OK and entry.origin is Origin.NEW and not entry.order_key
+
+
+# Per entry on the hot path: a dict lookup, bytes or str, costs less than Origin(text(o)).
+_ORIGINS: dict[bytes | str, Origin] = {
+    **{o.value: o for o in Origin},
+    **{o.value.encode(): o for o in Origin},
+}
 _FIELD_EVENT = (keys.FIELD_EVENT.encode(), keys.FIELD_EVENT)
 _FIELD_TIME = (keys.FIELD_TIME.encode(), keys.FIELD_TIME)
 
@@ -403,22 +233,10 @@ def _entry(item: list[Any]) -> Entry:
         elif name in _FIELD_TIME:
             ingested = int(fields[i + 1])
     return Entry(
-        origin=_text(origin),
-        id=_text(stream_id),
+        origin=_ORIGINS[origin],
+        id=text(stream_id),
         event_json=event_json,
         ingested_ms=ingested,
         attempts=int(attempts),
-        order_key=_text(key),
+        order_key=text(key),
     )
-
-
-_cache: weakref.WeakKeyDictionary[Redis, tuple[AsyncScript, AsyncScript]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _scripts(redis: Redis) -> tuple[AsyncScript, AsyncScript]:
-    scripts = _cache.get(redis)
-    if scripts is None:
-        scripts = _cache[redis] = (redis.register_script(_FETCH), redis.register_script(_SETTLE))
-    return scripts

@@ -12,7 +12,7 @@ longer than the Trigger's timeout plus RECLAIM_MARGIN never steals a live one.
 
 Routes come and go with the routing table (TableWatcher.on_change):
 
-- a new Trigger's consumer group is created at `$` (XGROUP CREATE ... MKSTREAM):
+- a new Trigger's consumer group is created at `$` (tidings.api.groups):
   it receives the events appended from its creation on, not the source's history;
 - a changed route is swapped in place (its filter recompiled once);
 - a paused route stops pulling and keeps its cursor (the group stays);
@@ -35,6 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -42,13 +43,23 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from tidings.api import groups
 from tidings.api.events import now_rfc3339
 from tidings.api.routes import Route
 from tidings.api.sealing import Sealer, SealError
 from tidings.api.table import RoutingTable
+from tidings.api.text import text
 from tidings.dispatcher import deadletter, retention
 from tidings.dispatcher.backoff_state import FAILURES_TO_BACKOFF, BackoffState
-from tidings.dispatcher.cursor import Cursor, Entry, FailureNote, Fetched, Outcome
+from tidings.dispatcher.cursor import (
+    Cursor,
+    Entry,
+    FailureNote,
+    Fetched,
+    FetchStatus,
+    Op,
+    Outcome,
+)
 from tidings.dispatcher.delivery import Result, build_request, send, signing_key
 from tidings.dispatcher.filtering import Filter
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
@@ -70,8 +81,8 @@ FLUSH_DELAY = 0.001
 IDLE_BLOCK = 1.0
 
 # Called after every attempt: (route, event, result, op) where op is what
-# happened to the event: ok | retry | dead. `tidings dev` prints from it.
-AttemptHook = Callable[[Route, dict[str, Any], Result, str], None]
+# happened to the event. `tidings dev` prints from it.
+AttemptHook = Callable[[Route, dict[str, Any], Result, Op], None]
 
 
 async def cancel(tasks: set[asyncio.Task[Any]]) -> None:
@@ -89,14 +100,82 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class Verdict(StrEnum):
+    """What became of an entry this time; its metric and Backoff bookkeeping follow."""
+
+    DELIVERED = "delivered"  # the subscriber answered 2xx
+    FILTERED = "filtered"  # the Trigger's filter dropped it
+    RETRIED = "retried"  # the attempt failed; another is scheduled
+    DEAD_ANSWERED = "dead_answered"  # the subscriber refused it (a status not in retryOn)
+    DEAD_FAILED = "dead_failed"  # failed, and no attempt or time is left for another
+    EXPIRED = "expired"  # dead-lettered unsent: maxAge passed before delivery
+    UNREADABLE = "unreadable"  # dead-lettered unsent: the stored entry is no CloudEvent
+
+
+# The subscriber answered (it is up), or it did not (it counts toward Backoff).
+ANSWERED = frozenset({Verdict.DELIVERED, Verdict.DEAD_ANSWERED})
+FAILED = frozenset({Verdict.RETRIED, Verdict.DEAD_FAILED})
+DEAD_LETTERED = frozenset({Verdict.DEAD_ANSWERED, Verdict.DEAD_FAILED, Verdict.EXPIRED})
+
+
 @dataclass(slots=True)
-class _Done:
+class Done:
     """A finished delivery task, waiting for the flusher."""
 
     outcome: Outcome
-    kind: str  # delivered | filtered | retried | dead_answered | dead_failed | expired
+    verdict: Verdict
     failure: Failure | None = None
     event: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    """A settled batch, counted: for the settle script and the metrics."""
+
+    delivered: int = 0
+    filtered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0  # given up on after trying, or past maxAge
+    unreadable: int = 0  # dead-lettered too, but never deliverable: counted apart
+    answered: int = 0
+    failed: int = 0
+    last_failure: Failure | None = None
+
+
+def tally(batch: list[Done]) -> Tally:
+    counts = Tally()
+    for done in batch:
+        verdict = done.verdict
+        if verdict in ANSWERED:
+            counts.answered += 1
+        elif verdict in FAILED:
+            counts.failed += 1
+            counts.last_failure = done.failure
+        if verdict in DEAD_LETTERED:
+            counts.dead_lettered += 1
+        elif verdict is Verdict.UNREADABLE:
+            counts.unreadable += 1
+        elif verdict is Verdict.DELIVERED:
+            counts.delivered += 1
+        elif verdict is Verdict.FILTERED:
+            counts.filtered += 1
+        else:
+            counts.retried += 1
+    return counts
+
+
+def stored_event(entry: Entry) -> dict[str, Any] | Done:
+    """The entry's CloudEvent; or, when what is stored is not a CloudEvent object,
+    its outcome: dead-lettered as unreadable (no attempt can ever deliver it)."""
+    try:
+        event = json.loads(entry.event_json)
+        if not isinstance(event, dict) or "id" not in event:
+            raise ValueError("not a CloudEvent object")
+    except ValueError as error:
+        message = f"stored event is unreadable: {error}"
+        outcome = Outcome(Op.DEAD, entry, attempts=entry.attempts, message=message)
+        return Done(outcome, Verdict.UNREADABLE)
+    return event
 
 
 class TriggerWorker:
@@ -109,7 +188,7 @@ class TriggerWorker:
             dispatcher.metrics.of(route.id) if dispatcher.metrics else None
         )
         self.in_flight: set[asyncio.Task[None]] = set()
-        self.done: list[_Done] = []
+        self.done: list[Done] = []
         self.stopping = False
         self._wake = asyncio.Event()
         self._flush_wake = asyncio.Event()
@@ -192,8 +271,7 @@ class TriggerWorker:
         """Delete consumers of this group that hold nothing and have been idle for
         CONSUMER_IDLE_FORGET (restarted pods get new names; the old ones would pile up)."""
         for consumer in await self.redis.xinfo_consumers(self.route.stream, self.route.group):
-            name = consumer["name"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
+            name = text(consumer["name"])
             idle_ms = int(consumer.get("idle", 0))
             if (
                 int(consumer["pending"]) == 0
@@ -204,14 +282,8 @@ class TriggerWorker:
                 await self.redis.xgroup_delconsumer(self.route.stream, self.route.group, name)
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(
-                self.route.stream, self.route.group, id="$", mkstream=True
-            )
+        if await groups.ensure_group(self.redis, self.route.stream, self.route.group):
             log.info("Trigger %s: consumer group created", self.route.id)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
 
     # --- the fetch loop -----------------------------------------------------------------
 
@@ -239,12 +311,12 @@ class TriggerWorker:
                 fetched = await self.cursor.fetch(
                     min(free, self.dispatcher.batch), self.lease_ms, reclaim_ms
                 )
-                if fetched.status == "ok":
+                if fetched.status is FetchStatus.OK:
                     for entry in fetched.entries:
                         self._start(self._deliver(entry))
-                elif fetched.status == "backoff":
+                elif fetched.status is FetchStatus.BACKOFF:
                     await self._probe()
-                elif fetched.status == "limited":
+                elif fetched.status is FetchStatus.LIMITED:
                     await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
                 else:
                     await self._wait_for_entries(fetched)
@@ -309,26 +381,20 @@ class TriggerWorker:
         self.done.append(done)
         self._flush_wake.set()
 
-    async def _attempt(self, entry: Entry, *, probe: bool) -> _Done:
+    async def _attempt(self, entry: Entry, *, probe: bool) -> Done:
         route = self.route
         delivery = route.delivery
-        try:
-            event = json.loads(entry.event_json)
-            if not isinstance(event, dict) or "id" not in event:
-                raise ValueError("not a CloudEvent object")
-        except ValueError as error:
-            message = f"stored event is unreadable: {error}"
-            return _Done(
-                Outcome("dead", entry, attempts=entry.attempts, message=message), "expired"
-            )
+        event = stored_event(entry)
+        if isinstance(event, Done):
+            return event
         if not self.filter(event):
-            return _Done(Outcome("ok", entry), "filtered")
+            return Done(Outcome(Op.OK, entry), Verdict.FILTERED)
         age = time.time() - entry.ingested_ms / 1000
         if age > delivery.max_age:
             message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
-            return _Done(
-                Outcome("dead", entry, attempts=entry.attempts, message=message),
-                "expired",
+            return Done(
+                Outcome(Op.DEAD, entry, attempts=entry.attempts, message=message),
+                Verdict.EXPIRED,
                 None,
                 event,
             )
@@ -356,29 +422,30 @@ class TriggerWorker:
 
     def _decide(
         self, entry: Entry, event: dict[str, Any], result: Result, age: float, *, probe: bool
-    ) -> _Done:
+    ) -> Done:
         failure = result.failure
         if failure is None:
-            return _Done(Outcome("ok", entry), "delivered", None, event)
+            return Done(Outcome(Op.OK, entry), Verdict.DELIVERED, None, event)
         delivery = self.route.delivery
         status = str(failure.status or "")
         attempts = entry.attempts + 1
         if probe and is_retryable(delivery.retry.retry_on, failure) and age < delivery.max_age:
             # A probe in Backoff does not spend the event's attempts.
-            return _Done(
-                Outcome("retry", entry, attempts=entry.attempts), "retried", failure, event
+            return Done(
+                Outcome(Op.RETRY, entry, attempts=entry.attempts), Verdict.RETRIED, failure, event
             )
         decision = decide(
             delivery.retry, failure, attempts=attempts, age=age, max_age=delivery.max_age
         )
         if decision.retry:
             delay_ms = int(decision.delay * 1000)
-            outcome = Outcome("retry", entry, delay_ms=delay_ms, attempts=attempts)
-            return _Done(outcome, "retried", failure, event)
+            outcome = Outcome(Op.RETRY, entry, delay_ms=delay_ms, attempts=attempts)
+            return Done(outcome, Verdict.RETRIED, failure, event)
         message = f"{decision.reason}: {failure.message}"
-        outcome = Outcome("dead", entry, attempts=attempts, status=status, message=message)
+        outcome = Outcome(Op.DEAD, entry, attempts=attempts, status=status, message=message)
         answered = failure.kind == "status" and not is_retryable(delivery.retry.retry_on, failure)
-        return _Done(outcome, "dead_answered" if answered else "dead_failed", failure, event)
+        verdict = Verdict.DEAD_ANSWERED if answered else Verdict.DEAD_FAILED
+        return Done(outcome, verdict, failure, event)
 
     # --- settling -----------------------------------------------------------------------
 
@@ -405,20 +472,9 @@ class TriggerWorker:
             if self.stopping and not self.in_flight and not self.done:
                 return
 
-    async def _settle(self, batch: list[_Done], *, probe: bool = False) -> None:
-        counts = {"delivered": 0, "filtered": 0, "retried": 0, "dead": 0}
-        answered = failed = 0
-        last_failure: Failure | None = None
-        for done in batch:
-            if done.kind in ("delivered", "dead_answered"):
-                answered += 1
-            elif done.kind in ("retried", "dead_failed"):
-                failed += 1
-                last_failure = done.failure
-            if done.kind.startswith("dead") or done.kind == "expired":
-                counts["dead"] += 1
-            else:
-                counts[done.kind] += 1
+    async def _settle(self, batch: list[Done], *, probe: bool = False) -> None:
+        counts = tally(batch)
+        last_failure = counts.last_failure
         note = None
         if last_failure is not None:
             note = FailureNote(
@@ -426,26 +482,28 @@ class TriggerWorker:
             )
         failures = await self.cursor.settle(
             [d.outcome for d in batch],
-            refunds=counts["filtered"],
-            answered=answered,
-            failed=failed,
+            refunds=counts.filtered,
+            answered=counts.answered,
+            failed=counts.failed,
             failure=note,
         )
-        if counts["retried"] or any(d.outcome.entry.order_key for d in batch):
+        if counts.retried or any(d.outcome.entry.order_key for d in batch):
             # A retry may be due before the fetch loop's idle block ends, and a
             # settled ordered event may have made the next one of its key due now.
             self._wake.set()
         if self.metrics is not None:
-            self.metrics.delivered.inc(counts["delivered"])
-            self.metrics.filtered.inc(counts["filtered"])
-            if counts["retried"]:
-                self.metrics.retried.inc(counts["retried"])
-                self.metrics.retries.inc(counts["retried"])
-            if counts["dead"]:
-                self.metrics.dead_lettered.inc(counts["dead"])
-        if counts["dead"] and self.route.delivery.dead_letter_url:
+            self.metrics.delivered.inc(counts.delivered)
+            self.metrics.filtered.inc(counts.filtered)
+            if counts.retried:
+                self.metrics.retried.inc(counts.retried)
+                self.metrics.retries.inc(counts.retried)
+            if counts.dead_lettered:
+                self.metrics.dead_lettered.inc(counts.dead_lettered)
+            if counts.unreadable:
+                self.metrics.unreadable.inc(counts.unreadable)
+        if counts.dead_lettered and self.route.delivery.dead_letter_url:
             for done in batch:
-                if done.outcome.op == "dead" and done.event is not None:
+                if done.outcome.op is Op.DEAD and done.event is not None:
                     self._start(self._to_sink(done))
         threshold = self.dispatcher.failures_to_backoff
         if not probe and failures >= threshold and await self.backoff.enter_if_failing(threshold):
@@ -457,7 +515,7 @@ class TriggerWorker:
                 note.message if note else "",
             )
 
-    async def _to_sink(self, done: _Done) -> None:
+    async def _to_sink(self, done: Done) -> None:
         url = self.route.delivery.dead_letter_url
         assert url is not None and done.event is not None
         request = deadletter.sink_request(
@@ -492,9 +550,9 @@ class TriggerWorker:
                 await self.backoff.recover()
                 return
             done = await self._attempt(fetched.entries[0], probe=True)
-            if done.kind != "retried":
+            if done.verdict is not Verdict.RETRIED:
                 await self._settle([done], probe=True)
-                if done.kind in ("delivered", "dead_answered"):
+                if done.verdict in ANSWERED:
                     due = await self.backoff.recover()
                     log.warning(
                         "Trigger %s: subscriber answered a probe; leaving Backoff, "
@@ -507,9 +565,9 @@ class TriggerWorker:
             interval = await self.backoff.probe_failed()
             delay_ms = int(interval * 1000)
             retry = Outcome(
-                "retry", done.outcome.entry, delay_ms=delay_ms, attempts=done.outcome.attempts
+                Op.RETRY, done.outcome.entry, delay_ms=delay_ms, attempts=done.outcome.attempts
             )
-            await self._settle([_Done(retry, "retried", done.failure, done.event)], probe=True)
+            await self._settle([Done(retry, Verdict.RETRIED, done.failure, done.event)], probe=True)
             log.info(
                 "Trigger %s: probe failed (%s); next probe in %gs",
                 self.route.id,

@@ -1,6 +1,8 @@
 """Prometheus metrics of delivery, per Trigger (label `trigger` = "namespace/name").
 
     tidings_deliveries_total{trigger,outcome}   delivered | retried | dead_lettered | filtered
+                                                | unreadable (a stored entry that is no
+                                                CloudEvent: dead-lettered, never sent)
     tidings_delivery_attempt_seconds{trigger}   one HTTP attempt, answered or not
     tidings_delivery_retries_total{trigger}     attempts scheduled for later
     tidings_trigger_lag{trigger}                events not yet delivered
@@ -20,7 +22,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STATES = ("Delivering", "Backoff", "Paused")
+from tidings.api import keys
+
+STATES = (keys.DELIVERING, keys.BACKOFF, keys.PAUSED)
+OUTCOMES = ("delivered", "retried", "dead_lettered", "filtered", "unreadable")
 
 
 class DispatchMetrics:
@@ -72,6 +77,7 @@ class DispatchMetrics:
             retried=self.deliveries.labels(trigger, "retried"),
             dead_lettered=self.deliveries.labels(trigger, "dead_lettered"),
             filtered=self.deliveries.labels(trigger, "filtered"),
+            unreadable=self.deliveries.labels(trigger, "unreadable"),
             attempt_seconds=self.attempt_seconds.labels(trigger),
             retries=self.retries.labels(trigger),
             lag=self.lag.labels(trigger),
@@ -85,7 +91,7 @@ class DispatchMetrics:
         for metric, label_sets in (
             (
                 self.deliveries,
-                [(trigger, o) for o in ("delivered", "retried", "dead_lettered", "filtered")],
+                [(trigger, o) for o in OUTCOMES],
             ),
             (self.state, [(trigger, s) for s in STATES]),
         ):
@@ -109,6 +115,7 @@ class TriggerMetrics:
     retried: Counter
     dead_lettered: Counter
     filtered: Counter
+    unreadable: Counter
     attempt_seconds: Histogram
     retries: Counter
     lag: Gauge

@@ -11,7 +11,7 @@ CloudEvents spec makes unique: two producers posting to one EventSource with
 their own `source` may reuse each other's ids without losing events.
 
 Batches are cut into chunks of `CHUNK` events; each chunk is one script call
-(atomic), and all chunks go out in one pipeline (one round trip). With
+(lua/streams_append.lua, atomic), and all chunks go out in one pipeline (one round trip). With
 `wait_replicas`, a WAIT on the same connection follows, so the result says
 how many replicas hold the writes. On Redis Cluster (all keys of a source
 share its hash tag, so each script runs on one slot) the chunks go one after
@@ -29,9 +29,10 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
-from tidings.api import keys
+from tidings.api import keys, scripts
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import CompiledSource
+from tidings.api.text import text
 
 # Events per script call: large enough to amortise the round trip, small enough
 # that one call never blocks Redis for long (~100 µs per event).
@@ -39,27 +40,6 @@ CHUNK = 100
 # Sources without an ingest section (postgres, kubernetes, schedule) still
 # dedupe replays after an adapter restart, with the API's default window.
 DEFAULT_DEDUPE_WINDOW = 300.0
-
-# KEYS[1] = stream, KEYS[2..] = one dedupe key per event.
-# ARGV[1] = window ms, ARGV[2] = event field, ARGV[3] = time field,
-# then per event: its stored JSON, its ingest time (ms).
-# Returns per event: the new stream id, or "=" .. the id it was first stored as.
-_APPEND = """
-local out = {}
-for i = 2, #KEYS do
-  local seen = redis.call('GET', KEYS[i])
-  if seen then
-    out[i - 1] = '=' .. seen
-  else
-    local j = 2 * i
-    local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[j], ARGV[3], ARGV[j + 1])
-    redis.call('SET', KEYS[i], id, 'PX', ARGV[1])
-    out[i - 1] = id
-  end
-end
-return out
-"""
-_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 CLUSTER_WAIT = (
     "waiting for replicas (WAIT) is not supported with Redis Cluster yet: WAIT must run on "
@@ -122,21 +102,20 @@ async def append(
         raise ValueError(CLUSTER_WAIT)
     window_ms = str(max(1, round(dedupe_window(source) * 1000)))
     now_ms = int(time.time() * 1000)
-    calls: list[list[str]] = []
+    calls: list[tuple[list[str], list[str]]] = []
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
-        call = [str(len(chunk) + 1), source.stream, *(dedupe_key(source, e) for e in chunk)]
-        call += [window_ms, keys.FIELD_EVENT, keys.FIELD_TIME]
+        args = [window_ms]
         for event in chunk:
             fields = encode(event, now_ms)
-            call += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
-        calls.append(call)
+            args += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
+        calls.append(([source.stream, *(dedupe_key(source, e) for e in chunk)], args))
     replies = await _run(redis, calls, wait_replicas, wait_timeout)
     replicas: int | None = None
     if wait_replicas > 0:
         replicas = int(replies.pop())
     results: list[Appended] = []
-    ids = [_text(stream_id) for reply in replies for stream_id in reply]
+    ids = [text(stream_id) for reply in replies for stream_id in reply]
     for event, stream_id in zip(events, ids, strict=True):
         duplicate = stream_id.startswith("=")
         results.append(Appended(event.id, stream_id.lstrip("="), duplicate))
@@ -144,7 +123,7 @@ async def append(
 
 
 async def _run(
-    redis: Redis, calls: list[list[str]], wait_replicas: int, wait_timeout: float
+    redis: Redis, calls: list[tuple[list[str], list[str]]], wait_replicas: int, wait_timeout: float
 ) -> list[Any]:
     """EVALSHA each call in one round trip (redis-py's Script objects would add a
     SCRIPT EXISTS round trip per pipeline); load the script on NOSCRIPT."""
@@ -152,12 +131,12 @@ async def _run(
         try:
             if isinstance(redis, RedisCluster):
                 # A cluster pipeline refuses EVALSHA: one call per chunk, in order.
-                return [await redis.evalsha(_APPEND_SHA, *call) for call in calls]  # type: ignore[no-untyped-call, arg-type]
+                return [await scripts.APPEND(redis, *call) for call in calls]
             if len(calls) == 1 and wait_replicas <= 0:
-                return [await redis.evalsha(_APPEND_SHA, *calls[0])]  # type: ignore[no-untyped-call, arg-type]
+                return [await scripts.APPEND(redis, *calls[0])]
             async with redis.pipeline(transaction=False) as pipe:
                 for call in calls:
-                    pipe.evalsha(_APPEND_SHA, *call)  # type: ignore[no-untyped-call, arg-type]
+                    scripts.APPEND.queue(pipe, *call)
                 if wait_replicas > 0:
                     pipe.wait(wait_replicas, max(1, round(wait_timeout * 1000)))
                 replies: list[Any] = await pipe.execute()
@@ -165,9 +144,5 @@ async def _run(
         except NoScriptError:
             # A restarted or new Redis: load the script, then run again. Events a
             # call did store before the error come back as duplicates the second time.
-            await redis.script_load(_APPEND)
+            await scripts.APPEND.load(redis)
     raise NoScriptError("the append script could not be loaded")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -5,10 +5,12 @@ this module adds what only the control plane does:
 
 - **Stable sealing.** Fernet ciphertexts differ on every call (random IV), so
   re-sealing an unchanged secret would rewrite every route and bump the table
-  version on each operator restart. `StableSealer` re-uses the ciphertext already
-  in the table when it opens to the same plaintext.
-- **Cursors.** The operator creates a Trigger's consumer group (at `$`: a new
-  Trigger gets the events that arrive from then on) before its route appears,
+  version on each operator restart. `StableSealer` (tidings.api.sealing) re-uses
+  the ciphertext already in the table when it opens to the same plaintext; the
+  `sealed_in_*` functions below find those ciphertexts.
+- **Cursors.** The operator creates a Trigger's consumer group
+  (tidings.api.groups, at `$`: a new Trigger gets the events that arrive from
+  then on) before its route appears,
   and records where in `keys.CURSORS`. A Trigger that is not Ready loses its
   route but keeps its cursor, so nothing is lost while it is broken. A Trigger
   moved to another source, or deleted, has its old group and per-Trigger keys
@@ -23,53 +25,19 @@ this module adds what only the control plane does:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tidings.api import keys, table
+from tidings.api.groups import ensure_group, ensure_stream
 from tidings.api.routes import CompiledSource, Route
-from tidings.api.sealing import Sealer, SealError
+from tidings.api.sealing import StableSealer as StableSealer  # where the operator imports it
+from tidings.api.text import text
 
 log = logging.getLogger(__name__)
 
-# Creates an empty stream (no entry, no group) if it does not exist.
-_ENSURE_STREAM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
-redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
-return 1
-"""
-# Kubernetes names cannot contain ':', so no Trigger's group can be called this.
-_PLACEHOLDER_GROUP = "tidings:init"
 SCAN_BATCH = 500
-
-
-class StableSealer(Sealer):
-    """A Sealer that gives the same ciphertext for the same plaintext: the one it
-    learned from the table, else the one it made first."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self._known: dict[str, str] = {}
-
-    def seal(self, plain: str) -> str:
-        sealed = self._known.get(plain)
-        if sealed is None:
-            sealed = self._known[plain] = super().seal(plain)
-        return sealed
-
-    def learn(self, sealed_values: Iterable[str | None]) -> None:
-        """Adopt ciphertexts found in the table (ones sealed with another key are
-        ignored: they get re-sealed, which is how a new seal key rolls out)."""
-        for sealed in sealed_values:
-            if not sealed:
-                continue
-            try:
-                self._known[self.unseal(sealed)] = sealed
-            except SealError:
-                continue
 
 
 def sealed_in_route(route: Route | None) -> list[str]:
@@ -82,12 +50,8 @@ def sealed_in_source(source: CompiledSource | None) -> list[str]:
     return [v for v in (source.ingest.token_sealed, source.ingest.hmac_secret_sealed) if v]
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 async def current_route(redis: Redis, namespace: str, name: str) -> Route | None:
-    raw = _text(await redis.hget(keys.ROUTES, keys.source_id(namespace, name)))  # type: ignore[misc]
+    raw = text(await redis.hget(keys.ROUTES, keys.source_id(namespace, name)))  # type: ignore[misc]
     if raw is None:
         return None
     try:
@@ -97,7 +61,7 @@ async def current_route(redis: Redis, namespace: str, name: str) -> Route | None
 
 
 async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSource | None:
-    raw = _text(await redis.hget(keys.SOURCES, keys.source_id(namespace, name)))  # type: ignore[misc]
+    raw = text(await redis.hget(keys.SOURCES, keys.source_id(namespace, name)))  # type: ignore[misc]
     if raw is None:
         return None
     try:
@@ -109,21 +73,10 @@ async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSou
 # --- Triggers --------------------------------------------------------------------------
 
 
-async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
-    """Create the consumer group at `$` (and the stream); False if it existed."""
-    try:
-        await redis.xgroup_create(stream, group, id="$", mkstream=True)
-    except ResponseError as error:
-        if "BUSYGROUP" in str(error):
-            return False
-        raise
-    return True
-
-
 async def publish_route(redis: Redis, route: Route) -> int | None:
     """Make `route` live: its cursor first, then the route. The new table version,
     or None when the route was already there unchanged."""
-    cursor = _text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
+    cursor = text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
     if cursor is not None and cursor != route.source:
         log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
         await _remove_cursor(redis, route.namespace, cursor, route.name)
@@ -158,7 +111,7 @@ async def remove_trigger(redis: Redis, namespace: str, name: str, source: str | 
     spec.source (used when no cursor was ever recorded)."""
     trigger_id = keys.source_id(namespace, name)
     await table.delete_route(redis, namespace, name)
-    cursor = _text(await redis.hget(keys.CURSORS, trigger_id))  # type: ignore[misc]
+    cursor = text(await redis.hget(keys.CURSORS, trigger_id))  # type: ignore[misc]
     for where in {s for s in (cursor, source) if s}:
         await _remove_cursor(redis, namespace, where, name)
     await redis.hdel(keys.CURSORS, trigger_id)  # type: ignore[misc]
@@ -172,11 +125,6 @@ async def sweep_trigger(redis: Redis, namespace: str, name: str, source: str) ->
 
 
 # --- EventSources ----------------------------------------------------------------------
-
-
-async def ensure_stream(redis: Redis, stream: str) -> bool:
-    created = await redis.eval(_ENSURE_STREAM, 1, stream, _PLACEHOLDER_GROUP)  # type: ignore[misc]
-    return bool(created)
 
 
 async def publish_source(redis: Redis, source: CompiledSource) -> int | None:

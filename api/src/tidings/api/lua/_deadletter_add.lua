@@ -1,0 +1,23 @@
+-- Fragment: deadletter_add(id, attempts, status, message, now, trigger, max_events):
+-- the event of stream id `id` (its replayed copy if it has one) into the DLQ
+-- stream, capped at max_events (what the cap drops is counted), and counted
+-- (tidings.dispatcher.deadletter).
+-- KEYS: K_REPLAY, K_STREAM, K_DLQ, K_STATE (_cursor_keys.lua). ARGV: none.
+--#include _entry_event.lua
+local function deadletter_add(id, attempts, status, message, now, trigger, max_events)
+  local event = ''
+  local copy = redis.call('HGET', KEYS[K_REPLAY], id)
+  if copy then  -- a replayed event: its copy, the source's entry may be gone
+    event = string.sub(copy, string.find(copy, ' ', 1, true) + 1)
+  else
+    local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+    if entry then event = entry_event(entry[2]) or '' end
+  end
+  local before = redis.call('XLEN', KEYS[K_DLQ])
+  redis.call('XADD', KEYS[K_DLQ], 'MAXLEN', max_events, '*', {{DLQ_EVENT}}, event,
+    {{DLQ_STREAM_ID}}, id, {{DLQ_ATTEMPTS}}, attempts, {{DLQ_STATUS}}, status,
+    {{DLQ_ERROR}}, message, {{DLQ_TIME}}, now, {{DLQ_TRIGGER}}, trigger)
+  local dropped = before + 1 - redis.call('XLEN', KEYS[K_DLQ])
+  if dropped > 0 then redis.call('HINCRBY', KEYS[K_STATE], {{STATE_DEAD_LETTERS_TRIMMED}}, dropped) end
+  redis.call('HINCRBY', KEYS[K_STATE], {{STATE_DEAD_LETTERED}}, 1)
+end

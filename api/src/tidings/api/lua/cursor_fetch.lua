@@ -1,0 +1,95 @@
+-- cursor_fetch: what a Trigger may start now (tidings.dispatcher.cursor, Cursor.fetch).
+-- KEYS: those of _cursor_keys.lua (K_STREAM .. K_REPLAY), in its order.
+-- ARGV: [1] group, [2] consumer, [3] want, [4] lease ms, [5] concurrency, [6] rate
+--   per second, [7] burst, [8] reclaim idle ms (0: do not reclaim), [9] ordering
+--   path ("": unordered), [10] probe ("1": fetch even in Backoff, for the probe).
+-- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
+-- empty (info: {last stream id, ms until the next retry is due, or -1}) | backoff.
+-- Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
+--#include _cursor_keys.lua
+--#include _limits.lua
+--#include _ordering.lua
+--#include _replayed.lua
+local group, consumer = ARGV[1], ARGV[2]
+--#include _now.lua
+local want, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local reclaim_idle, path, probe = tonumber(ARGV[8]), ARGV[9], ARGV[10]
+
+if probe ~= '1' and redis.call('HGET', KEYS[K_STATE], {{STATE_STATE}}) == {{BACKOFF}} then
+  return {'backoff', 0, {}}
+end
+local tokens
+want, tokens = limits_take(want, now, limit, rate, burst)
+if want <= 0 then
+  local wait = 5
+  if rate > 0 and tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
+  return {'limited', wait, {}}
+end
+
+local parts = nil
+if path ~= '' then parts = order_path(path) end
+local out, ids = {}, {}
+local function take(origin, id, fields)
+  local key = ''
+  if parts then
+    local k = order_key(fields, parts)
+    if k then key = 'k' .. k end
+  end
+  local attempts = '0'
+  if origin == 'r' then attempts = redis.call('HGET', KEYS[K_ATTEMPTS], id) or '0' end
+  out[#out + 1] = {origin, id, fields, attempts, key}
+  ids[#ids + 1] = id
+end
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIMIT', 0, want)) do
+  -- A replayed dead letter is delivered from its copy (deadletter.py).
+  local fields = replayed(id)
+  if not fields then
+    local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+    fields = entry and entry[2]
+  end
+  if fields then
+    redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
+    take('r', id, fields)
+  else  -- gone from the stream (deleted by hand): nothing left to deliver
+    redis.call('ZREM', KEYS[K_RETRY], id)
+    redis.call('ZREM', KEYS[K_HELD], id)
+    redis.call('HDEL', KEYS[K_ATTEMPTS], id)
+  end
+end
+
+if reclaim_idle > 0 and #out < want then
+  local claimed = redis.call('XAUTOCLAIM', KEYS[K_STREAM], group, consumer, reclaim_idle, '0-0',
+    'COUNT', want - #out)
+  for _, entry in ipairs(claimed[2]) do
+    if entry and entry[2] then take('c', entry[1], entry[2]) end
+  end
+end
+
+if #out < want then
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want - #out,
+    'STREAMS', KEYS[K_STREAM], '>')
+  if read then
+    for _, entry in ipairs(read[1][2]) do
+      local id, fields = entry[1], entry[2]
+      local key = parts and order_key(fields, parts)
+      if key and not order_acquire(key, id) then
+        redis.call('XACK', KEYS[K_STREAM], group, id)
+        order_park(key, id)
+      else
+        take('n', id, fields)
+      end
+    end
+  end
+end
+
+if #out == 0 then
+  local last = redis.call('XREVRANGE', KEYS[K_STREAM], '+', '-', 'COUNT', 1)[1]
+  local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
+  local due_in = -1
+  if due then due_in = math.max(0, tonumber(due) - now) end
+  return {'empty', {last and last[1] or '0-0', due_in}, {}}
+end
+limits_commit(now, now + lease, consumer, ids, limit, tokens, rate)
+return {'ok', 0, out}

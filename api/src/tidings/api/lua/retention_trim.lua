@@ -1,0 +1,78 @@
+-- retention_trim: trim a source's stream by maxAge / maxEvents, never past an entry
+-- a Trigger holds, counting what each Trigger loses unread
+-- (tidings.dispatcher.retention).
+-- KEYS: [1] the source's stream, then per Trigger i (1, 2, ...): [2i] held ZSET,
+--   [2i + 1] trigger state HASH.
+-- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
+--   entries looked at per call), then [4 + i] the Triggers' group names.
+-- Returns {entries trimmed, then per Trigger: expired now}.
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function after(id)  -- the smallest id greater than `id`
+  local ms, seq = parse(id)
+  return string.format('%d-%d', ms, seq + 1)
+end
+
+local now, max_age, max_events, step = tonumber(ARGV[1]), tonumber(ARGV[2]),
+  tonumber(ARGV[3]), tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+
+local groups = {}
+local ok, infos = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(infos) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    groups[info['name']] = info['last-delivered-id']
+  end
+end
+
+-- The trim point: entries with a smaller id go.
+local cut = string.format('%d-0', math.max(0, now - max_age))
+local length = redis.call('XLEN', KEYS[1])
+if length > max_events then
+  local over = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(length - max_events, step))
+  if #over > 0 then
+    local by_count = after(over[#over][1])
+    if less(cut, by_count) then cut = by_count end
+  end
+end
+-- Never past an entry a Trigger holds.
+for i = 5, #ARGV do
+  local group = ARGV[i]
+  if groups[group] then
+    local pending = redis.call('XPENDING', KEYS[1], group)
+    if pending[1] > 0 and less(pending[2], cut) then cut = pending[2] end
+  end
+  local held = redis.call('ZRANGE', KEYS[2 * (i - 4)], 0, 0, 'WITHSCORES')
+  if held[2] then
+    local floor = string.format('%d-0', tonumber(held[2]))
+    if less(floor, cut) then cut = floor end
+  end
+end
+
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if not first or not less(first[1], cut) then return {0} end
+
+-- What each Trigger had not read yet and is about to lose.
+local out = {0}
+for i = 5, #ARGV do
+  local group, lost = ARGV[i], 0
+  local last = groups[group]
+  if last and less(last, cut) then
+    local start = after(last)
+    if less(start, first[1]) then start = first[1] end
+    lost = #redis.call('XRANGE', KEYS[1], start, '(' .. cut, 'COUNT', step)
+    if lost > 0 then redis.call('HINCRBY', KEYS[2 * (i - 4) + 1], {{STATE_EXPIRED}}, lost) end
+  end
+  out[#out + 1] = lost
+end
+out[1] = redis.call('XTRIM', KEYS[1], 'MINID', cut)
+return out
