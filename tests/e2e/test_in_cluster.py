@@ -451,7 +451,8 @@ def test_postgres_cdc_in_cluster_with_the_adapter_pod(cluster: Cluster, release:
                                     {
                                         "name": "postgres",
                                         "image": cluster.postgres_image,
-                                        "imagePullPolicy": cluster.pull_policy,
+                                        # Loaded (hack/cluster.sh) or pulled (kind).
+                                        "imagePullPolicy": "IfNotPresent",
                                         "command": ["sh", "-c", POSTGRES],
                                         "ports": [{"containerPort": 5432}],
                                         "readinessProbe": {

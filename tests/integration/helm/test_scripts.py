@@ -20,6 +20,7 @@ SCRIPTS = [
     "hack/build-images.sh",
     "hack/cluster.sh",
     "hack/lock.sh",
+    "hack/test.sh",
 ]
 
 
