@@ -11,6 +11,7 @@ subscribe for changes and re-read the whole table on a timer as a safety net.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -63,16 +64,25 @@ async def load(redis: Redis) -> RoutingTable:
         pipe.hgetall(keys.SOURCES)
         version, raw_routes, raw_sources = await pipe.execute()
     table = RoutingTable(version=int(version or 0))
-    for raw_entry, value in raw_sources.items():
-        entry = text(raw_entry)
-        try:
-            table.sources[entry] = CompiledSource.model_validate_json(value)
-        except ValueError as error:
-            table.rejected[f"source {entry}"] = str(error)
-    for raw_entry, value in raw_routes.items():
-        entry = text(raw_entry)
-        try:
-            table.routes[entry] = Route.model_validate_json(value)
-        except ValueError as error:
-            table.rejected[f"route {entry}"] = str(error)
+    _read(raw_sources, CompiledSource, table.sources, "source", table.rejected)
+    _read(raw_routes, Route, table.routes, "route", table.rejected)
     return table
+
+
+Entry = TypeVar("Entry", CompiledSource, Route)
+
+
+def _read(
+    raw: dict[Any, Any],
+    model: type[Entry],
+    into: dict[str, Entry],
+    kind: str,
+    rejected: dict[str, str],
+) -> None:
+    """Parse one HASH of the table into `into`; what does not parse goes to `rejected`."""
+    for raw_entry, value in raw.items():
+        entry = text(raw_entry)
+        try:
+            into[entry] = model.model_validate_json(value)
+        except ValueError as error:
+            rejected[f"{kind} {entry}"] = str(error)

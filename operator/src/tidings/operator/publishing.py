@@ -25,6 +25,7 @@ this module adds what only the control plane does:
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -36,6 +37,8 @@ from tidings.api.sealing import StableSealer as StableSealer  # where the operat
 from tidings.api.text import text
 
 log = logging.getLogger(__name__)
+
+Compiled = TypeVar("Compiled", Route, CompiledSource)
 
 SCAN_BATCH = 500
 
@@ -51,21 +54,23 @@ def sealed_in_source(source: CompiledSource | None) -> list[str]:
 
 
 async def current_route(redis: Redis, namespace: str, name: str) -> Route | None:
-    raw = text(await redis.hget(keys.ROUTES, keys.source_id(namespace, name)))  # type: ignore[misc]
-    if raw is None:
-        return None
-    try:
-        return Route.model_validate_json(raw)
-    except ValueError:
-        return None  # another format: overwritten by this one
+    return await _current(redis, keys.ROUTES, Route, namespace, name)
 
 
 async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSource | None:
-    raw = text(await redis.hget(keys.SOURCES, keys.source_id(namespace, name)))  # type: ignore[misc]
+    return await _current(redis, keys.SOURCES, CompiledSource, namespace, name)
+
+
+async def _current(
+    redis: Redis, hash_key: str, model: type[Compiled], namespace: str, name: str
+) -> Compiled | None:
+    """The table's entry for namespace/name, or None when absent or in another
+    format (then it is overwritten by this one)."""
+    raw = await redis.hget(hash_key, keys.source_id(namespace, name))  # type: ignore[misc]
     if raw is None:
         return None
     try:
-        return CompiledSource.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValueError:
         return None
 
