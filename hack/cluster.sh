@@ -486,9 +486,16 @@ print_env() {
 up() {
   mkdir -p "$DIR"
   step "install packages"; install_missing
+  # The Debian and Tidings images (debootstrap, pip: mostly waiting on the
+  # network) build while the Go builds use the cores.
+  bash "$REPO/hack/build-images.sh" debian tidings >"$DIR/images.out" 2>"$DIR/images.log" &
+  local images_pid=$!
   step "binaries (kubelet, helm …)"; resolve_binaries
+  step "images"
   # Built once: the working tree may change under us (a new tag each time).
-  step "images"; IMAGE_LIST="$(bash "$REPO/hack/build-images.sh")"
+  IMAGE_LIST="$(bash "$REPO/hack/build-images.sh" pause coredns)"
+  wait "$images_pid" || { tail -20 "$DIR/images.log" >&2; fail "building the images failed (see $DIR/images.log)"; }
+  IMAGE_LIST+=$'\n'"$(cat "$DIR/images.out")"
   step "network namespace"; make_netns; make_cgroups
   step "start components"; make_pki; write_configs; start_components
   step "import images"; import_images
