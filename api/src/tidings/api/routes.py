@@ -102,11 +102,21 @@ class Route(Internal):
 
 class CompiledIngest(Internal):
     token_sealed: str | None = None
+    # objectStore notify: stores that cannot set headers (Versity Gateway,
+    # Ceph RGW) send the token as ?token=. Left out of the JSON when False.
+    token_in_query: bool = Field(False, exclude_if=lambda v: not v)
     hmac_secret_sealed: str | None = None
     hmac_header: str = "X-Signature-256"
     allow_anonymous: bool = False
     max_body_bytes: int = 1048576
     dedupe_window: float = 300.0  # seconds
+
+
+class CompiledObjectStore(Internal):
+    bucket: str
+    prefix: str = ""
+    suffix: str = ""
+    events: list[str] = ["created"]
 
 
 class CompiledSource(Internal):
@@ -117,9 +127,11 @@ class CompiledSource(Internal):
     name: str
     uid: str = ""
     generation: int = 0
-    kind: Literal["http", "postgres", "kubernetes", "schedule"]
+    kind: Literal["http", "postgres", "kubernetes", "schedule", "objectStore"]
     stream: str
-    ingest: CompiledIngest | None = None  # http sources only
+    ingest: CompiledIngest | None = None  # http sources, objectStore in notify mode
+    # objectStore in notify mode: which records of a notification become events.
+    object_store: CompiledObjectStore | None = Field(None, exclude_if=lambda v: v is None)
     retention_max_age: float  # seconds
     retention_max_events: int
 
@@ -314,32 +326,36 @@ def compile_source(
 ) -> CompiledSource:
     """Compile an EventSource, or raise CompileError with the condition reason to report."""
     ingest = None
-    if spec.http is not None:
-        auth = spec.http.auth
+    auth = spec.ingest_auth
+    if auth is not None:
+        at = "spec.http.auth" if spec.http is not None else "spec.objectStore.auth"
         token_sealed = hmac_sealed = None
         if auth.token_secret_ref is not None:
-            token = _secret(
-                world, namespace, auth.token_secret_ref, "spec.http.auth.tokenSecretRef"
-            )
+            token = _secret(world, namespace, auth.token_secret_ref, f"{at}.tokenSecretRef")
             token_sealed = sealer.seal(token)
         elif auth.hmac_secret_ref is None and not auth.allow_anonymous:
             generated = SecretKeyRef(name=ingest_token_secret_name(name), key="token")
-            token = _secret(world, namespace, generated, "spec.http.auth (generated token)")
+            token = _secret(world, namespace, generated, f"{at} (generated token)")
             token_sealed = sealer.seal(token)
         if auth.hmac_secret_ref is not None:
-            hmac_secret = _secret(
-                world, namespace, auth.hmac_secret_ref, "spec.http.auth.hmacSecretRef"
-            )
+            hmac_secret = _secret(world, namespace, auth.hmac_secret_ref, f"{at}.hmacSecretRef")
             hmac_sealed = sealer.seal(hmac_secret)
         ingest = CompiledIngest(
             token_sealed=token_sealed,
+            token_in_query=spec.http is None,
             hmac_secret_sealed=hmac_sealed,
             hmac_header=auth.hmac_header,
             allow_anonymous=auth.allow_anonymous,
-            max_body_bytes=spec.http.max_body_bytes,
-            dedupe_window=parse_duration(spec.http.dedupe_window),
+            max_body_bytes=spec.http.max_body_bytes if spec.http is not None else 1048576,
+            dedupe_window=parse_duration(spec.http.dedupe_window) if spec.http else 300.0,
         )
-    kind: Literal["http", "postgres", "kubernetes", "schedule"] = spec.kind  # type: ignore[assignment]
+    object_store = None
+    if spec.object_store is not None and spec.object_store.mode == "notify":
+        store = spec.object_store
+        object_store = CompiledObjectStore(
+            bucket=store.bucket, prefix=store.prefix, suffix=store.suffix, events=store.events
+        )
+    kind: Literal["http", "postgres", "kubernetes", "schedule", "objectStore"] = spec.kind  # type: ignore[assignment]
     return CompiledSource(
         namespace=namespace,
         name=name,
@@ -348,6 +364,7 @@ def compile_source(
         kind=kind,
         stream=keys.stream(namespace, name),
         ingest=ingest,
+        object_store=object_store,
         retention_max_age=parse_duration(spec.retention.max_age),
         retention_max_events=spec.retention.max_events,
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from tidings.api.durations import DURATION_PATTERN, parse_duration
 
@@ -230,6 +230,88 @@ class ScheduleSource(ApiModel):
     )
 
 
+class ObjectStoreCredentialsRef(ApiModel):
+    """A Secret in the EventSource's namespace with the store's access keys."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    access_key_id_key: str = Field(
+        "accessKeyId",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        max_length=253,
+        description="Key of the access key id.",
+    )
+    secret_access_key_key: str = Field(
+        "secretAccessKey",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        max_length=253,
+        description="Key of the secret access key.",
+    )
+
+
+ObjectEvent = Literal["created", "deleted"]
+
+
+class ObjectStoreSource(ApiModel):
+    """An S3 bucket: the store pushes event notifications (notify), or the
+    adapter lists the bucket every pollInterval (poll)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                "self.mode != 'poll' || has(self.credentialsSecretRef)",
+                "mode poll lists the bucket: set credentialsSecretRef",
+            )
+        )
+    )
+
+    endpoint: str = Field(
+        pattern=r"^https?://[^\s/]+/?$",
+        max_length=2048,
+        description="The S3 API, e.g. http://s3.storage.svc:7070 or https://s3.eu-central-1.amazonaws.com.",
+    )
+    region: str = Field("us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64)
+    bucket: str = Field(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$", max_length=255, description="The bucket."
+    )
+    credentials_secret_ref: ObjectStoreCredentialsRef | None = Field(
+        None, description="Access keys (poll mode); keys accessKeyId and secretAccessKey."
+    )
+    ca_secret_ref: SecretKeyRef | None = Field(
+        None, description="PEM CA bundle that signs an https endpoint's certificate."
+    )
+    prefix: str = Field("", max_length=1024, description="Only keys starting with this.")
+    suffix: str = Field("", max_length=1024, description="Only keys ending with this.")
+    events: list[ObjectEvent] = Field(
+        default_factory=lambda: list[ObjectEvent](["created"]),
+        json_schema_extra={"default": ["created"]},
+        min_length=1,
+        max_length=2,
+        description="Which changes become events.",
+    )
+    mode: Literal["notify", "poll"] = Field(
+        description="notify: the store POSTs S3 event notifications to the ingest URL in "
+        "status; poll: list the bucket every pollInterval (any S3 API)."
+    )
+    poll_interval: str = Duration("10s", "Poll mode: time between two listings.")
+    initial_sync: Literal["skip", "emit"] = Field(
+        "skip",
+        description="Poll mode, first listing: skip records the objects present without "
+        "events; emit sends created for each.",
+    )
+    auth: HttpAuth = Field(
+        default_factory=HttpAuth,
+        description="Notify mode: how the store authenticates to ingest, as for http sources "
+        "(the token may also be sent as ?token=, for stores that cannot set headers).",
+    )
+
+    @model_validator(mode="after")
+    def _poll_needs_credentials(self) -> ObjectStoreSource:
+        _check_durations(self, "poll_interval")
+        if self.mode == "poll" and self.credentials_secret_ref is None:
+            raise ValueError("mode poll lists the bucket: set credentialsSecretRef")
+        return self
+
+
 class Retention(ApiModel):
     max_age: str = Duration("168h", "Events older than this may be trimmed from the stream.")
     max_events: int = Field(
@@ -237,16 +319,16 @@ class Retention(ApiModel):
     )
 
 
-SOURCE_KINDS = ("http", "postgres", "kubernetes", "schedule")
+SOURCE_KINDS = ("http", "postgres", "kubernetes", "schedule", "objectStore")
 
 
 class EventSourceSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=_validations(
             (
-                "[has(self.http), has(self.postgres), has(self.kubernetes), has(self.schedule)]"
-                ".filter(x, x).size() == 1",
-                "set exactly one of http, postgres, kubernetes, schedule",
+                "[has(self.http), has(self.postgres), has(self.kubernetes), has(self.schedule), "
+                "has(self.objectStore)].filter(x, x).size() == 1",
+                "set exactly one of http, postgres, kubernetes, schedule, objectStore",
             )
         )
     )
@@ -255,18 +337,37 @@ class EventSourceSpec(ApiModel):
     postgres: PostgresSource | None = Field(None, description="Change data capture of tables.")
     kubernetes: KubernetesSource | None = Field(None, description="Watch Kubernetes objects.")
     schedule: ScheduleSource | None = Field(None, description="Emit a tick on a cron schedule.")
+    object_store: ObjectStoreSource | None = Field(
+        None, description="Objects created or deleted in an S3 bucket."
+    )
     retention: Retention = Field(default_factory=Retention)
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> EventSourceSpec:
-        chosen = [kind for kind in SOURCE_KINDS if getattr(self, kind) is not None]
+        chosen = [kind for kind in SOURCE_KINDS if self.part(kind) is not None]
         if len(chosen) != 1:
-            raise ValueError("set exactly one of http, postgres, kubernetes, schedule")
+            raise ValueError("set exactly one of http, postgres, kubernetes, schedule, objectStore")
         return self
+
+    def part(self, kind: str) -> ApiModel | None:
+        """The spec of `kind` (a SOURCE_KINDS name, as on the wire), or None."""
+        value = getattr(self, to_snake(kind))
+        return value if isinstance(value, ApiModel) else None
+
+    @property
+    def ingest_auth(self) -> HttpAuth | None:
+        """How POSTs to the ingest URL authenticate: http sources, and
+        objectStore sources in notify mode (the store posts its notifications)."""
+        if self.http is not None:
+            return self.http.auth
+        if self.object_store is not None and self.object_store.mode == "notify":
+            return self.object_store.auth
+        return None
 
     @property
     def kind(self) -> str:
-        return next(kind for kind in SOURCE_KINDS if getattr(self, kind) is not None)
+        """The kind as the API spells it: http, postgres, …, objectStore."""
+        return next(kind for kind in SOURCE_KINDS if self.part(kind) is not None)
 
 
 # --- Trigger --------------------------------------------------------------------------
