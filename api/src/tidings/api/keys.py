@@ -56,8 +56,9 @@ def adapter_state(namespace: str, name: str) -> str:
 
 
 def adapter_objects(namespace: str, name: str) -> str:
-    """HASH of the objects a Kubernetes source adapter has seen: "<resource>|<uid>" ->
-    JSON {rv, name, namespace}; lets a re-list after 410 Gone emit only real changes."""
+    """HASH of the objects a source adapter has seen. Kubernetes: "<resource>|<uid>" ->
+    JSON {rv, name, namespace}; lets a re-list after 410 Gone emit only real changes.
+    objectStore (poll): object key -> JSON [etag, lastModified, size, versionId]."""
     return f"{PREFIX}:{source_tag(namespace, name)}:objects"
 
 

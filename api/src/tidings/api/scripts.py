@@ -124,6 +124,7 @@ TABLE_PUT = load("table_put")  # tidings.api.table
 ENSURE_STREAM = load("groups_ensure_stream")  # tidings.api.groups
 APPEND = load("streams_append")  # tidings.dispatcher.streams
 JOURNAL_WRITE = load("journal_write")  # tidings.sources.journal
+OBJECTSTORE_SYNC = load("objectstore_sync")  # tidings.sources.objectstore
 CURSOR_FETCH = load("cursor_fetch")  # tidings.dispatcher.cursor
 CURSOR_SETTLE = load("cursor_settle")
 BACKOFF_ENTER = load("backoff_enter")  # tidings.dispatcher.backoff_state
