@@ -8,12 +8,15 @@ reported in its status and retried, never raised) and `async stop()`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from redis.asyncio import Redis
 
 from tidings.api.routes import CompiledSource
 from tidings.api.types import EventSourceSpec
+
+if TYPE_CHECKING:
+    from tidings.sources.objectstore import Credentials
 
 
 class Adapter(Protocol):
@@ -24,7 +27,7 @@ class Adapter(Protocol):
     async def stop(self) -> None: ...
 
 
-ADAPTER_KINDS = ("postgres", "kubernetes", "schedule")
+ADAPTER_KINDS = ("postgres", "kubernetes", "schedule", "objectStore")  # objectStore: poll mode
 
 
 def build(
@@ -35,12 +38,14 @@ def build(
     dsn: str | None = None,
     kubeconfig: str | None = None,
     still_wanted: Callable[[], Awaitable[bool]] | None = None,
+    s3_credentials: Credentials | None = None,
 ) -> Adapter:
     """The adapter for `spec`'s kind. Postgres needs the `dsn` (the value of
     spec.postgres.connectionSecretRef) and stops for good when `still_wanted`
     returns False (the EventSource is being deleted: it must not re-create its
     slot); Kubernetes uses `kubeconfig` (default: $KUBECONFIG, ~/.kube/config,
-    else in-cluster)."""
+    else in-cluster); an objectStore source in poll mode lists its bucket with
+    `s3_credentials` (None: it reports SecretNotFound)."""
     if spec.postgres is not None:
         if dsn is None:
             raise ValueError("a postgres source needs the DSN from its connectionSecretRef")
@@ -58,4 +63,11 @@ def build(
         return KubernetesAdapter(
             source, spec.kubernetes, redis, api=KubeApi.from_config(kubeconfig)
         )
-    raise ValueError(f"{spec.kind} sources have no adapter (http events come through ingest)")
+    if spec.object_store is not None and spec.object_store.mode == "poll":
+        from tidings.sources.objectstore import ObjectStoreAdapter
+
+        return ObjectStoreAdapter(source, spec.object_store, redis, credentials=s3_credentials)
+    raise ValueError(
+        f"{spec.kind} sources have no adapter "
+        "(http and objectStore notify events come through ingest)"
+    )

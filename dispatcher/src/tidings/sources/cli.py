@@ -51,10 +51,13 @@ from tidings.sources.errors import Forbidden
 from tidings.sources.kubeapi import ApiError, KubeApi
 from tidings.sources.lease import LeaseElector, default_identity, lease_name
 from tidings.sources.metrics import SourceMetrics, SourceSeries, attach
+from tidings.sources.objectstore import Credentials
 
 log = logging.getLogger("tidings.source")
 
 DSN_ENV = "TIDINGS_PG_DSN"
+S3_ACCESS_ENV = "TIDINGS_S3_ACCESS_KEY_ID"
+S3_SECRET_ENV = "TIDINGS_S3_SECRET_ACCESS_KEY"
 SPEC_ENV = "TIDINGS_EVENTSOURCE_SPEC"
 SPEC_POLL_SECONDS = 15.0
 WANTED_CHECK_SECONDS = 10.0  # a hung API must not hold up a reconnect for long
@@ -110,6 +113,12 @@ class SourceSettings(CommonSettings):
     )
     # Environment only: the operator injects it from the Secret (secretKeyRef).
     pg_dsn: str = setting(None, DSN_ENV, "", "the Postgres DSN")
+    s3_access_key_id: str = setting(
+        None, S3_ACCESS_ENV, "", "objectStore: the access key id (else from the Secret)"
+    )
+    s3_secret_access_key: str = setting(
+        None, S3_SECRET_ENV, "", "objectStore: the secret access key (else from the Secret)"
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -285,6 +294,35 @@ async def resolve_dsn(loaded: Loaded, api: KubeApi | None, given: str = "") -> s
     return base64.b64decode(encoded).decode()
 
 
+async def resolve_s3_credentials(
+    loaded: Loaded, api: KubeApi | None, settings: SourceSettings
+) -> Credentials | None:
+    """The access keys of a poll source: the environment (the operator injects
+    them with secretKeyRef), else the Secret; None when it or a key is missing
+    (the adapter reports SecretNotFound and waits for a new spec)."""
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        return Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
+    spec = loaded.eventsource.spec.object_store
+    assert spec is not None
+    ref = spec.credentials_secret_ref
+    if ref is None:
+        return None
+    namespace = loaded.eventsource.metadata.namespace
+    if api is None:
+        data = loaded.secrets.get((namespace, ref.name), {})
+    else:
+        try:
+            secret = await api.get(f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
+        except ApiError as error:
+            log.error("spec.objectStore.credentialsSecretRef: %s", error.message)
+            return None
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    access, secret_key = data.get(ref.access_key_id_key), data.get(ref.secret_access_key_key)
+    if not access or not secret_key:
+        return None
+    return Credentials(access, secret_key)
+
+
 async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
     namespace, name = parse_ref(args.eventsource)
     if not settings.redis_url:
@@ -357,11 +395,17 @@ async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
                     f"EventSource {namespace}/{name} is a {kind} source, not {args.kind}"
                 )
             dsn = await resolve_dsn(loaded, api, settings.pg_dsn) if kind == "postgres" else None
+            s3_credentials = (
+                await resolve_s3_credentials(loaded, api, settings)
+                if kind == "objectStore"
+                else None
+            )
             adapter = adapters.build(
                 compile_adapter_source(loaded.eventsource),
                 loaded.eventsource.spec,
                 redis,
                 dsn=dsn,
+                s3_credentials=s3_credentials,
                 kubeconfig=settings.kubeconfig,
                 still_wanted=still_wanted,
             )
