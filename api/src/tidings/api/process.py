@@ -3,35 +3,19 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.asyncio import Redis, RedisCluster
+
 from tidings.api.settings import SettingsError
 
 log = logging.getLogger(__name__)
-
-
-def add_common_options(parser: argparse.ArgumentParser, *, redis: bool = True) -> None:
-    """Options every process takes: --redis-url / REDIS_URL, --log-format, --log-level."""
-    if redis:
-        parser.add_argument(
-            "--redis-url",
-            default=os.environ.get("REDIS_URL"),
-            help="Redis URL (default: $REDIS_URL), e.g. redis://127.0.0.1:6379/0",
-        )
-    parser.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=os.environ.get("TIDINGS_LOG_FORMAT", "text"),
-    )
-    parser.add_argument("--log-level", default=os.environ.get("TIDINGS_LOG_LEVEL", "INFO"))
 
 
 class JsonFormatter(logging.Formatter):
@@ -105,3 +89,10 @@ async def wait_until_reachable(
                 await asyncio.wait_for(stop.wait(), delay)
         delay = min(max_delay, delay * 2)
     return False
+
+
+def connect_redis(url: str, *, cluster: bool = False) -> Redis:
+    """A client for `url`: a Redis Cluster client when `cluster` (any node's URL)."""
+    if cluster:
+        return RedisCluster.from_url(url)  # type: ignore[return-value]
+    return Redis.from_url(url, socket_connect_timeout=5)

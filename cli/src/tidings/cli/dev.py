@@ -45,9 +45,10 @@ from tidings.api import sealing, table
 from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
-from tidings.api.process import add_common_options
+from tidings.api.process import parse_listen
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
 from tidings.api.sealing import Sealer, StableSealer
+from tidings.api.settings import CommonSettings, add_arguments, load, setting
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
@@ -79,13 +80,6 @@ def dev_seal_key(state: Path) -> str:
         path.touch(mode=0o600)
         path.write_text(sealing.new_key() + "\n")
     return path.read_text().strip()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise SystemExit(f"--listen {listen!r}: write HOST:PORT, e.g. 0.0.0.0:8080")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def client_url(host: str, port: int) -> str:
@@ -526,9 +520,35 @@ async def run_dev(options: DevOptions) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class DevSettings(CommonSettings):
+    listen: str = setting(
+        "--listen",
+        "TIDINGS_LISTEN",
+        "0.0.0.0:8080",
+        "HOST:PORT for ingest, health and metrics",
+        metavar="HOST:PORT",
+    )
+    services: list[str] = setting(
+        "--service",
+        "TIDINGS_SERVICES",
+        [],
+        "deliver a Service ref to URL instead of 127.0.0.1:PORT (NAME or NAMESPACE/NAME)",
+        metavar="NAME=URL",
+    )
+    state_dir: str = setting(
+        "--state-dir",
+        "TIDINGS_STATE_DIR",
+        ".tidings",
+        "where the private Redis, seal key and session live",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        services = LocalServices.parse(args.service)
+        settings = load(DevSettings, args)
+        parse_listen(settings.listen)
+        services = LocalServices.parse(settings.services)
     except ValueError as bad:
         print(f"tidings dev: {bad}", file=sys.stderr)
         return 2
@@ -539,9 +559,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     options = DevOptions(
         paths=paths,
-        listen=args.listen,
-        redis_url=args.redis_url,
-        state=Path(args.state_dir),
+        listen=settings.listen,
+        redis_url=settings.redis_url,
+        state=Path(settings.state_dir),
         services=services,
     )
     return asyncio.run(run_dev(options))
@@ -564,21 +584,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         help="manifest file or folder (repeatable), e.g. -f examples/quickstart",
     )
-    parser.add_argument(
-        "--listen", default="0.0.0.0:8080", help="HOST:PORT for ingest (default 0.0.0.0:8080)"
-    )
-    parser.add_argument(
-        "--service",
-        action="append",
-        default=[],
-        metavar="NAME=URL",
-        help="deliver a Service ref to URL instead of 127.0.0.1:PORT "
-        "(NAME or NAMESPACE/NAME; repeatable)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=os.environ.get("TIDINGS_STATE_DIR", ".tidings"),
-        help="where the private Redis, seal key and session live (default .tidings)",
-    )
-    add_common_options(parser)
+    add_arguments(parser, DevSettings)
     parser.set_defaults(func=run)

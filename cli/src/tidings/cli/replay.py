@@ -20,19 +20,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tidings.api import keys, table
 from tidings.api.durations import DurationError, parse_duration
-from tidings.api.process import add_common_options
+from tidings.api.process import connect_redis
 from tidings.api.routes import Route
+from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher import deadletter
 from tidings.dispatcher.deadletter import DeadLetter
 
@@ -136,12 +137,15 @@ def _id_key(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-async def _run(args: argparse.Namespace, since: float | None) -> int:
-    redis: Redis
-    if args.redis_cluster:
-        redis = RedisCluster.from_url(args.redis_url)  # type: ignore[assignment]
-    else:
-        redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
+@dataclass(frozen=True)
+class ReplaySettings(CommonSettings):
+    redis_cluster: bool = setting(
+        "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
+    )
+
+
+async def _run(args: argparse.Namespace, settings: ReplaySettings, since: float | None) -> int:
+    redis = connect_redis(settings.require_redis_url(), cluster=settings.redis_cluster)
     try:
         route = await find_route(redis, args.trigger)
         selected = replayed = kept = 0
@@ -175,8 +179,11 @@ def run(args: argparse.Namespace) -> int:
     trigger = args.trigger
     if trigger.count("/") != 1 or not all(trigger.split("/")):
         return _fail(f"{trigger!r}: write the Trigger as NAMESPACE/NAME, e.g. shop/welcome-email")
-    if not args.redis_url:
-        return _fail("--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0")
+    try:
+        settings = load(ReplaySettings, args)
+        settings.require_redis_url()
+    except SettingsError as error:
+        return _fail(str(error))
     chosen = [
         flag for flag, on in (("--id", args.id), ("--since", args.since), ("--all", args.all)) if on
     ]
@@ -201,11 +208,11 @@ def run(args: argparse.Namespace) -> int:
         except DurationError as error:
             return _fail(str(error))
     try:
-        return asyncio.run(_run(args, since))
+        return asyncio.run(_run(args, settings, since))
     except ReplayError as error:
         return _fail(str(error), code=1)
     except (RedisError, OSError) as error:
-        return _fail(f"cannot use Redis at --redis-url {args.redis_url}: {error}", code=1)
+        return _fail(f"cannot use Redis at --redis-url {settings.redis_url}: {error}", code=1)
 
 
 def _count(n: int) -> str:
@@ -241,11 +248,5 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--dry-run", action="store_true", help="list what would be replayed; change nothing"
     )
-    parser.add_argument(
-        "--redis-cluster",
-        action="store_true",
-        default=os.environ.get("TIDINGS_REDIS_CLUSTER", "") in ("1", "true", "yes"),
-        help="--redis-url points at a Redis Cluster node",
-    )
-    add_common_options(parser)
+    add_arguments(parser, ReplaySettings)
     parser.set_defaults(func=run)

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from redis.asyncio import Redis, RedisCluster
 
-from tidings.api.process import parse_listen, wait_until_reachable
+from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
 from tidings.api.sealing import Sealer, SealError, load_key, new_key
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
@@ -108,11 +107,7 @@ def run(args: argparse.Namespace) -> int:
 async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
     redis_url = settings.require_redis_url()
     consumer_name = settings.consumer_name or default_consumer_name()
-    redis: Redis
-    if settings.redis_cluster:
-        redis = RedisCluster.from_url(redis_url)  # type: ignore[assignment]
-    else:
-        redis = Redis.from_url(redis_url, socket_connect_timeout=5)
+    redis = connect_redis(redis_url, cluster=settings.redis_cluster)
     watcher = TableWatcher(redis)
     registry = CollectorRegistry()
     sealer = _sealer()
