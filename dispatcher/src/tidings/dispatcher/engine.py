@@ -46,7 +46,7 @@ from redis.exceptions import RedisError, ResponseError
 from tidings.api import groups
 from tidings.api.events import now_rfc3339
 from tidings.api.routes import Route
-from tidings.api.sealing import Sealer, SealError
+from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.api.table import RoutingTable
 from tidings.api.text import text
 from tidings.dispatcher import deadletter, retention
@@ -609,7 +609,7 @@ class Dispatcher:
         self.workers: dict[str, TriggerWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._unsealed: dict[str, str] = {}
+        self._opened: OpenedSecrets | None = None
         self._stopping = False
         self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
 
@@ -621,10 +621,9 @@ class Dispatcher:
     def unseal(self, sealed: str) -> str:
         if self.sealer is None:
             raise SealError("no seal key configured: set TIDINGS_SEAL_KEY_FILE or TIDINGS_SEAL_KEY")
-        plain = self._unsealed.get(sealed)
-        if plain is None:
-            plain = self._unsealed[sealed] = self.sealer.unseal(sealed)
-        return plain
+        if self._opened is None:
+            self._opened = OpenedSecrets(self.sealer)
+        return self._opened.unseal(sealed)
 
     async def start(self) -> None:
         # No pool limit: each Trigger's own concurrency bounds its connections, and a
