@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
-from tidings.api.sealing import Sealer, SealError, load_key, new_key
+from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_key, new_key
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
 from tidings.dispatcher.ingest import build_app
@@ -70,6 +70,12 @@ class DispatcherSettings(CommonSettings):
         "deliveries one Trigger may have in flight in this process; the Trigger's "
         "concurrency limits all processes together",
     )
+    seal_key_file: str = setting(
+        "--seal-key-file",
+        ENV_KEY_FILE,
+        "",
+        f"file holding the seal key shared with the operator (empty: ${ENV_KEY})",
+    )
     no_ingest: bool = setting(
         "--no-ingest", "TIDINGS_NO_INGEST", False, "deliver only; serve just health and metrics"
     )
@@ -86,9 +92,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _sealer() -> Sealer:
+def _sealer(key_file: str) -> Sealer:
     try:
-        return Sealer(load_key())
+        return Sealer(load_key(key_file or None))
     except SealError as error:
         log.warning("%s; sealed secrets (ingest tokens, signing keys) cannot be opened", error)
         return Sealer(new_key())
@@ -110,7 +116,7 @@ async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
     redis = connect_redis(redis_url, cluster=settings.redis_cluster)
     watcher = TableWatcher(redis)
     registry = CollectorRegistry()
-    sealer = _sealer()
+    sealer = _sealer(settings.seal_key_file)
     dispatcher = Dispatcher(
         redis,
         watcher,
