@@ -13,9 +13,9 @@ from objectstore_helpers import S3, delete_many, new_bucket_name, put_many, s3_f
 from source_helpers import compiled, eventually, running, stream_events
 
 from tidings.api import keys
+from tidings.api.s3events import CREATED_TYPE, DELETED_TYPE
 from tidings.sources import status
 from tidings.sources.objectstore import Credentials, ObjectStoreAdapter
-from tidings.sources.s3events import CREATED_TYPE, DELETED_TYPE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -17,10 +17,18 @@ The request's mode is chosen by its headers:
   EventSource's API path, `type` from `?type=` (default `dev.tidings.http.event`),
   optional `?subject=`, `time` now.
 
+An objectStore source in notify mode takes only S3 event notifications (the
+`{"Records": [...]}` JSON the stores POST, whatever their Content-Type): each
+record for the source's bucket, prefix, suffix and events becomes one
+CloudEvent (tidings.api.s3events); the others are counted as `ignored`. A body
+that is not such a notification is 400 naming the field.
+
 Auth follows the compiled EventSource: a bearer token, an HMAC-SHA256 of the
 body in a header (hex, optionally `sha256=`-prefixed, as GitHub and most
 webhook senders do), either one when both are configured, or nothing when
-`allowAnonymous`. Missing credentials are 401, wrong ones 403.
+`allowAnonymous`. Notify sources also take the token as `?token=` (Versity
+Gateway and Ceph RGW cannot set headers). Missing credentials are 401, wrong
+ones 403.
 
 202 is sent only after XADD returned (and WAIT, when `wait_replicas` is set);
 a Redis failure is 503 with Retry-After, never 202. Ids seen within the
@@ -47,6 +55,7 @@ from tidings.api import codec
 from tidings.api.codec import BATCH, STRUCTURED
 from tidings.api.events import CloudEvent, new_id, now_rfc3339
 from tidings.api.routes import CompiledIngest, CompiledSource
+from tidings.api.s3events import KeyFilter, NotificationError, events_from_notification
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.dispatcher import streams
 from tidings.dispatcher.routing import TableWatcher
@@ -112,6 +121,21 @@ def parse_events(
         raise IngestError(error.status, error.message) from None
 
 
+def parse_notification(source: CompiledSource, body: bytes) -> tuple[list[CloudEvent], int]:
+    """The events of an S3 event notification to an objectStore notify source,
+    and how many records it ignored; IngestError(400) naming what is wrong."""
+    store = source.object_store
+    assert store is not None
+    wanted = KeyFilter(store.prefix, store.suffix, frozenset(store.events))
+    try:
+        notification = events_from_notification(body, bucket=store.bucket, wanted=wanted)
+    except NotificationError as error:
+        raise IngestError(
+            400, f"S3 event notification: {error} (configure the store to POST its records here)"
+        ) from None
+    return notification.events, notification.ignored
+
+
 def _parse_events(
     source: CompiledSource, headers: Mapping[str, str], body: bytes, query: Mapping[str, str]
 ) -> list[CloudEvent]:
@@ -147,12 +171,24 @@ def check_auth(
     headers: Mapping[str, str],
     body: bytes | None,
     unseal: Callable[[str], str],
+    query: Mapping[str, str] | None = None,
 ) -> None:
     """Pass, or raise IngestError 401 (no credentials) / 403 (wrong credentials).
 
     `body` may be None when no HMAC is configured (the check then needs no body).
+    `query` holds `token` for sources with `token_in_query` (objectStore notify).
     """
     presented = False
+    in_query = (query or {}).get("token") if ingest.token_in_query else None
+    if (
+        ingest.token_sealed is not None
+        and in_query is not None
+        and not headers.get("Authorization")
+    ):
+        expected = unseal(ingest.token_sealed).encode()
+        if not in_query or not hmac.compare_digest(in_query.encode(), expected):
+            raise IngestError(403, "token query parameter: the token is not valid")
+        return
     if ingest.token_sealed is not None:
         authorization = headers.get("Authorization", "")
         if authorization:
@@ -186,6 +222,8 @@ def check_auth(
     wanted = []
     if ingest.token_sealed is not None:
         wanted.append("an Authorization: Bearer <token> header")
+        if ingest.token_in_query:
+            wanted.append("the token as ?token=<token>")
     if ingest.hmac_secret_sealed is not None:
         wanted.append(f"an HMAC-SHA256 signature of the body in {ingest.hmac_header}")
     raise IngestError(
@@ -279,11 +317,15 @@ class Ingest:
             )
         source = self.watcher.current.sources.get(f"{namespace}/{name}")
         if source is None or source.ingest is None:
-            what = "exists but is not an http source" if source else "not found"
+            what = (
+                "exists but takes no POSTs (not http, not objectStore notify)"
+                if source
+                else "not found"
+            )
             raise IngestError(
                 404,
                 f"EventSource {namespace}/{name} {what}; POST to an EventSource with spec.http "
-                f"(kubectl get eventsources -n {namespace})",
+                f"or spec.objectStore in notify mode (kubectl get eventsources -n {namespace})",
             )
         return source
 
@@ -293,24 +335,28 @@ class Ingest:
         headers: CIMultiDictProxy[str] = request.headers
         if ingest.hmac_secret_sealed is None:
             # Refuse unauthenticated requests before reading their bodies.
-            check_auth(ingest, headers, None, self.unseal)
+            check_auth(ingest, headers, None, self.unseal, request.query)
         body = await read_body(request, ingest.max_body_bytes)
         if ingest.hmac_secret_sealed is not None:
-            check_auth(ingest, headers, body, self.unseal)
-        events = parse_events(source, headers, body, request.query)
+            check_auth(ingest, headers, body, self.unseal, request.query)
+        ignored = 0
+        if source.object_store is not None:
+            events, ignored = parse_notification(source, body)
+        else:
+            events = parse_events(source, headers, body, request.query)
         result = await self._append(source, events)
         self.metrics.events.labels(source.id, "accepted").inc(len(result.accepted))
         if result.duplicates:
             self.metrics.events.labels(source.id, "duplicate").inc(len(result.duplicates))
         if self.on_append is not None:
             self.on_append(source, events, result)
-        return web.json_response(
-            {
-                "accepted": [e.event_id for e in result.accepted],
-                "duplicates": [e.event_id for e in result.duplicates],
-            },
-            status=202,
-        )
+        answer: dict[str, object] = {
+            "accepted": [e.event_id for e in result.accepted],
+            "duplicates": [e.event_id for e in result.duplicates],
+        }
+        if source.object_store is not None:
+            answer["ignored"] = ignored  # records of other buckets, keys or changes
+        return web.json_response(answer, status=202)
 
     async def _append(self, source: CompiledSource, events: list[CloudEvent]) -> AppendResult:
         try:

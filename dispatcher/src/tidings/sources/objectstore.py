@@ -46,11 +46,7 @@ from tidings.api import keys, scripts
 from tidings.api.durations import parse_duration
 from tidings.api.events import encode
 from tidings.api.routes import CompiledSource
-from tidings.api.text import text
-from tidings.api.types import ObjectStoreSource
-from tidings.sources.errors import SourceError
-from tidings.sources.metrics import SourceSeries
-from tidings.sources.s3events import (
+from tidings.api.s3events import (
     Change,
     KeyFilter,
     ObjectVersion,
@@ -61,6 +57,10 @@ from tidings.sources.s3events import (
     normalize_etag,
     rfc3339,
 )
+from tidings.api.text import text
+from tidings.api.types import ObjectStoreSource
+from tidings.sources.errors import SourceError
+from tidings.sources.metrics import SourceSeries
 from tidings.sources.status import StatusReporter
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tidings.sources.s3events import (
+from tidings.api.s3events import (
     CREATED_TYPE,
     DELETED_TYPE,
     KeyFilter,
