@@ -24,7 +24,8 @@ PAUSE_VERSION=3.10
 CACHE_DIR="${TIDINGS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tidings}"
 IMAGES="$CACHE_DIR/images"
 # buildah's own storage, not the host's /var/lib/containers.
-BUILDAH=(buildah --root "$CACHE_DIR/buildah/storage" --runroot /run/tidings-buildah --storage-driver overlay)
+BUILDAH=(buildah --root "$CACHE_DIR/buildah/storage" --storage-driver overlay
+  --runroot "/run/tidings-buildah/$(sha256sum <<<"$CACHE_DIR" | cut -c1-12)")
 
 DEBIAN_IMAGE=tidings.local/debian:bookworm
 PAUSE_IMAGE="tidings.local/pause:$PAUSE_VERSION"

@@ -435,6 +435,18 @@ spec:
 YAML
 }
 
+# A volume whose claim was deleted (helm uninstall, a namespace removed) is
+# emptied and offered again, so repeated test runs never run out of volumes.
+recycle_volumes() {
+  local pv path
+  for pv in $(kc get pv -l tidings.dev/cluster=local -o jsonpath='{range .items[?(@.status.phase=="Released")]}{.metadata.name}{"\n"}{end}'); do
+    path="$(kc get pv "$pv" -o jsonpath='{.spec.hostPath.path}')"
+    [[ $path == "$DIR/pv/"* ]] || continue
+    find "$path" -mindepth 1 -delete
+    kc patch pv "$pv" --type json -p '[{"op": "remove", "path": "/spec/claimRef"}]' >/dev/null
+  done
+}
+
 # One A query for kubernetes.default through the kube-dns Service VIP, from
 # inside the namespace: proves CoreDNS, the API and kube-proxy's rules at once.
 dns_answers() {
@@ -503,6 +515,7 @@ up() {
   wait_for 60 "the default ServiceAccount" sa_exists
   step "storage, CoreDNS, DNS"
   install_addons
+  recycle_volumes
   kc -n kube-system rollout status deployment/coredns --timeout=120s >&2
   wait_for 60 "DNS answers through $DNS_VIP" dns_answers
   step ""
@@ -556,6 +569,18 @@ down() {
   log "down"
 }
 
+# Resident memory of the components, and of the pods (their cgroup, page cache excluded).
+memory() {
+  local c pid kib=0 pods=0
+  for c in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    pid="$(cat "$DIR/$c.pid")"
+    kib=$((kib + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")))
+  done
+  local stat="/sys/fs/cgroup/memory/$CGROUP_ROOT/memory.stat"
+  [[ -f $stat ]] && pods=$(awk '$1 == "total_rss" {print int($2 / 1024)}' "$stat")
+  log "memory: components $((kib / 1024)) MiB, pods $((pods / 1024)) MiB"
+}
+
 all_running() {
   local c
   for c in etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
@@ -574,7 +599,7 @@ case "${1:-}" in
     if all_running && [[ -f $VALUES_FILE ]]; then
       KUBECTL="$(bash "$REPO/hack/build-k8s-tools.sh")/kubectl"
       HELM="$(bash "$REPO/hack/build-helm.sh")"
-      if [[ $1 == env ]]; then print_env; else log "up: $KUBECONFIG_FILE"; fi
+      if [[ $1 == env ]]; then print_env; else log "up: $KUBECONFIG_FILE"; memory; fi
     elif [[ $1 == env ]]; then
       fail "not running: hack/cluster.sh up"
     else
