@@ -496,6 +496,9 @@ print_env() {
 }
 
 up() {
+  # Half a cluster (a component died, a run was killed, the machine rebooted):
+  # clear what is left of it and start afresh.
+  if [[ -d $DIR ]] && ! all_running; then log "not all up: clearing the rest first"; down; fi
   mkdir -p "$DIR"
   step "install packages"; install_missing
   # The Debian and Tidings images (debootstrap, pip: mostly waiting on the
