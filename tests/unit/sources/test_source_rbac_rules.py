@@ -27,3 +27,25 @@ def test_a_schedule_adapter_with_the_spec_in_its_env_needs_only_the_lease() -> N
     spec = EventSourceSpec.model_validate({"schedule": {"cron": "@daily"}})
     assert rbac.rules_for(spec, name="users-db", spec_from_env=True) == [rbac.LEASE_RULE]
     assert GET_EVENTSOURCE in rbac.rules_for(spec, name="users-db", spec_from_env=False)
+
+
+def test_an_objectstore_poll_adapter_reads_its_credentials_secret_only_without_the_env() -> None:
+    spec = EventSourceSpec.model_validate(
+        {
+            "objectStore": {
+                "endpoint": "http://s3:7070",
+                "bucket": "uploads",
+                "mode": "poll",
+                "credentialsSecretRef": {"name": "s3-creds"},
+            }
+        }
+    )
+    # The operator's Deployment: spec and access keys in the env, the Lease only.
+    assert rbac.rules_for(spec, name="uploads", spec_from_env=True) == [rbac.LEASE_RULE]
+    rules = rbac.rules_for(spec, name="uploads", s3_credentials_from_env=False)
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["s3-creds"],
+        "verbs": ["get"],
+    } in rules

@@ -26,6 +26,7 @@ def rules_for(
     name: str,
     spec_from_env: bool = True,
     dsn_from_env: bool = True,
+    s3_credentials_from_env: bool = True,
     plurals: Mapping[tuple[str, str], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Rules for the adapter of EventSource `name` with `spec`.
@@ -34,7 +35,9 @@ def rules_for(
     Deployment), so no `get` on eventsources for it — except for Postgres, whose
     adapter reads its EventSource before creating a slot or publication (so it
     never re-creates them for an EventSource being deleted). `dsn_from_env`: the DSN comes in
-    $TIDINGS_PG_DSN, so no `get` on the Secret. `plurals` maps (apiVersion,
+    $TIDINGS_PG_DSN, so no `get` on the Secret; `s3_credentials_from_env` likewise
+    for an objectStore poll adapter's access keys ($TIDINGS_S3_ACCESS_KEY_ID,
+    $TIDINGS_S3_SECRET_ACCESS_KEY). `plurals` maps (apiVersion,
     kind) of watched resources to their plural resource names."""
     rules = [dict(LEASE_RULE)]
     if not spec_from_env or spec.postgres is not None:
@@ -52,6 +55,21 @@ def rules_for(
                 "apiGroups": [""],
                 "resources": ["secrets"],
                 "resourceNames": [spec.postgres.connection_secret_ref.name],
+                "verbs": ["get"],
+            }
+        )
+    store = spec.object_store
+    if (
+        store is not None
+        and store.mode == "poll"
+        and store.credentials_secret_ref is not None
+        and not s3_credentials_from_env
+    ):
+        rules.append(
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": [store.credentials_secret_ref.name],
                 "verbs": ["get"],
             }
         )

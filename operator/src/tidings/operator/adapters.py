@@ -1,15 +1,20 @@
 """The Kubernetes objects an EventSource owns, as pure manifests.
 
-- postgres, kubernetes and schedule sources run an adapter: a one-replica
+- postgres, kubernetes, schedule and objectStore (poll mode) sources run an
+  adapter: a one-replica
   Deployment `tidings-source-<name>` running
   `tidings source KIND --eventsource NS/NAME`, in the EventSource's namespace,
   owned by it. Its Redis URL comes from a Secret `tidings-source-<name>` the
   operator writes next to it (a URL may carry a password; Deployments are
   readable by more roles than Secrets). A postgres adapter also gets its DSN
-  from the user's `connectionSecretRef` as `TIDINGS_PG_DSN`.
-- http sources without `tokenSecretRef` (and without HMAC or anonymous access)
-  get a generated bearer token in the Secret `<name>-ingest-token`, key `token`,
-  created once and never rewritten, so producers keep working across restarts.
+  from the user's `connectionSecretRef` as `TIDINGS_PG_DSN`, an objectStore
+  adapter its access keys from `credentialsSecretRef` as
+  `TIDINGS_S3_ACCESS_KEY_ID` / `TIDINGS_S3_SECRET_ACCESS_KEY` (secretKeyRef
+  both: the adapter needs no right to read Secrets).
+- http sources and objectStore sources in notify mode without `tokenSecretRef`
+  (and without HMAC or anonymous access) get a generated bearer token in the
+  Secret `<name>-ingest-token`, key `token`, created once and never rewritten,
+  so producers (and stores) keep working across restarts.
 
 A template hash annotation on the Deployment lets the operator skip the write
 when nothing changed.
@@ -34,11 +39,12 @@ from typing import Any
 
 from tidings.api.routes import CLUSTER_DOMAIN, ingest_token_secret_name
 from tidings.api.types import API_VERSION, EventSourceSpec
+from tidings.sources.cli import S3_ACCESS_ENV, S3_SECRET_ENV
 
 MANAGED_BY = "tidings-operator"
 SOURCE_LABEL = "tidings.dev/eventsource"
 TEMPLATE_HASH = "tidings.dev/template-hash"
-ADAPTER_KINDS = ("postgres", "kubernetes", "schedule")
+ADAPTER_KINDS = ("postgres", "kubernetes", "schedule", "objectStore")  # objectStore: poll only
 TOKEN_KEY = "token"
 REDIS_URL_KEY = "REDIS_URL"
 HEALTH_PORT = 8080
@@ -111,17 +117,54 @@ def ingest_url(namespace: str, name: str, *, service: str, service_namespace: st
     return f"http://{service}.{service_namespace}.svc.{CLUSTER_DOMAIN}/sources/{namespace}/{name}"
 
 
-def needs_generated_token(spec: EventSourceSpec) -> bool:
-    if spec.http is None:
+def has_adapter(spec: EventSourceSpec | None) -> bool:
+    """Whether the source runs an adapter Deployment (objectStore in notify mode
+    does not: the store POSTs to ingest)."""
+    if spec is None or spec.kind not in ADAPTER_KINDS:
         return False
-    auth = spec.http.auth
+    return spec.object_store is None or spec.object_store.mode == "poll"
+
+
+def notify_instructions(spec: EventSourceSpec, name: str, url: str) -> str | None:
+    """What to configure on the store of an objectStore notify source: where to
+    POST its event notifications and how to authenticate (None: not one)."""
+    store = spec.object_store
+    if store is None or store.mode != "notify":
+        return None
+    auth = store.auth
+    events = ", ".join(
+        {"created": "s3:ObjectCreated:*", "deleted": "s3:ObjectRemoved:*"}[e] for e in store.events
+    )
+    where = f"configure bucket {store.bucket!r} to send event notifications ({events}) to {url}"
+    if auth.token_secret_ref is not None or needs_generated_token(spec):
+        ref = auth.token_secret_ref
+        secret, key = (ref.name, ref.key) if ref else (ingest_token_secret_name(name), TOKEN_KEY)
+        how = (
+            f" with the header 'Authorization: Bearer <token>', or, for stores that cannot set "
+            f"headers (Versity Gateway, Ceph RGW), to {url}?token=<token>; the token is key "
+            f"{key!r} of Secret {secret}"
+        )
+    elif auth.hmac_secret_ref is not None:
+        how = (
+            f" signed with HMAC-SHA256 of the body (hex) in header {auth.hmac_header}; the key "
+            f"is key {auth.hmac_secret_ref.key!r} of Secret {auth.hmac_secret_ref.name}"
+        )
+    else:
+        how = " (no credentials: allowAnonymous)"
+    return where + how
+
+
+def needs_generated_token(spec: EventSourceSpec) -> bool:
+    auth = spec.ingest_auth
+    if auth is None:
+        return False
     return (
         auth.token_secret_ref is None and auth.hmac_secret_ref is None and not auth.allow_anonymous
     )
 
 
 def token_secret(namespace: str, source: str, uid: str) -> dict[str, Any]:
-    """The generated ingest token Secret of an http source."""
+    """The generated ingest token Secret of an http or objectStore notify source."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -173,9 +216,10 @@ def adapter_deployment(
     spec: EventSourceSpec,
     settings: AdapterSettings,
 ) -> dict[str, Any]:
-    """The adapter Deployment of a postgres, kubernetes or schedule source."""
+    """The adapter Deployment of a postgres, kubernetes, schedule or objectStore
+    poll source."""
     kind = spec.kind
-    if kind not in ADAPTER_KINDS:
+    if not has_adapter(spec):
         raise ValueError(f"{kind} sources have no adapter")
     name = adapter_name(source)
     pod_labels = labels(source, f"{kind}-source")
@@ -194,6 +238,19 @@ def adapter_deployment(
                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
             }
         )
+    store = spec.object_store
+    if store is not None and store.credentials_secret_ref is not None:
+        creds = store.credentials_secret_ref
+        for variable, key in (
+            (S3_ACCESS_ENV, creds.access_key_id_key),
+            (S3_SECRET_ENV, creds.secret_access_key_key),
+        ):
+            env.append(
+                {
+                    "name": variable,
+                    "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}},
+                }
+            )
     container: dict[str, Any] = {
         "name": "source",
         "image": settings.image,

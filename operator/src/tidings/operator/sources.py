@@ -83,6 +83,17 @@ def check_adapter_secrets(world: IndexWorld, namespace: str, spec: EventSourceSp
                 f"spec.postgres.connectionSecretRef: Secret {namespace}/{ref.name} with key "
                 f"{ref.key!r} not found; create it or fix the reference",
             )
+    store = spec.object_store
+    if store is not None and store.mode == "poll" and store.credentials_secret_ref is not None:
+        creds = store.credentials_secret_ref
+        for key in (creds.access_key_id_key, creds.secret_access_key_key):
+            if world.secret(namespace, creds.name, key) is None:
+                raise CompileError(
+                    "SecretNotFound",
+                    f"spec.objectStore.credentialsSecretRef: Secret {namespace}/{creds.name} "
+                    f"with key {key!r} not found; create it (keys {creds.access_key_id_key!r} "
+                    f"and {creds.secret_access_key_key!r}) or fix the reference",
+                )
 
 
 class SourceController(ObjectController[EventSourceStatus]):
@@ -107,14 +118,10 @@ class SourceController(ObjectController[EventSourceStatus]):
     def reports(self) -> bool:
         """Whether this source has an adapter whose report status shows."""
         outcome = self.outcome
-        return (
-            outcome is not None
-            and outcome.spec is not None
-            and outcome.spec.kind in adapters.ADAPTER_KINDS
-        )
+        return outcome is not None and adapters.has_adapter(outcome.spec)
 
     def _url(self, spec: EventSourceSpec) -> str | None:
-        if spec.http is None:
+        if spec.ingest_auth is None:
             return None
         return adapters.ingest_url(
             self.namespace,
@@ -226,7 +233,7 @@ class SourceController(ObjectController[EventSourceStatus]):
     async def reconcile_adapter(self, spec: EventSourceSpec, uid: str, compiled: bool) -> None:
         current = self.world.adapter(self.namespace, self.name)
         kube = self.ctx.kube
-        if spec.kind not in adapters.ADAPTER_KINDS:
+        if not adapters.has_adapter(spec):
             if current is not None:  # it was an adapter source before this change
                 await kube.delete("Deployment", self.namespace, current.name)
                 await kube.delete("Secret", self.namespace, current.name)
@@ -246,7 +253,7 @@ class SourceController(ObjectController[EventSourceStatus]):
         assert outcome is not None  # the loop reconciles first
         spec = outcome.spec
         kind = spec.kind if spec is not None else ""
-        expected = kind in adapters.ADAPTER_KINDS
+        expected = adapters.has_adapter(spec)
         report = None
         deployment = self.world.adapter(self.namespace, self.name)
         if expected:
@@ -264,6 +271,11 @@ class SourceController(ObjectController[EventSourceStatus]):
             generation=outcome.generation,
             kind=kind,
             url=outcome.url,
+            instructions=(
+                adapters.notify_instructions(spec, self.name, outcome.url)
+                if spec is not None and outcome.url is not None
+                else None
+            ),
             compile_error=outcome.error,
             adapter_expected=expected,
             adapter=deployment,

@@ -256,12 +256,14 @@ class SourceFacts:
     name: str
     generation: int
     kind: str
-    url: str | None  # http sources: the ingest URL
+    url: str | None  # http and objectStore notify sources: the ingest URL
     compile_error: CompileError | None
-    adapter_expected: bool  # postgres, kubernetes, schedule
+    adapter_expected: bool  # postgres, kubernetes, schedule, objectStore poll
     adapter: AdapterEntry | None  # the adapter Deployment as last seen
     report: adapter_status.AdapterStatus | None = None  # what the adapter last reported
     wal: adapter_status.WalReading | None = None  # the operator's own, newer WAL reading
+    # objectStore notify: what to configure on the store (URL and auth), for Ready's message.
+    instructions: str | None = None
 
 
 def adapter_ready(f: SourceFacts) -> Want | None:
@@ -318,6 +320,8 @@ def source_conditions(f: SourceFacts) -> list[Want]:
         )
     elif capturing is not None and capturing.status != "True":
         ready_ = Want("Ready", "Unknown", capturing.reason, capturing.message)
+    elif f.url is not None and f.instructions is not None:
+        ready_ = Want("Ready", "True", "Ready", f"accepting S3 notifications: {f.instructions}")
     elif f.url is not None:
         ready_ = Want("Ready", "True", "Ready", f"accepting events at {f.url}")
     elif capturing is not None and capturing.message:

@@ -184,13 +184,16 @@ def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None)
     keys: set[Key] = {("EventSource", namespace, name), ("Deployment", namespace, name)}
     if spec is None:
         return keys
-    if spec.http is not None:
-        auth = spec.http.auth
+    auth = spec.ingest_auth
+    if auth is not None:
         for ref in (auth.token_secret_ref, auth.hmac_secret_ref):
             if ref is not None:
                 keys.add(("Secret", namespace, ref.name))
         if auth.token_secret_ref is None:
             keys.add(("Secret", namespace, ingest_token_secret_name(name)))
+    store = spec.object_store
+    if store is not None and store.credentials_secret_ref is not None:
+        keys.add(("Secret", namespace, store.credentials_secret_ref.name))
     if spec.postgres is not None:
         keys.add(("Secret", namespace, spec.postgres.connection_secret_ref.name))
     return keys

@@ -1,0 +1,87 @@
+"""objectStore sources in the operator: poll runs an adapter with its access
+keys by secretKeyRef; notify gets an ingest token and status saying what to
+configure on the store."""
+
+from __future__ import annotations
+
+from tidings.api.types import EventSourceSpec
+from tidings.operator import adapters, status
+from tidings.operator.adapters import AdapterSettings
+from tidings.operator.world import source_dependencies
+
+SETTINGS = AdapterSettings(image="tidings:1.0", redis_url="redis://redis:6379/0")
+URL = "http://tidings-ingest.tidings.svc.cluster.local/sources/media/uploads"
+
+
+def store(**fields: object) -> EventSourceSpec:
+    return EventSourceSpec.model_validate(
+        {"objectStore": {"endpoint": "http://s3:7070", "bucket": "uploads", **fields}}
+    )
+
+
+POLL = store(
+    mode="poll",
+    credentialsSecretRef={"name": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "sk"},
+)
+NOTIFY = store(mode="notify", events=["created", "deleted"])
+
+
+def test_only_poll_mode_runs_an_adapter() -> None:
+    assert adapters.has_adapter(POLL) and not adapters.has_adapter(NOTIFY)
+
+
+def test_the_poll_adapter_gets_its_access_keys_by_secret_key_ref() -> None:
+    deployment = adapters.adapter_deployment("media", "uploads", "uid", POLL, SETTINGS)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["source", "objectStore", "--eventsource", "media/uploads"]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["TIDINGS_S3_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "id"}}
+    assert env["TIDINGS_S3_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "sk"}
+    }
+
+
+def test_a_notify_source_without_a_token_secret_gets_a_generated_one() -> None:
+    assert adapters.needs_generated_token(NOTIFY)
+    assert not adapters.needs_generated_token(POLL)
+    assert ("Secret", "media", "uploads-ingest-token") in source_dependencies(
+        "media", "uploads", NOTIFY
+    )
+    assert ("Secret", "media", "s3-creds") in source_dependencies("media", "uploads", POLL)
+
+
+def test_notify_instructions_name_the_url_both_auth_forms_and_the_secret() -> None:
+    text = adapters.notify_instructions(NOTIFY, "uploads", URL)
+    assert text is not None
+    assert f"to {URL} with the header 'Authorization: Bearer <token>'" in text
+    assert f"{URL}?token=<token>" in text
+    assert "key 'token' of Secret uploads-ingest-token" in text
+    assert "s3:ObjectCreated:*, s3:ObjectRemoved:*" in text
+    assert adapters.notify_instructions(POLL, "uploads", URL) is None
+
+
+def test_notify_instructions_for_hmac_and_anonymous() -> None:
+    hmac = store(mode="notify", auth={"hmacSecretRef": {"name": "sig", "key": "k"}})
+    text = adapters.notify_instructions(hmac, "uploads", URL)
+    assert text is not None and "HMAC-SHA256" in text and "Secret sig" in text
+    anonymous = store(mode="notify", auth={"allowAnonymous": True})
+    assert "allowAnonymous" in (adapters.notify_instructions(anonymous, "uploads", URL) or "")
+
+
+def test_a_ready_notify_source_says_what_to_configure_on_the_store() -> None:
+    facts = status.SourceFacts(
+        namespace="media",
+        name="uploads",
+        generation=1,
+        kind="objectStore",
+        url=URL,
+        compile_error=None,
+        adapter_expected=False,
+        adapter=None,
+        instructions=adapters.notify_instructions(NOTIFY, "uploads", URL),
+    )
+    built = status.source_status(facts, None, now="T1").to_wire()
+    assert built["url"] == URL
+    [ready] = built["conditions"]
+    assert ready["status"] == "True"
+    assert ready["message"].startswith("accepting S3 notifications: configure bucket 'uploads'")
