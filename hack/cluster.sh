@@ -492,7 +492,6 @@ print_env() {
   # tests/e2e: a second tag of the image (helm upgrade) and an image with PostgreSQL 15.
   echo "export TIDINGS_E2E_UPGRADE_TAG=$tag-upgrade"
   echo "export TIDINGS_E2E_POSTGRES_IMAGE=tidings.local/debian:bookworm"
-  echo "export TIDINGS_E2E_CLUSTER=hack/cluster.sh"
 }
 
 up() {
