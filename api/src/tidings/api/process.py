@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from tidings.api.settings import SettingsError
 
@@ -91,8 +91,21 @@ async def wait_until_reachable(
     return False
 
 
-def connect_redis(url: str, *, cluster: bool = False) -> Redis:
-    """A client for `url`: a Redis Cluster client when `cluster` (any node's URL)."""
+# Connections one process opens to Redis at most; more concurrent calls wait for
+# one (up to POOL_WAIT seconds) instead of failing: redis-py's default pool
+# raises "Too many connections" past 100, which made a burst of ingest requests
+# (an object store posting a notification per upload at once) answer 503.
+POOL_SIZE = 100
+POOL_WAIT = 5.0
+
+
+def connect_redis(url: str, *, cluster: bool = False, **options: Any) -> Redis:
+    """A client for `url`: a Redis Cluster client when `cluster` (any node's URL).
+    `options` go to the connection pool (e.g. socket_timeout)."""
     if cluster:
         return RedisCluster.from_url(url)  # type: ignore[return-value]
-    return Redis.from_url(url, socket_connect_timeout=5)
+    options.setdefault("socket_connect_timeout", 5)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
+    )
+    return Redis.from_pool(pool)

@@ -2,8 +2,9 @@
 
 It loads EventSource, Trigger and Secret manifests (tidings.api.manifests),
 compiles them with the operator's compiler and publishes them to the routing
-table, then serves ingest, runs the delivery engine and the adapters of
-postgres / kubernetes / schedule EventSources — the same code a cluster runs,
+table, then serves ingest (S3 notifications of objectStore notify sources
+too), runs the delivery engine and the adapters of postgres / kubernetes /
+schedule / objectStore poll EventSources — the same code a cluster runs,
 in one process, minus the operator. Files are polled every second; a change is
 compiled and published while everything keeps running. A reload with errors is
 not applied (the last good manifests keep running) until the files are fixed.
@@ -13,9 +14,10 @@ Redis: $REDIS_URL / --redis-url, else a private `redis-server` (AOF on, data in
 of the Redis it uses: do not point it at a cluster's Redis.
 
 Secrets: the seal key comes from $TIDINGS_SEAL_KEY(_FILE), else one is made in
-.tidings/dev-seal.key. An http source with neither token nor HMAC Secret and
-no allowAnonymous gets a generated token (the operator would make the Secret
-`<name>-ingest-token`), kept in .tidings/dev-tokens.json. The ingest URL and
+.tidings/dev-seal.key. An http (or objectStore notify) source with neither
+token nor HMAC Secret and no allowAnonymous gets a generated token (the
+operator would make the Secret `<name>-ingest-token`), kept in
+.tidings/dev-tokens.json. The ingest URL and
 tokens are written to .tidings/dev-session.json for `tidings send`.
 """
 
@@ -33,7 +35,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -45,7 +47,7 @@ from tidings.api import sealing, table
 from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
-from tidings.api.process import parse_listen
+from tidings.api.process import connect_redis, parse_listen
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
 from tidings.api.sealing import Sealer, StableSealer
 from tidings.api.settings import CommonSettings, add_arguments, load, setting
@@ -59,6 +61,9 @@ from tidings.dispatcher.routing import TableWatcher
 from tidings.dispatcher.streams import AppendResult
 from tidings.sources import adapters
 from tidings.sources.adapters import Adapter
+
+if TYPE_CHECKING:
+    from tidings.sources.objectstore import Credentials as S3Credentials
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +115,10 @@ def add_generated_tokens(manifests: Manifests, state: Path) -> list[str]:
         stored = {}
     generated = []
     for (namespace, name), source in manifests.sources.items():
-        http = source.spec.http
-        if http is None or http.auth.token_secret_ref or http.auth.hmac_secret_ref:
+        auth = source.spec.ingest_auth  # http, and objectStore in notify mode
+        if auth is None or auth.token_secret_ref or auth.hmac_secret_ref:
             continue
-        if http.auth.allow_anonymous:
+        if auth.allow_anonymous:
             continue
         secret = (namespace, ingest_token_secret_name(name))
         if "token" in manifests.secrets.get(secret, {}):
@@ -134,12 +139,12 @@ def credentials(manifests: Manifests) -> Credentials:
     found = Credentials()
     world = manifest_files.ManifestWorld(manifests)
     for (namespace, name), source in manifests.sources.items():
-        http = source.spec.http
+        http = source.spec.ingest_auth
         if http is None:
             continue
         key = f"{namespace}/{name}"
-        ref = http.auth.token_secret_ref
-        if ref is None and http.auth.hmac_secret_ref is None and not http.auth.allow_anonymous:
+        ref = http.token_secret_ref
+        if ref is None and http.hmac_secret_ref is None and not http.allow_anonymous:
             ref_name, ref_key = ingest_token_secret_name(name), "token"
         elif ref is not None:
             ref_name, ref_key = ref.name, ref.key
@@ -148,11 +153,11 @@ def credentials(manifests: Manifests) -> Credentials:
         token = world.secret(namespace, ref_name, ref_key) if ref_name else None
         if token is not None:
             found.tokens[key] = token
-        if http.auth.hmac_secret_ref is not None:
-            hmac_ref = http.auth.hmac_secret_ref
+        if http.hmac_secret_ref is not None:
+            hmac_ref = http.hmac_secret_ref
             secret = world.secret(namespace, hmac_ref.name, hmac_ref.key)
             if secret is not None:
-                found.hmac[key] = {"secret": secret, "header": http.auth.hmac_header}
+                found.hmac[key] = {"secret": secret, "header": http.hmac_header}
     return found
 
 
@@ -255,6 +260,22 @@ class RunningAdapter:
     task: asyncio.Task[None]
 
 
+def s3_credentials(
+    world: manifest_files.ManifestWorld, namespace: str, spec: EventSourceSpec
+) -> S3Credentials | None:
+    """A poll source's access keys from its credentialsSecretRef in the manifests
+    (None: missing, and the adapter reports SecretNotFound)."""
+    store = spec.object_store
+    if store is None or store.credentials_secret_ref is None:
+        return None
+    from tidings.sources.objectstore import Credentials  # the MinIO SDK only when needed
+
+    ref = store.credentials_secret_ref
+    access = world.secret(namespace, ref.name, ref.access_key_id_key)
+    secret = world.secret(namespace, ref.name, ref.secret_access_key_key)
+    return Credentials(access, secret) if access and secret else None
+
+
 class SourceAdapters:
     """The adapters of the loaded non-http EventSources, in this process, as
     `tidings source` runs them in a cluster; restarted when their spec changes."""
@@ -265,25 +286,31 @@ class SourceAdapters:
 
     async def sync(self, manifests: Manifests, compiled: Compiled) -> None:
         world = manifest_files.ManifestWorld(manifests)
-        wanted: dict[str, tuple[str, CompiledSource, EventSourceSpec, str | None]] = {}
+        wanted: dict[
+            str, tuple[str, CompiledSource, EventSourceSpec, str | None, S3Credentials | None]
+        ] = {}
         for (namespace, name), eventsource in sorted(manifests.sources.items()):
             spec = eventsource.spec
             source = compiled.sources.get(f"{namespace}/{name}")
-            if spec.http is not None or source is None:
-                continue  # http events come through ingest; compile errors are printed
+            if spec.ingest_auth is not None or source is None:
+                # http and objectStore notify events come through ingest; compile
+                # errors are printed
+                continue
             dsn = None
             if spec.postgres is not None:
                 ref = spec.postgres.connection_secret_ref
                 dsn = world.secret(namespace, ref.name, ref.key)
-            wanted[source.id] = (spec.model_dump_json() + (dsn or ""), source, spec, dsn)
+            s3 = s3_credentials(world, namespace, spec)
+            fingerprint = spec.model_dump_json() + (dsn or "") + repr(s3)
+            wanted[source.id] = (fingerprint, source, spec, dsn, s3)
         for source_id, running in list(self.running.items()):
             if source_id not in wanted or wanted[source_id][0] != running.fingerprint:
                 await self.stop_one(source_id)
-        for source_id, (fingerprint, source, spec, dsn) in wanted.items():
+        for source_id, (fingerprint, source, spec, dsn, s3) in wanted.items():
             if source_id in self.running:
                 continue
             try:
-                adapter = adapters.build(source, spec, self.redis, dsn=dsn)
+                adapter = adapters.build(source, spec, self.redis, dsn=dsn, s3_credentials=s3)
             except Exception as error:  # kubeconfig, DSN …: say why, keep the rest running
                 say(f"tidings dev: the {spec.kind} adapter of {source_id} cannot start: {error}")
                 continue
@@ -348,7 +375,7 @@ class DevSession:
                 f"tidings dev: started redis-server on {redis_url} "
                 f"(AOF on, data in {self.state / 'dev-redis'})"
             )
-        self.redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = connect_redis(redis_url, socket_timeout=5)
         await self.redis.ping()
         await self.reload(initial=True)
         self.watcher = TableWatcher(self.redis, resync_interval=5)
@@ -389,6 +416,12 @@ class DevSession:
         for source in sorted(current.sources.values(), key=lambda s: s.id):
             if source.kind == "http":
                 say(f"   POST {self.url}/sources/{source.namespace}/{source.name}")
+            elif source.ingest is not None and source.object_store is not None:
+                token = "?token=<token>" if source.ingest.token_sealed else ""
+                say(
+                    f"   S3 notifications of bucket {source.object_store.bucket}: "
+                    f"{self.url}/sources/{source.namespace}/{source.name}{token}"
+                )
         for route in sorted(current.routes.values(), key=lambda r: r.id):
             say(f"   Trigger {route.id}: {route.source} -> {route.subscriber_url}")
         http = sorted((s for s in current.sources.values() if s.kind == "http"), key=lambda s: s.id)
