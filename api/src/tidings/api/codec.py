@@ -132,27 +132,12 @@ def from_structured(body: Any, where: str = "") -> CloudEvent:
             data = base64.b64decode(encoded, validate=True)
         except (ValueError, binascii.Error):
             raise _bad(f"{where}data_base64: must be a base64 string") from None
-    extensions: dict[str, str] = {}
-    for name, value in attrs.items():
-        if name in KNOWN or name in ("data", "data_base64"):
-            continue
-        if not _ATTRIBUTE_NAME.match(name):
-            raise _bad(
-                f"{where}{name}: not a valid attribute name; CloudEvents attribute names "
-                "are lower-case letters and digits only"
-            )
-        extensions[name] = _extension_value(value, f"{where}{name}")
-    return CloudEvent(
-        id=attrs["id"],
-        source=attrs["source"],
-        type=attrs["type"],
-        data=data,
-        subject=attrs.get("subject"),
-        time=attrs.get("time"),
-        datacontenttype=attrs.get("datacontenttype"),
-        dataschema=attrs.get("dataschema"),
-        extensions=extensions,
-    )
+    extensions = {
+        name: _extension_value(value, _attribute_name(name, f"{where}{name}"))
+        for name, value in attrs.items()
+        if name not in KNOWN and name not in ("data", "data_base64")
+    }
+    return _event(attrs, data, attrs.get("datacontenttype"), extensions)
 
 
 def from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
@@ -176,18 +161,29 @@ def from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
             data = parse_json(body, f"body (Content-Type {media_type(content_type)})")
         else:
             data = body
-    extensions: dict[str, str] = {}
-    for name, value in attrs.items():
-        if name in KNOWN:
-            continue
-        if name == "data":
-            raise _bad("ce-data header: in binary mode the data is the request body")
-        if not _ATTRIBUTE_NAME.match(name):
-            raise _bad(
-                f"ce-{name} header: not a valid attribute name; CloudEvents attribute names "
-                "are lower-case letters and digits only"
-            )
-        extensions[name] = value
+    if "data" in attrs:
+        raise _bad("ce-data header: in binary mode the data is the request body")
+    extensions = {
+        name: value
+        for name, value in attrs.items()
+        if name not in KNOWN and _attribute_name(name, f"ce-{name} header")
+    }
+    return _event(attrs, data, content_type, extensions)
+
+
+def _attribute_name(name: str, label: str) -> str:
+    """`label` back if `name` is a valid CloudEvents attribute name, else FormatError."""
+    if not _ATTRIBUTE_NAME.match(name):
+        raise _bad(
+            f"{label}: not a valid attribute name; CloudEvents attribute names "
+            "are lower-case letters and digits only"
+        )
+    return label
+
+
+def _event(
+    attrs: Mapping[str, Any], data: Any, content_type: str | None, extensions: dict[str, str]
+) -> CloudEvent:
     return CloudEvent(
         id=attrs["id"],
         source=attrs["source"],

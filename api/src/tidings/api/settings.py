@@ -104,6 +104,19 @@ class CommonSettings(LogSettings):
         return self.redis_url
 
 
+@dataclass(frozen=True)
+class ServeSettings(CommonSettings):
+    """A process that serves ingest, health and metrics over HTTP."""
+
+    listen: str = setting(
+        "--listen",
+        "TIDINGS_LISTEN",
+        "0.0.0.0:8080",
+        "HOST:PORT for ingest, health and metrics",
+        metavar="HOST:PORT",
+    )
+
+
 def _settings(cls: type) -> list[tuple[dataclasses.Field[Any], Setting]]:
     return [
         (field, field.metadata["setting"])

@@ -50,7 +50,7 @@ from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manife
 from tidings.api.process import connect_redis, parse_listen
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
 from tidings.api.sealing import Sealer, StableSealer
-from tidings.api.settings import CommonSettings, add_arguments, load, setting
+from tidings.api.settings import ServeSettings, add_arguments, load, setting
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
@@ -554,14 +554,7 @@ async def run_dev(options: DevOptions) -> int:
 
 
 @dataclass(frozen=True)
-class DevSettings(CommonSettings):
-    listen: str = setting(
-        "--listen",
-        "TIDINGS_LISTEN",
-        "0.0.0.0:8080",
-        "HOST:PORT for ingest, health and metrics",
-        metavar="HOST:PORT",
-    )
+class DevSettings(ServeSettings):
     services: list[str] = setting(
         "--service",
         "TIDINGS_SERVICES",

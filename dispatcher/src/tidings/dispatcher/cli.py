@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
 from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_key, new_key
-from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
+from tidings.api.settings import ServeSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
 from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.routing import TableWatcher
@@ -37,14 +37,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DispatcherSettings(CommonSettings):
-    listen: str = setting(
-        "--listen",
-        "TIDINGS_LISTEN",
-        "0.0.0.0:8080",
-        "HOST:PORT for ingest, health and metrics",
-        metavar="HOST:PORT",
-    )
+class DispatcherSettings(ServeSettings):
     consumer_name: str = setting(
         "--consumer-name",
         "TIDINGS_CONSUMER_NAME",
