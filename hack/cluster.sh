@@ -54,9 +54,10 @@ fail() { log "$*"; exit 1; }
 # Seconds of each step, printed as they end (README's cold and warm times).
 STEP_START=0
 step() {
-  local now
-  now="$(date +%s.%N)"
-  if [[ -n ${STEP_NAME:-} ]]; then log "$(printf '%-28s %6.1f s' "$STEP_NAME" "$(echo "$now - $STEP_START" | bc)")"; fi
+  local now tenths
+  now="$(date +%s%N)"
+  tenths=$(((now - STEP_START) / 100000000))
+  if [[ -n ${STEP_NAME:-} ]]; then log "$(printf '%-28s %4d.%d s' "$STEP_NAME" $((tenths / 10)) $((tenths % 10)))"; fi
   STEP_NAME="${1:-}"; STEP_START="$now"
 }
 
@@ -64,7 +65,7 @@ install_missing() {
   local missing=() cmd pkg
   for pair in containerd:containerd runc:runc ctr:containerd iptables:iptables conntrack:conntrack \
       socat:socat debootstrap:debootstrap buildah:buildah etcd:etcd-server openssl:openssl \
-      gcc:gcc bc:bc ip:iproute2 nsenter:util-linux; do
+      gcc:gcc ip:iproute2 nsenter:util-linux; do
     cmd="${pair%%:*}"; pkg="${pair#*:}"
     command -v "$cmd" >/dev/null || [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
   done
