@@ -129,3 +129,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _INTEGRATION in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Test files share one import namespace (no __init__.py): two with the same
+    basename make pytest refuse the whole suite. Say which, up front."""
+    seen: dict[str, Path] = {}
+    for path in sorted(Path(__file__).parent.rglob("test_*.py")):
+        other = seen.setdefault(path.name, path)
+        if other != path:
+            raise pytest.UsageError(f"two test files named {path.name}: {other} and {path}")
