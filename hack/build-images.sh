@@ -154,6 +154,11 @@ build_tidings() {
   # Keep the newest two builds.
   find "$IMAGES" -maxdepth 1 -name 'tidings-dev-*.tar' -printf '%T@ %p\n' | sort -rn | tail -n +3 \
     | cut -d' ' -f2- | xargs -r rm -f
+  # and in buildah's storage only the images whose archives are kept (each holds its own venv layer).
+  local old
+  for old in $("${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' | grep '^tidings.local/tidings:dev-'); do
+    [[ -f "$IMAGES/tidings-${old##*:}.tar" ]] || "${BUILDAH[@]}" rmi "$old" >/dev/null 2>&1 || true
+  done
   echo "$image $archive"
 }
 
