@@ -145,4 +145,4 @@ async def test_a_source_that_is_not_http_is_404(ingest: IngestUnderTest) -> None
     await ingest.add_source("tick", schedule={"cron": "@hourly"})
     response = await ingest.client.post(ingest.url("tick"), json={}, headers=AUTH)
     assert response.status == 404
-    assert "not an http source" in (await response.json())["error"]
+    assert "takes no POSTs (not http, not objectStore notify)" in (await response.json())["error"]
