@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import yaml
+from objectstore_helpers import new_bucket_name, put_many, s3_from_env
 from source_helpers import compiled, eventually, start_adapter, wait_for_events
 
 from tidings.api.types import EventSourceSpec
@@ -149,3 +150,71 @@ async def test_without_lease_rights_the_adapter_still_runs(
         kubectl, kubeconfig, namespace, rules, tmp_path / "adapter.kubeconfig"
     )
     await run_and_see_a_change(kubectl, namespace, token_config, redis_client, redis_url)
+
+
+async def test_an_objectstore_adapter_reading_its_keys_from_the_api_needs_only_its_secret(
+    tidings_crds: None,
+    kubectl: Any,
+    k8s_namespace: str,
+    kubeconfig: Path,
+    tmp_path: Path,
+    redis_client: aioredis.Redis,
+    redis_url: str,
+) -> None:
+    s3 = s3_from_env()
+    bucket = new_bucket_name()
+    s3.client().make_bucket(bucket)
+    namespace, name = k8s_namespace, "uploads"
+    spec = EventSourceSpec.model_validate(
+        {"objectStore": s3.spec(bucket, pollInterval="1s").to_wire()}
+    )
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-creds", "namespace": namespace},
+            "stringData": {
+                "accessKeyId": s3.access_key_id,
+                "secretAccessKey": s3.secret_access_key,
+            },
+        },
+        {
+            "apiVersion": "tidings.dev/v1alpha1",
+            "kind": "EventSource",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec.to_wire(),
+        },
+    ]
+    applied = kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in objects))
+    assert applied.returncode == 0, applied.stderr
+    rules = rbac.rules_for(spec, name=name, spec_from_env=False, s3_credentials_from_env=False)
+    token_config = service_account_kubeconfig(
+        kubectl, kubeconfig, namespace, rules, tmp_path / "adapter.kubeconfig"
+    )
+    process = start_adapter(
+        "objectStore",
+        f"{namespace}/{name}",
+        redis_url,
+        "--kubeconfig",
+        token_config,
+        without=(
+            "TIDINGS_EVENTSOURCE_SPEC",
+            "TIDINGS_S3_ACCESS_KEY_ID",
+            "TIDINGS_S3_SECRET_ACCESS_KEY",
+        ),
+    )
+    try:
+
+        async def polling() -> bool:
+            current = await status.read(redis_client, namespace, name)
+            return current is not None and current.state == "Running"
+
+        await eventually(polling, within=60)
+        put_many(s3.client(), bucket, {"hello.txt": b"hi"})
+        (event,) = await wait_for_events(
+            redis_client, compiled(namespace, name, "objectStore"), 1, within=60
+        )
+        assert event.subject == "hello.txt"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
