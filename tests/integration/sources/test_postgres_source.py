@@ -365,6 +365,15 @@ async def test_transactions_the_server_sends_again_are_not_appended_twice(
         events = await stream_events(redis_client, replaying.source)
         assert [e.data["new"]["id"] for e in events] == list(range(1, 12))
     finally:
+        # The server ends the stopped adapter's walsender a moment later; a drop
+        # before that fails with ObjectInUse and would hide the test's own verdict.
+        for _ in range(100):
+            cursor = await pg.execute(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active", (behind,)
+            )
+            if not await cursor.fetchall():
+                break
+            await asyncio.sleep(0.1)
         await pg.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
             "WHERE slot_name = %s",
