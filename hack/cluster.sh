@@ -127,6 +127,12 @@ make_netns() {
     ip link show tdk-void >/dev/null 2>&1 || ip tuntap add dev tdk-void mode tun
     ip link set tdk-void up
     ip route replace default dev tdk-void
+    # Counted and dropped: what would have left (kube-proxy puts its rules first,
+    # so a Service without endpoints is still rejected by them). status prints the count.
+    # OUTPUT sees the route chosen before a Service address is DNATed: those may pass.
+    drop_out='-o tdk-void -m conntrack ! --ctstate DNAT -j DROP'
+    iptables -C OUTPUT \$drop_out 2>/dev/null || iptables -A OUTPUT \$drop_out
+    iptables -C FORWARD -o tdk-void -j DROP 2>/dev/null || iptables -A FORWARD -o tdk-void -j DROP
     sysctl -qw net.ipv4.ip_forward=1
     sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
   "
@@ -582,6 +588,9 @@ memory() {
   local stat="/sys/fs/cgroup/memory/$CGROUP_ROOT/memory.stat"
   [[ -f $stat ]] && pods=$(awk '$1 == "total_rss" {print int($2 / 1024)}' "$stat")
   log "memory: components $((kib / 1024)) MiB, pods $((pods / 1024)) MiB"
+  local out
+  out="$("${NSENTER[@]}" iptables -L -v -n -x | awk '$3 == "DROP" && $7 == "tdk-void" {n += $1} END {print n + 0}')"
+  log "packets that tried to leave the namespace (dropped): $out"
 }
 
 all_running() {
