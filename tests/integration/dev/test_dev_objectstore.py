@@ -183,13 +183,19 @@ def start_private_s3(state: Path, webhook: str, s3: S3) -> None:
 
 
 def stop_private_s3(state: Path) -> None:
-    subprocess.run(
+    done = subprocess.run(
         ["bash", str(REPO / "hack" / "s3.sh"), "down"],
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "TIDINGS_STATE_DIR": str(state)},
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(Path.home()),  # s3.sh runs with set -u
+            "TIDINGS_STATE_DIR": str(state),
+        },
         capture_output=True,
+        text=True,
         timeout=60,
         check=False,
     )
+    assert done.returncode == 0 and not (state / "s3" / "versitygw.pid").exists(), done.stderr
 
 
 def post(url: str, body: bytes) -> tuple[int, str]:
