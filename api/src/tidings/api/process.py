@@ -94,8 +94,11 @@ async def wait_until_reachable(
 # Connections one process opens to Redis at most; more concurrent calls wait for
 # one (up to POOL_WAIT seconds) instead of failing: redis-py's default pool
 # raises "Too many connections" past 100, which made a burst of ingest requests
-# (an object store posting a notification per upload at once) answer 503.
-POOL_SIZE = 100
+# (an object store posting a notification per upload at once) answer 503. The
+# bound is Redis's own default maxclients, not 100: every idle Trigger of a
+# dispatcher holds a connection during its blocking XREAD, so 100 would stall a
+# dispatcher with more than ~100 Triggers.
+POOL_SIZE = 10_000
 POOL_WAIT = 5.0
 
 
