@@ -106,3 +106,20 @@ async def test_a_dispatcher_started_before_its_redis_waits_not_ready_then_serves
         server.stop()
     assert process.returncode == 0, err.decode()
     assert b"waiting for Redis" in err
+
+
+async def test_a_dispatcher_with_more_idle_triggers_than_redis_py_pools_delivers_to_all(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """Each idle Trigger holds a Redis connection during its blocking read:
+    150 of them must not exhaust the process's pool (redis-py's default is 100)."""
+    await plane.add_source()
+    plane.spawn("many")
+    routes = [await plane.add_trigger(f"t{n}", subscriber.url, wait=False) for n in range(150)]
+    for route in routes:
+        await wait_until(lambda route=route: plane.has_group(route), 60, f"group {route.name}")
+    await asyncio.sleep(2)  # every worker idle in its blocking read
+    [event_id] = await plane.publish(1)
+    await wait_until(lambda: len(subscriber.received) >= 150, 60, "delivered to all 150")
+    assert {r.id for r in subscriber.received} == {event_id}
+    assert len(subscriber.received) == 150
