@@ -277,22 +277,7 @@ def test_a_rolling_upgrade_to_a_new_tag_loses_nothing(
     producers should) and delivered."""
     assert cluster.upgrade_tag, "TIDINGS_E2E_UPGRADE_TAG names a second tag of the image"
     count = 3000
-    producer = start_producer(
-        cluster,
-        app,
-        ingest=INGEST,
-        source=f"{app}/load",
-        token_secret="load-ingest",
-        prefix="upgrade-",
-        count=count,
-        rate=150,
-    )
-    wait_until(
-        "the stream to flow",
-        lambda: sink_stats(cluster, app, "upgrade-", count)["unique"] >= 200,
-        120,
-        0.5,
-    )
+    producer = steady_stream(cluster, app, "upgrade-", count)
     cluster.helm(
         "upgrade",
         RELEASE,
@@ -326,22 +311,7 @@ def test_scaling_dispatchers_down_to_one_and_back_loses_nothing(
     cluster: Cluster, release: str, app: str
 ) -> None:
     count = 3000
-    producer = start_producer(
-        cluster,
-        app,
-        ingest=INGEST,
-        source=f"{app}/load",
-        token_secret="load-ingest",
-        prefix="scale-",
-        count=count,
-        rate=150,
-    )
-    wait_until(
-        "the stream to flow",
-        lambda: sink_stats(cluster, app, "scale-", count)["unique"] >= 200,
-        120,
-        0.5,
-    )
+    producer = steady_stream(cluster, app, "scale-", count)
     deployment = f"deployment/{RELEASE}-dispatcher"
     cluster.kubectl("-n", release, "scale", deployment, "--replicas=1")
     wait_until("1 dispatcher", lambda: len(dispatcher_pods(cluster, release)) == 1, 120)
@@ -581,3 +551,24 @@ def test_no_pod_of_the_release_restarted_during_the_run(cluster: Cluster, releas
     restarts = cluster.restarts(release)
     cluster.note(test="end", restarts=restarts)
     assert set(restarts.values()) == {0}, restarts
+
+
+def steady_stream(cluster: Cluster, app: str, prefix: str, count: int) -> str:
+    """`count` events at 150/s into the load source, already flowing to the sink."""
+    producer = start_producer(
+        cluster,
+        app,
+        ingest=INGEST,
+        source=f"{app}/load",
+        token_secret="load-ingest",
+        prefix=prefix,
+        count=count,
+        rate=150,
+    )
+    wait_until(
+        "the stream to flow",
+        lambda: sink_stats(cluster, app, prefix, count)["unique"] >= 200,
+        120,
+        0.5,
+    )
+    return producer
