@@ -49,6 +49,13 @@ def dedupe(namespace: str, name: str, event_id: str) -> str:
     return f"{PREFIX}:{source_tag(namespace, name)}:seen:{event_id}"
 
 
+def event_index(namespace: str, name: str) -> str:
+    """ZSET event id -> the ms part of its stream id: finds an event by id without
+    scanning the stream (`tidings trace`). Written with the append, trimmed with the
+    stream by retention; tidings.api.attempts says what it costs."""
+    return f"{PREFIX}:{source_tag(namespace, name)}:ids"
+
+
 def adapter_state(namespace: str, name: str) -> str:
     """HASH of a source adapter's resume point (LSN, resourceVersion, last tick) and
     its guard (ADAPTER_GUARD)."""
@@ -107,6 +114,12 @@ def ordering(namespace: str, source: str, trigger: str) -> str:
     return _trigger_key(namespace, source, trigger, "order")
 
 
+def attempt_log(namespace: str, source: str, trigger: str) -> str:
+    """STREAM, one entry per delivery attempt (ATTEMPT_* fields; tidings.api.attempts),
+    bounded by the Trigger's delivery.attemptLog (maxEntries, maxAge)."""
+    return _trigger_key(namespace, source, trigger, "log")
+
+
 def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
     """Every per-Trigger key, for cleanup when the Trigger is deleted."""
     return [
@@ -120,6 +133,7 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         held(namespace, source, trigger),
         parked(namespace, source, trigger),
         replays(namespace, source, trigger),
+        attempt_log(namespace, source, trigger),
     ]
 
 
@@ -176,6 +190,19 @@ DLQ_STATUS = "status"  # the last HTTP status, "" after a network error or timeo
 DLQ_ERROR = "error"  # why it was given up, and the last error
 DLQ_TIME = "time"  # when, ms since epoch
 DLQ_TRIGGER = "trigger"  # "namespace/name"
+
+# --- attempt_log STREAM entry fields (the entry's id is when the attempt ended) ---
+ATTEMPT_EVENT_ID = "eventId"  # the CloudEvent's id ("" when the stored entry was unreadable)
+ATTEMPT_TYPE = "type"  # the CloudEvent's type
+ATTEMPT_STREAM_ID = "streamId"  # the event's id in the source's stream
+ATTEMPT_NUMBER = "attempt"  # 1-based; a Backoff probe counts as an attempt too
+ATTEMPT_OUTCOME = "outcome"  # delivered | retry | dead | refused | expired
+ATTEMPT_STATUS = "status"  # the HTTP status, "" when there was no answer
+ATTEMPT_DURATION_MS = "durationMs"  # the HTTP attempt, request to answer or failure
+ATTEMPT_ERROR = "error"  # "" when delivered
+ATTEMPT_BODY = "body"  # the first 1 KiB of the response body
+ATTEMPT_REPLICA = "replica"  # the dispatcher replica (pod or host name)
+ATTEMPT_LATENCY_MS = "latencyMs"  # stored -> the end of this attempt
 
 # --- adapter_state HASH field ---
 ADAPTER_GUARD = "position"  # the position of the last event an adapter wrote

@@ -33,6 +33,8 @@ CLUSTER_DOMAIN = "cluster.local"
 
 DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0  # seconds
 DEAD_LETTER_MAX_EVENTS = 100_000
+ATTEMPT_LOG_MAX_AGE = 24 * 3600.0  # seconds
+ATTEMPT_LOG_MAX_ENTRIES = 10_000
 
 
 class Internal(BaseModel):
@@ -70,6 +72,13 @@ class CompiledDelivery(Internal):
     )  # seconds
     dead_letter_max_events: int = Field(
         DEAD_LETTER_MAX_EVENTS, exclude_if=lambda v: v == DEAD_LETTER_MAX_EVENTS
+    )
+    # The attempt log's bounds (tidings.api.attempts); left out at their defaults too.
+    attempt_log_max_age: float = Field(
+        ATTEMPT_LOG_MAX_AGE, exclude_if=lambda v: v == ATTEMPT_LOG_MAX_AGE
+    )  # seconds
+    attempt_log_max_entries: int = Field(
+        ATTEMPT_LOG_MAX_ENTRIES, exclude_if=lambda v: v == ATTEMPT_LOG_MAX_ENTRIES
     )
     concurrency: int
     rate_per_second: float | None = None
@@ -294,6 +303,8 @@ def compile_trigger(
             dead_letter_url=dead_letter_url,
             dead_letter_max_age=parse_duration(delivery.dead_letter_retention.max_age),
             dead_letter_max_events=delivery.dead_letter_retention.max_events,
+            attempt_log_max_age=parse_duration(delivery.attempt_log.max_age),
+            attempt_log_max_entries=delivery.attempt_log.max_entries,
             concurrency=delivery.concurrency,
             rate_per_second=delivery.rate_limit.per_second if delivery.rate_limit else None,
             rate_burst=(

@@ -457,6 +457,21 @@ class DeadLetterRetention(ApiModel):
         return self
 
 
+class AttemptLog(ApiModel):
+    max_entries: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="The attempt log keeps about this many attempts (trimmed approximately).",
+    )
+    max_age: str = Duration("24h", "Attempts older than this are dropped (approximately).")
+
+    @model_validator(mode="after")
+    def _durations(self) -> AttemptLog:
+        _check_durations(self, "max_age")
+        return self
+
+
 class DeliverySpec(ApiModel):
     format: Literal["binary", "structured", "data"] = Field(
         "binary", description="CloudEvents binary or structured mode, or the data alone."
@@ -470,6 +485,11 @@ class DeliverySpec(ApiModel):
     dead_letter_retention: DeadLetterRetention = Field(
         default_factory=DeadLetterRetention,
         description="How many dead letters the Trigger's DLQ keeps, and how long.",
+    )
+    attempt_log: AttemptLog = Field(
+        default_factory=AttemptLog,
+        description="Every delivery attempt is recorded (tidings tail, tidings trace): "
+        "how many, and how long.",
     )
     concurrency: int = Field(100, ge=1, le=100_000, description="In-flight limit, all replicas.")
     rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")
