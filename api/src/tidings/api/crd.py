@@ -25,6 +25,8 @@ from tidings.api.types import (
     VERSION,
     EventSourceSpec,
     EventSourceStatus,
+    ReplaySpec,
+    ReplayStatus,
     TriggerSpec,
     TriggerStatus,
 )
@@ -230,9 +232,27 @@ def crds() -> dict[str, dict[str, Any]]:
             _AGE,
         ],
     )
+    replay = _crd(
+        kind="Replay",
+        plural="replays",
+        short_names=["rpl"],
+        spec=ReplaySpec,
+        status=ReplayStatus,
+        columns=[
+            {"name": "Trigger", "type": "string", "jsonPath": ".spec.trigger"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Total", "type": "integer", "jsonPath": ".status.total"},
+            {"name": "Sent", "type": "integer", "jsonPath": ".status.sent"},
+            {"name": "Delivered", "type": "integer", "jsonPath": ".status.delivered"},
+            {"name": "Failed", "type": "integer", "jsonPath": ".status.failed"},
+            {"name": "Skipped", "type": "integer", "jsonPath": ".status.skipped", "priority": 1},
+            _AGE,
+        ],
+    )
     return {
         f"{GROUP}_eventsources.yaml": eventsource,
         f"{GROUP}_triggers.yaml": trigger,
+        f"{GROUP}_replays.yaml": replay,
     }
 
 

@@ -1,4 +1,4 @@
-"""The API types of tidings.dev/v1alpha1: EventSource and Trigger.
+"""The API types of tidings.dev/v1alpha1: EventSource, Trigger and Replay.
 
 These pydantic models are the single definition of the API. The CRD YAML in
 crds/ and helm/tidings/crds/ is generated from them (tidings.api.crd), the
@@ -11,6 +11,8 @@ Cross-field rules that the API server must enforce are written as CEL
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -143,6 +145,16 @@ class HttpSource(ApiModel):
         1048576, ge=1024, le=64 * 1048576, description="Largest request body accepted (413 above)."
     )
     dedupe_window: str = Duration("5m", "An event id seen again within this window is dropped.")
+    max_delay: str = Duration(
+        "168h",
+        "Longest delay a producer may ask for (CloudEvents extension deliverafter, "
+        "Tidings-Deliver-After header, ?deliverAfter=); further is refused with 400.",
+    )
+
+    @model_validator(mode="after")
+    def _durations(self) -> HttpSource:
+        _check_durations(self, "dedupe_window", "max_delay")
+        return self
 
 
 TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$"
@@ -496,11 +508,34 @@ class DeliverySpec(ApiModel):
     ordering: Ordering | None = Field(None, description="Deliver in order per key.")
     headers: dict[str, str] | None = Field(None, description="Extra request headers.")
     signing: Signing | None = Field(None, description="Standard Webhooks signing.")
+    delay: str | None = Duration(
+        None,
+        "Deliver every event no earlier than this long after it was stored (on top of a "
+        "producer's deliverafter). maxAge counts from when the event is due.",
+    )
 
     @model_validator(mode="after")
     def _durations(self) -> DeliverySpec:
-        _check_durations(self, "timeout", "max_age")
+        _check_durations(self, "timeout", "max_age", "delay")
         return self
+
+
+# RFC 3339 with a zone, as CloudEvents' `time` (checked again with CEL's timestamp()).
+_TIME = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+RFC3339 = f"^{_TIME}$"
+START_FROM = f"^(now|beginning|{_TIME})$"
+
+
+def parse_time(value: str, *, field: str) -> float:
+    """An RFC 3339 time as seconds since the epoch, or ValueError naming the field."""
+    if not re.fullmatch(RFC3339, value):
+        raise ValueError(
+            f"{field}: {value!r} is not an RFC 3339 time with a zone, e.g. 2026-11-29T10:00:00Z"
+        )
+    return datetime.fromisoformat(value.upper().replace("Z", "+00:00")).timestamp()
 
 
 class TriggerSpec(ApiModel):
@@ -511,6 +546,142 @@ class TriggerSpec(ApiModel):
     subscriber: Destination
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
     paused: bool = Field(False, description="Stop delivering and keep the cursor.")
+    start_from: str = Field(
+        "now",
+        pattern=START_FROM,
+        max_length=64,
+        description="Where a new Trigger's cursor starts: now (events stored from its "
+        "creation on), beginning (the oldest event the source still keeps) or an RFC 3339 "
+        "time. Applied once, when the cursor is created; changing it later does not move "
+        "the cursor (create a Replay instead).",
+    )
+
+    @model_validator(mode="after")
+    def _start_from(self) -> TriggerSpec:
+        if self.start_from not in ("now", "beginning"):
+            parse_time(self.start_from, field="spec.startFrom")
+        return self
+
+
+# --- Replay ---------------------------------------------------------------------------
+
+STREAM_ID = r"^[0-9]+-[0-9]+$"
+
+
+class DeadLetterSelection(ApiModel):
+    """Which dead letters of the Trigger: all (empty), those of the last `since`,
+    or those with these DLQ ids."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("!has(self.since) || !has(self.ids)", "set at most one of since or ids")
+        )
+    )
+
+    since: str | None = Duration(None, "Dead letters of the last DURATION, e.g. 2h.")
+    ids: list[Annotated[str, Field(pattern=STREAM_ID, max_length=41)]] | None = Field(
+        None,
+        max_length=10_000,
+        description="DLQ entry ids, as `tidings replay --dry-run` lists them.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> DeadLetterSelection:
+        _check_durations(self, "since")
+        if self.since is not None and self.ids is not None:
+            raise ValueError("set at most one of since or ids")
+        return self
+
+
+class StreamWindow(ApiModel):
+    """Events of the Trigger's source stored from `since` up to `until`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                "!has(self.since) || !has(self.until) || "
+                "timestamp(self.since) < timestamp(self.until)",
+                "until must be after since",
+            )
+        )
+    )
+
+    since: str | None = Field(
+        None,
+        pattern=RFC3339,
+        max_length=64,
+        description="RFC 3339; default: the oldest event the source still keeps.",
+    )
+    until: str | None = Field(
+        None,
+        pattern=RFC3339,
+        max_length=64,
+        description="RFC 3339, exclusive; default: when the Replay starts.",
+    )
+    filter: Filter | None = Field(
+        None, description="Only events this filter (as a Trigger's) also accepts."
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> StreamWindow:
+        since = parse_time(self.since, field="since") if self.since else None
+        until = parse_time(self.until, field="until") if self.until else None
+        if since is not None and until is not None and until <= since:
+            raise ValueError("until must be after since")
+        return self
+
+
+class ReplayFrom(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                "has(self.deadLetters) != has(self.stream)",
+                "set exactly one of deadLetters or stream",
+            )
+        )
+    )
+
+    dead_letters: DeadLetterSelection | None = Field(
+        None, description="The Trigger's dead letters (its DLQ)."
+    )
+    stream: StreamWindow | None = Field(
+        None, description="Events still stored in the source's stream (within its retention)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ReplayFrom:
+        if (self.dead_letters is None) == (self.stream is None):
+            raise ValueError("set exactly one of deadLetters or stream")
+        return self
+
+
+class ReplayRate(ApiModel):
+    per_second: float = Field(
+        gt=0, le=1_000_000, description="Events handed to the Trigger per second, at most."
+    )
+
+
+class ReplaySpec(ApiModel):
+    """What to deliver again, to one Trigger. Immutable: a Replay runs once."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            (
+                "self == oldSelf",
+                "spec is immutable: a Replay runs once; create a new Replay to replay again",
+            )
+        )
+    )
+
+    trigger: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="A Trigger in this namespace; only it receives the events.",
+    )
+    from_: ReplayFrom = Field(alias="from", description="Exactly one of deadLetters or stream.")
+    rate: ReplayRate | None = Field(
+        None, description="A limit on top of the Trigger's own concurrency and rate limits."
+    )
 
 
 # --- status ---------------------------------------------------------------------------
@@ -569,6 +740,28 @@ class EventSourceStatus(ObjectStatus):
     url: str | None = Field(None, description="Ingest URL, for http sources.")
 
 
+ReplayPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+
+class ReplayStatus(ObjectStatus):
+    phase: ReplayPhase | None = Field(
+        None,
+        description="Pending (waiting for its Trigger), Running, Succeeded (every event "
+        "delivered or skipped), Failed (some were dead-lettered again, or it cannot run).",
+    )
+    total: int | None = Field(None, description="Events selected.")
+    sent: int | None = Field(None, description="Events handed to the Trigger so far.")
+    delivered: int | None = Field(None, description="Sent events the subscriber accepted.")
+    failed: int | None = Field(None, description="Sent events dead-lettered again.")
+    skipped: int | None = Field(
+        None,
+        description="Selected events not sent: filtered out, already scheduled for delivery, "
+        "or no longer stored.",
+    )
+    start_time: str | None = None
+    completion_time: str | None = None
+
+
 # --- whole objects (used by `tidings dev` and tests) ----------------------------------
 
 
@@ -596,3 +789,12 @@ class Trigger(BaseModel):
     kind: Literal["Trigger"] = "Trigger"
     metadata: ObjectMeta
     spec: TriggerSpec
+
+
+class Replay(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["Replay"] = "Replay"
+    metadata: ObjectMeta
+    spec: ReplaySpec

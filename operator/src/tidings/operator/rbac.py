@@ -19,13 +19,13 @@ NAMESPACED_RULES: list[Rule] = [
     # Watched and indexed; Kopf patches its finalizer and annotations on them.
     {
         "apiGroups": ["tidings.dev"],
-        "resources": ["eventsources", "triggers"],
+        "resources": ["eventsources", "triggers", "replays"],
         "verbs": ["list", "watch", "patch"],
     },
     # Status is written with server-side apply (a PATCH).
     {
         "apiGroups": ["tidings.dev"],
-        "resources": ["eventsources/status", "triggers/status"],
+        "resources": ["eventsources/status", "triggers/status", "replays/status"],
         "verbs": ["patch"],
     },
     # Subscriber refs are resolved from an index of Services.
