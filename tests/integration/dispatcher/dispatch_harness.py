@@ -34,6 +34,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float  # time.time()
+    path: str = ""
 
     @property
     def id(self) -> str:
@@ -83,7 +84,7 @@ class Subscriber:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        self.attempts.append(Received(dict(request.headers), body, time.time()))
+        self.attempts.append(Received(dict(request.headers), body, time.time(), request.path))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -93,7 +94,7 @@ class Subscriber:
         finally:
             self.in_flight -= 1
         if 200 <= status < 300:
-            self.received.append(Received(dict(request.headers), body, time.time()))
+            self.received.append(Received(dict(request.headers), body, time.time(), request.path))
         return web.Response(status=status, headers=headers, text="" if status < 300 else "nope")
 
     def ids(self) -> list[str]:

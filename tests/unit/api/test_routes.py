@@ -135,3 +135,13 @@ def test_http_source_without_token_ref_uses_the_generated_secret() -> None:
     assert compiled.ingest is not None and compiled.ingest.token_sealed is not None
     assert sealer.unseal(compiled.ingest.token_sealed) == "t0k"
     assert compiled.api_path == "/apis/tidings.dev/v1alpha1/namespaces/shop/eventsources/users-db"
+
+
+def test_start_from_becomes_the_id_the_consumer_group_is_created_at() -> None:
+    from tidings.api.routes import MAX_SEQUENCE, cursor_start
+
+    assert cursor_start("now") == "$"
+    assert cursor_start("beginning") == "0"
+    # 2026-11-29T10:00:00Z is 1795946400000 ms: the group starts just before it.
+    assert cursor_start("2026-11-29T10:00:00Z") == f"1795946399999-{MAX_SEQUENCE}"
+    assert cursor_start("2026-11-29T11:00:00+01:00") == f"1795946399999-{MAX_SEQUENCE}"

@@ -25,6 +25,7 @@ from tidings.api.types import (
     EventSourceSpec,
     SecretKeyRef,
     TriggerSpec,
+    parse_time,
 )
 
 FORMAT = 1
@@ -33,6 +34,7 @@ CLUSTER_DOMAIN = "cluster.local"
 
 DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0  # seconds
 DEAD_LETTER_MAX_EVENTS = 100_000
+MAX_DELAY = 7 * 24 * 3600.0  # seconds: spec.http.maxDelay's default
 ATTEMPT_LOG_MAX_AGE = 24 * 3600.0  # seconds
 ATTEMPT_LOG_MAX_ENTRIES = 10_000
 
@@ -103,10 +105,31 @@ class Route(Internal):
     subscriber_url: str
     delivery: CompiledDelivery
     paused: bool = False
+    # Where the consumer group is created (XGROUP CREATE's id; spec.startFrom):
+    # "$" now, "0" the beginning, or the id just before a time. Left out of the
+    # JSON at "$", so older dispatchers keep reading these routes.
+    cursor_start: str = Field("$", exclude_if=lambda v: v == "$")
+    # spec.delivery.delay, seconds (0: none). Left out at 0 for the same reason.
+    delay: float = Field(0.0, exclude_if=lambda v: v == 0)
 
     @property
     def id(self) -> str:
         return keys.source_id(self.namespace, self.name)
+
+
+def cursor_start(start_from: str) -> str:
+    """XGROUP CREATE's id for spec.startFrom: `$`, `0`, or the last id before a
+    time (ids are <ms>-<seq>; the group delivers those after it)."""
+    if start_from == "now":
+        return "$"
+    if start_from == "beginning":
+        return "0"
+    ms = int(parse_time(start_from, field="spec.startFrom") * 1000)
+    return f"{ms - 1}-{MAX_SEQUENCE}" if ms > 0 else "0"
+
+
+# The largest sequence part of a stream id (a 64-bit unsigned integer).
+MAX_SEQUENCE = 2**64 - 1
 
 
 class CompiledIngest(Internal):
@@ -119,6 +142,8 @@ class CompiledIngest(Internal):
     allow_anonymous: bool = False
     max_body_bytes: int = 1048576
     dedupe_window: float = 300.0  # seconds
+    # spec.http.maxDelay: the longest deliverafter accepted. Left out at its default.
+    max_delay: float = Field(MAX_DELAY, exclude_if=lambda v: v == MAX_DELAY)  # seconds
 
 
 class CompiledObjectStore(Internal):
@@ -317,6 +342,8 @@ def compile_trigger(
             signing_secrets=signing_secrets,
         ),
         paused=spec.paused,
+        cursor_start=cursor_start(spec.start_from),
+        delay=parse_duration(delivery.delay) if delivery.delay else 0.0,
     )
 
 
@@ -359,6 +386,7 @@ def compile_source(
             allow_anonymous=auth.allow_anonymous,
             max_body_bytes=spec.http.max_body_bytes if spec.http is not None else 1048576,
             dedupe_window=parse_duration(spec.http.dedupe_window) if spec.http else 300.0,
+            max_delay=parse_duration(spec.http.max_delay) if spec.http else MAX_DELAY,
         )
     object_store = None
     if spec.object_store is not None and spec.object_store.mode == "notify":

@@ -243,11 +243,11 @@ async def start_engine(
 
 
 async def create_groups(redis: Redis, routes: Iterable[Route]) -> None:
-    """Create new Triggers' consumer groups now, at the stream's end (`$`), as the
+    """Create new Triggers' consumer groups now, where their startFrom says, as the
     engine would: an event sent right after dev says a Trigger is there must
     reach it, even if the engine's worker for it has not started yet."""
     for route in routes:
-        await ensure_group(redis, route.stream, route.group)
+        await ensure_group(redis, route.stream, route.group, route.cursor_start)
 
 
 # --- source adapters (postgres, kubernetes, schedule) ---------------------------------

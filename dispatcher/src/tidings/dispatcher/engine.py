@@ -12,8 +12,8 @@ longer than the Trigger's timeout plus RECLAIM_MARGIN never steals a live one.
 
 Routes come and go with the routing table (TableWatcher.on_change):
 
-- a new Trigger's consumer group is created at `$` (tidings.api.groups):
-  it receives the events appended from its creation on, not the source's history;
+- a new Trigger's consumer group is created where its startFrom says
+  (tidings.api.groups; `$` by default: the events appended from its creation on);
 - a changed route is swapped in place (its filter recompiled once);
 - a paused route stops pulling and keeps its cursor (the group stays);
 - a removed route's worker drains and stops; its group and keys are left for
@@ -282,7 +282,8 @@ class TriggerWorker:
                 await self.redis.xgroup_delconsumer(self.route.stream, self.route.group, name)
 
     async def ensure_group(self) -> None:
-        if await groups.ensure_group(self.redis, self.route.stream, self.route.group):
+        route = self.route
+        if await groups.ensure_group(self.redis, route.stream, route.group, route.cursor_start):
             log.info("Trigger %s: consumer group created", self.route.id)
 
     # --- the fetch loop -----------------------------------------------------------------

@@ -9,8 +9,8 @@ this module adds what only the control plane does:
   the ciphertext already in the table when it opens to the same plaintext; the
   `sealed_in_*` functions below find those ciphertexts.
 - **Cursors.** The operator creates a Trigger's consumer group
-  (tidings.api.groups, at `$`: a new Trigger gets the events that arrive from
-  then on) before its route appears,
+  (tidings.api.groups, where spec.startFrom says: by default `$`, the events that
+  arrive from then on) before its route appears,
   and records where in `keys.CURSORS`. A Trigger that is not Ready loses its
   route but keeps its cursor, so nothing is lost while it is broken. A Trigger
   moved to another source, or deleted, has its old group and per-Trigger keys
@@ -85,7 +85,7 @@ async def publish_route(redis: Redis, route: Route) -> int | None:
     if cursor is not None and cursor != route.source:
         log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
         await _remove_cursor(redis, route.namespace, cursor, route.name)
-    if await ensure_group(redis, route.stream, route.group):
+    if await ensure_group(redis, route.stream, route.group, route.cursor_start):
         log.info("trigger %s: consumer group created on %s", route.id, route.stream)
     if cursor != route.source:
         await redis.hset(keys.CURSORS, route.id, route.source)  # type: ignore[misc]
