@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy --config-file pyproject.toml --cache-dir .tidings/mypy-cache \
-  -p tidings.api -p tidings.dispatcher -p tidings.sources -p tidings.operator -p tidings.cli "$@"
+  -p tidings.api -p tidings.dispatcher -p tidings.sources -p tidings.operator -p tidings.cli -p tidings.console "$@"

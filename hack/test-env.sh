@@ -10,7 +10,7 @@ set -euo pipefail
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 COMPONENTS=(redis postgres control-plane s3)
 
-# A fresh CI machine has none of the servers; Debian packages them all
+# A fresh CI machine has none of the servers (nor a browser); Debian packages them all
 # (kube-apiserver and Versity Gateway are built from Go modules instead, by
 # hack/build-k8s-tools.sh and hack/s3.sh).
 install_missing() {
@@ -21,6 +21,8 @@ install_missing() {
   [[ -n ${REDIS_SERVER:-} ]] || command -v redis-server >/dev/null || missing+=(redis-server)
   [[ -n ${ETCD:-} ]] || command -v etcd >/dev/null || missing+=(etcd-server)
   [[ -n ${PG_BIN:-} ]] || compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+  # The console's browser tests drive Debian's chromium with Playwright (no browser download).
+  [[ -n ${CHROMIUM:-} ]] || command -v chromium >/dev/null || missing+=(chromium)
   ((${#missing[@]})) || return 0
   if ! command -v apt-get >/dev/null || [[ $(id -u) != 0 ]]; then
     echo "test-env: missing ${missing[*]}; install them (Debian: apt-get install -y ${missing[*]})" >&2

@@ -54,6 +54,9 @@ from tidings.api.settings import ServeSettings, add_arguments, load, setting
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
+from tidings.console.app import Console, build_console
+from tidings.console.auth import Gate
+from tidings.console.objects import DevObjects, SourceView
 from tidings.dispatcher.delivery import Result
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.ingest import build_app
@@ -68,6 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
+CONSOLE_PATH = "/console/"
 
 
 def say(line: str) -> None:
@@ -382,6 +386,7 @@ class DevSession:
         await self.watcher.start()
         registry = CollectorRegistry()
         app = build_app(self.redis, self.watcher, registry, self.sealer, on_append=self._stored)
+        app.add_subapp(CONSOLE_PATH, self._console())
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         host, port = parse_listen(options.listen)
@@ -390,12 +395,30 @@ class DevSession:
         bound_port = port or self._bound_port()
         self.url = client_url(host, bound_port)
         say(f"tidings dev: ingest, /healthz, /readyz and /metrics on {host}:{bound_port}")
+        say(f"tidings dev: console on {self.url}{CONSOLE_PATH} (from this machine only)")
         self.engine_stop = await start_engine(self.redis, self.watcher, registry, self.sealer)
         self.adapters = SourceAdapters(self.redis)
         if self.manifests is not None and self.compiled is not None:
             await self.adapters.sync(self.manifests, self.compiled)
         self._write_session()
         self._print_endpoints()
+
+    def _console(self) -> web.Application:
+        """The web console (tidings.console) over this session's manifests, open
+        without sign-in but to loopback peers only."""
+        assert self.redis is not None
+
+        def ingest_url(source: SourceView) -> str:
+            return f"{self.url}/sources/{source.namespace}/{source.name}"
+
+        console = Console(
+            redis=self.redis,
+            objects=DevObjects(lambda: (self.manifests, self.compiled)),
+            gate=Gate("open"),
+            prefix=CONSOLE_PATH,
+            ingest_url=ingest_url,
+        )
+        return build_console(console)
 
     def _bound_port(self) -> int:
         assert self.runner is not None

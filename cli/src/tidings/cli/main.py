@@ -19,6 +19,7 @@ COMMANDS = {
     "operator": "tidings.operator.main",
     "source": "tidings.sources.cli",
     "replay": "tidings.cli.replay",
+    "console": "tidings.cli.console",
 }
 
 

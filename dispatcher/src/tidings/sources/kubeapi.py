@@ -124,10 +124,11 @@ class KubeApi:
         params: dict[str, str] | None = None,
         body: Any = None,
         seconds: float = 30,
+        content_type: str = "application/json",
     ) -> Any:
         headers = self._headers()
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         async with self._client().request(
             method,
             self.host + path,
