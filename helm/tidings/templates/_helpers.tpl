@@ -255,6 +255,9 @@ scanning is off, so it needs no list/watch on either.
 {{- if and .Values.dispatcher.autoscaling.enabled (lt (int .Values.dispatcher.autoscaling.maxReplicas) (int .Values.dispatcher.autoscaling.minReplicas)) }}
 {{- fail "dispatcher.autoscaling.maxReplicas must be at least minReplicas" }}
 {{- end }}
+{{- if and .Values.console.enabled (eq .Values.console.auth "proxy") (not .Values.console.trustedProxies) }}
+{{- fail "console.trustedProxies: with console.auth=proxy, list the proxy's CIDRs (e.g. [10.0.0.0/8]); identity headers from anyone else are never believed" }}
+{{- end }}
 {{- if and .Values.sealKey.existingSecret (not .Values.sealKey.existingSecretKey) }}
 {{- fail "sealKey.existingSecretKey: name the key holding the seal key" }}
 {{- end }}

@@ -66,7 +66,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null`
+    # on the console's own form posts, which then look like cross-site ones.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -145,6 +147,7 @@ def _identity(request: web.Request) -> Identity:
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     console = _console(request)
     identity: Identity | None = request.get("identity")
+    context.setdefault("page", "")
     body = console.templates.get_template(template).render(
         prefix=console.prefix,
         identity=identity,
@@ -209,9 +212,10 @@ async def _guarded(
     if request.method == "POST":
         form = await request.post()
         token = str(form.get("csrf", "")) or request.headers.get("X-CSRF-Token", "")
-        origin = request.headers.get("Origin")
-        if origin and origin not in ("null", f"{request.scheme}://{request.host}"):
-            return problem(request, 403, "Refused", f"cross-origin request from {origin}")
+        if not same_origin(request):
+            return problem(
+                request, 403, "Refused", "cross-site request: use the console's own pages"
+            )
         if not console.gate.csrf_ok(request["identity"], token):
             return problem(
                 request,
@@ -229,6 +233,16 @@ async def _guarded(
         return problem(request, 503, "Kubernetes API unavailable", api_error_text(error))
     except (RedisError, OSError) as error:
         return problem(request, 503, "Redis unavailable", f"{type(error).__name__}: {error}")
+
+
+def same_origin(request: web.Request) -> bool:
+    """What the browser says about where a POST comes from (Sec-Fetch-Site, else
+    Origin); clients that send neither (curl, scripts) are judged by the CSRF token."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = request.headers.get("Origin")
+    return origin is None or origin == f"{request.scheme}://{request.host}"
 
 
 async def require(request: web.Request, question: Question) -> None:
@@ -513,9 +527,8 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def login_guard(request: web.Request) -> web.StreamResponse:
     """POST /login needs no CSRF token (there is no session yet) but must be
     same-origin: a cross-site form could otherwise sign a victim in as someone else."""
-    origin = request.headers.get("Origin")
-    if origin and origin != f"{request.scheme}://{request.host}":
-        return problem(request, 403, "Refused", f"cross-origin sign-in from {origin}")
+    if not same_origin(request):
+        return problem(request, 403, "Refused", "cross-site sign-in: use the console's own page")
     return await login(request)
 
 

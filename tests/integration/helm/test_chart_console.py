@@ -1,0 +1,83 @@
+"""The chart's optional console (console.enabled): off by default; when on, a
+Deployment, a Service and a ServiceAccount whose ClusterRole holds only what the
+console needs (docs/console.md, "Security"). Rendered by the real helm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helm_harness import Helm, container, find
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+NAME = "tidings-console"
+
+
+def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_console_is_off_by_default(helm: Helm) -> None:
+    rendered = helm.render()
+    assert not [o for o in rendered if "console" in o["metadata"]["name"]]
+
+
+def test_enabled_it_runs_tidings_console_behind_a_service(helm: Helm) -> None:
+    rendered = helm.render(set=["console.enabled=true"])
+    c = container(rendered, "Deployment", NAME)
+    assert c["args"][:3] == ["console", "--listen=0.0.0.0:8090", "--auth=token"]
+    assert "--ingest-url=http://tidings-ingest.tidings.svc.cluster.local:80" in c["args"]
+    assert {e["name"] for e in c["env"]} >= {"REDIS_URL", "REDIS_PASSWORD"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    pod = find(rendered, "Deployment", NAME)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == NAME
+    # It reads no secrets: the seal key is not mounted.
+    assert "seal-key" not in {v["name"] for v in pod["volumes"]}
+    service = find(rendered, "Service", NAME)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_its_service_account_has_only_what_the_console_needs(helm: Helm) -> None:
+    rendered = helm.render(set=["console.enabled=true"])
+    role = find(rendered, "ClusterRole", NAME)
+    assert grants(role["rules"]) == {
+        ("tidings.dev", "eventsources", "get"),
+        ("tidings.dev", "eventsources", "list"),
+        ("tidings.dev", "triggers", "get"),
+        ("tidings.dev", "triggers", "list"),
+        ("tidings.dev", "triggers", "patch"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    }
+    binding = find(rendered, "ClusterRoleBinding", NAME)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": "tidings"}]
+
+
+def test_proxy_auth_needs_the_proxy_addresses(helm: Helm) -> None:
+    done = helm.template(set=["console.enabled=true", "console.auth=proxy"])
+    assert done.returncode != 0
+    assert "console.trustedProxies" in done.stderr
+    rendered = helm.render(
+        set=[
+            "console.enabled=true",
+            "console.auth=proxy",
+            "console.trustedProxies={10.0.0.0/8,192.168.1.5/32}",
+            "console.secureCookie=true",
+        ]
+    )
+    args = container(rendered, "Deployment", NAME)["args"]
+    assert "--auth=proxy" in args and "--secure-cookie" in args
+    assert "--trusted-proxy=10.0.0.0/8" in args and "--trusted-proxy=192.168.1.5/32" in args
+
+
+def test_a_bad_console_value_is_refused_naming_it(helm: Helm) -> None:
+    done = helm.template(set=["console.enabled=true", "console.auth=anonymous"])
+    assert done.returncode != 0
+    assert "console" in done.stderr and "auth" in done.stderr
