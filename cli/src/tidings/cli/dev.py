@@ -54,9 +54,6 @@ from tidings.api.settings import ServeSettings, add_arguments, load, setting
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
-from tidings.console.app import Console, build_console
-from tidings.console.auth import Gate
-from tidings.console.objects import DevObjects, SourceView
 from tidings.dispatcher.delivery import Result
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.ingest import build_app
@@ -407,6 +404,10 @@ class DevSession:
         """The web console (tidings.console) over this session's manifests, open
         without sign-in but to loopback peers only."""
         assert self.redis is not None
+        # Imported here: Jinja2 and the pages cost start-up time no delivery needs.
+        from tidings.console.app import Console, build_console
+        from tidings.console.auth import Gate
+        from tidings.console.objects import DevObjects, SourceView
 
         def ingest_url(source: SourceView) -> str:
             return f"{self.url}/sources/{source.namespace}/{source.name}"

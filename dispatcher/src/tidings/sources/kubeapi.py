@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 WATCH_TIMEOUT = 290  # seconds; below common proxy idle limits, the server ends it cleanly
 
@@ -83,6 +81,11 @@ class KubeApi:
     @classmethod
     def from_config(cls, kubeconfig: str | None = None) -> KubeApi:
         """From `kubeconfig` (or $KUBECONFIG, ~/.kube/config), else in-cluster."""
+        # Imported here: the client costs ~1 s of start-up, and only this needs it
+        # (`tidings dev`'s console imports this module but never talks to a cluster).
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
         configuration = k8s_client.Configuration()
         in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
         if kubeconfig or os.environ.get("KUBECONFIG") or not in_cluster:
