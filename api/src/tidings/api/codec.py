@@ -37,6 +37,11 @@ _RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 _NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 
+# Headers Tidings writes itself on a delivery (this binding, Standard Webhooks):
+# no Trigger setting (headers, headersFrom) may replace them.
+RESERVED_HEADERS = frozenset({"content-type", "content-length", "host"})
+RESERVED_HEADER_PREFIXES = ("ce-", "webhook-")
+
 
 class FormatError(ValueError):
     """A request that is not a CloudEvent as it claims; `status` is 400 or 415."""

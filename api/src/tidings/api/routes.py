@@ -12,6 +12,7 @@ operator and `tidings dev`.
 
 from __future__ import annotations
 
+import base64
 from typing import Literal, Protocol
 
 import cel
@@ -20,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tidings.api import keys
 from tidings.api.durations import parse_duration
 from tidings.api.sealing import Sealer
+from tidings.api.tls import TLSConfigError, client_context
 from tidings.api.types import (
+    DeliverySpec,
     Destination,
     EventSourceSpec,
     SecretKeyRef,
@@ -60,6 +63,14 @@ class CompiledRetry(Internal):
     retry_on: list[str]
 
 
+class CompiledTLS(Internal):
+    """delivery.tls, sealed PEM: a CA bundle, and a client certificate with its key."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
 class CompiledDelivery(Internal):
     format: Literal["binary", "structured", "data"]
     timeout: float  # seconds
@@ -88,6 +99,11 @@ class CompiledDelivery(Internal):
     ordering_key: str | None = None  # e.g. "event.subject"
     headers: dict[str, str] = {}
     signing_secrets: list[str] = []  # sealed; each unseals to "whsec_<base64>"
+    # Headers from Secrets (auth.bearer/basic, headersFrom): name -> sealed value.
+    # Left out of the JSON when empty, like tls: a dispatcher older than these
+    # fields refuses such a route (unknown field) instead of delivering without them.
+    secret_headers: dict[str, str] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    tls: CompiledTLS | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Route(Internal):
@@ -139,6 +155,15 @@ class CompiledIngest(Internal):
     token_in_query: bool = Field(False, exclude_if=lambda v: not v)
     hmac_secret_sealed: str | None = None
     hmac_header: str = "X-Signature-256"
+    # Timestamped HMAC (`<timestamp>.<body>`) and Standard Webhooks. Left out of
+    # the JSON while unset, so dispatchers older than them keep reading the
+    # sources that do not use them (and refuse, loudly, the ones that do).
+    hmac_timestamp_header: str | None = Field(None, exclude_if=lambda v: v is None)
+    hmac_tolerance: float = Field(300.0, exclude_if=lambda v: v == 300.0)  # seconds
+    webhook_secrets: list[str] = Field(
+        default_factory=list, exclude_if=lambda v: not v
+    )  # sealed; each unseals to "whsec_<base64>"
+    webhook_tolerance: float = Field(300.0, exclude_if=lambda v: v == 300.0)  # seconds
     allow_anonymous: bool = False
     max_body_bytes: int = 1048576
     dedupe_window: float = 300.0  # seconds
@@ -232,6 +257,113 @@ def _secret(world: World, namespace: str, ref: SecretKeyRef, field: str) -> str:
     return value
 
 
+def webhook_secrets(
+    world: World, namespace: str, ref: SecretKeyRef, field: str, sealer: Sealer
+) -> list[str]:
+    """The sealed `whsec_<base64>` secrets of a Secret key (space-separated: several
+    during a rotation) that verify inbound Standard Webhooks; InvalidSecret naming
+    the field if one is not."""
+    raw = _secret(world, namespace, ref, field)
+    secrets = raw.split()
+    for secret in secrets:
+        try:
+            valid = secret.startswith("whsec_") and bool(
+                base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            )
+        except ValueError:
+            valid = False
+        if not valid:
+            raise CompileError(
+                "InvalidSecret",
+                f"{field}: Secret {namespace}/{ref.name} key {ref.key!r} must hold "
+                "whsec_<base64> values (space-separated during rotation)",
+            )
+    if not secrets:
+        raise CompileError(
+            "InvalidSecret", f"{field}: Secret {namespace}/{ref.name} key {ref.key!r} is empty"
+        )
+    return [sealer.seal(secret) for secret in secrets]
+
+
+def _credential(world: World, namespace: str, ref: SecretKeyRef, field: str) -> str:
+    """A Secret value that goes into a request header: one line, not empty. A
+    trailing newline (a Secret made from a file) is dropped."""
+    value = _secret(world, namespace, ref, field).removesuffix("\n").removesuffix("\r")
+    if not value or "\n" in value or "\r" in value:
+        raise CompileError(
+            "InvalidSecret",
+            f"{field}: Secret {namespace}/{ref.name} key {ref.key!r} must hold one non-empty line",
+        )
+    return value
+
+
+def secret_headers(
+    world: World, namespace: str, delivery: DeliverySpec, sealer: Sealer
+) -> dict[str, str]:
+    """delivery.auth and delivery.headersFrom as request headers, values sealed."""
+    headers: dict[str, str] = {}
+    auth = delivery.auth
+    if auth is not None and auth.bearer is not None:
+        field = "spec.delivery.auth.bearer.secretRef"
+        token = _credential(world, namespace, auth.bearer.secret_ref, field)
+        headers["Authorization"] = sealer.seal(f"Bearer {token}")
+    if auth is not None and auth.basic is not None:
+        field, name = "spec.delivery.auth.basic.secretRef", auth.basic.secret_ref.name
+        user = _credential(world, namespace, SecretKeyRef(name=name, key="username"), field)
+        password = _credential(world, namespace, SecretKeyRef(name=name, key="password"), field)
+        if ":" in user:
+            raise CompileError(
+                "InvalidSecret",
+                f"{field}: the username in Secret {namespace}/{name} may not contain ':' "
+                "(RFC 7617)",
+            )
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = sealer.seal(f"Basic {basic}")
+    for index, header in enumerate(delivery.headers_from or []):
+        field = f"spec.delivery.headersFrom[{index}].secretKeyRef"
+        headers[header.name] = sealer.seal(
+            _credential(world, namespace, header.secret_key_ref, field)
+        )
+    return headers
+
+
+def compile_tls(
+    world: World, namespace: str, delivery: DeliverySpec, subscriber_url: str, sealer: Sealer
+) -> CompiledTLS | None:
+    """delivery.tls, checked (an https subscriber; PEM that loads) and sealed."""
+    tls = delivery.tls
+    if tls is None or (tls.ca_secret_ref is None and tls.client_cert_secret_ref is None):
+        return None
+    if not subscriber_url.startswith("https://"):
+        raise CompileError(
+            "InvalidSpec",
+            f"spec.delivery.tls: the subscriber {subscriber_url} is not https; "
+            "use subscriber.uri https://… or drop delivery.tls",
+        )
+    ca = cert = key = None
+    if tls.ca_secret_ref is not None:
+        ref = SecretKeyRef(name=tls.ca_secret_ref.name, key=tls.ca_secret_ref.key)
+        ca = _secret(world, namespace, ref, "spec.delivery.tls.caSecretRef")
+    if tls.client_cert_secret_ref is not None:
+        field, name = "spec.delivery.tls.clientCertSecretRef", tls.client_cert_secret_ref.name
+        cert = _secret(world, namespace, SecretKeyRef(name=name, key="tls.crt"), field)
+        key = _secret(world, namespace, SecretKeyRef(name=name, key="tls.key"), field)
+    try:
+        client_context(ca_pem=ca, cert_pem=cert, key_pem=key)
+    except TLSConfigError as error:
+        names = ", ".join(
+            f"{namespace}/{r.name}"
+            for r in (tls.ca_secret_ref, tls.client_cert_secret_ref)
+            if r is not None
+        )
+        raise CompileError("InvalidSecret", f"spec.delivery.tls: Secret {names}: {error}") from None
+    return CompiledTLS(
+        ca=sealer.seal(ca) if ca is not None else None,
+        cert=sealer.seal(cert) if cert is not None else None,
+        key=sealer.seal(key) if key is not None else None,
+    )
+
+
 def resolve_destination(world: World, namespace: str, dest: Destination, field: str) -> str:
     """The URL of a Service ref (`http://NAME.NS.svc.cluster.local:PORT/PATH`) or a uri."""
     if dest.uri is not None:
@@ -296,6 +428,8 @@ def compile_trigger(
                     " must hold whsec_<base64> values (space-separated during rotation)",
                 )
             signing_secrets.append(sealer.seal(secret))
+    sealed_headers = secret_headers(world, namespace, delivery, sealer)
+    tls = compile_tls(world, namespace, delivery, subscriber_url, sealer)
     retry = delivery.retry
     return Route(
         namespace=namespace,
@@ -340,6 +474,8 @@ def compile_trigger(
             ordering_key=delivery.ordering.key if delivery.ordering else None,
             headers=delivery.headers or {},
             signing_secrets=signing_secrets,
+            secret_headers=sealed_headers,
+            tls=tls,
         ),
         paused=spec.paused,
         cursor_start=cursor_start(spec.start_from),
@@ -368,24 +504,51 @@ def compile_source(
     if auth is not None:
         at = "spec.http.auth" if spec.http is not None else "spec.objectStore.auth"
         token_sealed = hmac_sealed = None
+        webhooks = auth.standard_webhooks
         if auth.token_secret_ref is not None:
             token = _secret(world, namespace, auth.token_secret_ref, f"{at}.tokenSecretRef")
             token_sealed = sealer.seal(token)
-        elif auth.hmac_secret_ref is None and not auth.allow_anonymous:
+        elif auth.generated_token:
             generated = SecretKeyRef(name=ingest_token_secret_name(name), key="token")
             token = _secret(world, namespace, generated, f"{at} (generated token)")
             token_sealed = sealer.seal(token)
         if auth.hmac_secret_ref is not None:
             hmac_secret = _secret(world, namespace, auth.hmac_secret_ref, f"{at}.hmacSecretRef")
             hmac_sealed = sealer.seal(hmac_secret)
+        dedupe_window = parse_duration(spec.http.dedupe_window) if spec.http else 300.0
+        hmac_tolerance = parse_duration(auth.hmac_tolerance)
+        sealed_webhook_secrets: list[str] = []
+        webhook_tolerance = 300.0
+        if webhooks is not None:
+            sealed_webhook_secrets = webhook_secrets(
+                world, namespace, webhooks.secret_ref, f"{at}.standardWebhooks.secretRef", sealer
+            )
+            webhook_tolerance = parse_duration(webhooks.tolerance)
+        windows = [(f"{at}.standardWebhooks.tolerance", webhook_tolerance)] if webhooks else []
+        if auth.hmac_timestamp_header is not None and hmac_sealed is not None:
+            windows.append((f"{at}.hmacTolerance", hmac_tolerance))
+        for field, tolerance in windows:
+            # A replay inside the tolerance carries the same event id: the dedupe
+            # window must still remember it.
+            if tolerance > dedupe_window:
+                raise CompileError(
+                    "InvalidSpec",
+                    f"{field} ({tolerance:g}s) is longer than the dedupe window "
+                    f"({dedupe_window:g}s): a replayed request would not be recognised; "
+                    "lower the tolerance or raise spec.http.dedupeWindow",
+                )
         ingest = CompiledIngest(
             token_sealed=token_sealed,
             token_in_query=spec.http is None,
             hmac_secret_sealed=hmac_sealed,
             hmac_header=auth.hmac_header,
+            hmac_timestamp_header=auth.hmac_timestamp_header if hmac_sealed else None,
+            hmac_tolerance=hmac_tolerance,
+            webhook_secrets=sealed_webhook_secrets,
+            webhook_tolerance=webhook_tolerance,
             allow_anonymous=auth.allow_anonymous,
             max_body_bytes=spec.http.max_body_bytes if spec.http is not None else 1048576,
-            dedupe_window=parse_duration(spec.http.dedupe_window) if spec.http else 300.0,
+            dedupe_window=dedupe_window,
             max_delay=parse_duration(spec.http.max_delay) if spec.http else MAX_DELAY,
         )
     object_store = None

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel, to_snake
 
+from tidings.api.codec import RESERVED_HEADER_PREFIXES, RESERVED_HEADERS
 from tidings.api.durations import DURATION_PATTERN, parse_duration
 
 GROUP = "tidings.dev"
@@ -114,6 +115,24 @@ class Destination(ApiModel):
 # --- EventSource ----------------------------------------------------------------------
 
 
+class StandardWebhooks(ApiModel):
+    """Standard Webhooks signatures from the producer (webhook-id, webhook-timestamp,
+    webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>)."""
+
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key with one or more space-separated whsec_<base64> secrets "
+        "(several during a rotation: a signature by any of them passes)."
+    )
+    tolerance: str = Duration(
+        "5m", "Requests whose webhook-timestamp is further from now than this are refused."
+    )
+
+    @model_validator(mode="after")
+    def _durations(self) -> StandardWebhooks:
+        _check_durations(self, "tolerance")
+        return self
+
+
 class HttpAuth(ApiModel):
     """How producers authenticate to the ingest endpoint."""
 
@@ -130,9 +149,40 @@ class HttpAuth(ApiModel):
         pattern=r"^[A-Za-z0-9-]+$",
         description="Header carrying the HMAC signature (hex, optionally prefixed sha256=).",
     )
+    hmac_timestamp_header: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Header carrying the request's Unix time in seconds. When set, the HMAC "
+        "covers `<timestamp>.<body>` and a request outside hmacTolerance is refused, so a "
+        "captured request cannot be replayed later. Unset: the HMAC covers the body alone "
+        "(for senders such as GitHub that sign nothing else).",
+    )
+    hmac_tolerance: str = Duration(
+        "5m", "With hmacTimestampHeader: how far the timestamp may be from now."
+    )
+    standard_webhooks: StandardWebhooks | None = Field(
+        None, description="Verify Standard Webhooks signatures (Svix and others send these)."
+    )
     allow_anonymous: bool = Field(
         False, description="Accept events without credentials. Off by default."
     )
+
+    @model_validator(mode="after")
+    def _durations(self) -> HttpAuth:
+        _check_durations(self, "hmac_tolerance")
+        return self
+
+    @property
+    def generated_token(self) -> bool:
+        """No credentials configured and not anonymous: the operator (and `tidings
+        dev`) generate a token in the Secret <name>-ingest-token."""
+        return (
+            self.token_secret_ref is None
+            and self.hmac_secret_ref is None
+            and self.standard_webhooks is None
+            and not self.allow_anonymous
+        )
 
 
 class HttpSource(ApiModel):
@@ -457,6 +507,78 @@ class Signing(ApiModel):
     )
 
 
+class SecretRef(ApiModel):
+    """A whole Secret in the object's own namespace (its keys are fixed by the field)."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+
+
+class BearerAuth(ApiModel):
+    secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the token, sent as Authorization: Bearer <token>."
+    )
+
+
+class BasicAuth(ApiModel):
+    secret_ref: SecretRef = Field(
+        description="Secret with the keys username and password (Authorization: Basic)."
+    )
+
+
+class DeliveryAuth(ApiModel):
+    """How Tidings authenticates to the subscriber; at most one scheme."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_validations(
+            ("!(has(self.bearer) && has(self.basic))", "set at most one of bearer or basic"),
+        )
+    )
+
+    bearer: BearerAuth | None = Field(None, description="A bearer token from a Secret.")
+    basic: BasicAuth | None = Field(None, description="HTTP basic auth from a Secret.")
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> DeliveryAuth:
+        if self.bearer is not None and self.basic is not None:
+            raise ValueError("set at most one of bearer or basic")
+        return self
+
+
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class HeaderFromSecret(ApiModel):
+    name: str = Field(
+        pattern=HEADER_NAME, max_length=128, description="Request header, e.g. X-Api-Key."
+    )
+    secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value.")
+
+
+class CaSecretRef(ApiModel):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret name.")
+    key: str = Field(
+        "ca.crt",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        max_length=253,
+        description="Key holding the PEM CA bundle.",
+    )
+
+
+class DeliveryTLS(ApiModel):
+    """TLS towards an https subscriber: a private CA, and a client certificate (mTLS)."""
+
+    ca_secret_ref: CaSecretRef | None = Field(
+        None,
+        description="PEM CA bundle (key ca.crt) that signs the subscriber's certificate; "
+        "replaces the system CAs for this Trigger.",
+    )
+    client_cert_secret_ref: SecretRef | None = Field(
+        None,
+        description="Client certificate and key (keys tls.crt and tls.key, as cert-manager "
+        "writes them) presented to the subscriber.",
+    )
+
+
 class DeadLetterRetention(ApiModel):
     max_age: str = Duration("720h", "Dead letters older than this are dropped.")
     max_events: int = Field(
@@ -507,6 +629,15 @@ class DeliverySpec(ApiModel):
     rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")
     ordering: Ordering | None = Field(None, description="Deliver in order per key.")
     headers: dict[str, str] | None = Field(None, description="Extra request headers.")
+    auth: DeliveryAuth | None = Field(
+        None, description="Credentials for the subscriber, from Secrets (bearer or basic)."
+    )
+    headers_from: list[HeaderFromSecret] | None = Field(
+        None, max_length=32, description="Request headers whose values come from Secrets."
+    )
+    tls: DeliveryTLS | None = Field(
+        None, description="A private CA and a client certificate for an https subscriber."
+    )
     signing: Signing | None = Field(None, description="Standard Webhooks signing.")
     delay: str | None = Duration(
         None,
@@ -517,6 +648,32 @@ class DeliverySpec(ApiModel):
     @model_validator(mode="after")
     def _durations(self) -> DeliverySpec:
         _check_durations(self, "timeout", "max_age", "delay")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_per_header(self) -> DeliverySpec:
+        """Each header has one origin: headers, headersFrom or auth; never one Tidings sets."""
+        taken = {name.lower(): f"headers.{name}" for name in self.headers or {}}
+        if self.auth is not None and (self.auth.bearer or self.auth.basic):
+            if "authorization" in taken:
+                raise ValueError(
+                    "delivery.headers.Authorization and delivery.auth both set Authorization; "
+                    "keep one"
+                )
+            taken["authorization"] = "auth"
+        for index, header in enumerate(self.headers_from or []):
+            name = header.name.lower()
+            if name in RESERVED_HEADERS or name.startswith(RESERVED_HEADER_PREFIXES):
+                raise ValueError(
+                    f"delivery.headersFrom[{index}].name: {header.name} is set by Tidings "
+                    "(ce-*, webhook-*, Content-Type, Content-Length, Host); pick another header"
+                )
+            if name in taken:
+                raise ValueError(
+                    f"delivery.headersFrom[{index}].name: {header.name} is also set by "
+                    f"delivery.{taken[name]}; keep one"
+                )
+            taken[name] = f"headersFrom[{index}]"
         return self
 
 

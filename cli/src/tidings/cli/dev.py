@@ -117,9 +117,7 @@ def add_generated_tokens(manifests: Manifests, state: Path) -> list[str]:
     generated = []
     for (namespace, name), source in manifests.sources.items():
         auth = source.spec.ingest_auth  # http, and objectStore in notify mode
-        if auth is None or auth.token_secret_ref or auth.hmac_secret_ref:
-            continue
-        if auth.allow_anonymous:
+        if auth is None or not auth.generated_token:
             continue
         secret = (namespace, ingest_token_secret_name(name))
         if "token" in manifests.secrets.get(secret, {}):
@@ -145,7 +143,7 @@ def credentials(manifests: Manifests) -> Credentials:
             continue
         key = f"{namespace}/{name}"
         ref = http.token_secret_ref
-        if ref is None and http.hmac_secret_ref is None and not http.allow_anonymous:
+        if http.generated_token:
             ref_name, ref_key = ingest_token_secret_name(name), "token"
         elif ref is not None:
             ref_name, ref_key = ref.name, ref.key

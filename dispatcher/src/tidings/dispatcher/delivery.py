@@ -21,6 +21,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +32,8 @@ from tidings.api import codec
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
-_RESERVED_PREFIXES = ("ce-", "webhook-")
-_RESERVED = frozenset({"content-type", "content-length", "host"})
+_RESERVED_PREFIXES = codec.RESERVED_HEADER_PREFIXES
+_RESERVED = codec.RESERVED_HEADERS
 
 
 @dataclass(slots=True)
@@ -100,9 +101,11 @@ async def send(
     request: Request,
     seconds: float,
     client_timeout: aiohttp.ClientTimeout | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Result:
     """POST once; never raises for what the subscriber or the network does.
-    Pass `client_timeout` (= ClientTimeout(total=seconds)) to reuse one per Trigger."""
+    Pass `client_timeout` (= ClientTimeout(total=seconds)) to reuse one per Trigger,
+    `tls` for a Trigger's own CA or client certificate (delivery.tls)."""
     started = time.perf_counter()
     try:
         async with session.post(
@@ -111,6 +114,7 @@ async def send(
             headers=request.headers,
             timeout=client_timeout or aiohttp.ClientTimeout(total=seconds),
             allow_redirects=False,
+            ssl=tls if tls is not None else True,
         ) as response:
             body = await response.read()
             status = response.status

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +46,11 @@ from redis.exceptions import RedisError, ResponseError
 
 from tidings.api import groups
 from tidings.api.events import now_rfc3339
-from tidings.api.routes import Route
+from tidings.api.routes import CompiledTLS, Route
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.api.table import RoutingTable
 from tidings.api.text import text
+from tidings.api.tls import TLSConfigError, client_context
 from tidings.dispatcher import deadletter, retention
 from tidings.dispatcher.backoff_state import FAILURES_TO_BACKOFF, BackoffState
 from tidings.dispatcher.cursor import (
@@ -197,6 +199,9 @@ class TriggerWorker:
         self._flusher: asyncio.Task[None] | None = None
         self._config_error: str | None = None
         self._watch: asyncio.Task[Any] | None = None
+        self._credentials_spec: tuple[dict[str, str], CompiledTLS | None] = ({}, None)
+        self._opened_headers: dict[str, str] = {}
+        self._opened_tls: ssl.SSLContext | None = None
         self.update(route)
 
     # --- configuration ------------------------------------------------------------------
@@ -221,12 +226,45 @@ class TriggerWorker:
             self.signing_keys = []
             self._config_error = f"signing secrets: {error}"
             log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
+        self._load_credentials(route)
         self.timeout = route.delivery.timeout
         self.client_timeout = aiohttp.ClientTimeout(total=route.delivery.timeout)
         self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
         self.local_limit = max(1, min(route.delivery.concurrency, self.dispatcher.max_in_flight))
         self.refill = max(1, min(self.dispatcher.batch, self.local_limit) // 2)
         self._wake.set()
+
+    def _load_credentials(self, route: Route) -> None:
+        """delivery.auth, headersFrom and tls, unsealed. The values are never
+        logged: an error names the part that failed, not what it holds."""
+        delivery = route.delivery
+        self.headers = dict(delivery.headers)
+        self.tls: ssl.SSLContext | None = None
+        if (delivery.secret_headers, delivery.tls) == self._credentials_spec:
+            self.headers.update(self._opened_headers)
+            self.tls = self._opened_tls
+            return
+        try:
+            opened = {
+                name: self.dispatcher.unseal(v) for name, v in delivery.secret_headers.items()
+            }
+            tls = None
+            if delivery.tls is not None:
+                ca, cert, key = (
+                    self.dispatcher.unseal(v) if v else None
+                    for v in (delivery.tls.ca, delivery.tls.cert, delivery.tls.key)
+                )
+                tls = client_context(ca_pem=ca, cert_pem=cert, key_pem=key)
+        except (SealError, TLSConfigError) as error:
+            self._config_error = f"delivery credentials: {error}"
+            log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
+            return
+        # A new context means new connections: a rotated client certificate is
+        # presented from the next attempt on.
+        self._credentials_spec = (delivery.secret_headers, delivery.tls)
+        self._opened_headers, self._opened_tls = opened, tls
+        self.headers.update(opened)
+        self.tls = tls
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -403,7 +441,7 @@ class TriggerWorker:
             event,
             entry.event_json,
             format=delivery.format,
-            headers=delivery.headers,
+            headers=self.headers,
             signing_keys=self.signing_keys,
         )
         result = await send(
@@ -412,6 +450,7 @@ class TriggerWorker:
             request,
             self.timeout,
             self.client_timeout,
+            self.tls,
         )
         if self.metrics is not None:
             self.metrics.attempt_seconds.observe(result.seconds)

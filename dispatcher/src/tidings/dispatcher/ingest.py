@@ -25,9 +25,14 @@ that is not such a notification is 400 naming the field.
 
 Auth follows the compiled EventSource: a bearer token, an HMAC-SHA256 of the
 body in a header (hex, optionally `sha256=`-prefixed, as GitHub and most
-webhook senders do), either one when both are configured, or nothing when
-`allowAnonymous`. Notify sources also take the token as `?token=` (Versity
-Gateway and Ceph RGW cannot set headers). Missing credentials are 401, wrong
+webhook senders do; with `hmacTimestampHeader`, of `<timestamp>.<body>` and
+only within `hmacTolerance`), Standard Webhooks signatures (webhook-id,
+webhook-timestamp, webhook-signature), any one of those configured, or
+nothing when `allowAnonymous`. A replay of a signed request inside its
+tolerance carries the same event id (the sender's, the webhook-id, or a digest
+of the timestamped signature for plain JSON) and is answered as a duplicate.
+Notify sources also take the token as `?token=` (Versity Gateway and Ceph RGW
+cannot set headers). Missing credentials are 401, wrong
 ones 403.
 
 202 is sent only after XADD returned (and WAIT, when `wait_replicas` is set);
@@ -38,6 +43,7 @@ dedupe window are answered 202 again and listed under `duplicates`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import logging
@@ -87,7 +93,11 @@ class IngestError(Exception):
 
 
 def event_from_plain_json(
-    source: CompiledSource, body: bytes, query: Mapping[str, str], headers: Mapping[str, str]
+    source: CompiledSource,
+    body: bytes,
+    query: Mapping[str, str],
+    headers: Mapping[str, str],
+    message_id: str | None = None,
 ) -> CloudEvent:
     """Plain JSON, wrapped: see the module docstring for the attributes it gets."""
     data = codec.parse_json(body, "body")
@@ -98,7 +108,7 @@ def event_from_plain_json(
         )
     subject = query.get("subject") or None
     return CloudEvent(
-        id=headers.get("Idempotency-Key") or new_id(),
+        id=headers.get("Idempotency-Key") or message_id or new_id(),
         source=source.api_path,
         type=event_type,
         data=data,
@@ -113,10 +123,13 @@ def parse_events(
     headers: Mapping[str, str],
     body: bytes,
     query: Mapping[str, str] | None = None,
+    message_id: str | None = None,
 ) -> list[CloudEvent]:
-    """The events of one request, or IngestError(400/415) naming what is wrong."""
+    """The events of one request, or IngestError(400/415) naming what is wrong.
+    `message_id` (of a verified signature) is the id of a plain JSON event
+    without an Idempotency-Key."""
     try:
-        return _parse_events(source, headers, body, query or {})
+        return _parse_events(source, headers, body, query or {}, message_id)
     except codec.FormatError as error:
         raise IngestError(error.status, error.message) from None
 
@@ -137,7 +150,11 @@ def parse_notification(source: CompiledSource, body: bytes) -> tuple[list[CloudE
 
 
 def _parse_events(
-    source: CompiledSource, headers: Mapping[str, str], body: bytes, query: Mapping[str, str]
+    source: CompiledSource,
+    headers: Mapping[str, str],
+    body: bytes,
+    query: Mapping[str, str],
+    message_id: str | None,
 ) -> list[CloudEvent]:
     media = codec.media_type(headers.get("Content-Type"))
     if media == BATCH:
@@ -151,7 +168,7 @@ def _parse_events(
             "ce-specversion header: required for binary mode; set ce-specversion: 1.0"
         )
     if codec.is_json_media(media):
-        return [event_from_plain_json(source, body, query, headers)]
+        return [event_from_plain_json(source, body, query, headers, message_id)]
     if media.startswith("application/cloudevents"):
         raise codec.FormatError(
             f"Content-Type {media}: only the JSON event format is supported ({STRUCTURED})", 415
@@ -172,11 +189,15 @@ def check_auth(
     body: bytes | None,
     unseal: Callable[[str], str],
     query: Mapping[str, str] | None = None,
-) -> None:
+    now: float | None = None,
+) -> str | None:
     """Pass, or raise IngestError 401 (no credentials) / 403 (wrong credentials).
 
-    `body` may be None when no HMAC is configured (the check then needs no body).
-    `query` holds `token` for sources with `token_in_query` (objectStore notify).
+    `body` may be None when no signature is configured (the check then needs no
+    body). `query` holds `token` for sources with `token_in_query` (objectStore
+    notify). Returns the id of a verified signed message (webhook-id, or a digest
+    of a timestamped HMAC): a plain JSON body takes it as its event id, so a
+    replay within the tolerance is a duplicate, not a second event.
     """
     presented = False
     in_query = (query or {}).get("token") if ingest.token_in_query else None
@@ -188,7 +209,7 @@ def check_auth(
         expected = unseal(ingest.token_sealed).encode()
         if not in_query or not hmac.compare_digest(in_query.encode(), expected):
             raise IngestError(403, "token query parameter: the token is not valid")
-        return
+        return None
     if ingest.token_sealed is not None:
         authorization = headers.get("Authorization", "")
         if authorization:
@@ -199,38 +220,121 @@ def check_auth(
             expected = unseal(ingest.token_sealed).encode()
             if not hmac.compare_digest(token.strip().encode(), expected):
                 raise IngestError(403, "Authorization header: the bearer token is not valid")
-            return
+            return None
+    if ingest.webhook_secrets and headers.get("webhook-signature"):
+        assert body is not None, "Standard Webhooks need the body"
+        return _check_standard_webhooks(ingest, headers, body, unseal, now)
     if ingest.hmac_secret_sealed is not None:
         signature = headers.get(ingest.hmac_header, "")
         if signature:
             presented = True
             assert body is not None, "HMAC auth needs the body"
-            given = signature.strip()
-            if given.lower().startswith("sha256="):
-                given = given[len("sha256=") :]
-            key = unseal(ingest.hmac_secret_sealed).encode()
-            expected_hex = hmac.new(key, body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(given.lower().encode(), expected_hex.encode()):
-                raise IngestError(
-                    403,
-                    f"{ingest.hmac_header} header: the signature does not match the body "
-                    "(expected hex HMAC-SHA256 of the raw body, optionally prefixed sha256=)",
-                )
-            return
+            return _check_hmac(ingest, signature, headers, body, unseal, now)
     if presented or ingest.allow_anonymous:
-        return
+        return None
     wanted = []
     if ingest.token_sealed is not None:
         wanted.append("an Authorization: Bearer <token> header")
         if ingest.token_in_query:
             wanted.append("the token as ?token=<token>")
     if ingest.hmac_secret_sealed is not None:
-        wanted.append(f"an HMAC-SHA256 signature of the body in {ingest.hmac_header}")
+        signed = "the body"
+        if ingest.hmac_timestamp_header is not None:
+            signed = f"<{ingest.hmac_timestamp_header}>.<body>, with that header,"
+        wanted.append(f"an HMAC-SHA256 signature of {signed} in {ingest.hmac_header}")
+    if ingest.webhook_secrets:
+        wanted.append("Standard Webhooks headers webhook-id, webhook-timestamp, webhook-signature")
     raise IngestError(
         401,
         "credentials required: send " + " or ".join(wanted or ["credentials"]),
         headers={"WWW-Authenticate": "Bearer"} if ingest.token_sealed else None,
     )
+
+
+def _check_timestamp(value: str, header: str, tolerance: float, now: float | None) -> int:
+    """The Unix-seconds timestamp of a signed request, or 401/403 naming the header."""
+    if not value:
+        raise IngestError(401, f"{header} header: required with the signature (Unix seconds)")
+    try:
+        timestamp = int(value.strip())
+    except ValueError:
+        raise IngestError(401, f"{header} header: expected Unix seconds, e.g. 1767225600") from None
+    skew = (time.time() if now is None else now) - timestamp
+    if abs(skew) > tolerance:
+        raise IngestError(
+            403,
+            f"{header} header: {timestamp} is {abs(skew):.0f}s {'old' if skew > 0 else 'ahead'}, "
+            f"outside the tolerance of {tolerance:g}s (a replayed request, or a clock off; "
+            "sign with the current time)",
+        )
+    return timestamp
+
+
+def _check_standard_webhooks(
+    ingest: CompiledIngest,
+    headers: Mapping[str, str],
+    body: bytes,
+    unseal: Callable[[str], str],
+    now: float | None,
+) -> str:
+    """Standard Webhooks: v1,<base64 HMAC-SHA256 of `id.timestamp.body`>, any of
+    the space-separated signatures by any of the source's secrets."""
+    msg_id = headers.get("webhook-id", "").strip()
+    if not msg_id:
+        raise IngestError(401, "webhook-id header: required with webhook-signature")
+    timestamp = _check_timestamp(
+        headers.get("webhook-timestamp", ""), "webhook-timestamp", ingest.webhook_tolerance, now
+    )
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    given = [
+        sig.encode()
+        for version, _, sig in (
+            part.partition(",") for part in headers["webhook-signature"].split()
+        )
+        if version == "v1"
+    ]
+    for sealed in ingest.webhook_secrets:
+        key = base64.b64decode(unseal(sealed).removeprefix("whsec_"))
+        expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest())
+        if any(hmac.compare_digest(sig, expected) for sig in given):
+            return msg_id
+    raise IngestError(
+        403,
+        "webhook-signature header: no v1 signature matches (expected v1,<base64 HMAC-SHA256 of "
+        "webhook-id.webhook-timestamp.body> with one of the source's whsec_ secrets)",
+    )
+
+
+def _check_hmac(
+    ingest: CompiledIngest,
+    signature: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    unseal: Callable[[str], str],
+    now: float | None,
+) -> str | None:
+    """Hex HMAC-SHA256 of the body, or of `<timestamp>.<body>` with a timestamp header."""
+    given = signature.strip()
+    if given.lower().startswith("sha256="):
+        given = given[len("sha256=") :]
+    content, signed = body, "the raw body"
+    stamp_header = ingest.hmac_timestamp_header
+    if stamp_header is not None:
+        timestamp = _check_timestamp(
+            headers.get(stamp_header, ""), stamp_header, ingest.hmac_tolerance, now
+        )
+        content, signed = f"{timestamp}.".encode() + body, f"<{stamp_header}>.<raw body>"
+    key = unseal(ingest.hmac_secret_sealed or "").encode()
+    expected_hex = hmac.new(key, content, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given.lower().encode(), expected_hex.encode()):
+        raise IngestError(
+            403,
+            f"{ingest.hmac_header} header: the signature does not match "
+            f"(expected hex HMAC-SHA256 of {signed}, optionally prefixed sha256=)",
+        )
+    if stamp_header is None:
+        return None  # body-only: nothing tells a resend from a replay
+    return hashlib.sha256(f"{stamp_header}.{expected_hex}".encode()).hexdigest()[:32]
 
 
 # --- metrics ----------------------------------------------------------------------------
@@ -333,17 +437,19 @@ class Ingest:
         ingest = source.ingest
         assert ingest is not None
         headers: CIMultiDictProxy[str] = request.headers
-        if ingest.hmac_secret_sealed is None:
+        signed = ingest.hmac_secret_sealed is not None or bool(ingest.webhook_secrets)
+        if not signed:
             # Refuse unauthenticated requests before reading their bodies.
             check_auth(ingest, headers, None, self.unseal, request.query)
         body = await read_body(request, ingest.max_body_bytes)
-        if ingest.hmac_secret_sealed is not None:
-            check_auth(ingest, headers, body, self.unseal, request.query)
+        message_id = None
+        if signed:
+            message_id = check_auth(ingest, headers, body, self.unseal, request.query)
         ignored = 0
         if source.object_store is not None:
             events, ignored = parse_notification(source, body)
         else:
-            events = parse_events(source, headers, body, request.query)
+            events = parse_events(source, headers, body, request.query, message_id)
         result = await self._append(source, events)
         self.metrics.events.labels(source.id, "accepted").inc(len(result.accepted))
         if result.duplicates:

@@ -149,6 +149,12 @@ def notify_instructions(spec: EventSourceSpec, name: str, url: str) -> str | Non
             f" signed with HMAC-SHA256 of the body (hex) in header {auth.hmac_header}; the key "
             f"is key {auth.hmac_secret_ref.key!r} of Secret {auth.hmac_secret_ref.name}"
         )
+    elif auth.standard_webhooks is not None:
+        ref = auth.standard_webhooks.secret_ref
+        how = (
+            f" with Standard Webhooks signatures; the secret is key {ref.key!r} "
+            f"of Secret {ref.name}"
+        )
     else:
         how = " (no credentials: allowAnonymous)"
     return where + how
@@ -158,9 +164,7 @@ def needs_generated_token(spec: EventSourceSpec) -> bool:
     auth = spec.ingest_auth
     if auth is None:
         return False
-    return (
-        auth.token_secret_ref is None and auth.hmac_secret_ref is None and not auth.allow_anonymous
-    )
+    return auth.generated_token
 
 
 def token_secret(namespace: str, source: str, uid: str) -> dict[str, Any]:

@@ -44,13 +44,20 @@ SCAN_BATCH = 500
 
 
 def sealed_in_route(route: Route | None) -> list[str]:
-    return list(route.delivery.signing_secrets) if route is not None else []
+    if route is None:
+        return []
+    delivery = route.delivery
+    tls = [delivery.tls.ca, delivery.tls.cert, delivery.tls.key] if delivery.tls else []
+    return [*delivery.signing_secrets, *delivery.secret_headers.values(), *(v for v in tls if v)]
 
 
 def sealed_in_source(source: CompiledSource | None) -> list[str]:
     if source is None or source.ingest is None:
         return []
-    return [v for v in (source.ingest.token_sealed, source.ingest.hmac_secret_sealed) if v]
+    ingest = source.ingest
+    return [v for v in (ingest.token_sealed, ingest.hmac_secret_sealed) if v] + list(
+        ingest.webhook_secrets
+    )
 
 
 async def current_route(redis: Redis, namespace: str, name: str) -> Route | None:

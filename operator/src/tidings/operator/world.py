@@ -175,9 +175,27 @@ def trigger_dependencies(namespace: str, name: str, spec: TriggerSpec) -> set[Ke
     for destination in (spec.subscriber, spec.delivery.dead_letter):
         if destination is not None and destination.ref is not None:
             keys.add(("Service", destination.ref.namespace or namespace, destination.ref.name))
-    if spec.delivery.signing is not None:
-        keys.add(("Secret", namespace, spec.delivery.signing.secret_ref.name))
+    keys.update(("Secret", namespace, name) for name in delivery_secrets(spec))
     return keys
+
+
+def delivery_secrets(spec: TriggerSpec) -> set[str]:
+    """The names of the Secrets a Trigger's delivery reads (signing, auth,
+    headersFrom, tls): a change to any of them recompiles its route."""
+    delivery = spec.delivery
+    names = {h.secret_key_ref.name for h in delivery.headers_from or []}
+    if delivery.signing is not None:
+        names.add(delivery.signing.secret_ref.name)
+    auth = delivery.auth
+    if auth is not None and auth.bearer is not None:
+        names.add(auth.bearer.secret_ref.name)
+    if auth is not None and auth.basic is not None:
+        names.add(auth.basic.secret_ref.name)
+    if delivery.tls is not None:
+        for ref in (delivery.tls.ca_secret_ref, delivery.tls.client_cert_secret_ref):
+            if ref is not None:
+                names.add(ref.name)
+    return names
 
 
 def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None) -> set[Key]:
@@ -186,7 +204,8 @@ def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None)
         return keys
     auth = spec.ingest_auth
     if auth is not None:
-        for ref in (auth.token_secret_ref, auth.hmac_secret_ref):
+        webhooks = auth.standard_webhooks.secret_ref if auth.standard_webhooks else None
+        for ref in (auth.token_secret_ref, auth.hmac_secret_ref, webhooks):
             if ref is not None:
                 keys.add(("Secret", namespace, ref.name))
         if auth.token_secret_ref is None:
