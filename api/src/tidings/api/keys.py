@@ -172,6 +172,8 @@ STATE_LAST_FAILURE_MESSAGE = "lastFailureMessage"
 STATE_PROBE_DUE = "probeDue"  # Backoff: ms since epoch of the next probe
 STATE_PROBE_INTERVAL = "probeInterval"  # Backoff: current probe interval, ms
 STATE_UPDATED = "updated"  # ms since epoch of the last publish
+STATE_OLDEST = "oldestUndelivered"  # ms since epoch the oldest undelivered event was stored; 0
+STATE_EXPIRES = "expiresAt"  # ms since epoch it hits maxAge or retention; 0: nothing undelivered
 
 # --- trigger_state's `state` values ---
 DELIVERING = "Delivering"

@@ -46,6 +46,8 @@ class Published:
     dlq_size: int
     dead_lettered: int
     expired: int
+    oldest_ms: int  # when the oldest undelivered event was stored; 0: none
+    expires_ms: int  # when it will hit maxAge or the source's retention; 0: none
 
 
 def _ms(seconds: float) -> int:
@@ -66,6 +68,7 @@ class BackoffState:
         self.retry_key = keys.retries(ns, source, name)
         self.parked_key = keys.parked(ns, source, name)
         self.dlq_key = keys.dead_letters(ns, source, name)
+        self.held_key = keys.held(ns, source, name)
         retry = route.delivery.retry
         self.first_interval = max(0.1, retry.initial_delay)
         self.max_interval = max(self.first_interval, min(retry.max_delay, PROBE_MAX))
@@ -95,7 +98,8 @@ class BackoffState:
     async def recover(self) -> int:
         return int(await scripts.BACKOFF_RECOVER(self.redis, keys=[self.state_key, self.retry_key]))
 
-    async def publish(self) -> Published:
+    async def publish(self, retention_max_age: float = 0.0) -> Published:
+        """Refresh the state HASH; `retention_max_age` (seconds) is the source's."""
         raw: list[Any] = await scripts.BACKOFF_PUBLISH(
             self.redis,
             keys=[
@@ -104,7 +108,14 @@ class BackoffState:
                 self.retry_key,
                 self.parked_key,
                 self.dlq_key,
+                self.held_key,
             ],
-            args=[self.route.group, "1" if self.route.paused else "0", int(time.time() * 1000)],
+            args=[
+                self.route.group,
+                "1" if self.route.paused else "0",
+                int(time.time() * 1000),
+                int(self.route.delivery.max_age * 1000),
+                int(retention_max_age * 1000),
+            ],
         )
         return Published(text(raw[0]), *(int(v) for v in raw[1:]))

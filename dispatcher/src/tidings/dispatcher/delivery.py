@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 
 from tidings.api import codec
+from tidings.api.attempts import BODY_LIMIT
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
@@ -89,6 +90,7 @@ class Result:
     status: int | None
     seconds: float
     failure: Failure | None = None
+    body: bytes = b""  # the start of the response body (attempts.BODY_LIMIT), for the log
 
     @property
     def ok(self) -> bool:
@@ -118,12 +120,13 @@ async def send(
         ) as response:
             body = await response.read()
             status = response.status
+            kept = body[:BODY_LIMIT]
             if 200 <= status < 300:
-                return Result(status, time.perf_counter() - started)
+                return Result(status, time.perf_counter() - started, None, kept)
             message = body[:200].decode(errors="replace") or (response.reason or "")
             retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
             failure = Failure("status", status, f"HTTP {status}: {message}".strip(), retry_after)
-            return Result(status, time.perf_counter() - started, failure)
+            return Result(status, time.perf_counter() - started, failure, kept)
     except TimeoutError:
         failure = Failure("timeout", None, f"no answer within {seconds:g}s")
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:

@@ -30,12 +30,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -44,14 +45,15 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tidings.api import groups
+from tidings.api import groups, keys
+from tidings.api.attempts import Attempt, AttemptOutcome, clip_body
 from tidings.api.events import now_rfc3339
 from tidings.api.routes import CompiledTLS, Route
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.api.table import RoutingTable
 from tidings.api.text import text
 from tidings.api.tls import TLSConfigError, client_context
-from tidings.dispatcher import deadletter, retention
+from tidings.dispatcher import attemptlog, deadletter, retention
 from tidings.dispatcher.backoff_state import FAILURES_TO_BACKOFF, BackoffState
 from tidings.dispatcher.cursor import (
     Cursor,
@@ -120,6 +122,17 @@ FAILED = frozenset({Verdict.RETRIED, Verdict.DEAD_FAILED})
 DEAD_LETTERED = frozenset({Verdict.DEAD_ANSWERED, Verdict.DEAD_FAILED, Verdict.EXPIRED})
 
 
+# The attempt log's outcome of each verdict (a filtered-out event made no attempt).
+LOGGED: dict[Verdict, AttemptOutcome] = {
+    Verdict.DELIVERED: AttemptOutcome.DELIVERED,
+    Verdict.RETRIED: AttemptOutcome.RETRY,
+    Verdict.DEAD_ANSWERED: AttemptOutcome.REFUSED,
+    Verdict.DEAD_FAILED: AttemptOutcome.DEAD,
+    Verdict.EXPIRED: AttemptOutcome.EXPIRED,
+    Verdict.UNREADABLE: AttemptOutcome.DEAD,
+}
+
+
 @dataclass(slots=True)
 class Done:
     """A finished delivery task, waiting for the flusher."""
@@ -128,6 +141,37 @@ class Done:
     verdict: Verdict
     failure: Failure | None = None
     event: dict[str, Any] | None = None
+    result: Result | None = None  # the HTTP attempt, when one was made
+    ended: float = 0.0  # when the attempt ended (time.time())
+
+
+def attempt_record(done: Done, replica: str) -> Attempt | None:
+    """What the attempt log keeps of `done`; None for an event filtered out."""
+    outcome = LOGGED.get(done.verdict)
+    if outcome is None:
+        return None
+    entry = done.outcome.entry
+    event = done.event or {}
+    result = done.result
+    ended = done.ended or time.time()
+    # A dead letter's message says why it was given up (and the last error).
+    if done.outcome.op is Op.DEAD:
+        error = done.outcome.message
+    else:
+        error = done.failure.message if done.failure is not None else ""
+    return Attempt(
+        event_id=str(event.get("id", "")),
+        type=str(event.get("type", "")),
+        stream_id=entry.id,
+        attempt=entry.attempts + 1,
+        outcome=outcome,
+        status=str(result.status) if result is not None and result.status is not None else "",
+        duration_ms=int(result.seconds * 1000) if result is not None else 0,
+        error=error,
+        body=clip_body(result.body) if result is not None else "",
+        replica=replica,
+        latency_ms=max(0, int(ended * 1000) - entry.ingested_ms) if entry.ingested_ms else 0,
+    )
 
 
 @dataclass(slots=True)
@@ -436,6 +480,7 @@ class TriggerWorker:
                 Verdict.EXPIRED,
                 None,
                 event,
+                ended=time.time(),
             )
         request = build_request(
             event,
@@ -452,9 +497,16 @@ class TriggerWorker:
             self.client_timeout,
             self.tls,
         )
+        ended = time.time()
+        done = self._decide(entry, event, result, age, probe=probe)
+        done.result, done.ended = result, ended
         if self.metrics is not None:
             self.metrics.attempt_seconds.observe(result.seconds)
-        done = self._decide(entry, event, result, age, probe=probe)
+            latency = max(0.0, ended - entry.ingested_ms / 1000)
+            if entry.attempts == 0 and not probe:
+                self.metrics.latency_first.observe(latency)
+            if result.failure is None:
+                self.metrics.latency_final.observe(latency)
         hook = self.dispatcher.on_attempt
         if hook is not None:
             hook(route, event, result, done.outcome.op)
@@ -527,6 +579,9 @@ class TriggerWorker:
             failed=counts.failed,
             failure=note,
         )
+        records = [r for r in (attempt_record(d, self.dispatcher.replica) for d in batch) if r]
+        if records:
+            await attemptlog.write(self.redis, self.route, records)
         if counts.retried or any(d.outcome.entry.order_key for d in batch):
             # A retry may be due before the fetch loop's idle block ends, and a
             # settled ordered event may have made the next one of its key due now.
@@ -607,7 +662,8 @@ class TriggerWorker:
             retry = Outcome(
                 Op.RETRY, done.outcome.entry, delay_ms=delay_ms, attempts=done.outcome.attempts
             )
-            await self._settle([Done(retry, Verdict.RETRIED, done.failure, done.event)], probe=True)
+            retried = replace(done, outcome=retry, verdict=Verdict.RETRIED)
+            await self._settle([retried], probe=True)
             log.info(
                 "Trigger %s: probe failed (%s); next probe in %gs",
                 self.route.id,
@@ -646,6 +702,7 @@ class Dispatcher:
         self.publish_interval = publish_interval
         self.retention_interval = retention_interval
         self.on_attempt = on_attempt
+        self.replica = attemptlog.replica_name()
         self.workers: dict[str, TriggerWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -715,9 +772,14 @@ class Dispatcher:
 
     async def _publish_loop(self) -> None:
         while True:
+            sources = self.watcher.current.sources
             for worker in list(self.workers.values()):
+                route = worker.route
+                source = sources.get(keys.source_id(route.namespace, route.source))
                 try:
-                    published = await worker.backoff.publish()
+                    published = await worker.backoff.publish(
+                        source.retention_max_age if source is not None else 0.0
+                    )
                 except (RedisError, OSError) as error:
                     log.debug("publishing state of %s failed: %s", worker.route.id, error)
                     continue
@@ -726,6 +788,14 @@ class Dispatcher:
                     worker.metrics.dead_letters.set(published.dlq_size)
                     worker.metrics.expired.set(published.expired)
                     worker.metrics.set_state(published.state)
+                    worker.metrics.backlog.set(published.lag + published.pending)
+                    now = time.time()
+                    if published.oldest_ms:
+                        worker.metrics.oldest_age.set(max(0.0, now - published.oldest_ms / 1000))
+                        worker.metrics.time_to_expiry.set(published.expires_ms / 1000 - now)
+                    else:
+                        worker.metrics.oldest_age.set(0)
+                        worker.metrics.time_to_expiry.set(math.inf)
             if time.monotonic() >= self._next_cleanup:
                 self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
                 for worker in list(self.workers.values()):

@@ -9,6 +9,23 @@
     tidings_trigger_dead_letters{trigger}       entries in the Trigger's DLQ stream
     tidings_trigger_expired_total{trigger}      trimmed by retention before delivery
     tidings_trigger_state{trigger,state}        1 for the current state, else 0
+    tidings_delivery_latency_seconds{trigger,attempt}
+                                                stored -> the end of an attempt:
+                                                attempt="first" every event's first attempt
+                                                (whatever its outcome: how soon events are
+                                                tried), attempt="final" the attempt that
+                                                delivered it (retries and Backoff included)
+    tidings_oldest_undelivered_age_seconds{trigger}  age of the oldest event not yet
+                                                delivered (in flight, retrying, parked or
+                                                unread); 0 when there is none
+    tidings_backlog_events{trigger}             events not yet settled: the lag plus those
+                                                in flight
+    tidings_time_to_expiry_seconds{trigger}     until the oldest undelivered event hits the
+                                                Trigger's maxAge or (unread) the source's
+                                                retention maxAge; +Inf when nothing waits
+
+Every series is per Trigger (the `attempt` and `outcome` labels have fixed values):
+never per event, subscriber URL or status code.
 
 They go into the CollectorRegistry the process serves on /metrics (the ingest
 app serves the same registry). Labelled children are cached per Trigger: a
@@ -26,6 +43,12 @@ from tidings.api import keys
 
 STATES = (keys.DELIVERING, keys.BACKOFF, keys.PAUSED)
 OUTCOMES = ("delivered", "retried", "dead_lettered", "filtered", "unreadable")
+ATTEMPTS = ("first", "final")
+# Stored -> delivered spans milliseconds (a healthy Trigger) to days (an outage).
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+    4 * 3600, 24 * 3600, 72 * 3600,
+)  # fmt: skip
 
 
 class DispatchMetrics:
@@ -71,6 +94,34 @@ class DispatchMetrics:
             registry=registry,
         )
 
+        self.latency = Histogram(
+            "tidings_delivery_latency_seconds",
+            "From when an event was stored to the end of its first attempt (attempt=first) "
+            "or of the attempt that delivered it (attempt=final).",
+            ["trigger", "attempt"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.oldest_age = Gauge(
+            "tidings_oldest_undelivered_age_seconds",
+            "Age of the oldest event the Trigger has not delivered yet (0: none).",
+            ["trigger"],
+            registry=registry,
+        )
+        self.backlog = Gauge(
+            "tidings_backlog_events",
+            "Events the Trigger has not settled yet: unread, in flight, retrying, parked.",
+            ["trigger"],
+            registry=registry,
+        )
+        self.time_to_expiry = Gauge(
+            "tidings_time_to_expiry_seconds",
+            "Seconds until the oldest undelivered event hits the Trigger's maxAge or the "
+            "source's retention (+Inf: nothing undelivered).",
+            ["trigger"],
+            registry=registry,
+        )
+
     def of(self, trigger: str) -> TriggerMetrics:
         return TriggerMetrics(
             delivered=self.deliveries.labels(trigger, "delivered"),
@@ -84,6 +135,11 @@ class DispatchMetrics:
             dead_letters=self.dead_letters.labels(trigger),
             expired=self.expired.labels(trigger),
             states={state: self.state.labels(trigger, state) for state in STATES},
+            latency_first=self.latency.labels(trigger, "first"),
+            latency_final=self.latency.labels(trigger, "final"),
+            oldest_age=self.oldest_age.labels(trigger),
+            backlog=self.backlog.labels(trigger),
+            time_to_expiry=self.time_to_expiry.labels(trigger),
         )
 
     def forget(self, trigger: str) -> None:
@@ -94,6 +150,7 @@ class DispatchMetrics:
                 [(trigger, o) for o in OUTCOMES],
             ),
             (self.state, [(trigger, s) for s in STATES]),
+            (self.latency, [(trigger, a) for a in ATTEMPTS]),
         ):
             for labels in label_sets:
                 with contextlib.suppress(KeyError):
@@ -104,6 +161,9 @@ class DispatchMetrics:
             self.lag,
             self.dead_letters,
             self.expired,
+            self.oldest_age,
+            self.backlog,
+            self.time_to_expiry,
         ):
             with contextlib.suppress(KeyError):
                 single.remove(trigger)
@@ -122,6 +182,11 @@ class TriggerMetrics:
     dead_letters: Gauge
     expired: Gauge
     states: dict[str, Gauge]
+    latency_first: Histogram
+    latency_final: Histogram
+    oldest_age: Gauge
+    backlog: Gauge
+    time_to_expiry: Gauge
 
     def set_state(self, current: str) -> None:
         for state, gauge in self.states.items():

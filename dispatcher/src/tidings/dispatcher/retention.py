@@ -42,6 +42,7 @@ async def trim(
             keys.held(route.namespace, route.source, route.name),
             keys.trigger_state(route.namespace, route.source, route.name),
         ]
+    keys_.append(keys.event_index(source.namespace, source.name))
     args: list[str | int | float] = [
         int(time.time() * 1000),
         int(source.retention_max_age * 1000),

@@ -109,7 +109,8 @@ async def append(
         for event in chunk:
             fields = encode(event, now_ms)
             args += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
-        calls.append(([source.stream, *(dedupe_key(source, e) for e in chunk)], args))
+        index = keys.event_index(source.namespace, source.name)
+        calls.append(([source.stream, index, *(dedupe_key(source, e) for e in chunk)], args))
     replies = await _run(redis, calls, wait_replicas, wait_timeout)
     replicas: int | None = None
     if wait_replicas > 0:

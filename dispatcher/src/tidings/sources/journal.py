@@ -85,12 +85,19 @@ async def write(
         argv += (uid, value)
     argv += batch.objects_deleted
     for event_position, event in batch.events:
-        argv += (event_position, encode(event, 0)[keys.FIELD_EVENT])
+        argv += (event_position, event.id, encode(event, 0)[keys.FIELD_EVENT])
     if (batch.objects_set or batch.objects_deleted) and objects_key is None:
         raise ValueError("objects_key is required to change objects")
     state_key = keys.adapter_state(source.namespace, source.name)
     reply = await scripts.JOURNAL_WRITE(
-        redis, keys=[source.stream, state_key, objects_key or state_key], args=argv
+        redis,
+        keys=[
+            source.stream,
+            state_key,
+            objects_key or state_key,
+            keys.event_index(source.namespace, source.name),
+        ],
+        args=argv,
     )
     appended, skipped, first_id, last_id = reply
     return Written(int(appended), int(skipped), text(first_id), text(last_id))

@@ -2,10 +2,15 @@
 -- lag, pending, retries, updated) and read its counts
 -- (tidings.dispatcher.backoff_state).
 -- KEYS: [1] the source's stream, [2] trigger state HASH, [3] retry ZSET, [4] parked
---   ZSET, [5] dead-letter stream.
--- ARGV: [1] group, [2] paused "1"/"0", [3] now ms (the publishing replica's clock).
--- Returns {state, lag, pending, retries, parked, dlq length, deadLettered, expired}.
-local lag, pending = 0, 0
+--   ZSET, [5] dead-letter stream, [6] held ZSET.
+-- ARGV: [1] group, [2] paused "1"/"0", [3] now ms (the publishing replica's clock),
+--   [4] the Trigger's maxAge ms, [5] the source's retention maxAge ms (0: unknown).
+-- Returns {state, lag, pending, retries, parked, dlq length, deadLettered, expired,
+--   oldest undelivered ms (0: none), when it will be lost ms (0: none)}: the oldest of
+--   the Trigger's pending, held (retries, parked) and first unread entries, and the
+--   earlier of its maxAge and, for an unread entry, the source's retention.
+local lag, pending, last = 0, 0, nil
+local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if ok then
   for _, g in ipairs(groups) do
@@ -13,6 +18,7 @@ if ok then
     for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
     if info['name'] == ARGV[1] then
       pending = info['pending'] or 0
+      last = info['last-delivered-id']
       if info['lag'] then
         lag = info['lag']
       else  -- unknown after deletions: count, bounded
@@ -30,8 +36,29 @@ elseif state ~= {{BACKOFF}} then
   state = {{DELIVERING}}
 end
 local total = lag + retries + parked
+
+-- The oldest undelivered entry, and when it will be lost.
+local max_age, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local oldest, expires = 0, 0
+local function consider(ms, unread)
+  if not ms or ms <= 0 then return end
+  local lost = ms + max_age
+  if unread and retention > 0 and ms + retention < lost then lost = ms + retention end
+  if oldest == 0 or ms < oldest then oldest = ms end
+  if expires == 0 or lost < expires then expires = lost end
+end
+if last then
+  local pel = redis.call('XPENDING', KEYS[1], ARGV[1])
+  if pel[1] > 0 then consider(id_ms(pel[2]), false) end
+  local unread = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
+  if unread then consider(id_ms(unread[1]), true) end
+end
+local held = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+if held[2] then consider(tonumber(held[2]), false) end
+
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
-  {{STATE_RETRIES}}, retries, {{STATE_UPDATED}}, ARGV[3])
+  {{STATE_RETRIES}}, retries, {{STATE_UPDATED}}, ARGV[3], {{STATE_OLDEST}}, oldest,
+  {{STATE_EXPIRES}}, expires)
 local counts = redis.call('HMGET', KEYS[2], {{STATE_DEAD_LETTERED}}, {{STATE_EXPIRED}})
 return {state, total, pending, retries, parked, redis.call('XLEN', KEYS[5]),
-  tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}
+  tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires}

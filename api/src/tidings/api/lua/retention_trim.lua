@@ -2,7 +2,8 @@
 -- a Trigger holds, counting what each Trigger loses unread
 -- (tidings.dispatcher.retention).
 -- KEYS: [1] the source's stream, then per Trigger i (1, 2, ...): [2i] held ZSET,
---   [2i + 1] trigger state HASH.
+--   [2i + 1] trigger state HASH; last, the source's event index ZSET (trimmed with
+--   the stream).
 -- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
 --   entries looked at per call), then [4 + i] the Triggers' group names.
 -- Returns {entries trimmed, then per Trigger: expired now}.
@@ -75,4 +76,5 @@ for i = 5, #ARGV do
   out[#out + 1] = lost
 end
 out[1] = redis.call('XTRIM', KEYS[1], 'MINID', cut)
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', '(' .. parse(cut))
 return out
