@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything the integration tests and the demo need, for real: Redis,
+# Everything the integration tests and the demo need, for real: Redis (and a
+# TLS-only, ACL-only second one),
 # PostgreSQL, a Kubernetes control plane and an S3 server (Versity Gateway),
 # each on free loopback ports.
 #
@@ -8,7 +9,7 @@
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-COMPONENTS=(redis postgres control-plane s3)
+COMPONENTS=(redis redis-tls postgres control-plane s3)
 
 # A fresh CI machine has none of the servers (nor a browser); Debian packages them all
 # (kube-apiserver and Versity Gateway are built from Go modules instead, by

@@ -19,6 +19,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from secure_redis import TlsRedis
+
 _HOW_TO_START = "start it with `hack/test-env.sh up` and export its env, or run hack/test.sh"
 
 
@@ -47,6 +49,28 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def tls_redis() -> TlsRedis:
+    def env(name: str) -> str:
+        value = os.environ.get(name)
+        if not value:
+            pytest.fail(
+                f"the TLS+ACL Redis is not running: `hack/redis-tls.sh up` (hack/test-env.sh "
+                f"starts it) and export its env ({name} is not set)",
+                pytrace=False,
+            )
+        return value
+
+    return TlsRedis(
+        url=env("REDIS_TLS_URL"),
+        username=env("REDIS_TLS_USERNAME"),
+        password=env("REDIS_TLS_PASSWORD"),
+        ca_file=env("REDIS_TLS_CA_FILE"),
+        client_cert_file=env("REDIS_TLS_CLIENT_CERT_FILE"),
+        client_key_file=env("REDIS_TLS_CLIENT_KEY_FILE"),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
-from tidings.api.settings import SettingsError
+from tidings.api.settings import RedisConnection, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,17 @@ POOL_SIZE = 10_000
 POOL_WAIT = 5.0
 
 
-def connect_redis(url: str, *, cluster: bool = False, **options: Any) -> Redis:
-    """A client for `url`: a Redis Cluster client when `cluster` (any node's URL).
-    `options` go to the connection pool (e.g. socket_timeout)."""
+def connect_redis(target: str | RedisConnection, *, cluster: bool = False, **options: Any) -> Redis:
+    """A client for `target` (a URL, or a RedisConnection with the ACL user,
+    password and TLS files of the process's settings): a Redis Cluster client
+    when `cluster` (any node's URL). `options` go to the connection pool (e.g.
+    socket_timeout)."""
+    connection = target if isinstance(target, RedisConnection) else RedisConnection(target)
+    options = {**connection.options(), **options}
     if cluster:
-        return RedisCluster.from_url(url)  # type: ignore[return-value]
+        return RedisCluster.from_url(connection.url, **options)  # type: ignore[return-value]
     options.setdefault("socket_connect_timeout", 5)
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **options
-    )
+    options.setdefault("max_connections", POOL_SIZE)
+    options.setdefault("timeout", POOL_WAIT)
+    pool = BlockingConnectionPool.from_url(connection.url, **options)
     return Redis.from_pool(pool)

@@ -96,12 +96,123 @@ class CommonSettings(LogSettings):
         example="redis://127.0.0.1:6379/0",
     )
 
+    redis_username: str = setting(
+        "--redis-username", "REDIS_USERNAME", "", "Redis ACL user (with REDIS_PASSWORD)"
+    )
+    redis_password: str = setting(
+        None, "REDIS_PASSWORD", "", "Redis password (of the ACL user, or requirepass)"
+    )
+    redis_tls_ca_file: str = setting(
+        "--redis-tls-ca-file",
+        "REDIS_TLS_CA_FILE",
+        "",
+        "PEM CA bundle that signs Redis's certificate (rediss:// URLs; default: the system CAs)",
+        metavar="PATH",
+    )
+    redis_tls_ca: str = setting(
+        None, "REDIS_TLS_CA", "", "the same CA bundle as PEM text (source adapters get it so)"
+    )
+    redis_tls_cert_file: str = setting(
+        "--redis-tls-cert-file",
+        "REDIS_TLS_CERT_FILE",
+        "",
+        "client certificate (PEM) for a Redis with tls-auth-clients",
+        metavar="PATH",
+    )
+    redis_tls_key_file: str = setting(
+        "--redis-tls-key-file", "REDIS_TLS_KEY_FILE", "", "its private key (PEM)", metavar="PATH"
+    )
+
     def require_redis_url(self) -> str:
         if not self.redis_url:
             raise SettingsError(
                 "--redis-url (or REDIS_URL) is required, e.g. redis://127.0.0.1:6379/0"
             )
         return self.redis_url
+
+    def redis_connection(self) -> RedisConnection:
+        """Where and how to connect to Redis: the URL, the ACL user and password,
+        TLS files; SettingsError naming the setting when they do not fit together."""
+        url = self.require_redis_url()
+        connection = RedisConnection(
+            url=url,
+            username=self.redis_username,
+            password=self.redis_password,
+            ca_file=self.redis_tls_ca_file,
+            ca_data=self.redis_tls_ca,
+            cert_file=self.redis_tls_cert_file,
+            key_file=self.redis_tls_key_file,
+        )
+        connection.check()
+        return connection
+
+
+@dataclass(frozen=True)
+class RedisConnection:
+    """A Redis URL and the credentials that stay out of it (tidings.api.process.connect_redis)."""
+
+    url: str
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+    ca_data: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    def check(self) -> None:
+        tls_settings = [
+            name
+            for name, value in (
+                ("REDIS_TLS_CA_FILE", self.ca_file),
+                ("REDIS_TLS_CA", self.ca_data),
+                ("REDIS_TLS_CERT_FILE", self.cert_file),
+                ("REDIS_TLS_KEY_FILE", self.key_file),
+            )
+            if value
+        ]
+        if tls_settings and not self.tls:
+            raise SettingsError(
+                f"{', '.join(tls_settings)} set, but --redis-url is not rediss://: "
+                "use rediss://HOST:PORT/0 to connect with TLS"
+            )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise SettingsError(
+                "REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together: set both or neither"
+            )
+        if self.username and not self.password:
+            raise SettingsError(
+                f"REDIS_USERNAME={self.username!r} without REDIS_PASSWORD: set the ACL user's "
+                "password in REDIS_PASSWORD"
+            )
+        for name, path in (
+            ("REDIS_TLS_CA_FILE", self.ca_file),
+            ("REDIS_TLS_CERT_FILE", self.cert_file),
+            ("REDIS_TLS_KEY_FILE", self.key_file),
+        ):
+            if path and not os.path.isfile(path):
+                raise SettingsError(f"{name}={path!r}: no such file")
+
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of redis-py's connection for these settings."""
+        options: dict[str, Any] = {}
+        if self.username:
+            options["username"] = self.username
+        if self.password:
+            options["password"] = self.password
+        if self.tls:
+            options["ssl_cert_reqs"] = "required"
+            if self.ca_file:
+                options["ssl_ca_certs"] = self.ca_file
+            if self.ca_data:
+                options["ssl_ca_data"] = self.ca_data
+            if self.cert_file:
+                options["ssl_certfile"] = self.cert_file
+                options["ssl_keyfile"] = self.key_file
+        return options
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manife
 from tidings.api.process import connect_redis, parse_listen
 from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
 from tidings.api.sealing import Sealer, StableSealer
-from tidings.api.settings import ServeSettings, add_arguments, load, setting
+from tidings.api.settings import RedisConnection, ServeSettings, add_arguments, load, setting
 from tidings.api.types import EventSourceSpec
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
@@ -336,6 +336,8 @@ class DevOptions:
     paths: list[Path]
     listen: str = "0.0.0.0:8080"
     redis_url: str | None = None
+    # REDIS_URL's user, password and TLS settings (None: the private redis-server).
+    redis: RedisConnection | None = None
     state: Path = Path(".tidings")
     services: LocalServices = field(default_factory=LocalServices)
     poll_interval: float = POLL_INTERVAL
@@ -374,7 +376,8 @@ class DevSession:
                 f"tidings dev: started redis-server on {redis_url} "
                 f"(AOF on, data in {self.state / 'dev-redis'})"
             )
-        self.redis = connect_redis(redis_url, socket_timeout=5)
+        target = options.redis if options.redis is not None and options.redis_url else redis_url
+        self.redis = connect_redis(target, socket_timeout=5)
         await self.redis.ping()
         await self.reload(initial=True)
         self.watcher = TableWatcher(self.redis, resync_interval=5)
@@ -597,6 +600,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load(DevSettings, args)
         parse_listen(settings.listen)
         services = LocalServices.parse(settings.services)
+        redis = settings.redis_connection() if settings.redis_url else None
     except ValueError as bad:
         print(f"tidings dev: {bad}", file=sys.stderr)
         return 2
@@ -609,6 +613,7 @@ def run(args: argparse.Namespace) -> int:
         paths=paths,
         listen=settings.listen,
         redis_url=settings.redis_url,
+        redis=redis,
         state=Path(settings.state_dir),
         services=services,
     )

@@ -96,7 +96,7 @@ def _sealer(key_file: str) -> Sealer:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load(DispatcherSettings, args)
-        settings.require_redis_url()
+        settings.redis_connection()
         host, port = parse_listen(settings.listen)
     except SettingsError as error:
         raise SystemExit(f"tidings dispatcher: {error}") from None
@@ -104,9 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
-    redis_url = settings.require_redis_url()
     consumer_name = settings.consumer_name or default_consumer_name()
-    redis = connect_redis(redis_url, cluster=settings.redis_cluster)
+    redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     watcher = TableWatcher(redis)
     registry = CollectorRegistry()
     sealer = _sealer(settings.seal_key_file)

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
-from tidings.api.process import parse_listen
+from tidings.api.process import connect_redis, parse_listen
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
@@ -145,6 +144,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         try:
             settings = load(SourceSettings, args)
+            if settings.redis_url:
+                settings.redis_connection()
         except SettingsError as error:
             raise UsageError(str(error)) from None
         return asyncio.run(run(args, settings))
@@ -340,7 +341,7 @@ async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
     still_wanted = None
     if api is not None and args.kind == "postgres":
         still_wanted = eventsource_still_wanted(api, namespace, name)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect_redis(settings.redis_connection())
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -56,6 +56,10 @@ class AdapterSettings:
 
     image: str
     redis_url: str
+    # The rest of the operator's Redis settings the adapters need (REDIS_USERNAME,
+    # REDIS_PASSWORD, REDIS_TLS_CA as PEM): they run in other namespaces, without
+    # the operator's files, so the values travel in their config Secret.
+    redis_env: Mapping[str, str] = field(default_factory=dict)
     service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
     # The adapter container's resources (a Postgres adapter is one Python
@@ -205,7 +209,7 @@ def adapter_config_secret(
             "labels": labels(source, "adapter-config"),
             "ownerReferences": [owner_reference("EventSource", source, uid)],
         },
-        "stringData": {REDIS_URL_KEY: settings.redis_url},
+        "stringData": {REDIS_URL_KEY: settings.redis_url, **settings.redis_env},
     }
 
 
@@ -286,7 +290,9 @@ def adapter_deployment(
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     # The config Secret's content is hashed into the pod template: a new Redis URL rolls it.
-    config_hash = hashlib.sha256(settings.redis_url.encode()).hexdigest()[:16]
+    config_hash = _hash({REDIS_URL_KEY: settings.redis_url, **settings.redis_env})
+    if not settings.redis_env:  # as before the Redis settings: no needless roll on upgrade
+        config_hash = hashlib.sha256(settings.redis_url.encode()).hexdigest()[:16]
     annotations = {
         "tidings.dev/config-hash": config_hash,
         "prometheus.io/scrape": "true",

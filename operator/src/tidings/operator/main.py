@@ -17,16 +17,23 @@ import logging
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import kopf
 import kubernetes.client  # type: ignore[import-untyped]
-import redis.asyncio as aioredis
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
 from tidings.api import sealing
-from tidings.api.process import wait_until_reachable
-from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
+from tidings.api.process import connect_redis, wait_until_reachable
+from tidings.api.settings import (
+    CommonSettings,
+    RedisConnection,
+    SettingsError,
+    add_arguments,
+    load,
+    setting,
+)
 from tidings.operator import handlers, orphans, peering
 from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
 from tidings.operator.context import Context, Settings
@@ -196,6 +203,11 @@ def run(args: argparse.Namespace) -> int:
     if not options.redis_url:
         log.error("no Redis: pass --redis-url or set REDIS_URL")
         return 2
+    try:
+        adapter_redis_env(options.redis_connection())
+    except (SettingsError, OSError) as error:
+        log.error("%s", error)
+        return 2
     if options.adapter_resources:
         try:
             parse_resources(options.adapter_resources)
@@ -228,6 +240,7 @@ def settings_from(options: OperatorSettings) -> Settings:
         adapters=AdapterSettings(
             image=options.image,
             redis_url=options.adapter_redis_url or options.require_redis_url(),
+            redis_env=adapter_redis_env(options.redis_connection()),
             service_account=options.adapter_service_account or None,
             image_pull_policy=options.adapter_image_pull_policy,
             resources=(
@@ -244,6 +257,18 @@ def settings_from(options: OperatorSettings) -> Settings:
         cleanup_attempts=max(1, options.cleanup_attempts),
         wal_check_interval=options.wal_check_interval,
     )
+
+
+def adapter_redis_env(connection: RedisConnection) -> dict[str, str]:
+    """What source adapters need of the operator's own Redis settings (their
+    config Secret's keys): the ACL user, the password, the CA bundle as PEM."""
+    env = {"REDIS_USERNAME": connection.username, "REDIS_PASSWORD": connection.password}
+    ca = connection.ca_data
+    if connection.ca_file:
+        ca = Path(connection.ca_file).read_text()
+    if connection.tls and ca:
+        env["REDIS_TLS_CA"] = ca
+    return {name: value for name, value in env.items() if value}
 
 
 async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
@@ -274,10 +299,8 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     # wait, do not crash into a restart loop.
     await wait_until_reachable("the Kubernetes API", lambda: _api_version(configuration))
     kube = Kube(configuration)
-    redis = aioredis.Redis(
-        connection_pool=aioredis.BlockingConnectionPool.from_url(
-            options.require_redis_url(), max_connections=REDIS_CONNECTIONS, timeout=None
-        )
+    redis = connect_redis(
+        options.redis_connection(), max_connections=REDIS_CONNECTIONS, timeout=None
     )
     namespaces: list[str] = options.namespaces
     priority = options.priority if options.priority is not None else random.randint(1, 2**31 - 1)
