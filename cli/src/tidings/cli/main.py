@@ -20,6 +20,8 @@ COMMANDS = {
     "source": "tidings.sources.cli",
     "replay": "tidings.cli.replay",
     "console": "tidings.cli.console",
+    "tail": "tidings.cli.tail",
+    "trace": "tidings.cli.trace",
 }
 
 

@@ -65,6 +65,29 @@ class Filter:
                 return False
         return True
 
+    def explain(self, event: dict[str, Any]) -> str | None:
+        """None when `event` passes; else the clause that drops it, named as in the
+        Trigger's spec (`tidings trace`). Off the hot path: `__call__` is the fast one."""
+        if self.types and event.get("type") not in self.types:
+            wanted = ", ".join(sorted(self.types))
+            return f"filter.types: type {event.get('type')!r} is not one of [{wanted}]"
+        for name, value in self.attributes.items():
+            actual = _attribute(event, name)
+            if actual != value:
+                return f"filter.attributes.{name}: {actual!r} is not {value!r}"
+        for name, start in self.prefix.items():
+            actual = _attribute(event, name)
+            if actual is None or not actual.startswith(start):
+                return f"filter.prefix.{name}: {actual!r} does not start with {start!r}"
+        if self._program is not None:
+            try:
+                result = self._program.execute({"event": event})
+            except Exception as error:
+                return f"filter.expression: {self.expression!r} failed: {error}"
+            if result is not True:
+                return f"filter.expression: {self.expression!r} is {result!r}"
+        return None
+
 
 _EVENT_FIELD = re.compile(r"\bevent\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
 _EVENT_ANY = re.compile(r"\bevent\b")

@@ -108,7 +108,7 @@ async def append(
         args = [window_ms]
         for event in chunk:
             fields = encode(event, now_ms)
-            args += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME]]
+            args += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME], event.id]
         index = keys.event_index(source.namespace, source.name)
         calls.append(([source.stream, index, *(dedupe_key(source, e) for e in chunk)], args))
     replies = await _run(redis, calls, wait_replicas, wait_timeout)
