@@ -72,10 +72,12 @@ make_pki() {
   chmod 600 "$DIR/password"
 }
 
+# TLS_REDIS_*, not REDIS_*: the REDIS_* names are the settings every Tidings
+# process reads, and the tests' other processes must keep using plain Redis.
 print_env() {
-  echo "export REDIS_TLS_URL=rediss://127.0.0.1:$(port)/0 REDIS_TLS_USERNAME=$USER_NAME" \
-    "REDIS_TLS_PASSWORD=$(password) REDIS_TLS_CA_FILE=$DIR/ca.crt" \
-    "REDIS_TLS_CLIENT_CERT_FILE=$DIR/client.crt REDIS_TLS_CLIENT_KEY_FILE=$DIR/client.key"
+  echo "export TLS_REDIS_URL=rediss://127.0.0.1:$(port)/0 TLS_REDIS_USERNAME=$USER_NAME" \
+    "TLS_REDIS_PASSWORD=$(password) TLS_REDIS_CA_FILE=$DIR/ca.crt" \
+    "TLS_REDIS_CLIENT_CERT_FILE=$DIR/client.crt TLS_REDIS_CLIENT_KEY_FILE=$DIR/client.key"
 }
 
 up() {

@@ -64,12 +64,12 @@ def tls_redis() -> TlsRedis:
         return value
 
     return TlsRedis(
-        url=env("REDIS_TLS_URL"),
-        username=env("REDIS_TLS_USERNAME"),
-        password=env("REDIS_TLS_PASSWORD"),
-        ca_file=env("REDIS_TLS_CA_FILE"),
-        client_cert_file=env("REDIS_TLS_CLIENT_CERT_FILE"),
-        client_key_file=env("REDIS_TLS_CLIENT_KEY_FILE"),
+        url=env("TLS_REDIS_URL"),
+        username=env("TLS_REDIS_USERNAME"),
+        password=env("TLS_REDIS_PASSWORD"),
+        ca_file=env("TLS_REDIS_CA_FILE"),
+        client_cert_file=env("TLS_REDIS_CLIENT_CERT_FILE"),
+        client_key_file=env("TLS_REDIS_CLIENT_KEY_FILE"),
     )
 
 
