@@ -175,3 +175,64 @@ async def test_events_flow_and_the_data_planes_state_reaches_status(
     await eventually(
         lambda: any(e["reason"] == "BackoffEnded" for e in cluster.events("t")), within=10
     )
+
+
+async def test_a_failing_filter_expression_is_counted_in_status_and_raises_filter_errors(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    subscriber: Subscriber,
+    dispatcher: tuple[str, Path],
+) -> None:
+    ns = cluster.namespace
+    base, _ = dispatcher
+
+    def filtered_trigger(expression: str) -> dict[str, object]:
+        return {
+            "apiVersion": "tidings.dev/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": "t"},
+            "spec": {
+                "source": "users",
+                "filter": {"expression": expression},
+                "subscriber": {"uri": f"http://127.0.0.1:{subscriber.port}/hook"},
+            },
+        }
+
+    # `plan` is a string: comparing it with a number is a type error on every event.
+    cluster.apply(http_source("users"), filtered_trigger("event.data.plan > 3"))
+    await eventually(  # generous: the operator starts in ~15 s on a loaded 2-core machine
+        lambda: (cluster.condition("trigger", "t", "Ready") or {}).get("status") == "True",
+        within=90,
+    )
+    token_secret = cluster.get("secret", "users-ingest-token") or {}
+    token = base64.b64decode(token_secret["data"]["token"]).decode()
+    for _ in range(4):
+        assert await post_event(base, ns, token) == 202
+
+    def delivery() -> dict[str, object]:
+        return ((cluster.get("trigger", "t") or {}).get("status") or {}).get("delivery") or {}
+
+    def filter_errors() -> dict[str, object]:
+        return cluster.condition("trigger", "t", "FilterErrors") or {}
+
+    await eventually(lambda: delivery().get("filterErrors") == 4, within=30)
+    last = delivery()["lastFilterError"]
+    assert isinstance(last, dict) and last["reason"] == "type"
+    assert "No such overload" in str(last["message"])
+    assert delivery()["deadLettered"] == 4  # kept, for a replay once fixed
+    await eventually(lambda: filter_errors().get("status") == "True", within=20)
+    assert filter_errors()["reason"] == "FilterErrors"
+    assert f"tidings replay {ns}/t --all" in str(filter_errors()["message"])
+    assert (cluster.condition("trigger", "t", "Ready") or {}).get("status") == "True"
+    await eventually(
+        lambda: any(e["reason"] == "FilterErrors" for e in cluster.events("t")), within=10
+    )
+    assert subscriber.received == []
+
+    # Fixed: the window starts afresh, the condition clears, events flow.
+    cluster.apply(filtered_trigger('event.data.plan == "pro"'))
+    await eventually(lambda: filter_errors().get("status") == "False", within=30)
+    assert filter_errors()["reason"] == "FilterEvaluates"
+    assert await post_event(base, ns, token) == 202
+    await eventually(lambda: len(subscriber.received) == 1, within=20)
+    assert delivery()["filterErrors"] == 4  # the total stays

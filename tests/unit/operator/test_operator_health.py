@@ -125,3 +125,35 @@ def test_entering_and_leaving_backoff_are_events_and_nothing_else_is() -> None:
     assert health.backoff_transition("Backoff", "Backoff", failing) is None
     assert health.backoff_transition("Delivering", "Paused", None) is None
     assert health.backoff_transition(None, "Delivering", None) is None
+
+
+def test_the_filter_counts_and_window_are_parsed_from_the_state_hash() -> None:
+    raw = {
+        keys.STATE_STATE: "Delivering",
+        keys.STATE_FILTER_ERRORS: "7",
+        keys.STATE_FILTER_LAST_REASON: "function",
+        keys.STATE_FILTER_LAST_MESSAGE: "Function 'int' error",
+        keys.STATE_FILTER_SPAN_CHECKED: "4",
+        keys.STATE_FILTER_SPAN_ERRORS: "3",
+        keys.STATE_FILTER_PREVIOUS_CHECKED: "6",
+        keys.STATE_FILTER_PREVIOUS_ERRORS: "4",
+    }
+    reading = health.parse(raw)
+    assert reading is not None
+    assert (reading.filter_errors, reading.filter_error_reason) == (7, "function")
+    assert (reading.filter_recent_checked, reading.filter_recent_errors) == (10, 7)
+    assert reading.filter_failing() is True
+    assert health.parse({keys.STATE_STATE: "Delivering"}).filter_failing() is None  # type: ignore[union-attr]
+
+
+def test_a_filter_turning_failing_is_shown_at_once_new_errors_within_seconds() -> None:
+    quiet = Reading(state="Delivering", filter_recent_checked=10, filter_recent_errors=0)
+    failing = Reading(
+        state="Delivering", filter_errors=8, filter_recent_checked=10, filter_recent_errors=8
+    )
+    assert health.settle(quiet, failing, since_write=0.1) == failing
+    more = Reading(
+        state="Delivering", filter_errors=9, filter_recent_checked=11, filter_recent_errors=9
+    )
+    assert health.settle(failing, more, since_write=0.1) == failing
+    assert health.settle(failing, more, since_write=health.COUNTERS_INTERVAL) == more

@@ -402,3 +402,61 @@ def test_the_operators_own_wal_reading_counts_while_the_adapter_is_down() -> Non
             "RetainedWalOverThreshold",
         )
         assert by["Ready"].status != "True"
+
+
+# --- FilterErrors ---------------------------------------------------------------------
+
+
+def filtering(checked: int | None, errors: int | None) -> Reading:
+    return Reading(
+        state="Delivering",
+        lag=0,
+        filter_errors=errors,
+        filter_error_reason="type",
+        filter_error_message="No such overload",
+        filter_recent_checked=checked,
+        filter_recent_errors=errors,
+    )
+
+
+def test_a_filter_failing_on_most_events_raises_filter_errors_naming_the_fix() -> None:
+    failing = by_type(build(facts(has_expression=True, name="mail", reading=filtering(10, 6))))
+    condition = failing["FilterErrors"]
+    assert (condition["status"], condition["reason"]) == ("True", "FilterErrors")
+    assert "type: No such overload" in condition["message"]
+    assert "tidings replay shop/mail --all" in condition["message"]
+    assert failing["Ready"]["status"] == "True"  # routed: the expression compiles
+
+
+def test_a_filter_failing_on_a_minority_or_nothing_is_filter_errors_false() -> None:
+    for checked, errors in ((10, 5), (10, 0), (0, 0)):
+        condition = by_type(build(facts(has_expression=True, reading=filtering(checked, errors))))
+        assert condition["FilterErrors"]["status"] == "False", (checked, errors)
+        assert condition["FilterErrors"]["reason"] == "FilterEvaluates"
+
+
+def test_filter_errors_is_unknown_before_a_report_and_absent_without_expression() -> None:
+    unknown = by_type(build(facts(has_expression=True, reading=filtering(None, None))))
+    assert unknown["FilterErrors"]["status"] == "Unknown"
+    assert "FilterErrors" not in by_type(build(facts(reading=filtering(10, 9))))
+    broken = CompileError("InvalidFilter", "spec.filter.expression: bad")
+    assert "FilterErrors" not in by_type(
+        build(facts(has_expression=True, compile_error=broken, reading=filtering(10, 9)))
+    )
+
+
+def test_the_filter_error_count_and_last_error_are_in_status_delivery() -> None:
+    delivery = build(facts(has_expression=True, reading=filtering(10, 6))).to_wire()["delivery"]
+    assert delivery["filterErrors"] == 6
+    assert delivery["lastFilterError"] == {"reason": "type", "message": "No such overload"}
+
+
+def test_filter_errors_turning_true_is_one_warning() -> None:
+    before = build(facts(has_expression=True, reading=filtering(10, 0))).conditions
+    wanted = status.trigger_conditions(
+        facts(has_expression=True, reading=filtering(10, 9)), stale_after=120
+    )
+    posted = status.warnings(before, wanted, types=("FilterErrors",))
+    assert [w.reason for w in posted] == ["FilterErrors"]
+    after = build(facts(has_expression=True, reading=filtering(10, 9))).conditions
+    assert status.warnings(after, wanted, types=("FilterErrors",)) == []

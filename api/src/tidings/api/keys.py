@@ -174,6 +174,20 @@ STATE_PROBE_INTERVAL = "probeInterval"  # Backoff: current probe interval, ms
 STATE_UPDATED = "updated"  # ms since epoch of the last publish
 STATE_OLDEST = "oldestUndelivered"  # ms since epoch the oldest undelivered event was stored; 0
 STATE_EXPIRES = "expiresAt"  # ms since epoch it hits maxAge or retention; 0: nothing undelivered
+# The filter expression (tidings.dispatcher.filtering, docs/filters.md): evaluations and
+# failures (counters), the last failure, and a sliding window of two spans for the
+# FilterErrors condition (the current span since its start, and the span before it).
+STATE_FILTER_CHECKED = "filterChecked"  # events the expression evaluated (counter)
+STATE_FILTER_ERRORS = "filterErrors"  # evaluations that failed: dead-lettered (counter)
+STATE_FILTER_LAST_TIME = "filterLastErrorTime"  # RFC 3339
+STATE_FILTER_LAST_REASON = "filterLastErrorReason"  # type | function | arithmetic | result | other
+STATE_FILTER_LAST_MESSAGE = "filterLastErrorMessage"
+STATE_FILTER_GENERATION = "filterGeneration"  # the route generation the window counts
+STATE_FILTER_SPAN_START = "filterSpanStart"  # ms since epoch (Redis's clock)
+STATE_FILTER_SPAN_CHECKED = "filterSpanChecked"
+STATE_FILTER_SPAN_ERRORS = "filterSpanErrors"
+STATE_FILTER_PREVIOUS_CHECKED = "filterPreviousChecked"
+STATE_FILTER_PREVIOUS_ERRORS = "filterPreviousErrors"
 
 # --- trigger_state's `state` values ---
 DELIVERING = "Delivering"

@@ -862,6 +862,14 @@ class LastFailure(ApiModel):
     message: str | None = None
 
 
+class LastFilterError(ApiModel):
+    time: str | None = None
+    reason: str | None = Field(
+        None, description="type | function | arithmetic | result | other (docs/filters.md)."
+    )
+    message: str | None = None
+
+
 # What the dispatchers report (tidings.api.keys.STATE_STATE); Paused also
 # at once from spec.paused. No `Idle`: "nothing to deliver" is `lag: 0`.
 DeliveryState = Literal["Delivering", "Backoff", "Paused"]
@@ -877,6 +885,12 @@ class DeliveryStatus(ApiModel):
     dead_lettered: int | None = None
     expired: int | None = Field(None, description="Events trimmed by retention undelivered.")
     last_failure: LastFailure | None = None
+    filter_errors: int | None = Field(
+        None,
+        description="Events the filter expression failed on (not a missing field): "
+        "dead-lettered, see docs/filters.md.",
+    )
+    last_filter_error: LastFilterError | None = None
 
 
 class ObjectStatus(ApiModel):

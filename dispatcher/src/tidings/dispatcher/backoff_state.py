@@ -29,11 +29,14 @@ from redis.asyncio import Redis
 from tidings.api import keys, scripts
 from tidings.api.routes import Route
 from tidings.api.text import text
+from tidings.dispatcher.filtering import FilterCounts
 
 # Consecutive failed attempts (across replicas) that put a Trigger in Backoff.
 FAILURES_TO_BACKOFF = 5
 # Longest interval between probes, whatever the Trigger's maxDelay.
 PROBE_MAX = 300.0
+# The span of the filter window (two spans: the current and the one before), seconds.
+FILTER_SPAN = 60.0
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,18 @@ class BackoffState:
     async def recover(self) -> int:
         return int(await scripts.BACKOFF_RECOVER(self.redis, keys=[self.state_key, self.retry_key]))
 
-    async def publish(self, retention_max_age: float = 0.0) -> Published:
-        """Refresh the state HASH; `retention_max_age` (seconds) is the source's."""
+    async def publish(
+        self,
+        retention_max_age: float = 0.0,
+        filtered: FilterCounts | None = None,
+        *,
+        generation: int = 0,
+        filter_span: float = FILTER_SPAN,
+    ) -> Published:
+        """Refresh the state HASH; `retention_max_age` (seconds) is the source's;
+        `filtered` adds the filter expression's counts since the last publish, of the
+        route `generation` they were taken under."""
+        counts = filtered or FilterCounts()
         raw: list[Any] = await scripts.BACKOFF_PUBLISH(
             self.redis,
             keys=[
@@ -116,6 +129,13 @@ class BackoffState:
                 int(time.time() * 1000),
                 int(self.route.delivery.max_age * 1000),
                 int(retention_max_age * 1000),
+                generation,
+                counts.checked,
+                counts.failed,
+                counts.last_time,
+                counts.last_reason,
+                counts.last_message,
+                _ms(filter_span),
             ],
         )
         return Published(text(raw[0]), *(int(v) for v in raw[1:]))

@@ -54,7 +54,12 @@ from tidings.api.table import RoutingTable
 from tidings.api.text import text
 from tidings.api.tls import TLSConfigError, client_context
 from tidings.dispatcher import attemptlog, deadletter, retention
-from tidings.dispatcher.backoff_state import FAILURES_TO_BACKOFF, BackoffState
+from tidings.dispatcher.backoff_state import (
+    FAILURES_TO_BACKOFF,
+    FILTER_SPAN,
+    BackoffState,
+    Published,
+)
 from tidings.dispatcher.cursor import (
     Cursor,
     Entry,
@@ -65,7 +70,7 @@ from tidings.dispatcher.cursor import (
     Outcome,
 )
 from tidings.dispatcher.delivery import Result, build_request, send, signing_key
-from tidings.dispatcher.filtering import Filter
+from tidings.dispatcher.filtering import Filter, FilterCounts, FilterFailed
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
 from tidings.dispatcher.retry import Failure, decide, is_retryable
 from tidings.dispatcher.routing import TableWatcher
@@ -114,12 +119,15 @@ class Verdict(StrEnum):
     DEAD_FAILED = "dead_failed"  # failed, and no attempt or time is left for another
     EXPIRED = "expired"  # dead-lettered unsent: maxAge passed before delivery
     UNREADABLE = "unreadable"  # dead-lettered unsent: the stored entry is no CloudEvent
+    FILTER_FAILED = "filter_failed"  # dead-lettered unsent: the filter expression failed on it
 
 
 # The subscriber answered (it is up), or it did not (it counts toward Backoff).
 ANSWERED = frozenset({Verdict.DELIVERED, Verdict.DEAD_ANSWERED})
 FAILED = frozenset({Verdict.RETRIED, Verdict.DEAD_FAILED})
-DEAD_LETTERED = frozenset({Verdict.DEAD_ANSWERED, Verdict.DEAD_FAILED, Verdict.EXPIRED})
+DEAD_LETTERED = frozenset(
+    {Verdict.DEAD_ANSWERED, Verdict.DEAD_FAILED, Verdict.EXPIRED, Verdict.FILTER_FAILED}
+)
 
 
 # The attempt log's outcome of each verdict (a filtered-out event made no attempt).
@@ -130,6 +138,7 @@ LOGGED: dict[Verdict, AttemptOutcome] = {
     Verdict.DEAD_FAILED: AttemptOutcome.DEAD,
     Verdict.EXPIRED: AttemptOutcome.EXPIRED,
     Verdict.UNREADABLE: AttemptOutcome.DEAD,
+    Verdict.FILTER_FAILED: AttemptOutcome.DEAD,
 }
 
 
@@ -239,6 +248,8 @@ class TriggerWorker:
         self._wake = asyncio.Event()
         self._flush_wake = asyncio.Event()
         self._filter_spec: Any = None
+        # Counts of a replaced filter not yet published: (its route generation, counts).
+        self._replaced_counts: tuple[int, FilterCounts] | None = None
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._config_error: str | None = None
@@ -257,8 +268,11 @@ class TriggerWorker:
         self._config_error = None
         if route.filter != self._filter_spec:
             try:
+                replaced = getattr(self, "filter", None)
                 self.filter = Filter(route.filter)
                 self._filter_spec = route.filter
+                if replaced is not None:
+                    self._keep_replaced_counts(replaced.take_counts())
             except ValueError as error:
                 self._config_error = f"filter.expression: {error}"
                 log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
@@ -276,7 +290,40 @@ class TriggerWorker:
         self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
         self.local_limit = max(1, min(route.delivery.concurrency, self.dispatcher.max_in_flight))
         self.refill = max(1, min(self.dispatcher.batch, self.local_limit) // 2)
+        self.generation = route.generation
         self._wake.set()
+
+    def _keep_replaced_counts(self, counts: FilterCounts) -> None:
+        if not counts.checked:
+            return
+        if self._replaced_counts is not None:
+            self._replaced_counts[1].checked += counts.checked
+            self._replaced_counts[1].failed += counts.failed
+        else:
+            self._replaced_counts = (self.generation, counts)
+
+    async def publish(self, retention_max_age: float) -> Published:
+        """Publish the Trigger's state and the filter's counts since the last publish
+        (a replaced filter's first, under its own generation); counts that could not
+        be published are kept for the next time."""
+        if self._replaced_counts is not None:
+            generation, counts = self._replaced_counts
+            self._replaced_counts = None
+        else:
+            generation, counts = self.generation, self.filter.take_counts()
+        try:
+            return await self.backoff.publish(
+                retention_max_age,
+                counts,
+                generation=generation,
+                filter_span=self.dispatcher.filter_span,
+            )
+        except BaseException:
+            if generation == self.generation:
+                self.filter.add_counts(counts)
+            else:
+                self._keep_replaced_counts(counts)
+            raise
 
     def _load_credentials(self, route: Route) -> None:
         """delivery.auth, headersFrom and tls, unsealed. The values are never
@@ -470,8 +517,11 @@ class TriggerWorker:
         event = stored_event(entry)
         if isinstance(event, Done):
             return event
-        if not self.filter(event):
-            return Done(Outcome(Op.OK, entry), Verdict.FILTERED)
+        try:
+            if not self.filter(event):
+                return Done(Outcome(Op.OK, entry), Verdict.FILTERED)
+        except FilterFailed as failure:
+            return self._filter_failed(entry, event, failure)
         age = time.time() - entry.ingested_ms / 1000
         if age > delivery.max_age:
             message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
@@ -511,6 +561,15 @@ class TriggerWorker:
         if hook is not None:
             hook(route, event, result, done.outcome.op)
         return done
+
+    def _filter_failed(self, entry: Entry, event: dict[str, Any], failure: FilterFailed) -> Done:
+        """Dead-letter an event the filter expression failed on (docs/filters.md): kept,
+        counted and visible, for `tidings replay` once the expression is fixed."""
+        if self.metrics is not None:
+            self.metrics.filter_errors[failure.reason].inc()
+        message = f"filter error ({failure.reason}): spec.filter.expression: {failure.message}"
+        outcome = Outcome(Op.DEAD, entry, attempts=entry.attempts, message=message)
+        return Done(outcome, Verdict.FILTER_FAILED, None, event)
 
     def _decide(
         self, entry: Entry, event: dict[str, Any], result: Result, age: float, *, probe: bool
@@ -689,6 +748,7 @@ class Dispatcher:
         failures_to_backoff: int = FAILURES_TO_BACKOFF,
         publish_interval: float = 1.0,
         retention_interval: float = 10.0,
+        filter_span: float = FILTER_SPAN,
         on_attempt: AttemptHook | None = None,
     ) -> None:
         self.redis = redis
@@ -701,6 +761,7 @@ class Dispatcher:
         self.failures_to_backoff = failures_to_backoff
         self.publish_interval = publish_interval
         self.retention_interval = retention_interval
+        self.filter_span = filter_span
         self.on_attempt = on_attempt
         self.replica = attemptlog.replica_name()
         self.workers: dict[str, TriggerWorker] = {}
@@ -777,7 +838,7 @@ class Dispatcher:
                 route = worker.route
                 source = sources.get(keys.source_id(route.namespace, route.source))
                 try:
-                    published = await worker.backoff.publish(
+                    published = await worker.publish(
                         source.retention_max_age if source is not None else 0.0
                     )
                 except (RedisError, OSError) as error:

@@ -3,22 +3,74 @@
 The event is its stored structured-mode JSON object (attributes and
 extensions at the top level, `data` inline). Parts are ANDed, cheapest first:
 types, exact attributes, prefixes, then the CEL expression (the Rust-backed
-`cel` module, ~10 µs an event). An expression that fails on an event (a
-missing field, a type mismatch) does not match it: one odd event must not stop
-a Trigger.
+`cel` module, ~10 µs an event).
+
+An expression can fail on an event (docs/filters.md has the table):
+
+- it reads something the event does not have — a missing attribute or field,
+  a key not in a map, an index past the end of a list: the event does not
+  match. This is the documented no-match class (CEL's `has()` says the same
+  explicitly); such events are filtered out like any other non-match;
+- any other failure — a type mismatch (`"pro" > 3`), a function refusing its
+  argument (`int("x")`), division by zero, an overflow, a result that is not a
+  boolean — raises FilterFailed with a short `reason`. The dispatcher
+  dead-letters that event (never drops it silently, never delivers what the
+  filter could not approve), counts it per Trigger and reports it in status.
+
+The filter counts the events its expression evaluated and the failures;
+the dispatcher takes the counts (`take_counts`) when it publishes the
+Trigger's state.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import cel
 
+from tidings.api.events import now_rfc3339
 from tidings.api.routes import CompiledFilter
 
 log = logging.getLogger(__name__)
+
+# Exceptions the binding raises for a value that is not there: no match.
+ABSENT = (KeyError, IndexError)
+# Every other failure, by the reason it is counted under (bounded label values).
+REASONS: tuple[str, ...] = ("type", "function", "arithmetic", "result", "other")
+
+
+class FilterFailed(Exception):
+    """The expression failed on this event for a reason other than an absent value."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def failure_reason(error: Exception) -> str:
+    """The REASONS value an evaluation error is counted under."""
+    if isinstance(error, TypeError):
+        return "type"  # CEL's "no such overload": the operands' types do not fit
+    if isinstance(error, ArithmeticError):  # division by zero, overflow
+        return "arithmetic"
+    if isinstance(error, RuntimeError):
+        return "function"  # a function refused its argument, or does not exist for it
+    return "other"
+
+
+@dataclass
+class FilterCounts:
+    """Evaluations of the expression and its failures since the last `take_counts`."""
+
+    checked: int = 0
+    failed: int = 0
+    last_time: str = ""  # RFC 3339
+    last_reason: str = ""
+    last_message: str = ""
 
 
 class Filter:
@@ -34,9 +86,11 @@ class Filter:
         self.matches_everything = not (
             self.types or self.attributes or self.prefix or self._program
         )
+        self.counts = FilterCounts()
         self._warned = False
 
     def __call__(self, event: dict[str, Any]) -> bool:
+        """Whether `event` matches; FilterFailed when the expression fails on it."""
         if self.matches_everything:
             return True
         if self.types and event.get("type") not in self.types:
@@ -49,25 +103,13 @@ class Filter:
             if actual is None or not actual.startswith(start):
                 return False
         if self._program is not None:
-            try:
-                if self._needs is not None:
-                    event = {name: event[name] for name in self._needs if name in event}
-                return self._program.execute({"event": event}) is True
-            except Exception as error:  # the binding raises KeyError, TypeError, ValueError...
-                if not self._warned:
-                    self._warned = True
-                    log.info(
-                        "filter expression %r failed on event %s (%s); such events do not match",
-                        self.expression,
-                        event.get("id"),
-                        error,
-                    )
-                return False
+            return self._evaluate(event)
         return True
 
     def explain(self, event: dict[str, Any]) -> str | None:
         """None when `event` passes; else the clause that drops it, named as in the
-        Trigger's spec (`tidings trace`). Off the hot path: `__call__` is the fast one."""
+        Trigger's spec (`tidings trace`). Off the hot path: `__call__` is the fast one,
+        and this one counts nothing."""
         if self.types and event.get("type") not in self.types:
             wanted = ", ".join(sorted(self.types))
             return f"filter.types: type {event.get('type')!r} is not one of [{wanted}]"
@@ -82,11 +124,64 @@ class Filter:
         if self._program is not None:
             try:
                 result = self._program.execute({"event": event})
-            except Exception as error:
-                return f"filter.expression: {self.expression!r} failed: {error}"
+            except ABSENT as error:
+                return f"filter.expression: {self.expression!r} reads {error} the event lacks"
+            except Exception:
+                # Not filtered out: dead-lettered, which the attempt log tells.
+                return None
             if result is not True:
                 return f"filter.expression: {self.expression!r} is {result!r}"
         return None
+
+    def _evaluate(self, event: dict[str, Any]) -> bool:
+        self.counts.checked += 1
+        context = event
+        if self._needs is not None:
+            context = {name: event[name] for name in self._needs if name in event}
+        try:
+            result = self._program.execute({"event": context})  # type: ignore[union-attr]
+        except ABSENT:
+            return False
+        except Exception as error:  # the binding raises TypeError, RuntimeError, ...
+            raise self._failed(event, failure_reason(error), str(error)) from None
+        if isinstance(result, bool):
+            return result
+        kind = type(result).__name__
+        raise self._failed(
+            event,
+            "result",
+            f"the expression returned a {kind}, not a bool; compare it (e.g. == or !=)",
+        )
+
+    def _failed(self, event: dict[str, Any], reason: str, message: str) -> FilterFailed:
+        self.counts.failed += 1
+        self.counts.last_time = now_rfc3339()
+        self.counts.last_reason, self.counts.last_message = reason, message[:500]
+        if not self._warned:
+            self._warned = True  # once per filter version: status and metrics count the rest
+            log.warning(
+                "filter expression %r failed on event %s (%s: %s); such events are "
+                "dead-lettered (docs/filters.md)",
+                self.expression,
+                event.get("id"),
+                reason,
+                message,
+            )
+        return FilterFailed(reason, message[:500])
+
+    def add_counts(self, counts: FilterCounts) -> None:
+        """Count `counts` again (they were taken but could not be published)."""
+        mine = self.counts
+        mine.checked += counts.checked
+        mine.failed += counts.failed
+        if counts.failed and not mine.last_time:
+            mine.last_time, mine.last_reason = counts.last_time, counts.last_reason
+            mine.last_message = counts.last_message
+
+    def take_counts(self) -> FilterCounts:
+        """The counts since the last call, and start counting afresh."""
+        counts, self.counts = self.counts, FilterCounts()
+        return counts
 
 
 _EVENT_FIELD = re.compile(r"\bevent\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")

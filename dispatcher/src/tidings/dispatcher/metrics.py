@@ -9,6 +9,9 @@
     tidings_trigger_dead_letters{trigger}       entries in the Trigger's DLQ stream
     tidings_trigger_expired_total{trigger}      trimmed by retention before delivery
     tidings_trigger_state{trigger,state}        1 for the current state, else 0
+    tidings_filter_errors_total{trigger,reason} events the filter expression failed on
+                                                (dead-lettered; reason type | function |
+                                                arithmetic | result | other, docs/filters.md)
     tidings_delivery_latency_seconds{trigger,attempt}
                                                 stored -> the end of an attempt:
                                                 attempt="first" every event's first attempt
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidings.api import keys
+from tidings.dispatcher.filtering import REASONS
 
 STATES = (keys.DELIVERING, keys.BACKOFF, keys.PAUSED)
 OUTCOMES = ("delivered", "retried", "dead_lettered", "filtered", "unreadable")
@@ -122,6 +126,13 @@ class DispatchMetrics:
             registry=registry,
         )
 
+        self.filter_errors = Counter(
+            "tidings_filter_errors",
+            "Events the Trigger's filter expression failed on (dead-lettered), by reason.",
+            ["trigger", "reason"],
+            registry=registry,
+        )
+
     def of(self, trigger: str) -> TriggerMetrics:
         return TriggerMetrics(
             delivered=self.deliveries.labels(trigger, "delivered"),
@@ -135,6 +146,7 @@ class DispatchMetrics:
             dead_letters=self.dead_letters.labels(trigger),
             expired=self.expired.labels(trigger),
             states={state: self.state.labels(trigger, state) for state in STATES},
+            filter_errors={r: self.filter_errors.labels(trigger, r) for r in REASONS},
             latency_first=self.latency.labels(trigger, "first"),
             latency_final=self.latency.labels(trigger, "final"),
             oldest_age=self.oldest_age.labels(trigger),
@@ -150,6 +162,7 @@ class DispatchMetrics:
                 [(trigger, o) for o in OUTCOMES],
             ),
             (self.state, [(trigger, s) for s in STATES]),
+            (self.filter_errors, [(trigger, r) for r in REASONS]),
             (self.latency, [(trigger, a) for a in ATTEMPTS]),
         ):
             for labels in label_sets:
@@ -182,6 +195,7 @@ class TriggerMetrics:
     dead_letters: Gauge
     expired: Gauge
     states: dict[str, Gauge]
+    filter_errors: dict[str, Counter]
     latency_first: Histogram
     latency_final: Histogram
     oldest_age: Gauge

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from tidings.api import keys
 from tidings.api.text import text
-from tidings.api.types import DeliveryState, DeliveryStatus, LastFailure
+from tidings.api.types import DeliveryState, DeliveryStatus, LastFailure, LastFilterError
 
 # How often settled values may change (seconds since the last delivery write).
 COUNTERS_INTERVAL = 5.0
@@ -50,6 +50,21 @@ class Reading:
     failure_status: int | None = None
     failure_message: str | None = None
     updated_ms: int | None = None  # when a dispatcher last wrote it
+    filter_errors: int | None = None  # events the filter expression failed on, ever
+    filter_error_time: str | None = None
+    filter_error_reason: str | None = None
+    filter_error_message: str | None = None
+    # The filter window (keys.STATE_FILTER_SPAN_*, _PREVIOUS_*): not status fields.
+    filter_recent_checked: int | None = None
+    filter_recent_errors: int | None = None
+
+    def filter_failing(self) -> bool | None:
+        """Whether the filter expression failed on most events of its recent window
+        (None when no dispatcher reported a window yet)."""
+        checked, errors = self.filter_recent_checked, self.filter_recent_errors
+        if checked is None or errors is None:
+            return None
+        return errors > 0 and 2 * errors > checked
 
     def as_status(self) -> DeliveryStatus:
         """The `status.delivery` object (without lastFailure when none is recorded)."""
@@ -62,6 +77,16 @@ class Reading:
             dead_lettered=self.dead_lettered,
             expired=self.expired,
             last_failure=failure if failure != LastFailure() else None,
+            filter_errors=self.filter_errors or None,
+            last_filter_error=(
+                LastFilterError(
+                    time=self.filter_error_time,
+                    reason=self.filter_error_reason,
+                    message=self.filter_error_message,
+                )
+                if self.filter_error_message
+                else None
+            ),
         )
 
     def failure_summary(self) -> str:
@@ -98,7 +123,24 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
         failure_status=_int(fields.get(keys.STATE_LAST_FAILURE_STATUS)),
         failure_message=fields.get(keys.STATE_LAST_FAILURE_MESSAGE) or None,
         updated_ms=_int(fields.get(keys.STATE_UPDATED)),
+        filter_errors=_int(fields.get(keys.STATE_FILTER_ERRORS)),
+        filter_error_time=fields.get(keys.STATE_FILTER_LAST_TIME) or None,
+        filter_error_reason=fields.get(keys.STATE_FILTER_LAST_REASON) or None,
+        filter_error_message=fields.get(keys.STATE_FILTER_LAST_MESSAGE) or None,
+        filter_recent_checked=_sum(
+            fields, keys.STATE_FILTER_SPAN_CHECKED, keys.STATE_FILTER_PREVIOUS_CHECKED
+        ),
+        filter_recent_errors=_sum(
+            fields, keys.STATE_FILTER_SPAN_ERRORS, keys.STATE_FILTER_PREVIOUS_ERRORS
+        ),
     )
+
+
+def _sum(fields: Mapping[str, str], *names: str) -> int | None:
+    """The sum of integer fields, None when the first is absent."""
+    if _int(fields.get(names[0])) is None:
+        return None
+    return sum(_int(fields.get(name)) or 0 for name in names)
 
 
 def from_status(delivery: DeliveryStatus | None) -> Reading | None:
@@ -106,6 +148,7 @@ def from_status(delivery: DeliveryStatus | None) -> Reading | None:
     if delivery is None or delivery == DeliveryStatus():
         return None
     failure = delivery.last_failure or LastFailure()
+    filter_error = delivery.last_filter_error or LastFilterError()
     return Reading(
         state=delivery.state,
         lag=delivery.lag,
@@ -114,6 +157,10 @@ def from_status(delivery: DeliveryStatus | None) -> Reading | None:
         failure_time=failure.time,
         failure_status=failure.status,
         failure_message=failure.message,
+        filter_errors=delivery.filter_errors,
+        filter_error_time=filter_error.time,
+        filter_error_reason=filter_error.reason,
+        filter_error_message=filter_error.message,
     )
 
 
@@ -138,13 +185,20 @@ def settle(previous: Reading | None, fresh: Reading | None, since_write: float) 
     """What to show: `fresh` when it differs meaningfully from `previous` (what status
     shows now), else `previous`. `since_write` is the time since status.delivery was
     last written (infinite when unknown)."""
-    if previous is None or fresh is None or previous.state != fresh.state:
+    if (
+        previous is None
+        or fresh is None
+        or previous.state != fresh.state
+        or previous.filter_failing() != fresh.filter_failing()
+    ):
         return fresh
     fresh = replace(fresh, updated_ms=previous.updated_ms)  # not a status field
     if since_write >= COUNTERS_INTERVAL and (
         (previous.dead_lettered, previous.expired) != (fresh.dead_lettered, fresh.expired)
         or (previous.failure_status, previous.failure_message)
         != (fresh.failure_status, fresh.failure_message)
+        or (previous.filter_errors, previous.filter_error_message)
+        != (fresh.filter_errors, fresh.filter_error_message)
     ):
         return fresh
     if since_write >= FAILURE_TIME_INTERVAL and previous.failure_time != fresh.failure_time:

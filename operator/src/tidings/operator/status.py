@@ -15,6 +15,8 @@ Trigger conditions:
   SubscriberResolved  the subscriber (and dead-letter sink) resolve to URLs
   Ready               compiled and routed: the route is in the routing table
   Delivering          what the data plane reports (Backoff, Paused, no report …)
+  FilterErrors        Triggers with a filter expression: True when it failed on most
+                      events of its recent window (docs/filters.md)
 EventSource conditions:
   Ready               compiled and published; for adapter kinds also: the adapter
                       Deployment is available and the adapter reports it captures
@@ -48,7 +50,7 @@ from tidings.sources import status as adapter_status
 ConditionStatus = Literal["True", "False", "Unknown"]
 Status = TypeVar("Status", bound=ObjectStatus)
 
-TRIGGER_CONDITIONS = ("Ready", "SourceReady", "SubscriberResolved", "Delivering")
+TRIGGER_CONDITIONS = ("Ready", "SourceReady", "SubscriberResolved", "Delivering", "FilterErrors")
 SOURCE_CONDITIONS = ("Ready", "AdapterReady", "Capturing", "WalRetained", "ChangesMissed")
 
 
@@ -131,6 +133,8 @@ class TriggerFacts:
     compile_error: CompileError | None  # the compiler's verdict on the whole Trigger
     reading: Reading | None  # what the data plane reports, settled (tidings.operator.health)
     stale: bool = False  # the reading is older than the staleness limit
+    name: str = ""
+    has_expression: bool = False  # spec.filter.expression is set
 
 
 def source_ready(f: TriggerFacts) -> Want:
@@ -209,9 +213,43 @@ def delivering(f: TriggerFacts, stale_after: float) -> Want:
     return Want("Delivering", "True", reading.state, "events are delivered as they arrive")
 
 
+def filter_errors(f: TriggerFacts) -> Want | None:
+    """FilterErrors, for a routed Trigger with a filter expression."""
+    if not f.has_expression or f.compile_error is not None:
+        return None
+    failing = f.reading.filter_failing() if f.reading is not None else None
+    if failing is None:
+        return Want(
+            "FilterErrors",
+            "Unknown",
+            "NoReport",
+            "no dispatcher has reported on this Trigger's filter yet",
+        )
+    if failing:
+        assert f.reading is not None
+        last = f"{f.reading.filter_error_reason}: {f.reading.filter_error_message}"
+        return Want(
+            "FilterErrors",
+            "True",
+            "FilterErrors",
+            f"spec.filter.expression fails on most events (last: {last[:300]}); they are "
+            "dead-lettered, not delivered: fix the expression (has() guards a field that "
+            f"may be absent), then `tidings replay {f.namespace}/{f.name} --all`",
+        )
+    return Want(
+        "FilterErrors",
+        "False",
+        "FilterEvaluates",
+        "the filter expression did not fail on most recent events; "
+        "status.delivery.filterErrors counts every failure",
+    )
+
+
 def trigger_conditions(f: TriggerFacts, *, stale_after: float) -> list[Want]:
     source = source_ready(f)
-    return [ready(f, source), source, subscriber_resolved(f), delivering(f, stale_after)]
+    wanted = [ready(f, source), source, subscriber_resolved(f), delivering(f, stale_after)]
+    failing = filter_errors(f)
+    return wanted + ([failing] if failing is not None else [])
 
 
 def trigger_status(
@@ -331,17 +369,15 @@ def source_conditions(f: SourceFacts) -> list[Want]:
     return [ready_] + ([adapter] if adapter is not None else []) + from_adapter
 
 
-def warnings(before: Sequence[Condition] | None, after: Sequence[Want]) -> list[Want]:
-    """Warning conditions that just became True (each is worth a Kubernetes Event
-    once; the written status remembers it across operator restarts)."""
+def warnings(
+    before: Sequence[Condition] | None,
+    after: Sequence[Want],
+    types: Sequence[str] = ("WalRetained", "ChangesMissed"),
+) -> list[Want]:
+    """Warning conditions (of `types`) that just became True (each is worth a Kubernetes
+    Event once; the written status remembers it across operator restarts)."""
     was_true = {c.type for c in before or [] if c.status == "True"}
-    return [
-        w
-        for w in after
-        if w.type in ("WalRetained", "ChangesMissed")
-        and w.status == "True"
-        and w.type not in was_true
-    ]
+    return [w for w in after if w.type in types and w.status == "True" and w.type not in was_true]
 
 
 def source_status(

@@ -148,6 +148,9 @@ class TriggerController(ObjectController[TriggerStatus]):
             compile_error=compiled.error,
             reading=shown,
             stale=stale,
+            name=self.name,
+            has_expression=compiled.spec is not None
+            and compiled.spec.filter.expression is not None,
         )
         known = self.writer.known(self.body)
         desired = status.trigger_status(
@@ -160,5 +163,8 @@ class TriggerController(ObjectController[TriggerStatus]):
         transition = health.backoff_transition(self.shown_state, state, shown)
         if transition is not None:
             self.post_event(transition)
+        wanted = status.trigger_conditions(facts, stale_after=settings.stale_after)
+        for warning in status.warnings(known.conditions, wanted, types=("FilterErrors",)):
+            self.post_event(health.Transition("Warning", warning.reason, warning.message))
         self.shown, self.shown_state = shown, state
         return settings.health_interval

@@ -1,14 +1,23 @@
 -- backoff_publish: refresh what a Trigger's state HASH tells the operator (state,
--- lag, pending, retries, updated) and read its counts
+-- lag, pending, retries, updated, the filter's counts) and read its counts
 -- (tidings.dispatcher.backoff_state).
 -- KEYS: [1] the source's stream, [2] trigger state HASH, [3] retry ZSET, [4] parked
 --   ZSET, [5] dead-letter stream, [6] held ZSET.
 -- ARGV: [1] group, [2] paused "1"/"0", [3] now ms (the publishing replica's clock),
---   [4] the Trigger's maxAge ms, [5] the source's retention maxAge ms (0: unknown).
+--   [4] the Trigger's maxAge ms, [5] the source's retention maxAge ms (0: unknown),
+--   [6] the route generation the filter counts are of, [7] events the filter
+--   expression evaluated since the last publish, [8] of those, failures, [9] the last
+--   failure's time (RFC 3339), [10] its reason, [11] its message, [12] the span of the
+--   filter window, ms.
+-- The filter window: failures and evaluations of the current span and the one
+-- before it (Redis's clock); the operator's FilterErrors condition reads both. A
+-- newer generation (the filter changed) starts the window afresh; counts of an
+-- older one (a replica not yet updated) go into the totals only.
 -- Returns {state, lag, pending, retries, parked, dlq length, deadLettered, expired,
 --   oldest undelivered ms (0: none), when it will be lost ms (0: none)}: the oldest of
 --   the Trigger's pending, held (retries, parked) and first unread entries, and the
 --   earlier of its maxAge and, for an unread entry, the source's retention.
+--#include _now.lua
 local lag, pending, last = 0, 0, nil
 local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
@@ -59,6 +68,39 @@ if held[2] then consider(tonumber(held[2]), false) end
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
   {{STATE_RETRIES}}, retries, {{STATE_UPDATED}}, ARGV[3], {{STATE_OLDEST}}, oldest,
   {{STATE_EXPIRES}}, expires)
+-- The filter's counts.
+local generation, checked, failed = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local span = tonumber(ARGV[12])
+if checked > 0 then redis.call('HINCRBY', KEYS[2], {{STATE_FILTER_CHECKED}}, checked) end
+if failed > 0 then
+  redis.call('HINCRBY', KEYS[2], {{STATE_FILTER_ERRORS}}, failed)
+  redis.call('HSET', KEYS[2], {{STATE_FILTER_LAST_TIME}}, ARGV[9],
+    {{STATE_FILTER_LAST_REASON}}, ARGV[10], {{STATE_FILTER_LAST_MESSAGE}}, ARGV[11])
+end
+local window = redis.call('HMGET', KEYS[2], {{STATE_FILTER_GENERATION}}, {{STATE_FILTER_SPAN_START}})
+local counted = tonumber(window[1] or '-1')
+local start = tonumber(window[2] or '0')
+if generation > counted then
+  redis.call('HSET', KEYS[2], {{STATE_FILTER_GENERATION}}, generation,
+    {{STATE_FILTER_SPAN_START}}, now, {{STATE_FILTER_SPAN_CHECKED}}, 0,
+    {{STATE_FILTER_SPAN_ERRORS}}, 0, {{STATE_FILTER_PREVIOUS_CHECKED}}, 0,
+    {{STATE_FILTER_PREVIOUS_ERRORS}}, 0)
+  counted, start = generation, now
+elseif now - start >= span then
+  -- The span ended: it becomes the previous one (or nothing, when two have passed).
+  local before = {0, 0}
+  if now - start < 2 * span then
+    before = redis.call('HMGET', KEYS[2], {{STATE_FILTER_SPAN_CHECKED}}, {{STATE_FILTER_SPAN_ERRORS}})
+  end
+  redis.call('HSET', KEYS[2], {{STATE_FILTER_SPAN_START}}, now, {{STATE_FILTER_SPAN_CHECKED}}, 0,
+    {{STATE_FILTER_SPAN_ERRORS}}, 0, {{STATE_FILTER_PREVIOUS_CHECKED}}, before[1] or 0,
+    {{STATE_FILTER_PREVIOUS_ERRORS}}, before[2] or 0)
+end
+if generation == counted then
+  if checked > 0 then redis.call('HINCRBY', KEYS[2], {{STATE_FILTER_SPAN_CHECKED}}, checked) end
+  if failed > 0 then redis.call('HINCRBY', KEYS[2], {{STATE_FILTER_SPAN_ERRORS}}, failed) end
+end
+
 local counts = redis.call('HMGET', KEYS[2], {{STATE_DEAD_LETTERED}}, {{STATE_EXPIRED}})
 return {state, total, pending, retries, parked, redis.call('XLEN', KEYS[5]),
   tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires}
