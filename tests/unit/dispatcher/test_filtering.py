@@ -144,3 +144,11 @@ def test_narrowing_the_cel_context_never_changes_the_answer() -> None:
         except FilterFailed:
             answer = "error"
         assert answer == expected, expression
+
+
+def test_explain_names_an_absent_field_and_leaves_a_failure_to_the_dead_letter() -> None:
+    filter_ = Filter(CompiledFilter(expression="event.data.old.plan == 'pro'"))
+    assert "event.data.old.plan" in (filter_.explain(INSERT) or "")
+    failing = Filter(CompiledFilter(expression="event.data.new.plan > 3"))
+    assert failing.explain(INSERT) is None  # not filtered out: dead-lettered (attempt log)
+    assert failing.take_counts() == FilterCounts()  # explaining counts nothing
