@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -123,3 +126,52 @@ async def test_a_dispatcher_with_more_idle_triggers_than_redis_py_pools_delivers
     await wait_until(lambda: len(subscriber.received) >= 150, 60, "delivered to all 150")
     assert {r.id for r in subscriber.received} == {event_id}
     assert len(subscriber.received) == 150
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int, str | None]:
+    """One request on an open keep-alive connection: (status, its Connection header)."""
+    connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    reply = connection.getresponse()
+    reply.read()
+    return reply.status, reply.getheader("Connection")
+
+
+async def test_sigterm_tells_keep_alive_producers_to_reconnect_elsewhere(plane: Plane) -> None:
+    """While a stopping dispatcher drains, its answers carry `Connection: close`:
+    a producer's pooled connection ends cleanly after an accepted event (its
+    next request opens a new connection, which the Service sends to another
+    pod) instead of being cut under a request."""
+    port = free_port()
+    await plane.add_source()
+    process = plane.spawn("drainer", "--listen", f"127.0.0.1:{port}", "--drain-connections", "4")
+    path = f"/sources/{plane.namespace}/src?type=com.example.signup"
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http_session:
+
+        async def readyz() -> int | None:
+            try:
+                async with http_session.get(f"{base}/readyz") as response:
+                    return response.status
+            except aiohttp.ClientError:
+                return None
+
+        # Generous: a process start takes tens of seconds on the loaded CI machine.
+        await wait_until(lambda: _is(readyz, 200), 120, "the dispatcher's ingest is ready")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            before = await asyncio.to_thread(_post, connection, path, b'{"n": 1}')
+            assert before == (202, None)  # kept alive
+            process.send_signal(signal.SIGTERM)
+            await wait_until(lambda: _is(readyz, 503), 5, "/readyz says it is stopping")
+            # The same connection, during the drain: accepted, and told to close.
+            during = await asyncio.to_thread(_post, connection, path, b'{"n": 2}')
+            assert during == (202, "close")
+            assert connection.sock is None  # http.client closed it, as the server asked
+        finally:
+            connection.close()
+        assert await asyncio.to_thread(process.wait, 20) == 0
+    assert await plane.redis.xlen(plane.stream()) == 2  # both events stored
+
+
+async def _is(probe: Callable[[], Awaitable[int | None]], status: int) -> bool:
+    return await probe() == status

@@ -9,9 +9,12 @@ each is one consumer in every Trigger's consumer group, named --consumer-name
 restarted pod to resume its own pending entries at once instead of after the
 reclaim idle time).
 
-SIGTERM (or SIGINT) stops ingest first, then drains deliveries in flight for up
-to --grace seconds; what is still running after that stays pending in Redis
-and another dispatcher reclaims it.
+SIGTERM (or SIGINT) stops ingest first: for --drain-connections seconds it
+still answers, each answer with `Connection: close` (so producers' keep-alive
+connections move to another dispatcher instead of being cut), then it stops
+listening. Then it drains deliveries in flight for up to --grace seconds;
+what is still running after that stays pending in Redis and another
+dispatcher reclaims it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tidings.api.process import connect_redis, parse_listen, wait_until_reachabl
 from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_key, new_key
 from tidings.api.settings import ServeSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
-from tidings.dispatcher.ingest import build_app
+from tidings.dispatcher.ingest import INGEST, build_app
 from tidings.dispatcher.routing import TableWatcher
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,13 @@ class DispatcherSettings(ServeSettings):
     )
     grace: float = setting(
         "--grace", "TIDINGS_GRACE", 30.0, "seconds to drain in-flight deliveries on SIGTERM"
+    )
+    drain_connections: float = setting(
+        "--drain-connections",
+        "TIDINGS_DRAIN_CONNECTIONS",
+        2.0,
+        "seconds ingest keeps answering after SIGTERM, every answer with Connection: close, "
+        "so producers' keep-alive connections reconnect elsewhere (0: stop listening at once)",
     )
     redis_cluster: bool = setting(
         "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
@@ -139,6 +149,12 @@ async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
         await watcher.start()
         await dispatcher.start()
         await stop.wait()
+    if INGEST in app and settings.drain_connections > 0:
+        log.info(
+            "stopping: ingest closes producers' connections for %gs", settings.drain_connections
+        )
+        app[INGEST].start_draining()
+        await asyncio.sleep(settings.drain_connections)
     log.info("stopping: no more ingest, draining deliveries for up to %gs", settings.grace)
     await runner.cleanup()
     if started:

@@ -391,6 +391,22 @@ class Ingest:
         self.on_append = on_append
         self.metrics = IngestMetrics(registry)
         self._opened = OpenedSecrets(sealer)
+        self.draining = False
+
+    def start_draining(self) -> None:
+        """The process is stopping: every answer from now on says
+        `Connection: close`, so a producer's keep-alive connection ends after
+        it and the producer's next request opens a new one, which the Service
+        sends to another dispatcher; /readyz turns 503."""
+        self.draining = True
+
+    async def close_while_draining(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> None:
+        if self.draining:
+            # aiohttp wrote its headers before this hook: say it, then do it.
+            response.headers["Connection"] = "close"
+            response.force_close()
 
     def unseal(self, sealed: str) -> str:
         return self._opened.unseal(sealed)
@@ -497,6 +513,8 @@ class Ingest:
         return web.json_response({"ok": True})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"ready": False, "reason": "stopping (SIGTERM)"}, status=503)
         if not self.watcher.loaded.is_set():
             return web.json_response(
                 {"ready": False, "reason": "the routing table is not loaded yet"}, status=503
@@ -584,6 +602,7 @@ def build_app(
     )
     app = web.Application()
     app[INGEST] = ingest
+    app.on_response_prepare.append(ingest.close_while_draining)
     app.router.add_post(ROUTE, ingest.post_events)
     app.router.add_get("/healthz", ingest.healthz)
     app.router.add_get("/readyz", ingest.readyz)
