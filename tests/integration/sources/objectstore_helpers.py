@@ -3,15 +3,23 @@ hack/test-env.sh): its address and root keys, fresh buckets, uploads."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import signal
+import socket
+import ssl
 import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import urllib3
 from minio import Minio
 
 from tidings.api.types import ObjectStoreSource
@@ -31,13 +39,21 @@ class S3:
     def credentials(self) -> Credentials:
         return Credentials(self.access_key_id, self.secret_access_key)
 
+    ca_pem: str | None = None  # an https endpoint's CA
+
     def client(self, access: str | None = None, secret: str | None = None) -> Minio:
+        https = self.endpoint.startswith("https://")
+        pool = None
+        if https:
+            context = ssl.create_default_context(cadata=self.ca_pem)
+            pool = urllib3.PoolManager(ssl_context=context)
         return Minio(
             urlsplit(self.endpoint).netloc,
             access_key=access or self.access_key_id,
             secret_key=secret or self.secret_access_key,
-            secure=False,
+            secure=https,
             region="us-east-1",
+            http_client=pool,
         )
 
     def spec(self, bucket: str, **fields: object) -> ObjectStoreSource:
@@ -114,3 +130,71 @@ def put_many(client: Minio, bucket: str, items: dict[str, bytes], threads: int =
 def delete_many(client: Minio, bucket: str, keys: list[str], threads: int = 8) -> None:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda key: client.remove_object(bucket, key), keys))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def private_gateway(
+    shared: S3,
+    root: Path,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    ca_pem: str | None = None,
+    versioning: bool = False,
+) -> Iterator[S3]:
+    """A Versity Gateway of one test (the binary hack/s3.sh built, its root
+    keys) on a free loopback port: with `tls` (cert, key) it serves https, with
+    `versioning` buckets can keep versions (--versioning-dir)."""
+    for sub in ("data", "iam", "versions"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    args = [shared.versitygw, "--port", f"127.0.0.1:{port}", "--iam-dir", str(root / "iam")]
+    if tls is not None:
+        args += ["--cert", str(tls[0]), "--key", str(tls[1])]
+    args += ["--quiet", "posix"]
+    if versioning:
+        args += ["--versioning-dir", str(root / "versions")]
+    args.append(str(root / "data"))
+    log_path = root / "versitygw.log"
+    with log_path.open("wb") as log:
+        gateway = subprocess.Popen(
+            args,
+            env={
+                **os.environ,
+                "ROOT_ACCESS_KEY_ID": shared.access_key_id,
+                "ROOT_SECRET_ACCESS_KEY": shared.secret_access_key,
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    scheme = "https" if tls is not None else "http"
+    store = S3(
+        f"{scheme}://127.0.0.1:{port}",
+        shared.access_key_id,
+        shared.secret_access_key,
+        shared.versitygw,
+        ca_pem,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                store.client().list_buckets()
+                break
+            except (urllib3.exceptions.HTTPError, OSError):
+                assert gateway.poll() is None, log_path.read_text()[-2000:]
+                assert time.monotonic() < deadline, f"the gateway did not answer: {log_path}"
+                time.sleep(0.2)
+        yield store
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            gateway.wait(10)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            gateway.wait()

@@ -85,3 +85,31 @@ def test_a_ready_notify_source_says_what_to_configure_on_the_store() -> None:
     [ready] = built["conditions"]
     assert ready["status"] == "True"
     assert ready["message"].startswith("accepting S3 notifications: configure bucket 'uploads'")
+
+
+def test_the_ca_of_ca_secret_ref_is_mounted_as_a_file_and_checked_before_the_adapter_runs() -> None:
+    spec = store(
+        endpoint="https://s3.internal:7070",
+        mode="poll",
+        credentialsSecretRef={"name": "s3-creds"},
+        caSecretRef={"name": "s3-ca", "key": "ca.pem"},
+    )
+    deployment = adapters.adapter_deployment("media", "uploads", "uid", spec, SETTINGS)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["volumes"] == [
+        {
+            "name": "s3-ca",
+            "secret": {"secretName": "s3-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
+        }
+    ]
+    assert container["volumeMounts"] == [
+        {"name": "s3-ca", "mountPath": "/etc/tidings/s3-ca", "readOnly": True}
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TIDINGS_S3_CA_FILE"] == "/etc/tidings/s3-ca/ca.crt"
+    # Watched: the EventSource is reconciled again when the CA Secret appears.
+    assert ("Secret", "media", "s3-ca") in source_dependencies("media", "uploads", spec)
+    # Without caSecretRef: no volume at all.
+    plain = adapters.adapter_deployment("media", "uploads", "uid", POLL, SETTINGS)
+    assert "volumes" not in plain["spec"]["template"]["spec"]

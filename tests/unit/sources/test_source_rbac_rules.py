@@ -49,3 +49,26 @@ def test_an_objectstore_poll_adapter_reads_its_credentials_secret_only_without_t
         "resourceNames": ["s3-creds"],
         "verbs": ["get"],
     } in rules
+
+
+def test_an_objectstore_poll_adapter_without_the_env_may_read_its_ca_secret_too() -> None:
+    spec = EventSourceSpec.model_validate(
+        {
+            "objectStore": {
+                "endpoint": "https://s3:7070",
+                "bucket": "uploads",
+                "mode": "poll",
+                "credentialsSecretRef": {"name": "s3-creds"},
+                "caSecretRef": {"name": "s3-ca", "key": "ca.crt"},
+            }
+        }
+    )
+    # The operator's Deployment mounts the CA: still the Lease only.
+    assert rbac.rules_for(spec, name="uploads", spec_from_env=True) == [rbac.LEASE_RULE]
+    rules = rbac.rules_for(spec, name="uploads", s3_credentials_from_env=False)
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["s3-creds", "s3-ca"],
+        "verbs": ["get"],
+    } in rules

@@ -262,8 +262,9 @@ class RunningAdapter:
 def s3_credentials(
     world: manifest_files.ManifestWorld, namespace: str, spec: EventSourceSpec
 ) -> S3Credentials | None:
-    """A poll source's access keys from its credentialsSecretRef in the manifests
-    (None: missing, and the adapter reports SecretNotFound)."""
+    """A poll source's access keys from its credentialsSecretRef in the manifests,
+    and its endpoint's CA from caSecretRef (None: missing, and the adapter
+    reports SecretNotFound)."""
     store = spec.object_store
     if store is None or store.credentials_secret_ref is None:
         return None
@@ -272,7 +273,12 @@ def s3_credentials(
     ref = store.credentials_secret_ref
     access = world.secret(namespace, ref.name, ref.access_key_id_key)
     secret = world.secret(namespace, ref.name, ref.secret_access_key_key)
-    return Credentials(access, secret) if access and secret else None
+    ca_pem = None
+    if store.ca_secret_ref is not None:
+        ca_pem = world.secret(namespace, store.ca_secret_ref.name, store.ca_secret_ref.key)
+        if not ca_pem:
+            return None
+    return Credentials(access, secret, ca_pem) if access and secret else None
 
 
 class SourceAdapters:

@@ -36,6 +36,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -57,6 +58,7 @@ log = logging.getLogger("tidings.source")
 DSN_ENV = "TIDINGS_PG_DSN"
 S3_ACCESS_ENV = "TIDINGS_S3_ACCESS_KEY_ID"
 S3_SECRET_ENV = "TIDINGS_S3_SECRET_ACCESS_KEY"
+S3_CA_ENV = "TIDINGS_S3_CA_FILE"
 SPEC_ENV = "TIDINGS_EVENTSOURCE_SPEC"
 SPEC_POLL_SECONDS = 15.0
 WANTED_CHECK_SECONDS = 10.0  # a hung API must not hold up a reconnect for long
@@ -117,6 +119,10 @@ class SourceSettings(CommonSettings):
     )
     s3_secret_access_key: str = setting(
         None, S3_SECRET_ENV, "", "objectStore: the secret access key (else from the Secret)"
+    )
+    # The operator mounts caSecretRef's key as a file (no `get` on the Secret).
+    s3_ca_file: str = setting(
+        None, S3_CA_ENV, "", "objectStore: file with the endpoint's CA (else from caSecretRef)"
     )
 
 
@@ -298,30 +304,52 @@ async def resolve_dsn(loaded: Loaded, api: KubeApi | None, given: str = "") -> s
 async def resolve_s3_credentials(
     loaded: Loaded, api: KubeApi | None, settings: SourceSettings
 ) -> Credentials | None:
-    """The access keys of a poll source: the environment (the operator injects
-    them with secretKeyRef), else the Secret; None when it or a key is missing
+    """The access keys of a poll source and the CA of its https endpoint: the
+    environment (the operator injects the keys with secretKeyRef and mounts the
+    CA as a file), else the Secrets; None when one of them or a key is missing
     (the adapter reports SecretNotFound and waits for a new spec)."""
-    if settings.s3_access_key_id and settings.s3_secret_access_key:
-        return Credentials(settings.s3_access_key_id, settings.s3_secret_access_key)
     spec = loaded.eventsource.spec.object_store
     assert spec is not None
+    namespace = loaded.eventsource.metadata.namespace
+
+    async def secret_data(field: str, name: str) -> dict[str, str] | None:
+        if api is None:
+            return loaded.secrets.get((namespace, name), {})
+        try:
+            secret = await api.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as error:
+            log.error("spec.objectStore.%s: %s", field, error.message)
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    ca_pem: str | None = None
+    if settings.s3_ca_file:
+        try:
+            ca_pem = await asyncio.to_thread(Path(settings.s3_ca_file).read_text)
+        except OSError as error:
+            log.error("$%s: %s", S3_CA_ENV, error)
+            return None
+    elif spec.ca_secret_ref is not None:
+        ca_ref = spec.ca_secret_ref
+        ca_pem = ((await secret_data("caSecretRef", ca_ref.name)) or {}).get(ca_ref.key)
+        if not ca_pem:
+            log.error(
+                "spec.objectStore.caSecretRef: Secret %s/%s has no key %r",
+                namespace,
+                ca_ref.name,
+                ca_ref.key,
+            )
+            return None
+    if settings.s3_access_key_id and settings.s3_secret_access_key:
+        return Credentials(settings.s3_access_key_id, settings.s3_secret_access_key, ca_pem)
     ref = spec.credentials_secret_ref
     if ref is None:
         return None
-    namespace = loaded.eventsource.metadata.namespace
-    if api is None:
-        data = loaded.secrets.get((namespace, ref.name), {})
-    else:
-        try:
-            secret = await api.get(f"/api/v1/namespaces/{namespace}/secrets/{ref.name}")
-        except ApiError as error:
-            log.error("spec.objectStore.credentialsSecretRef: %s", error.message)
-            return None
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    data = await secret_data("credentialsSecretRef", ref.name) or {}
     access, secret_key = data.get(ref.access_key_id_key), data.get(ref.secret_access_key_key)
     if not access or not secret_key:
         return None
-    return Credentials(access, secret_key)
+    return Credentials(access, secret_key, ca_pem)
 
 
 async def run(args: argparse.Namespace, settings: SourceSettings) -> int:

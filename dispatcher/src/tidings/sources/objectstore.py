@@ -3,7 +3,10 @@ and emit `created` for new or changed objects and `deleted` for vanished ones,
 exactly once per object version.
 
 - Listing: ListObjectsV2 with the prefix, paginated (1,000 keys a request),
-  through the MinIO SDK in a thread; the suffix is filtered here. Only a
+  through the MinIO SDK in a thread; the suffix is filtered here. A versioned
+  bucket (GetBucketVersioning, asked at start and every 5 minutes) is listed
+  with ListObjectVersions instead, keeping each key's current version, so
+  events carry its versionId. Only a
   complete listing is compared: a listing cut short by an error changes
   nothing (else every unlisted key would look deleted).
 - State: one Redis hash per source (keys.adapter_objects), object key ->
@@ -30,11 +33,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 import redis.exceptions
 import urllib3
@@ -68,6 +75,7 @@ log = logging.getLogger(__name__)
 SYNCED = "synced"  # adapter_state: the first listing of SCOPE is recorded
 SCOPE = "scope"  # adapter_state: endpoint, bucket, prefix, suffix of that listing
 CHUNK = 1000  # changes per atomic write
+VERSIONING_RECHECK = 300.0  # seconds between two GetBucketVersioning
 
 
 class BucketNotFound(SourceError):
@@ -90,10 +98,22 @@ class SecretNotFound(SourceError):
     reason = "SecretNotFound"
 
 
+class InvalidCA(SourceError):
+    reason = "InvalidCA"
+
+
+class CertificateNotTrusted(SourceError):
+    reason = "CertificateNotTrusted"
+
+
 @dataclass(frozen=True)
 class Credentials:
+    """How to reach the store: the access keys and, for an https endpoint
+    with a private CA, that CA's PEM (spec.objectStore.caSecretRef)."""
+
     access_key_id: str
     secret_access_key: str
+    ca_pem: str | None = None
 
 
 class CountingPool(urllib3.PoolManager):
@@ -108,17 +128,34 @@ class CountingPool(urllib3.PoolManager):
         return super().urlopen(method, url, redirect=redirect, **kw)
 
 
-def client(
-    spec: ObjectStoreSource, credentials: Credentials, *, ca_file: str | None = None
-) -> tuple[Minio, CountingPool]:
+def tls_context(spec: ObjectStoreSource, ca_pem: str | None) -> ssl.SSLContext:
+    """Verifies the endpoint's certificate and name: against the CA of
+    caSecretRef when given (only it), else the system's trusted CAs."""
+    if not ca_pem:
+        return ssl.create_default_context()
+    ref = spec.ca_secret_ref
+    where = f"spec.objectStore.caSecretRef (Secret {ref.name} key {ref.key!r})" if ref else "the CA"
+    try:
+        return ssl.create_default_context(cadata=ca_pem)
+    except (ssl.SSLError, ValueError) as error:
+        raise InvalidCA(
+            f"{where} is not a PEM CA certificate ({error}); put the PEM of the CA that "
+            "signs the endpoint's certificate there"
+        ) from None
+
+
+def client(spec: ObjectStoreSource, credentials: Credentials) -> tuple[Minio, CountingPool]:
+    """The MinIO SDK on a counting pool. Raises InvalidCA."""
     parts = urlsplit(spec.endpoint)
+    tls: dict[str, Any] = {"cert_reqs": "CERT_NONE"}
+    if parts.scheme == "https":
+        tls = {"ssl_context": tls_context(spec, credentials.ca_pem)}
     pool = CountingPool(
         timeout=urllib3.Timeout(connect=5.0, read=30.0),
         # The adapter retries with its own backoff and reports meanwhile.
         retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         maxsize=4,
-        ca_certs=ca_file,
-        cert_reqs="CERT_REQUIRED" if parts.scheme == "https" else "CERT_NONE",
+        **tls,
     )
     minio = Minio(
         parts.netloc,
@@ -154,6 +191,15 @@ def store_error(error: Exception, spec: ObjectStoreSource) -> SourceError:
         return SourceError(f"{where}: {code}: {error.message}", reason="StoreError")
     if isinstance(error, ServerError):
         return SourceError(f"{where}: the store answered {error}", reason="StoreError")
+    if "CERTIFICATE_VERIFY_FAILED" in str(error):
+        how = (
+            "is spec.objectStore.caSecretRef the CA that signs it, for this host name?"
+            if spec.ca_secret_ref
+            else "set spec.objectStore.caSecretRef to the PEM of the CA that signs it"
+        )
+        return CertificateNotTrusted(
+            f"{where}: the endpoint's TLS certificate is not trusted ({str(error)[-200:]}); {how}"
+        )
     if isinstance(error, InvalidResponseError):
         return EndpointUnreachable(
             f"{where}: the endpoint did not answer as an S3 API ({str(error)[:200]}); "
@@ -163,6 +209,23 @@ def store_error(error: Exception, spec: ObjectStoreSource) -> SourceError:
         f"{where}: cannot reach the endpoint ({type(error).__name__}: {str(error)[:200]}); "
         "check spec.objectStore.endpoint and the network"
     )
+
+
+def bucket_versioned(minio: Minio, spec: ObjectStoreSource) -> bool:
+    """Whether the bucket keeps versions (Enabled, or Suspended with versions
+    kept from before). A store that does not implement GetBucketVersioning, or
+    a key not allowed it, reads as unversioned: versionId stays null."""
+    try:
+        return minio.get_bucket_versioning(spec.bucket).status in ("Enabled", "Suspended")
+    except S3Error as error:
+        if error.code in ("NotImplemented", "AccessDenied"):
+            log.warning(
+                "s3://%s: GetBucketVersioning answered %s: listing without version ids",
+                spec.bucket,
+                error.code,
+            )
+            return False
+        raise
 
 
 def list_bucket(minio: Minio, spec: ObjectStoreSource) -> dict[str, ObjectVersion]:
@@ -177,6 +240,61 @@ def list_bucket(minio: Minio, spec: ObjectStoreSource) -> dict[str, ObjectVersio
             key, normalize_etag(obj.etag), int(obj.size or 0), modified, obj.version_id
         )
     return listed
+
+
+S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+# RFC 3339 with any number of fraction digits (Versity Gateway sends nanoseconds).
+_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_time(value: str) -> str:
+    """A listing's LastModified as rfc3339() writes it ("" if unreadable)."""
+    found = _TIME.match(value.strip())
+    if found is None:
+        return ""
+    whole, fraction, zone = found.groups()
+    moment = datetime.fromisoformat(f"{whole}.{(fraction or '0')[:6]:0<6}")
+    offset = UTC if zone == "Z" else datetime.strptime(zone, "%z").tzinfo
+    return rfc3339(moment.replace(tzinfo=offset))
+
+
+def list_versions(minio: Minio, spec: ObjectStoreSource) -> dict[str, ObjectVersion]:
+    """Of each key under the prefix its current version (ListObjectVersions,
+    paginated, blocking); a key whose current version is a delete marker is
+    gone. The SDK signs and sends each page; the XML is read here because
+    the SDK's own reader refuses LastModified with more than 6 fraction
+    digits, which Versity Gateway's version listing has."""
+    listed: dict[str, ObjectVersion] = {}
+    query: dict[str, str] = {"versions": "", "prefix": spec.prefix, "max-keys": "1000"}
+    while True:
+        response = minio._execute("GET", spec.bucket, query_params=query)
+        root = ElementTree.fromstring(response.data)
+        for version in root.iter(f"{S3_XML}Version"):
+            key = version.findtext(f"{S3_XML}Key") or ""
+            if version.findtext(f"{S3_XML}IsLatest") != "true" or not key.endswith(spec.suffix):
+                continue
+            version_id = version.findtext(f"{S3_XML}VersionId")
+            listed[key] = ObjectVersion(
+                key,
+                normalize_etag(version.findtext(f"{S3_XML}ETag") or ""),
+                int(version.findtext(f"{S3_XML}Size") or 0),
+                parse_time(version.findtext(f"{S3_XML}LastModified") or ""),
+                # "null": written before versioning was enabled, as in an unversioned bucket.
+                version_id if version_id not in (None, "", "null") else None,
+            )
+        if root.findtext(f"{S3_XML}IsTruncated") != "true":
+            return listed
+        query["key-marker"] = root.findtext(f"{S3_XML}NextKeyMarker") or ""
+        query["version-id-marker"] = root.findtext(f"{S3_XML}NextVersionIdMarker") or ""
+
+
+def list_current(
+    minio: Minio, spec: ObjectStoreSource, versioned: bool | None
+) -> tuple[dict[str, ObjectVersion], bool]:
+    """list_bucket, asking first whether the bucket is versioned when `versioned` is None."""
+    if versioned is None:
+        versioned = bucket_versioned(minio, spec)
+    return (list_versions if versioned else list_bucket)(minio, spec), versioned
 
 
 @dataclass(frozen=True)
@@ -200,7 +318,6 @@ class ObjectStoreAdapter:
         redis: Redis,
         *,
         credentials: Credentials | None,
-        ca_file: str | None = None,
         backoff_max: float = 30.0,
         chunk: int = CHUNK,
         clock: Callable[[], float] = time.time,
@@ -209,7 +326,6 @@ class ObjectStoreAdapter:
         self.spec = spec
         self.redis = redis
         self.credentials = credentials
-        self.ca_file = ca_file
         self.backoff_max = backoff_max
         self.chunk = chunk
         self.clock = clock
@@ -224,6 +340,9 @@ class ObjectStoreAdapter:
         self._synced = False
         self._stopping = asyncio.Event()
         self._minio: tuple[Minio, CountingPool] | None = None
+        # Whether the bucket keeps versions, asked again every VERSIONING_RECHECK seconds.
+        self._versioned: bool | None = None
+        self._versioning_asked = 0.0
 
     @property
     def scope(self) -> str:
@@ -239,12 +358,17 @@ class ObjectStoreAdapter:
 
     async def run(self) -> None:
         if self.credentials is None:
-            ref = self.spec.credentials_secret_ref
+            ref, ca = self.spec.credentials_secret_ref, self.spec.ca_secret_ref
             error = SecretNotFound(
                 "spec.objectStore.credentialsSecretRef: the Secret "
                 f"{ref.name if ref else '?'} or its keys are missing; create it with keys "
                 f"{ref.access_key_id_key if ref else 'accessKeyId'} and "
                 f"{ref.secret_access_key_key if ref else 'secretAccessKey'}"
+                + (
+                    f" (and spec.objectStore.caSecretRef: Secret {ca.name} key {ca.key!r})"
+                    if ca
+                    else ""
+                )
             )
             log.error("%s: %s", self.source.id, error)
             await self.status.report("Retrying", error.reason, error.message)
@@ -284,16 +408,26 @@ class ObjectStoreAdapter:
     def _client(self) -> tuple[Minio, CountingPool]:
         if self._minio is None:
             assert self.credentials is not None
-            self._minio = client(self.spec, self.credentials, ca_file=self.ca_file)
+            self._minio = client(self.spec, self.credentials)
         return self._minio
 
     async def _list(self) -> tuple[dict[str, ObjectVersion], int]:
         minio, pool = self._client()
         before = pool.requests
+        if time.monotonic() - self._versioning_asked > VERSIONING_RECHECK:
+            self._versioned = None
         try:
-            listed = await asyncio.to_thread(list_bucket, minio, self.spec)
+            asked = self._versioned is None
+            listed, self._versioned = await asyncio.to_thread(
+                list_current, minio, self.spec, self._versioned
+            )
+            if asked:
+                self._versioning_asked = time.monotonic()
         except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError) as error:
             raise store_error(error, self.spec) from None
+        except ElementTree.ParseError as error:
+            unreadable = InvalidResponseError(0, "", f"unreadable XML: {error}")
+            raise store_error(unreadable, self.spec) from None
         except OSError as error:
             raise store_error(error, self.spec) from None
         return listed, pool.requests - before

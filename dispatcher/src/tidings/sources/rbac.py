@@ -31,14 +31,15 @@ def rules_for(
 ) -> list[dict[str, Any]]:
     """Rules for the adapter of EventSource `name` with `spec`.
 
-    `spec_from_env`: the spec comes in $TIDINGS_EVENTSOURCE_SPEC (the operator's
-    Deployment), so no `get` on eventsources for it — except for Postgres, whose
-    adapter reads its EventSource before creating a slot or publication (so it
-    never re-creates them for an EventSource being deleted). `dsn_from_env`: the DSN comes in
-    $TIDINGS_PG_DSN, so no `get` on the Secret; `s3_credentials_from_env` likewise
-    for an objectStore poll adapter's access keys ($TIDINGS_S3_ACCESS_KEY_ID,
-    $TIDINGS_S3_SECRET_ACCESS_KEY). `plurals` maps (apiVersion,
-    kind) of watched resources to their plural resource names."""
+        `spec_from_env`: the spec comes in $TIDINGS_EVENTSOURCE_SPEC (the operator's
+        Deployment), so no `get` on eventsources for it — except for Postgres, whose
+        adapter reads its EventSource before creating a slot or publication (so it
+        never re-creates them for an EventSource being deleted). `dsn_from_env`: the DSN comes in
+        $TIDINGS_PG_DSN, so no `get` on the Secret; `s3_credentials_from_env` likewise
+        for an objectStore poll adapter's access keys ($TIDINGS_S3_ACCESS_KEY_ID,
+        $TIDINGS_S3_SECRET_ACCESS_KEY) and the CA of caSecretRef (a mounted file,
+    $TIDINGS_S3_CA_FILE). `plurals` maps (apiVersion,
+        kind) of watched resources to their plural resource names."""
     rules = [dict(LEASE_RULE)]
     if not spec_from_env or spec.postgres is not None:
         rules.append(
@@ -65,11 +66,14 @@ def rules_for(
         and store.credentials_secret_ref is not None
         and not s3_credentials_from_env
     ):
+        names = [store.credentials_secret_ref.name]
+        if store.ca_secret_ref is not None and store.ca_secret_ref.name not in names:
+            names.append(store.ca_secret_ref.name)
         rules.append(
             {
                 "apiGroups": [""],
                 "resources": ["secrets"],
-                "resourceNames": [store.credentials_secret_ref.name],
+                "resourceNames": names,
                 "verbs": ["get"],
             }
         )

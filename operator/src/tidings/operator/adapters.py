@@ -39,11 +39,12 @@ from typing import Any
 
 from tidings.api.routes import CLUSTER_DOMAIN, ingest_token_secret_name
 from tidings.api.types import API_VERSION, EventSourceSpec
-from tidings.sources.cli import S3_ACCESS_ENV, S3_SECRET_ENV
+from tidings.sources.cli import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
 
 MANAGED_BY = "tidings-operator"
 SOURCE_LABEL = "tidings.dev/eventsource"
 TEMPLATE_HASH = "tidings.dev/template-hash"
+S3_CA_DIR = "/etc/tidings/s3-ca"  # caSecretRef's key, mounted as ca.crt
 ADAPTER_KINDS = ("postgres", "kubernetes", "schedule", "objectStore")  # objectStore: poll only
 TOKEN_KEY = "token"
 REDIS_URL_KEY = "REDIS_URL"
@@ -259,6 +260,19 @@ def adapter_deployment(
                     "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}},
                 }
             )
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if store is not None and store.ca_secret_ref is not None:
+        # A file, not env: a CA bundle can be long, and the pod needs no `get` on the Secret.
+        ca = store.ca_secret_ref
+        volumes.append(
+            {
+                "name": "s3-ca",
+                "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]},
+            }
+        )
+        mounts.append({"name": "s3-ca", "mountPath": S3_CA_DIR, "readOnly": True})
+        env.append({"name": S3_CA_ENV, "value": f"{S3_CA_DIR}/ca.crt"})
     container: dict[str, Any] = {
         "name": "source",
         "image": settings.image,
@@ -287,6 +301,9 @@ def adapter_deployment(
         "containers": [container],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if volumes:
+        container["volumeMounts"] = mounts
+        pod_spec["volumes"] = volumes
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     # The config Secret's content is hashed into the pod template: a new Redis URL rolls it.

@@ -94,6 +94,15 @@ def check_adapter_secrets(world: IndexWorld, namespace: str, spec: EventSourceSp
                     f"with key {key!r} not found; create it (keys {creds.access_key_id_key!r} "
                     f"and {creds.secret_access_key_key!r}) or fix the reference",
                 )
+    if store is not None and store.mode == "poll" and store.ca_secret_ref is not None:
+        ca = store.ca_secret_ref
+        if world.secret(namespace, ca.name, ca.key) is None:
+            raise CompileError(
+                "SecretNotFound",
+                f"spec.objectStore.caSecretRef: Secret {namespace}/{ca.name} with key {ca.key!r} "
+                "not found; create it with the PEM of the CA that signs the endpoint's "
+                "certificate, or fix the reference",
+            )
 
 
 class SourceController(ObjectController[EventSourceStatus]):

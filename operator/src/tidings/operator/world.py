@@ -213,6 +213,8 @@ def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None)
     store = spec.object_store
     if store is not None and store.credentials_secret_ref is not None:
         keys.add(("Secret", namespace, store.credentials_secret_ref.name))
+    if store is not None and store.ca_secret_ref is not None:
+        keys.add(("Secret", namespace, store.ca_secret_ref.name))
     if spec.postgres is not None:
         keys.add(("Secret", namespace, spec.postgres.connection_secret_ref.name))
     return keys
