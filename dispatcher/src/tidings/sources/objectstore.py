@@ -265,7 +265,11 @@ def list_versions(minio: Minio, spec: ObjectStoreSource) -> dict[str, ObjectVers
     the SDK's own reader refuses LastModified with more than 6 fraction
     digits, which Versity Gateway's version listing has."""
     listed: dict[str, ObjectVersion] = {}
-    query: dict[str, str] = {"versions": "", "prefix": spec.prefix, "max-keys": "1000"}
+    query: dict[str, str | list[str] | tuple[str]] = {
+        "versions": "",
+        "prefix": spec.prefix,
+        "max-keys": "1000",
+    }
     while True:
         response = minio._execute("GET", spec.bucket, query_params=query)
         root = ElementTree.fromstring(response.data)
