@@ -29,7 +29,6 @@ from redis.exceptions import RedisError
 from tidings.api import keys, table
 from tidings.api.attempts import Attempt
 from tidings.api.routes import Route
-from tidings.cli import replay as direct_replay
 from tidings.console import data
 from tidings.console.auth import (
     COOKIE,
@@ -49,7 +48,6 @@ from tidings.console.objects import (
     TriggerView,
     api_error_text,
 )
-from tidings.dispatcher import deadletter
 from tidings.sources import status as adapter_status
 from tidings.sources.kubeapi import ApiError
 
@@ -410,15 +408,7 @@ async def replay(request: web.Request) -> web.StreamResponse:
             count=count,
             paused=route.paused,
         )
-    moved = kept = 0
-    try:
-        async for page in direct_replay.pages(
-            console.redis, route, ids=None if replay_all else ids
-        ):
-            m, k = await deadletter.hand_back(console.redis, route, [d.dlq_id for d in page])
-            moved, kept = moved + m, kept + k
-    except direct_replay.ReplayError as error:
-        return problem(request, 409, "Already gone", str(error))
+    moved, kept = await data.replay_dead_letters(console.redis, route, None if replay_all else ids)
     log.info(
         "console: %s replayed %d dead letter(s) of %s", _identity(request).label, moved, route.id
     )

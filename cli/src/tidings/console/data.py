@@ -30,6 +30,7 @@ ATTEMPTS_SCAN = 2000
 STATS_SCAN = 20_000
 EVENT_SCAN = 20_000
 DLQ_SCAN = 5_000
+REPLAY_PAGE = 500
 
 
 def _int(value: str) -> int:
@@ -158,6 +159,28 @@ async def dead_letter_page(
     items = [deadletter._dead_letter(i, f) for i, f in raw[:count]]
     older = items[-1].dlq_id if len(raw) > count and items else None
     return DeadLetterPage(items, total, older)
+
+
+async def replay_dead_letters(redis: Redis, route: Route, ids: list[str] | None) -> tuple[int, int]:
+    """Hand these dead letters (None: every one there is now) back to their
+    Trigger, as `tidings replay` does; returns (replayed, kept: no copy of their
+    event left). Ids already gone (replayed meanwhile, trimmed) are skipped."""
+    if ids is not None:
+        return await deadletter.hand_back(redis, route, ids)
+    key = keys.dead_letters(route.namespace, route.source, route.name)
+    newest: list[tuple[Any, Any]] = await redis.xrevrange(key, count=1)  # type: ignore[assignment]
+    if not newest:
+        return 0, 0
+    # Up to the newest now: one that fails again is dead-lettered anew, after it.
+    end, start = text(newest[0][0]), "-"
+    moved = kept = 0
+    while True:
+        page: list[tuple[Any, Any]] = await redis.xrange(key, min=start, max=end, count=REPLAY_PAGE)  # type: ignore[assignment]
+        if not page:
+            return moved, kept
+        m, k = await deadletter.hand_back(redis, route, [text(i) for i, _ in page])
+        moved, kept = moved + m, kept + k
+        start = f"({text(page[-1][0])}"
 
 
 # --- one event, and where it went -------------------------------------------------------
