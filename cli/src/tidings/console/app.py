@@ -115,15 +115,21 @@ def _ago(ms: int | float) -> str:
 
 
 def _duration(seconds: float | None) -> str:
+    """Two units at most, as kubectl shows ages: 90 s is "1m 30s"."""
     if seconds is None:
         return "-"
-    seconds = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            rest = seconds % size // (size // 60 if size > 60 else 1)
-            second = {"d": "h", "h": "m", "m": "s"}[unit]
-            return f"{seconds // size}{unit}" + (f" {rest}{second}" if rest else "")
-    return f"{seconds}s"
+    left = int(seconds)
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for index, (unit, size) in enumerate(units):
+        if left >= size or unit == "s":
+            shown = f"{left // size}{unit}"
+            if unit != "s":
+                small, small_size = units[index + 1]
+                rest = left % size // small_size
+                if rest:
+                    shown += f" {rest}{small}"
+            return shown
+    return "0s"
 
 
 # --- plumbing ------------------------------------------------------------------------

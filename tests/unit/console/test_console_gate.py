@@ -1,0 +1,68 @@
+"""The console's pure pieces: who a request is from (trusted proxy, dev's
+loopback rule), CSRF tokens, the payload cap, durations on the pages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tidings.console import data
+from tidings.console.app import _duration
+from tidings.console.auth import Gate, Identity, Unauthenticated, parse_cidrs
+
+
+def identify(gate: Gate, peer: str, headers: dict[str, str] | None = None) -> Identity:
+    return asyncio.run(gate.identify(peer=peer, headers=headers or {}, cookie=None))
+
+
+def test_forwarded_identity_is_believed_only_from_the_trusted_proxy() -> None:
+    gate = Gate("proxy", kube=object(), trusted_proxies=parse_cidrs(["10.0.0.0/8"]))  # type: ignore[arg-type]
+    headers = {"X-Forwarded-User": "alice", "X-Forwarded-Groups": "dev, ops"}
+    alice = identify(gate, "10.1.2.3", headers)
+    assert (alice.user, alice.groups) == ("alice", ("dev", "ops"))
+    with pytest.raises(Unauthenticated, match="trusted-proxy"):
+        identify(gate, "192.168.0.9", headers)
+    with pytest.raises(Unauthenticated, match="X-Forwarded-User"):
+        identify(gate, "10.1.2.3", {})
+
+
+def test_proxy_mode_without_proxies_is_refused_naming_the_flag() -> None:
+    with pytest.raises(ValueError, match="--trusted-proxy"):
+        Gate("proxy", kube=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="--trusted-proxy 'ten': not a CIDR"):
+        parse_cidrs(["ten"])
+
+
+def test_the_open_console_of_tidings_dev_answers_loopback_only() -> None:
+    gate = Gate("open")
+    assert identify(gate, "127.0.0.1").open
+    assert identify(gate, "::1").open
+    with pytest.raises(Unauthenticated, match="loopback"):
+        identify(gate, "192.168.1.20")
+
+
+def test_csrf_tokens_are_bound_to_the_session() -> None:
+    gate = Gate("open")
+    one, other = Identity("a", session="s1"), Identity("a", session="s2")
+    token = gate.csrf_token(one)
+    assert gate.csrf_ok(one, token)
+    assert not gate.csrf_ok(other, token)
+    assert not gate.csrf_ok(one, "")
+    assert not gate.csrf_ok(one, None)
+    assert Gate("open").csrf_token(one) != token, "each process has its own key"
+
+
+def test_a_payload_is_cut_at_the_cap() -> None:
+    text, cut = data.pretty_payload({"data": "x" * (data.PAYLOAD_CAP + 10)})
+    assert cut and len(text) == data.PAYLOAD_CAP
+    text, cut = data.pretty_payload({"data": "<script>"})
+    assert not cut and "<script>" in text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "-"), (5, "5s"), (90, "1m 30s"), (3600, "1h"), (90061, "1d 1h")],
+)
+def test_durations_read_like_kubectl(seconds: float | None, shown: str) -> None:
+    assert _duration(seconds) == shown
