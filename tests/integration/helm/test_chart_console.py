@@ -32,7 +32,7 @@ def test_the_console_is_off_by_default(helm: Helm) -> None:
 def test_enabled_it_runs_tidings_console_behind_a_service(helm: Helm) -> None:
     rendered = helm.render(set=["console.enabled=true"])
     c = container(rendered, "Deployment", NAME)
-    assert c["args"][:3] == ["console", "--listen=0.0.0.0:8090", "--auth=token"]
+    assert c["args"][:4] == ["console", "--listen=0.0.0.0:8090", "--auth=token", "--replay=direct"]
     assert "--ingest-url=http://tidings-ingest.tidings.svc.cluster.local:80" in c["args"]
     assert {e["name"] for e in c["env"]} >= {"REDIS_URL", "REDIS_PASSWORD"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -53,6 +53,9 @@ def test_its_service_account_has_only_what_the_console_needs(helm: Helm) -> None
         ("tidings.dev", "triggers", "get"),
         ("tidings.dev", "triggers", "list"),
         ("tidings.dev", "triggers", "patch"),
+        ("tidings.dev", "replays", "get"),
+        ("tidings.dev", "replays", "list"),
+        ("tidings.dev", "replays", "create"),
         ("authentication.k8s.io", "tokenreviews", "create"),
         ("authorization.k8s.io", "subjectaccessreviews", "create"),
     }

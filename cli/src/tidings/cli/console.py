@@ -76,6 +76,14 @@ class ConsoleSettings(CommonSettings):
         "",
         "base URL of ingest for the curl examples when a source's status has none",
     )
+    replay: str = setting(
+        "--replay",
+        "TIDINGS_CONSOLE_REPLAY",
+        "direct",
+        "how the replay button replays: object creates a Replay (the operator runs it, "
+        "kubectl get replays shows it); direct hands the dead letters back in Redis",
+        choices=("direct", "object"),
+    )
     redis_cluster: bool = setting(
         "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
     )
@@ -100,6 +108,7 @@ async def serve(settings: ConsoleSettings, stop: asyncio.Event) -> None:
         prefix="/",
         ingest_url=ingest_url,
         secure_cookie=settings.secure_cookie,
+        replay_mode=settings.replay,
     )
     app = build_console(console)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

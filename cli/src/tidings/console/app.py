@@ -38,10 +38,12 @@ from tidings.console.auth import (
     Unauthenticated,
     can_get_source,
     can_get_trigger,
+    can_list_replays,
     can_pause,
     can_replay,
 )
 from tidings.console.objects import (
+    ClusterObjects,
     NotSupported,
     Objects,
     SourceView,
@@ -87,6 +89,15 @@ class Console:
     ingest_url: IngestUrl  # the URL producers POST to, for a source page
     poll_seconds: float = 2.0
     secure_cookie: bool = False
+    # "object": replay by creating a Replay (the operator runs it); "direct": hand
+    # the dead letters back in Redis, as `tidings replay --redis-url` does.
+    replay_mode: str = "direct"
+
+    @property
+    def replay_objects(self) -> ClusterObjects | None:
+        if self.replay_mode == "object" and isinstance(self.objects, ClusterObjects):
+            return self.objects
+        return None
 
     def __post_init__(self) -> None:
         self.templates = jinja2.Environment(
@@ -343,10 +354,15 @@ async def trigger_page(request: web.Request) -> web.StreamResponse:
             data.dead_letter_page(console.redis, route, before=before, count=DEAD_LETTERS_PER_PAGE),
         )
     identity = _identity(request)
-    may_pause, may_replay = await asyncio.gather(
+    may_pause, may_replay, may_list_replays = await asyncio.gather(
         console.gate.allowed(identity, can_pause(trigger.namespace, trigger.name)),
-        console.gate.allowed(identity, can_replay(trigger.namespace, trigger.name)),
+        console.gate.allowed(identity, can_replay(trigger.namespace)),
+        console.gate.allowed(identity, can_list_replays(trigger.namespace)),
     )
+    replays = []
+    cluster = console.replay_objects
+    if cluster is not None and may_list_replays:
+        replays = (await cluster.replays(trigger.namespace, trigger.name))[:5]
     return render(
         request,
         "trigger.html",
@@ -360,6 +376,8 @@ async def trigger_page(request: web.Request) -> web.StreamResponse:
         may_pause=may_pause and console.objects.can_pause,
         may_replay=may_replay,
         pause_note=console.objects.pause_note,
+        replays=replays,
+        replay_created=request.query.get("replay", ""),
         replayed=request.query.get("replayed", ""),
         kept=request.query.get("kept", ""),
         paused_now=request.query.get("paused", ""),
@@ -385,8 +403,8 @@ async def pause(request: web.Request) -> web.StreamResponse:
 async def replay(request: web.Request) -> web.StreamResponse:
     console = _console(request)
     namespace, name = _name(request, "namespace"), _name(request, "name")
-    await require(request, can_replay(namespace, name))
     await require(request, can_get_trigger(namespace, name))
+    await require(request, can_replay(namespace))
     form = await request.post()
     replay_all = form.get("all") == "1"
     ids = [str(i) for i in form.getall("id", []) if _STREAM_ID.fullmatch(str(i))]
@@ -414,10 +432,18 @@ async def replay(request: web.Request) -> web.StreamResponse:
             count=count,
             paused=route.paused,
         )
+    who = _identity(request).label
+    cluster = console.replay_objects
+    if cluster is not None:
+        name_of = await cluster.create_replay(namespace, name, None if replay_all else ids, who)
+        log.info("console: %s created Replay %s/%s of %s", who, namespace, name_of, route.id)
+        if wants_json(request):
+            return web.json_response({"replay": name_of}, status=201)
+        raise web.HTTPSeeOther(
+            f"{console.prefix}t/{namespace}/{name}?" + urlencode({"replay": name_of})
+        )
     moved, kept = await data.replay_dead_letters(console.redis, route, None if replay_all else ids)
-    log.info(
-        "console: %s replayed %d dead letter(s) of %s", _identity(request).label, moved, route.id
-    )
+    log.info("console: %s replayed %d dead letter(s) of %s", who, moved, route.id)
     if wants_json(request):
         return web.json_response({"replayed": moved, "kept": kept})
     raise web.HTTPSeeOther(

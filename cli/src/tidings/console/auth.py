@@ -20,7 +20,8 @@ reads; it never lends its rights to a viewer. The checks:
 | see a Trigger, its attempts, dead letters | get triggers (namespace, name) |
 | see an EventSource, its events | get eventsources (namespace, name) |
 | pause / resume | patch triggers (namespace, name) |
-| replay dead letters | create triggers/replay (a subresource-style check, as Argo CD's actions) |
+| replay dead letters | create replays (in the Trigger's namespace) |
+| see a Trigger's Replays | list replays |
 
 Answers are cached for a few seconds per (viewer, question): a page polls
 every couple of seconds and must not cost the API server a review per poll.
@@ -91,8 +92,14 @@ def can_pause(namespace: str, name: str) -> Question:
     return Question("patch", "triggers", namespace, name)
 
 
-def can_replay(namespace: str, name: str) -> Question:
-    return Question("create", "triggers", namespace, name, subresource="replay")
+def can_replay(namespace: str) -> Question:
+    """Replaying is creating a Replay (docs/replay.md), whichever way the console
+    carries it out: exactly what the viewer could do with kubectl."""
+    return Question("create", "replays", namespace)
+
+
+def can_list_replays(namespace: str) -> Question:
+    return Question("list", "replays", namespace)
 
 
 def parse_cidrs(values: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

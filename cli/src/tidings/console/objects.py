@@ -20,6 +20,9 @@ from tidings.sources.kubeapi import ApiError, KubeApi
 
 FIELD_MANAGER = "tidings-console"
 PAUSED_BY = f"{GROUP}/paused-by"
+REQUESTED_BY = f"{GROUP}/requested-by"
+# Replays the console creates carry their Trigger as a label, to list them per Trigger.
+REPLAY_TRIGGER_LABEL = f"{GROUP}/trigger"
 LIST_CACHE_SECONDS = 1.5
 
 
@@ -104,6 +107,19 @@ class Objects(Protocol):
     async def set_paused(self, namespace: str, name: str, paused: bool, by: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class ReplayView:
+    name: str
+    trigger: str
+    phase: str
+    total: int
+    sent: int
+    delivered: int
+    failed: int
+    created: str
+    message: str
+
+
 class ClusterObjects:
     """EventSources and Triggers from the API, listed with the console's own
     ServiceAccount (cluster-wide list) and filtered per viewer by the caller."""
@@ -174,6 +190,57 @@ class ClusterObjects:
             )
         finally:
             self._cache.pop("triggers", None)
+
+    async def create_replay(
+        self, namespace: str, trigger: str, ids: list[str] | None, by: str
+    ) -> str:
+        """A Replay of these dead letters (None: all) of the Trigger; its name.
+        The operator runs it (docs/replay.md) and reports progress in its status."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Replay",
+            "metadata": {
+                "generateName": f"{trigger[:40]}-console-",
+                "namespace": namespace,
+                "annotations": {REQUESTED_BY: by},
+                "labels": {REPLAY_TRIGGER_LABEL: trigger[:63]},
+            },
+            "spec": {"trigger": trigger, "from": {"deadLetters": {"ids": ids} if ids else {}}},
+        }
+        created = await self.kube.request(
+            "POST",
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/replays",
+            params={"fieldManager": FIELD_MANAGER},
+            body=body,
+        )
+        return str(created["metadata"]["name"])
+
+    async def replays(self, namespace: str, trigger: str) -> list[ReplayView]:
+        """The Trigger's Replays, newest first."""
+        listing = await self.kube.get(
+            f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/replays",
+            labelSelector=f"{REPLAY_TRIGGER_LABEL}={trigger[:63]}",
+        )
+        out = []
+        for item in listing.get("items") or []:
+            status = item.get("status") or {}
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            out.append(
+                ReplayView(
+                    name=item["metadata"]["name"],
+                    trigger=str((item.get("spec") or {}).get("trigger", "")),
+                    phase=str(status.get("phase") or "Pending"),
+                    total=int(status.get("total") or 0),
+                    sent=int(status.get("sent") or 0),
+                    delivered=int(status.get("delivered") or 0),
+                    failed=int(status.get("failed") or 0),
+                    created=str(item["metadata"].get("creationTimestamp", "")),
+                    message=str(ready.get("message", "")),
+                )
+            )
+        return sorted(out, key=lambda r: r.created, reverse=True)
 
 
 @dataclass
