@@ -62,7 +62,15 @@ def test_a_payload_is_cut_at_the_cap() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "shown"),
-    [(None, "-"), (5, "5s"), (90, "1m 30s"), (3600, "1h"), (90061, "1d 1h")],
+    [
+        (None, "-"),
+        (0.1, "100ms"),
+        (0, "0s"),
+        (5, "5s"),
+        (90, "1m 30s"),
+        (3600, "1h"),
+        (90061, "1d 1h"),
+    ],
 )
 def test_durations_read_like_kubectl(seconds: float | None, shown: str) -> None:
     assert _duration(seconds) == shown

@@ -129,6 +129,8 @@ def _duration(seconds: float | None) -> str:
     """Two units at most, as kubectl shows ages: 90 s is "1m 30s"."""
     if seconds is None:
         return "-"
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     left = int(seconds)
     units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
     for index, (unit, size) in enumerate(units):

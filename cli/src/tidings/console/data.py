@@ -101,6 +101,15 @@ class DeliveryState:
     last_failure_message: str = ""
     dead_letters: int = 0  # in the DLQ now
     oldest_dead_letter_ms: int = 0
+    oldest_undelivered_ms: int = 0  # when the oldest undelivered event was stored
+    expires_at_ms: int = 0  # when it hits maxAge or the source's retention
+
+    def expires_in(self, now_ms: int | None = None) -> float | None:
+        """Seconds until the oldest undelivered event expires (None: nothing waits)."""
+        if not self.expires_at_ms:
+            return None
+        now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+        return max(0.0, (self.expires_at_ms - now_ms) / 1000)
 
 
 async def delivery_state(redis: Redis, route: Route) -> DeliveryState:
@@ -125,6 +134,8 @@ async def delivery_state(redis: Redis, route: Route) -> DeliveryState:
         last_failure_message=f.get(keys.STATE_LAST_FAILURE_MESSAGE, ""),
         dead_letters=int(dlq_len or 0),
         oldest_dead_letter_ms=oldest_ms,
+        oldest_undelivered_ms=_int(f.get(keys.STATE_OLDEST, "0")),
+        expires_at_ms=_int(f.get(keys.STATE_EXPIRES, "0")),
     )
 
 
