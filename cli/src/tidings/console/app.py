@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 
 from tidings.api import keys, table
 from tidings.api.attempts import Attempt
-from tidings.api.routes import Route
+from tidings.api.routes import CompiledSource, Route
+from tidings.cli import trace as tracing
 from tidings.console import data
 from tidings.console.auth import (
     COOKIE,
@@ -490,6 +491,7 @@ async def event_page(request: web.Request) -> web.StreamResponse:
         "chosen": chosen,
         "event_id": event_id,
         "found": None,
+        "from_dead_letter": False,
         "traces": [],
         "payload": "",
         "cut": False,
@@ -501,14 +503,39 @@ async def event_page(request: web.Request) -> web.StreamResponse:
             return problem(request, 400, "Bad source", f"source {chosen!r}: write it as NS/NAME")
         await require(request, can_get_source(namespace, name))
         loaded = await table.load(console.redis)
+        source = loaded.sources.get(chosen)
         mine = {t.id for t in triggers if t.namespace == namespace and t.source == name}
-        routes = [r for r in loaded.routes_of(namespace, name) if r.id in mine]
-        found = await data.find_event(console.redis, namespace, name, event_id, routes)
+        routes = sorted(
+            (r for r in loaded.routes_of(namespace, name) if r.id in mine), key=lambda r: r.name
+        )
+        found = await _stored(console.redis, source, event_id, routes) if source else None
         if found is not None:
-            context["found"] = found
-            context["payload"], context["cut"] = data.pretty_payload(found.event)
-            context["traces"] = [await data.trace(console.redis, found, r) for r in routes]
+            stored, event = found
+            context["found"] = stored
+            context["payload"], context["cut"] = data.pretty_payload(event)
+            context["from_dead_letter"] = stored.event is None
+            # The same verdicts as `tidings trace`, for the Triggers the viewer may see.
+            context["traces"] = [await tracing.verdict(console.redis, r, stored) for r in routes]
     return render(request, "event.html", **context)
+
+
+async def _stored(
+    redis: Redis, source: CompiledSource, event_id: str, routes: list[Route]
+) -> tuple[tracing.Stored, dict[str, Any]] | None:
+    """The event as `tidings trace` finds it (the event index), else among the
+    stream's newest events or in a Trigger's dead letters (whose copy outlives the
+    stream); with its payload."""
+    try:
+        stored = await tracing.find_event(redis, source, event_id)
+        if stored.event is not None:
+            return stored, stored.event
+    except tracing.TraceError:
+        pass
+    found = await data.find_event(redis, source.namespace, source.name, event_id, routes)
+    if found is None:
+        return None
+    event = None if found.from_dead_letter else found.event
+    return tracing.Stored(event_id, found.stream_id, found.ingested_ms, event), found.event
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -18,7 +18,6 @@ from tidings.api.routes import Route
 from tidings.api.text import text
 from tidings.dispatcher import deadletter
 from tidings.dispatcher.deadletter import DeadLetter
-from tidings.dispatcher.filtering import Filter
 
 # How much of a payload a page shows; the rest is cut with a note.
 PAYLOAD_CAP = 64 * 1024
@@ -205,14 +204,6 @@ class FoundEvent:
     from_dead_letter: bool = False  # the source's copy was trimmed; this one is the DLQ's
 
 
-@dataclass
-class TriggerTrace:
-    trigger: str
-    verdict: str  # filtered | delivered | retrying | dead | pending | not yet
-    detail: str = ""
-    attempts: list[Attempt] = field(default_factory=list)
-
-
 async def find_event(
     redis: Redis, namespace: str, source: str, event_id: str, routes: list[Route]
 ) -> FoundEvent | None:
@@ -253,60 +244,6 @@ def _match(raw: list[tuple[Any, dict[Any, Any]]], event_id: str) -> FoundEvent |
         if event.get("id") == event_id:
             return FoundEvent(text(entry_id), _int(f.get(keys.FIELD_TIME, "0")), event)
     return None
-
-
-async def trace(redis: Redis, found: FoundEvent, route: Route) -> TriggerTrace:
-    """What one Trigger did with the event."""
-    sid = found.stream_id
-    attempts = [
-        a
-        for a in await recent_attempts(redis, route, count=ATTEMPTS_SCAN)
-        if a.stream_id == sid or a.event_id == found.event.get("id")
-    ]
-    attempts.sort(key=lambda a: a.time_ms)
-    result = TriggerTrace(route.id, "", attempts=attempts)
-    if not Filter(route.filter)(found.event):
-        result.verdict, result.detail = "filtered", "the Trigger's filter does not match it"
-        return result
-    ns, source, name = route.namespace, route.source, route.name
-    for dead in await deadletter.read(redis, ns, source, name, count=DLQ_SCAN):
-        if dead.stream_id == sid:
-            result.verdict, result.detail = "dead", dead.error
-            return result
-    if await redis.zscore(keys.retries(ns, source, name), sid) is not None:
-        count = text(await redis.hget(keys.attempts(ns, source, name), sid) or b"0")
-        result.verdict, result.detail = "retrying", f"{count} attempt(s) so far"
-        return result
-    if any(not a.outcome.failed for a in attempts):
-        result.verdict = "delivered"
-        return result
-    groups: list[dict[Any, Any]] = await redis.xinfo_groups(route.stream)  # type: ignore[assignment]
-    for group in groups:
-        if text(group.get("name", b"")) != route.group:
-            continue
-        last = text(group.get("last-delivered-id", b"0-0"))
-        if _after(sid, last):
-            result.verdict = "not yet"
-            result.detail = "the Trigger has not read this far"
-            return result
-        pending: list[dict[Any, Any]] = await redis.xpending_range(
-            route.stream, route.group, min=sid, max=sid, count=1
-        )  # type: ignore[assignment]
-        if pending:
-            result.verdict, result.detail = "pending", "being delivered now"
-        else:
-            result.verdict = "delivered"
-        return result
-    result.verdict, result.detail = "not yet", "the Trigger has no cursor yet"
-    return result
-
-
-def _after(a: str, b: str) -> bool:
-    def key(x: str) -> tuple[int, int]:
-        ms, _, seq = x.partition("-")
-        return _int(ms), _int(seq or "0")
-
-    return key(a) > key(b)
 
 
 def _json(raw: str) -> dict[str, Any]:
