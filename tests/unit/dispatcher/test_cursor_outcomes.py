@@ -36,6 +36,9 @@ def test_script_keys_come_in_the_order_the_lua_names_them() -> None:
         "K_DLQ": ":dlq",
         "K_STATE": ":state",
         "K_REPLAY": ":replay",
+        "K_DELAYED": ":delayed",
+        "K_OWNERS": ":replay-owner",
+        "K_RUNS": ":replay-runs",
     }
     order = names.group(1).split(", ")
     assert sorted(order) == sorted(suffixes)

@@ -92,12 +92,39 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The CloudEvents extension asking for delivery no earlier than a time (RFC 3339).
+DELIVER_AFTER = "deliverafter"
+
+
+def parse_rfc3339_ms(value: str) -> int | None:
+    """An RFC 3339 time (with a zone) as ms since the epoch, or None."""
+    try:
+        when = datetime.fromisoformat(value.strip().upper().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return int(when.timestamp() * 1000)
+
+
+def deliver_after_ms(event: CloudEvent) -> int | None:
+    """When a delayed event is due (its `deliverafter`), ms since the epoch; None if
+    it has none (ingest has checked the ones it accepts)."""
+    value = event.extensions.get(DELIVER_AFTER)
+    return parse_rfc3339_ms(value) if value else None
+
+
 def encode(event: CloudEvent, ingested_ms: int | None = None) -> dict[str, str]:
-    """Stream entry fields for XADD."""
-    return {
+    """Stream entry fields for XADD; FIELD_DUE too when the event is due later."""
+    now = ingested_ms if ingested_ms is not None else int(time.time() * 1000)
+    fields = {
         keys.FIELD_EVENT: json.dumps(event.to_structured(), separators=(",", ":")),
-        keys.FIELD_TIME: str(ingested_ms if ingested_ms is not None else int(time.time() * 1000)),
+        keys.FIELD_TIME: str(now),
     }
+    due = deliver_after_ms(event)
+    if due is not None and due > now:
+        fields[keys.FIELD_DUE] = str(due)
+    return fields
 
 
 def decode(fields: dict[Any, Any]) -> tuple[CloudEvent, int]:

@@ -20,10 +20,14 @@ TABLE_CHANGED = f"{PREFIX}:routing:changed"  # pub/sub channel; message = new ve
 # Operator bookkeeping: HASH "ns/trigger" -> the source whose stream holds its consumer
 # group, so a Trigger moved to another source (or deleted) has its old cursor removed.
 CURSORS = f"{PREFIX}:{{routing}}:cursors"
+# Replays to run (written by the operator / `tidings dev`, run by dispatchers):
+# HASH "ns/replay" -> CompiledReplay JSON (tidings.api.routes).
+REPLAY_JOBS = f"{PREFIX}:{{routing}}:replays"
 
 # --- stream entry fields ---
 FIELD_EVENT = "e"  # the CloudEvent, JSON (structured form; data inline or data_base64)
 FIELD_TIME = "t"  # ingest time, ms since epoch
+FIELD_DUE = "d"  # delayed events only: deliver no earlier than this, ms since epoch
 
 # An empty stream is made by creating and destroying a consumer group of this
 # name; Kubernetes names cannot contain ':', so no Trigger's group is called this.
@@ -133,6 +137,9 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         held(namespace, source, trigger),
         parked(namespace, source, trigger),
         replays(namespace, source, trigger),
+        delayed(namespace, source, trigger),
+        replay_owners(namespace, source, trigger),
+        replay_runs(namespace, source, trigger),
         attempt_log(namespace, source, trigger),
     ]
 
@@ -150,6 +157,34 @@ def parked(namespace: str, source: str, trigger: str) -> str:
     return _trigger_key(namespace, source, trigger, "parked")
 
 
+def delayed(namespace: str, source: str, trigger: str) -> str:
+    """ZSET of stream ids set aside until their due time (ms, the score): events with
+    a deliverafter or under delivery.delay. Each is also in the retry ZSET (which
+    makes it due) and in `held`; this set only tells them from retries (lag, ordering)."""
+    return _trigger_key(namespace, source, trigger, "delayed")
+
+
+def replay_owners(namespace: str, source: str, trigger: str) -> str:
+    """HASH stream id -> the Replay that handed it to the Trigger (its copy is in
+    `replays`): settling it counts it as delivered or failed for that Replay."""
+    return _trigger_key(namespace, source, trigger, "replay-owner")
+
+
+def replay_runs(namespace: str, source: str, trigger: str) -> str:
+    """HASH of the progress of this Trigger's Replays: "<replay>|<RUN_* field>" -> value
+    (one HASH, so the settle script counts outcomes without naming more keys)."""
+    return _trigger_key(namespace, source, trigger, "replay-runs")
+
+
+def replay_lease(namespace: str, source: str, trigger: str, replay: str) -> str:
+    """STRING (PX): the dispatcher running a Replay now."""
+    return _trigger_key(namespace, source, trigger, f"replay-lease:{replay}")
+
+
+def run_field(replay: str, field: str) -> str:
+    return f"{replay}|{field}"
+
+
 def replays(namespace: str, source: str, trigger: str) -> str:
     """HASH stream id -> "<ms> <CloudEvent JSON>": dead letters handed back by
     `tidings replay`, delivered from this copy (the source's entry may be trimmed)
@@ -162,6 +197,7 @@ STATE_STATE = "state"  # DELIVERING | BACKOFF | PAUSED
 STATE_LAG = "lag"  # events not yet delivered: unread + scheduled retries + parked
 STATE_PENDING = "pending"  # entries being delivered right now (the group's PEL)
 STATE_RETRIES = "retries"  # entries scheduled for another attempt
+STATE_DELAYED = "delayed"  # delayed events not due yet (not in lag)
 STATE_DEAD_LETTERED = "deadLettered"  # total dead letters (counter)
 STATE_EXPIRED = "expired"  # trimmed by retention before delivery (counter)
 STATE_DEAD_LETTERS_TRIMMED = "deadLettersTrimmed"  # DLQ entries dropped by its cap (counter)
@@ -193,6 +229,19 @@ STATE_FILTER_PREVIOUS_ERRORS = "filterPreviousErrors"
 DELIVERING = "Delivering"
 BACKOFF = "Backoff"
 PAUSED = "Paused"
+
+# --- replay_runs HASH fields (after "<replay>|") ---
+RUN_UID = "uid"  # the Replay object's uid: a recreated Replay starts afresh
+RUN_CURSOR = "cursor"  # the last stream (or DLQ) id looked at
+RUN_END = "end"  # the window's end, exclusive
+RUN_TOTAL = "total"  # entries selected by the window
+RUN_SENT = "sent"  # handed to the Trigger
+RUN_SKIPPED = "skipped"  # looked at and not sent (filtered out, already due, gone)
+RUN_DELIVERED = "delivered"  # sent and settled ok
+RUN_FAILED = "failed"  # sent and dead-lettered again
+RUN_STARTED = "started"  # ms since epoch (Redis's clock)
+RUN_SCANNED = "scanned"  # "1" once the whole window was looked at
+RUN_COMPLETED = "completed"  # ms since epoch, once every sent event settled
 
 # --- rate_bucket HASH fields ---
 RATE_TOKENS = "tokens"  # tokens left (a float, as text)

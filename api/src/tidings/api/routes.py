@@ -26,6 +26,8 @@ from tidings.api.types import (
     DeliverySpec,
     Destination,
     EventSourceSpec,
+    Filter,
+    ReplaySpec,
     SecretKeyRef,
     TriggerSpec,
     parse_time,
@@ -148,6 +150,74 @@ def cursor_start(start_from: str) -> str:
 MAX_SEQUENCE = 2**64 - 1
 
 
+class CompiledReplay(Internal):
+    """One Replay, compiled: what a dispatcher needs to run it (tidings.dispatcher.replays).
+    Identified by "namespace/name"; its Trigger is "namespace/trigger"."""
+
+    format: int = FORMAT
+    namespace: str
+    name: str
+    uid: str
+    trigger: str
+    source: str  # the Trigger's source when compiled
+    dead_letters: bool  # from the DLQ (else from the source's stream)
+    dead_letter_since: float | None = None  # seconds before the start
+    dead_letter_ids: list[str] = []
+    stream_since_ms: int | None = None  # default: the oldest stored event
+    stream_until_ms: int | None = None  # exclusive; default: the start
+    filter: CompiledFilter | None = None
+    rate: float | None = None  # events per second
+
+    @property
+    def id(self) -> str:
+        return keys.source_id(self.namespace, self.name)
+
+    @property
+    def trigger_id(self) -> str:
+        return keys.source_id(self.namespace, self.trigger)
+
+
+def compile_filter(spec: Filter) -> CompiledFilter:
+    return CompiledFilter(
+        types=spec.types or [],
+        attributes=spec.attributes or {},
+        prefix=spec.prefix or {},
+        expression=spec.expression,
+    )
+
+
+def compile_replay(
+    *, namespace: str, name: str, uid: str, spec: ReplaySpec, route: Route
+) -> CompiledReplay:
+    """Compile a Replay against its Trigger's route; CompileError(InvalidFilter) for a
+    stream filter whose expression does not compile."""
+    window = spec.from_.stream
+    dead = spec.from_.dead_letters
+    compiled_filter = None
+    if window is not None and window.filter is not None:
+        if window.filter.expression is not None:
+            check_expression(window.filter.expression, "spec.from.stream.filter.expression")
+        compiled_filter = compile_filter(window.filter)
+    return CompiledReplay(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        trigger=spec.trigger,
+        source=route.source,
+        dead_letters=dead is not None,
+        dead_letter_since=parse_duration(dead.since) if dead and dead.since else None,
+        dead_letter_ids=list(dead.ids or []) if dead else [],
+        stream_since_ms=(
+            int(parse_time(window.since, field="since") * 1000) if window and window.since else None
+        ),
+        stream_until_ms=(
+            int(parse_time(window.until, field="until") * 1000) if window and window.until else None
+        ),
+        filter=compiled_filter,
+        rate=spec.rate.per_second if spec.rate else None,
+    )
+
+
 class CompiledIngest(Internal):
     token_sealed: str | None = None
     # objectStore notify: stores that cannot set headers (Versity Gateway,
@@ -231,17 +301,17 @@ class World(Protocol):
         ...
 
 
-def check_expression(expression: str) -> None:
+def check_expression(expression: str, field: str = "spec.filter.expression") -> None:
     """Compile a CEL filter once to reject it early; raises CompileError(InvalidFilter)."""
     try:
         program = cel.compile(expression)
     except ValueError as error:
-        raise CompileError("InvalidFilter", f"spec.filter.expression: {error}") from None
+        raise CompileError("InvalidFilter", f"{field}: {error}") from None
     unknown = sorted(set(program.variables()) - {"event"})
     if unknown:
         raise CompileError(
             "InvalidFilter",
-            f"spec.filter.expression: unknown variable {', '.join(unknown)}; "
+            f"{field}: unknown variable {', '.join(unknown)}; "
             "the event is available as `event` (event.type, event.data...)",
         )
 
@@ -439,12 +509,7 @@ def compile_trigger(
         source=spec.source,
         stream=keys.stream(namespace, spec.source),
         group=keys.group(name),
-        filter=CompiledFilter(
-            types=spec.filter.types or [],
-            attributes=spec.filter.attributes or {},
-            prefix=spec.filter.prefix or {},
-            expression=spec.filter.expression,
-        ),
+        filter=compile_filter(spec.filter),
         subscriber_url=subscriber_url,
         delivery=CompiledDelivery(
             format=delivery.format,

@@ -135,3 +135,7 @@ BACKOFF_PUBLISH = load("backoff_publish")
 RETENTION_TRIM = load("retention_trim")  # tidings.dispatcher.retention
 RETENTION_TRIM_DEAD_LETTERS = load("retention_trim_dead_letters")
 DEADLETTER_HAND_BACK = load("deadletter_hand_back")  # tidings.dispatcher.deadletter
+REPLAY_START = load("replay_start")  # tidings.dispatcher.replays
+REPLAY_HAND_BACK = load("replay_hand_back")
+REPLAY_COUNT = load("replay_count")
+REPLAY_CANCEL = load("replay_cancel")  # tidings.operator.replays

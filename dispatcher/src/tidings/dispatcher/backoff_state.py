@@ -72,6 +72,7 @@ class BackoffState:
         self.parked_key = keys.parked(ns, source, name)
         self.dlq_key = keys.dead_letters(ns, source, name)
         self.held_key = keys.held(ns, source, name)
+        self.delayed_key = keys.delayed(ns, source, name)
         retry = route.delivery.retry
         self.first_interval = max(0.1, retry.initial_delay)
         self.max_interval = max(self.first_interval, min(retry.max_delay, PROBE_MAX))
@@ -99,7 +100,11 @@ class BackoffState:
         return float(interval) / 1000
 
     async def recover(self) -> int:
-        return int(await scripts.BACKOFF_RECOVER(self.redis, keys=[self.state_key, self.retry_key]))
+        return int(
+            await scripts.BACKOFF_RECOVER(
+                self.redis, keys=[self.state_key, self.retry_key, self.delayed_key]
+            )
+        )
 
     async def publish(
         self,
@@ -122,6 +127,7 @@ class BackoffState:
                 self.parked_key,
                 self.dlq_key,
                 self.held_key,
+                self.delayed_key,
             ],
             args=[
                 self.route.group,

@@ -60,6 +60,9 @@ def script_keys(route: Route) -> list[str]:
         keys.dead_letters(ns, source, name),
         keys.trigger_state(ns, source, name),
         keys.replays(ns, source, name),
+        keys.delayed(ns, source, name),
+        keys.replay_owners(ns, source, name),
+        keys.replay_runs(ns, source, name),
     ]
 
 
@@ -93,7 +96,7 @@ class Entry:
     origin: Origin
     id: str
     event_json: bytes
-    ingested_ms: int
+    ingested_ms: int  # when stored (a delayed event: when due); maxAge counts from it
     attempts: int
     order_key: str  # "" when unordered, else "k" + key (as the scripts pass it)
 
@@ -155,6 +158,7 @@ class Cursor:
                 reclaim_idle_ms,
                 self.order_path,
                 "1" if probe else "0",
+                int(self.route.delay * 1000),
             ],
         )
         status = FetchStatus(text(status))
@@ -219,12 +223,13 @@ _ORIGINS: dict[bytes | str, Origin] = {
 }
 _FIELD_EVENT = (keys.FIELD_EVENT.encode(), keys.FIELD_EVENT)
 _FIELD_TIME = (keys.FIELD_TIME.encode(), keys.FIELD_TIME)
+_FIELD_DUE = (keys.FIELD_DUE.encode(), keys.FIELD_DUE)
 
 
 def _entry(item: list[Any]) -> Entry:
     origin, stream_id, fields, attempts, key = item
     event_json = b"{}"
-    ingested = 0
+    ingested = due = 0
     for i in range(0, len(fields), 2):
         name = fields[i]
         if name in _FIELD_EVENT:
@@ -232,11 +237,13 @@ def _entry(item: list[Any]) -> Entry:
             event_json = value if isinstance(value, bytes) else str(value).encode()
         elif name in _FIELD_TIME:
             ingested = int(fields[i + 1])
+        elif name in _FIELD_DUE:
+            due = int(fields[i + 1])
     return Entry(
         origin=_ORIGINS[origin],
         id=text(stream_id),
         event_json=event_json,
-        ingested_ms=ingested,
+        ingested_ms=max(ingested, due),  # a delayed event's maxAge counts from when due
         attempts=int(attempts),
         order_key=text(key),
     )

@@ -72,6 +72,7 @@ from tidings.dispatcher.cursor import (
 from tidings.dispatcher.delivery import Result, build_request, send, signing_key
 from tidings.dispatcher.filtering import Filter, FilterCounts, FilterFailed
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
+from tidings.dispatcher.replays import Replays
 from tidings.dispatcher.retry import Failure, decide, is_retryable
 from tidings.dispatcher.routing import TableWatcher
 
@@ -522,7 +523,7 @@ class TriggerWorker:
                 return Done(Outcome(Op.OK, entry), Verdict.FILTERED)
         except FilterFailed as failure:
             return self._filter_failed(entry, event, failure)
-        age = time.time() - entry.ingested_ms / 1000
+        age = time.time() - entry.ingested_ms / 1000 - route.delay
         if age > delivery.max_age:
             message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
             return Done(
@@ -749,6 +750,7 @@ class Dispatcher:
         publish_interval: float = 1.0,
         retention_interval: float = 10.0,
         filter_span: float = FILTER_SPAN,
+        replay_interval: float = 1.0,
         on_attempt: AttemptHook | None = None,
     ) -> None:
         self.redis = redis
@@ -770,6 +772,8 @@ class Dispatcher:
         self._opened: OpenedSecrets | None = None
         self._stopping = False
         self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
+        self.replays = Replays(redis, self.consumer)
+        self.replay_interval = replay_interval
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -796,6 +800,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._publish_loop(), name="dispatch-publish"),
             asyncio.create_task(self._retention_loop(), name="dispatch-retention"),
+            asyncio.create_task(self._replay_loop(), name="dispatch-replays"),
         ]
         log.info("dispatcher %s started", self.consumer)
 
@@ -826,6 +831,7 @@ class Dispatcher:
         """Drain: in-flight deliveries get up to `grace` seconds, then settle."""
         self._stopping = True
         await cancel(set(self._tasks))
+        await self.replays.stop()
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
         if self._session is not None:
             await self._session.close()
@@ -865,6 +871,15 @@ class Dispatcher:
                     except (RedisError, OSError) as error:
                         log.debug("consumer cleanup of %s failed: %s", worker.route.id, error)
             await asyncio.sleep(self.publish_interval)
+
+    async def _replay_loop(self) -> None:
+        """Run the Replays of the Triggers this process routes (replays.py)."""
+        while True:
+            await asyncio.sleep(self.replay_interval)
+            try:
+                await self.replays.sync(self.watcher.current.routes)
+            except (RedisError, OSError) as error:
+                log.debug("looking for Replays failed: %s", error)
 
     async def _retention_loop(self) -> None:
         while True:

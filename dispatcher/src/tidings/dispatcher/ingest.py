@@ -35,6 +35,14 @@ Notify sources also take the token as `?token=` (Versity Gateway and Ceph RGW
 cannot set headers). Missing credentials are 401, wrong
 ones 403.
 
+Delayed delivery: an event may ask to be delivered no earlier than a time —
+its CloudEvents extension `deliverafter` (RFC 3339), or for every event of the
+request without one, a `Tidings-Deliver-After` header or `?deliverAfter=`
+(an RFC 3339 time, or a duration from now such as `30s`, written into the
+events as `deliverafter`). Further ahead than the source's `maxDelay`
+(spec.http.maxDelay, default 168h) is 400 naming the limit; a time in the
+past is no delay.
+
 202 is sent only after XADD returned (and WAIT, when `wait_replicas` is set);
 a Redis failure is 503 with Retry-After, never 202. Ids seen within the
 dedupe window are answered 202 again and listed under `duplicates`.
@@ -49,6 +57,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
@@ -59,7 +68,8 @@ from redis.exceptions import RedisError
 
 from tidings.api import codec
 from tidings.api.codec import BATCH, STRUCTURED
-from tidings.api.events import CloudEvent, new_id, now_rfc3339
+from tidings.api.durations import DurationError, format_duration, parse_duration
+from tidings.api.events import DELIVER_AFTER, CloudEvent, new_id, now_rfc3339, parse_rfc3339_ms
 from tidings.api.routes import CompiledIngest, CompiledSource
 from tidings.api.s3events import KeyFilter, NotificationError, events_from_notification
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
@@ -178,6 +188,70 @@ def _parse_events(
         "or a binary-mode CloudEvent with ce-* headers",
         415,
     )
+
+
+DELIVER_AFTER_HEADER = "Tidings-Deliver-After"
+DELIVER_AFTER_QUERY = "deliverAfter"
+
+
+def _requested_delay(
+    headers: Mapping[str, str], query: Mapping[str, str], now_ms: int
+) -> tuple[str, str] | None:
+    """The request-wide deliver-after (header, else query) as (RFC 3339, where)."""
+    for value, where in (
+        (headers.get(DELIVER_AFTER_HEADER), f"{DELIVER_AFTER_HEADER} header"),
+        (query.get(DELIVER_AFTER_QUERY), f"{DELIVER_AFTER_QUERY} query parameter"),
+    ):
+        if value is None:
+            continue
+        value = value.strip()
+        if parse_rfc3339_ms(value) is not None:
+            return value, where
+        try:
+            seconds = parse_duration(value, field=where)
+        except DurationError:
+            raise IngestError(
+                400,
+                f"{where}: {value!r} is neither an RFC 3339 time (2026-11-29T10:00:00Z) "
+                "nor a duration from now (30s, 15m, 2h)",
+            ) from None
+        due = datetime.fromtimestamp(now_ms / 1000 + seconds, UTC)
+        return due.isoformat(timespec="milliseconds").replace("+00:00", "Z"), where
+    return None
+
+
+def apply_delays(
+    events: list[CloudEvent],
+    headers: Mapping[str, str],
+    query: Mapping[str, str],
+    max_delay: float,
+    now_ms: int,
+) -> None:
+    """Check each event's `deliverafter` (set from the header or query when it has
+    none) against `max_delay` seconds; IngestError(400) naming the field and the
+    limit. Nothing is stored when one event of the request is refused."""
+    requested = _requested_delay(headers, query, now_ms)
+    for index, event in enumerate(events):
+        where = f"[{index}].{DELIVER_AFTER}" if len(events) > 1 else DELIVER_AFTER
+        value = event.extensions.get(DELIVER_AFTER)
+        if value is None and requested is not None:
+            value, where = requested
+            event.extensions[DELIVER_AFTER] = value
+        if value is None:
+            continue
+        due = parse_rfc3339_ms(value)
+        if due is None:
+            raise IngestError(
+                400, f"{where}: {value!r} is not an RFC 3339 time, e.g. 2026-11-29T10:00:00Z"
+            )
+        ahead = (due - now_ms) / 1000
+        if ahead > max_delay:
+            raise IngestError(
+                400,
+                f"{where}: {value} is {format_duration(ahead)} from now, beyond this "
+                f"EventSource's maxDelay of {format_duration(max_delay)} "
+                "(spec.http.maxDelay); deliver sooner or raise maxDelay",
+            )
 
 
 # --- auth (pure) ----------------------------------------------------------------------
@@ -466,6 +540,7 @@ class Ingest:
             events, ignored = parse_notification(source, body)
         else:
             events = parse_events(source, headers, body, request.query, message_id)
+            apply_delays(events, headers, request.query, ingest.max_delay, int(time.time() * 1000))
         result = await self._append(source, events)
         self.metrics.events.labels(source.id, "accepted").inc(len(result.accepted))
         if result.duplicates:

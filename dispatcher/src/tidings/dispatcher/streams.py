@@ -5,6 +5,9 @@ and remembered under a dedupe key (SET PX, the source's dedupe window) in the
 same Lua script, so a crash can never leave one without the other: an event
 is either in the stream and remembered, or neither. An event whose id was seen
 within the window is not added again; its first stream id is returned instead.
+A delayed event (extension `deliverafter`, checked by ingest) is stored like
+any other, with its due time in one more field (keys.FIELD_DUE) that the
+dispatchers' fetch script reads to set it aside (cursor.py).
 
 The dedupe key is the pair (CloudEvents `source`, `id`), which is what the
 CloudEvents spec makes unique: two producers posting to one EventSource with
@@ -108,7 +111,12 @@ async def append(
         args = [window_ms]
         for event in chunk:
             fields = encode(event, now_ms)
-            args += [fields[keys.FIELD_EVENT], fields[keys.FIELD_TIME], event.id]
+            args += [
+                fields[keys.FIELD_EVENT],
+                fields[keys.FIELD_TIME],
+                event.id,
+                fields.get(keys.FIELD_DUE, ""),
+            ]
         index = keys.event_index(source.namespace, source.name)
         calls.append(([source.stream, index, *(dedupe_key(source, e) for e in chunk)], args))
     replies = await _run(redis, calls, wait_replicas, wait_timeout)

@@ -2,7 +2,7 @@
 -- lag, pending, retries, updated, the filter's counts) and read its counts
 -- (tidings.dispatcher.backoff_state).
 -- KEYS: [1] the source's stream, [2] trigger state HASH, [3] retry ZSET, [4] parked
---   ZSET, [5] dead-letter stream, [6] held ZSET.
+--   ZSET, [5] dead-letter stream, [6] held ZSET, [7] delayed ZSET.
 -- ARGV: [1] group, [2] paused "1"/"0", [3] now ms (the publishing replica's clock),
 --   [4] the Trigger's maxAge ms, [5] the source's retention maxAge ms (0: unknown),
 --   [6] the route generation the filter counts are of, [7] events the filter
@@ -36,7 +36,9 @@ if ok then
     end
   end
 end
-local retries = redis.call('ZCARD', KEYS[3])
+-- Delayed events count in lag only once due; they are no retries either.
+local delayed = redis.call('ZCOUNT', KEYS[7], '(' .. ARGV[3], '+inf')
+local retries = redis.call('ZCARD', KEYS[3]) - delayed
 local parked = redis.call('ZCARD', KEYS[4])
 local state = redis.call('HGET', KEYS[2], {{STATE_STATE}})
 if ARGV[2] == '1' then
@@ -66,7 +68,8 @@ local held = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
 if held[2] then consider(tonumber(held[2]), false) end
 
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
-  {{STATE_RETRIES}}, retries, {{STATE_UPDATED}}, ARGV[3], {{STATE_OLDEST}}, oldest,
+  {{STATE_RETRIES}}, retries, {{STATE_DELAYED}}, delayed, {{STATE_UPDATED}}, ARGV[3],
+  {{STATE_OLDEST}}, oldest,
   {{STATE_EXPIRES}}, expires)
 -- The filter's counts.
 local generation, checked, failed = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])

@@ -1,8 +1,13 @@
 -- cursor_fetch: what a Trigger may start now (tidings.dispatcher.cursor, Cursor.fetch).
--- KEYS: those of _cursor_keys.lua (K_STREAM .. K_REPLAY), in its order.
+-- KEYS: those of _cursor_keys.lua (K_STREAM .. K_RUNS), in its order.
 -- ARGV: [1] group, [2] consumer, [3] want, [4] lease ms, [5] concurrency, [6] rate
 --   per second, [7] burst, [8] reclaim idle ms (0: do not reclaim), [9] ordering
---   path ("": unordered), [10] probe ("1": fetch even in Backoff, for the probe).
+--   path ("": unordered), [10] probe ("1": fetch even in Backoff, for the probe),
+--   [11] the Trigger's delivery.delay in ms (0: none).
+-- A new entry not due yet (its FIELD_DUE, or its ingest time + the delay, is
+-- ahead) is set aside, not delivered: acked, scheduled in the retry ZSET at its
+-- due time, held against retention and marked in the delayed ZSET; it comes
+-- back as a due retry with no attempt spent, taking its ordering key then.
 -- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
 -- empty (info: {last stream id, ms until the next retry is due, or -1}) | backoff.
 -- Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
@@ -15,6 +20,7 @@ local group, consumer = ARGV[1], ARGV[2]
 local want, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reclaim_idle, path, probe = tonumber(ARGV[8]), ARGV[9], ARGV[10]
+local delay = tonumber(ARGV[11] or '0')
 
 if probe ~= '1' and redis.call('HGET', KEYS[K_STATE], {{STATE_STATE}}) == {{BACKOFF}} then
   return {'backoff', 0, {}}
@@ -50,8 +56,18 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIM
     fields = entry and entry[2]
   end
   if fields then
-    redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
-    take('r', id, fields)
+    local key = nil
+    if redis.call('ZREM', KEYS[K_DELAYED], id) == 1 and parts then
+      -- A delayed event's first attempt: it takes its ordering key only now.
+      key = order_key(fields, parts)
+    end
+    if key and not order_acquire(key, id) then
+      redis.call('ZREM', KEYS[K_RETRY], id)
+      order_park(key, id)
+    else
+      redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
+      take('r', id, fields)
+    end
   else  -- gone from the stream (deleted by hand): nothing left to deliver
     redis.call('ZREM', KEYS[K_RETRY], id)
     redis.call('ZREM', KEYS[K_HELD], id)
@@ -67,12 +83,35 @@ if reclaim_idle > 0 and #out < want then
   end
 end
 
-if #out < want then
+-- When an entry is due: its FIELD_DUE, pushed back by the Trigger's delay.
+local function due_of(fields)
+  local due, ingested = 0, 0
+  for i = 1, #fields, 2 do
+    if fields[i] == {{FIELD_DUE}} then due = tonumber(fields[i + 1]) or 0
+    elseif fields[i] == {{FIELD_TIME}} then ingested = tonumber(fields[i + 1]) or 0 end
+  end
+  if delay > 0 and ingested + delay > due then due = ingested + delay end
+  return due
+end
+
+-- Entries set aside as delayed free their place: read again, a few rounds at most.
+local rounds = 0
+while #out < want and rounds < 4 do
+  rounds = rounds + 1
   local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want - #out,
     'STREAMS', KEYS[K_STREAM], '>')
-  if read then
-    for _, entry in ipairs(read[1][2]) do
-      local id, fields = entry[1], entry[2]
+  if not read then break end
+  local aside = 0
+  for _, entry in ipairs(read[1][2]) do
+    local id, fields = entry[1], entry[2]
+    local due = due_of(fields)
+    if due > now then
+      redis.call('XACK', KEYS[K_STREAM], group, id)
+      redis.call('ZADD', KEYS[K_RETRY], due, id)
+      redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
+      redis.call('ZADD', KEYS[K_DELAYED], due, id)
+      aside = aside + 1
+    else
       local key = parts and order_key(fields, parts)
       if key and not order_acquire(key, id) then
         redis.call('XACK', KEYS[K_STREAM], group, id)
@@ -82,6 +121,7 @@ if #out < want then
       end
     end
   end
+  if aside == 0 then break end
 end
 
 if #out == 0 then

@@ -1,6 +1,6 @@
 -- cursor_settle: apply a batch of delivery outcomes (tidings.dispatcher.cursor,
 -- Cursor.settle).
--- KEYS: those of _cursor_keys.lua (K_STREAM .. K_REPLAY), in its order.
+-- KEYS: those of _cursor_keys.lua (K_STREAM .. K_RUNS), in its order.
 -- ARGV: [1] group, [2] consumer, [3] the DLQ's max entries, [4] burst, [5] filtered-out
 --   count, [6] answered count, [7] failed count, [8] last failure time, [9] its
 --   status, [10] its message, [11] trigger id, [12] the ids of plain acks (new entries
@@ -44,7 +44,19 @@ for i = 13, #ARGV, 8 do
     if op == 'dead' then
       deadletter_add(id, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], now, trigger, dlq_max)
     end
-    if origin == 'r' then redis.call('HDEL', KEYS[K_REPLAY], id) end
+    if origin == 'r' then
+      redis.call('HDEL', KEYS[K_REPLAY], id)
+      -- Handed back by a Replay (replays.py): count its outcome there.
+      local owner = redis.call('HGET', KEYS[K_OWNERS], id)
+      if owner then
+        redis.call('HDEL', KEYS[K_OWNERS], id)
+        if redis.call('HEXISTS', KEYS[K_RUNS], owner .. '|' .. {{RUN_UID}}) == 1 then
+          local what = {{RUN_DELIVERED}}
+          if op == 'dead' then what = {{RUN_FAILED}} end
+          redis.call('HINCRBY', KEYS[K_RUNS], owner .. '|' .. what, 1)
+        end
+      end
+    end
     if key ~= '' then order_release(string.sub(key, 2), id, now) end
   end
 end

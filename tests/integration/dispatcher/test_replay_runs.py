@@ -1,0 +1,156 @@
+"""Replays run by dispatchers: dead letters and a stream window handed to one
+Trigger with exact counts, the other Triggers untouched, progress counted; a
+dispatcher killed mid-run is resumed by another and no event is sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+from dispatch_harness import Plane, Subscriber, wait_until
+
+from tidings.api import keys
+from tidings.api.events import CloudEvent
+from tidings.api.routes import CompiledReplay, Route, compile_replay
+from tidings.api.types import ReplaySpec
+from tidings.dispatcher import deadletter
+from tidings.dispatcher.replays import Progress, read_progress
+
+FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0, "maxAttempts": 2}
+
+
+def refusing(paths: set[str]) -> Any:
+    """The subscriber answers 400 on these paths (dead letters at once), 200 elsewhere."""
+
+    def behaviour(request: web.Request) -> tuple[int, dict[str, str], float]:
+        return (400 if request.path in paths else 200), {}, 0.0
+
+    return behaviour
+
+
+async def start_replay(plane: Plane, route: Route, name: str, **spec: Any) -> CompiledReplay:
+    job = compile_replay(
+        namespace=plane.namespace,
+        name=name,
+        uid=str(uuid.uuid4()),
+        spec=ReplaySpec.model_validate({"trigger": route.name, **spec}),
+        route=route,
+    )
+    await plane.redis.hset(keys.REPLAY_JOBS, job.id, job.model_dump_json())  # type: ignore[misc]
+    return job
+
+
+async def finished(plane: Plane, route: Route, name: str, within: float = 20) -> Progress:
+    async def done() -> bool:
+        progress = await read_progress(plane.redis, plane.namespace, "src", route.name, name)
+        return progress is not None and progress.completed > 0
+
+    await wait_until(done, within, f"replay {name} completed")
+    progress = await read_progress(plane.redis, plane.namespace, "src", route.name, name)
+    assert progress is not None
+    return progress
+
+
+def at_path(subscriber: Subscriber, path: str) -> list[Any]:
+    return [r for r in subscriber.received if r.path == path]
+
+
+async def test_dead_letters_replayed_to_their_trigger_only_with_exact_counts(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    base = subscriber.url.rsplit("/", 1)[0]
+    subscriber.behaviour = refusing({"/welcome"})
+    welcome = await plane.add_trigger("welcome", f"{base}/welcome", delivery={"retry": FAST})
+    await plane.add_trigger("audit", f"{base}/audit")
+    ids = await plane.publish(10)
+    await wait_until(lambda: len(at_path(subscriber, "/audit")) == 10, 15, "audit")
+
+    async def dead() -> bool:
+        found = await deadletter.read(plane.redis, plane.namespace, "src", "welcome")
+        return len(found) == 10
+
+    await wait_until(dead, 15, "10 dead letters")
+    subscriber.behaviour = refusing(set())  # the subscriber is fixed
+    await start_replay(plane, welcome, "again", **{"from": {"deadLetters": {}}})
+    progress = await finished(plane, welcome, "again")
+    assert (progress.total, progress.sent, progress.delivered, progress.failed) == (10, 10, 10, 0)
+    assert progress.skipped == 0
+    replayed = at_path(subscriber, "/welcome")
+    assert sorted(r.id for r in replayed) == sorted(ids)  # the events keep their ids
+    assert {r.headers.get("ce-tidingsreplay") for r in replayed} == {"again"}
+    await asyncio.sleep(0.5)
+    assert len(at_path(subscriber, "/audit")) == 10  # the other Trigger saw nothing more
+    assert await plane.redis.xlen(keys.dead_letters(plane.namespace, "src", "welcome")) == 0
+
+
+async def test_a_stream_window_is_replayed_with_its_filter(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    base = subscriber.url.rsplit("/", 1)[0]
+    mail = await plane.add_trigger("mail", f"{base}/mail")
+    await plane.add_trigger("audit", f"{base}/audit")
+    await plane.publish(3, prefix="before", type="com.shop.order")
+    await asyncio.sleep(0.05)
+    since = time.time()
+    await asyncio.sleep(0.05)
+    inside = await plane.publish(6, prefix="inside", type="com.shop.order")
+    await plane.publish(4, prefix="other", type="com.shop.refund")
+    await asyncio.sleep(0.05)
+    until = time.time()
+    await asyncio.sleep(0.05)
+    await plane.publish(2, prefix="after", type="com.shop.order")
+    await wait_until(lambda: len(subscriber.received) == 2 * 15, 15, "live deliveries")
+
+    def rfc3339(at: float) -> str:
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+    window = {
+        "since": rfc3339(since),
+        "until": rfc3339(until),
+        "filter": {"types": ["com.shop.order"]},
+    }
+    await start_replay(plane, mail, "window", **{"from": {"stream": window}})
+    progress = await finished(plane, mail, "window")
+    assert (progress.total, progress.sent, progress.skipped) == (10, 6, 4)
+    assert (progress.delivered, progress.failed) == (6, 0)
+    replayed = [r for r in at_path(subscriber, "/mail") if r.headers.get("ce-tidingsreplay")]
+    assert sorted(r.id for r in replayed) == sorted(inside)
+    await asyncio.sleep(0.5)
+    assert len(at_path(subscriber, "/audit")) == 15
+
+
+async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_twice(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    route = await plane.add_trigger("t", subscriber.url, wait=False)
+    first = plane.spawn("first")
+    await wait_until(lambda: plane.has_group(route), 20, "the group")
+    events = [CloudEvent(id=f"e-{i}", source="/s", type="t", data={}) for i in range(80)]
+    await plane.publish_events(events)
+    await wait_until(lambda: len(subscriber.received) == 80, 20, "live deliveries")
+    await start_replay(plane, route, "slow", **{"from": {"stream": {}}, "rate": {"perSecond": 20}})
+
+    async def halfway() -> bool:
+        progress = await read_progress(plane.redis, plane.namespace, "src", "t", "slow")
+        return progress is not None and progress.sent >= 20
+
+    await wait_until(halfway, 20, "the replay under way")
+    first.kill()  # SIGKILL mid-run
+    first.wait()
+    await plane.dispatcher()
+    progress = await finished(plane, route, "slow", within=40)
+    assert (progress.total, progress.sent, progress.delivered) == (80, 80, 80)
+    replayed = Counter(r.id for r in subscriber.received if r.headers.get("ce-tidingsreplay"))
+    assert sorted(replayed) == sorted(e.id for e in events)
+    assert set(replayed.values()) == {1}, "an event replayed twice"
