@@ -31,7 +31,9 @@ async def test_delayed_events_arrive_on_time_in_due_order_across_a_restart(
     source = await plane.add_source()
     route = await plane.add_trigger("t", subscriber.url, wait=False)
     first = plane.spawn("first")
-    await wait_until(lambda: plane.has_group(route), 15, "the group")
+    await wait_until(
+        lambda: plane.has_group(route), 90, "the group (a process start takes 15 s under load)"
+    )
     start = time.time()
     due = {"c": start + 6.0, "a": start + 4.0, "b": start + 5.0}
     # Stored in another order than due; undelayed events behind them.

@@ -135,7 +135,9 @@ async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_t
     await plane.add_source()
     route = await plane.add_trigger("t", subscriber.url, wait=False)
     first = plane.spawn("first")
-    await wait_until(lambda: plane.has_group(route), 20, "the group")
+    await wait_until(
+        lambda: plane.has_group(route), 90, "the group (a process start takes 15 s under load)"
+    )
     events = [CloudEvent(id=f"e-{i}", source="/s", type="t", data={}) for i in range(80)]
     await plane.publish_events(events)
     await wait_until(lambda: len(subscriber.received) == 80, 20, "live deliveries")
