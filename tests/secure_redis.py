@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tidings.api.settings import RedisConnection
 
@@ -31,6 +32,9 @@ class TlsRedis:
             env["REDIS_TLS_CERT_FILE"] = self.client_cert_file
             env["REDIS_TLS_KEY_FILE"] = self.client_key_file
         return env
+
+    def ca_pem(self) -> str:
+        return Path(self.ca_file).read_text()
 
     def connection(self, *, client_cert: bool = False) -> RedisConnection:
         return RedisConnection(

@@ -88,28 +88,22 @@ helm.sh/chart: {{ include "tidings.chart" $root }}
 {{- printf "/etc/tidings/redis-ca/%s" .Values.externalRedis.tls.caKey }}
 {{- end }}
 
+{{- define "tidings.redisClientCertDir" -}}
+/etc/tidings/redis-client
+{{- end }}
+
 {{/*
-The Redis URL of one process, password as $(REDIS_PASSWORD) (expanded by the
-kubelet from the env var before it). Call with (list $ withCA): adapters run
-in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
+The Redis URL of every process. The bundled Redis: password as $(REDIS_PASSWORD)
+(expanded by the kubelet from the env var before it). External Redis: the URL
+as given; user, password and TLS files travel as REDIS_USERNAME,
+REDIS_PASSWORD, REDIS_TLS_* (tidings.redisEnv), so a password needs no
+URL-escaping, and the operator hands them on to the adapters it runs.
 */}}
 {{- define "tidings.redisURL" -}}
-{{- $root := index . 0 }}
-{{- $withCA := index . 1 }}
-{{- if $root.Values.redis.enabled }}
-{{- printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "tidings.redisHost" $root) }}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "tidings.redisHost" .) }}
 {{- else }}
-{{- $ext := $root.Values.externalRedis }}
-{{- $u := urlParse $ext.url }}
-{{- $auth := "" }}
-{{- if $ext.passwordSecret.name }}
-{{- $auth = printf "%s:$(REDIS_PASSWORD)@" $ext.username }}
-{{- end }}
-{{- $query := $u.query }}
-{{- if and $withCA $ext.tls.caSecret }}
-{{- $query = trimPrefix "&" (printf "%s&ssl_ca_certs=%s" $query (include "tidings.redisCAPath" $root)) }}
-{{- end }}
-{{- printf "%s://%s%s%s%s" $u.scheme $auth $u.host $u.path (ternary (printf "?%s" $query) "" (ne $query "")) }}
+{{- .Values.externalRedis.url }}
 {{- end }}
 {{- end }}
 
@@ -135,7 +129,7 @@ in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
   valueFrom:
     secretKeyRef: {name: {{ include "tidings.redisPasswordSecret" . }}, key: password}
 - name: REDIS_URL
-  value: {{ include "tidings.redisURL" (list . true) | quote }}
+  value: {{ include "tidings.redisURL" . | quote }}
 {{- else if .Values.externalRedis.urlSecret.name }}
 - name: REDIS_URL
   valueFrom:
@@ -147,7 +141,24 @@ in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
     secretKeyRef: {name: {{ .Values.externalRedis.passwordSecret.name }}, key: {{ .Values.externalRedis.passwordSecret.key }}}
 {{- end }}
 - name: REDIS_URL
-  value: {{ include "tidings.redisURL" (list . true) | quote }}
+  value: {{ include "tidings.redisURL" . | quote }}
+{{- end }}
+{{- if not .Values.redis.enabled }}
+{{- $ext := .Values.externalRedis }}
+{{- if $ext.username }}
+- name: REDIS_USERNAME
+  value: {{ $ext.username | quote }}
+{{- end }}
+{{- if $ext.tls.caSecret }}
+- name: REDIS_TLS_CA_FILE
+  value: {{ include "tidings.redisCAPath" . | quote }}
+{{- end }}
+{{- if $ext.tls.clientCertSecret }}
+- name: REDIS_TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" (include "tidings.redisClientCertDir" .) | quote }}
+- name: REDIS_TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" (include "tidings.redisClientCertDir" .) | quote }}
+{{- end }}
 {{- end }}
 {{- if and (not .Values.redis.enabled) .Values.externalRedis.cluster }}
 - name: TIDINGS_REDIS_CLUSTER
@@ -182,6 +193,12 @@ in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
     secretName: {{ .Values.externalRedis.tls.caSecret }}
     defaultMode: 0444
 {{- end }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.clientCertSecret }}
+- name: redis-client
+  secret:
+    secretName: {{ .Values.externalRedis.tls.clientCertSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 
 {{- define "tidings.volumeMounts" -}}
@@ -193,6 +210,11 @@ in other namespaces without the CA volume, so theirs has no ssl_ca_certs.
 {{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
 - name: redis-ca
   mountPath: /etc/tidings/redis-ca
+  readOnly: true
+{{- end }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.clientCertSecret }}
+- name: redis-client
+  mountPath: {{ include "tidings.redisClientCertDir" . }}
   readOnly: true
 {{- end }}
 {{- end }}
@@ -251,6 +273,9 @@ scanning is off, so it needs no list/watch on either.
 {{- end }}
 {{- if and $ext.tls.caSecret (not (hasPrefix "rediss://" $ext.url)) (not $ext.urlSecret.name) }}
 {{- fail "externalRedis.tls.caSecret: TLS needs a rediss:// URL in externalRedis.url" }}
+{{- end }}
+{{- if and $ext.tls.clientCertSecret (not (hasPrefix "rediss://" $ext.url)) (not $ext.urlSecret.name) }}
+{{- fail "externalRedis.tls.clientCertSecret: TLS needs a rediss:// URL in externalRedis.url" }}
 {{- end }}
 {{- if and .Values.dispatcher.autoscaling.enabled (lt (int .Values.dispatcher.autoscaling.maxReplicas) (int .Values.dispatcher.autoscaling.minReplicas)) }}
 {{- fail "dispatcher.autoscaling.maxReplicas must be at least minReplicas" }}

@@ -398,21 +398,60 @@ def test_external_redis_with_tls_user_password_and_cluster_mode(helm: Helm) -> N
     assert env["REDIS_PASSWORD"] == {
         "secretKeyRef": {"name": "redis-credentials", "key": "password"}
     }
-    assert env["REDIS_URL"] == (
-        "rediss://tidings:$(REDIS_PASSWORD)@redis.data.svc.cluster.local:6380/0"
-        "?ssl_ca_certs=/etc/tidings/redis-ca/ca.crt"
-    )
-    # The CA is mounted here only: adapters get the URL without it.
-    assert env["TIDINGS_ADAPTER_REDIS_URL"] == (
-        "rediss://tidings:$(REDIS_PASSWORD)@redis.data.svc.cluster.local:6380/0"
-    )
+    # The URL as given; user, password and TLS files are the settings every
+    # process reads (tidings.api.settings), so the password needs no URL-escaping.
+    assert env["REDIS_URL"] == "rediss://redis.data.svc.cluster.local:6380/0"
+    assert env["REDIS_USERNAME"] == "tidings"
+    assert env["REDIS_TLS_CA_FILE"] == "/etc/tidings/redis-ca/ca.crt"
+    assert env["REDIS_TLS_CERT_FILE"] == "/etc/tidings/redis-client/tls.crt"
+    assert env["REDIS_TLS_KEY_FILE"] == "/etc/tidings/redis-client/tls.key"
+    # Adapters get the same URL; the operator hands them user, password and CA.
+    assert env["TIDINGS_ADAPTER_REDIS_URL"] == env["REDIS_URL"]
     assert env["TIDINGS_REDIS_CLUSTER"] == "true"
-    assert {"name": "redis-ca", "mountPath": "/etc/tidings/redis-ca", "readOnly": True} in operator[
-        "volumeMounts"
-    ]
+    for name in ("tidings-operator", "tidings-dispatcher"):
+        c = container(objects, "Deployment", name)
+        mounts = c["volumeMounts"]
+        assert {
+            "name": "redis-ca",
+            "mountPath": "/etc/tidings/redis-ca",
+            "readOnly": True,
+        } in mounts
+        assert {
+            "name": "redis-client",
+            "mountPath": "/etc/tidings/redis-client",
+            "readOnly": True,
+        } in mounts
+        pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["redis-ca"]["secret"]["secretName"] == "redis-ca"
+        assert volumes["redis-client"]["secret"]["secretName"] == "tidings-redis-client"
+        # Every path a setting names is mounted in that container.
+        files = [v for k, v in env_of(c).items() if k.endswith("_FILE") and k.startswith("REDIS")]
+        for path in files:
+            assert any(path.startswith(m["mountPath"] + "/") for m in mounts), path
     dispatcher = env_of(container(objects, "Deployment", "tidings-dispatcher"))
-    assert dispatcher["REDIS_URL"] == env["REDIS_URL"]
+    for name in (
+        "REDIS_URL",
+        "REDIS_USERNAME",
+        "REDIS_PASSWORD",
+        "REDIS_TLS_CA_FILE",
+        "REDIS_TLS_CERT_FILE",
+        "REDIS_TLS_KEY_FILE",
+    ):
+        assert dispatcher[name] == env[name], name
     assert dispatcher["TIDINGS_REDIS_CLUSTER"] == "true"
+
+
+def test_external_redis_env_is_what_the_processes_read(helm: Helm) -> None:
+    """The chart's variable names are the settings' own: a rename in either breaks this."""
+    from tidings.api.settings import CommonSettings, _settings
+
+    read = {meta.env for _, meta in _settings(CommonSettings)}
+    objects = helm.render(values=[VALUES / "external-redis.yaml"])
+    given = {
+        n for n in env_of(container(objects, "Deployment", "tidings-dispatcher")) if "REDIS" in n
+    }
+    assert given - {"REDIS_ADDRESS", "TIDINGS_REDIS_CLUSTER"} <= read
 
 
 def test_external_redis_url_from_a_secret(helm: Helm) -> None:
