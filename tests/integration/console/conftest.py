@@ -213,6 +213,8 @@ def stack(
         redis_url=redis_url,
         console=console,
         shots=shots,
+        console_kubeconfig=console_kubeconfig,
+        logs=logs,
     )
     try:
         wait_http(f"{stack.console_url}healthz")

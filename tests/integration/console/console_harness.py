@@ -237,6 +237,8 @@ class Stack:
     redis_url: str
     console: Process
     shots: Path
+    console_kubeconfig: Path
+    logs: Path
 
     def token(self, service_account: str) -> str:
         done = self.kubectl("create", "token", service_account, "-n", self.ns_a)

@@ -9,6 +9,7 @@ TIDINGS_CONSOLE_SCREENSHOTS=1 writes the screenshots into docs/console/."""
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,9 +44,9 @@ def send(stack: Stack, namespace: str, source: str, event_id: str, data: Any) ->
         assert response.status == 202
 
 
-def raw_post(stack: Stack, path: str, form: dict[str, str], token: str) -> tuple[int, str]:
+def raw_post(base: str, path: str, form: dict[str, str], token: str) -> tuple[int, str]:
     request = urllib.request.Request(
-        stack.console_url + path,
+        base + path,
         data=urllib.parse.urlencode(form).encode(),
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
@@ -101,8 +102,16 @@ def test_sign_in_page_and_an_unknown_token_is_refused(browser: Any, stack: Stack
 
 
 def test_overview_lists_what_exists_with_the_right_states(editor: Viewer, stack: Stack) -> None:
-    editor.open("")
+    violations: list[str] = []
+    editor.page.on(
+        "console", lambda m: violations.append(m.text) if "Content Security" in m.text else None
+    )
+    response = editor.open("")
     page = editor.page
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    assert response.headers["x-frame-options"] == "DENY"
 
     def row(trigger: str) -> Any:
         return page.locator(f'tr[data-trigger="{trigger}"]')
@@ -113,6 +122,7 @@ def test_overview_lists_what_exists_with_the_right_states(editor: Viewer, stack:
     assert "Delivering" in row(f"{a}/receipts").locator("td.state").inner_text()
     assert "Ready" in row(f"{a}/receipts").locator("td.ready").inner_text()
     assert row(f"{b}/ledger").count() == 1, "the editor may see both namespaces"
+    assert not violations, f"the page broke its own Content-Security-Policy: {violations}"
     sources = page.locator("#sources").inner_text()
     assert f"{a}/orders" in sources and f"{b}/payments" in sources
     assert "http" in sources
@@ -224,7 +234,7 @@ def test_a_viewer_of_one_namespace_sees_nothing_of_another_and_cannot_replay_the
         assert answer.status == 403
         assert "may not" in answer.text()
         status, body = raw_post(
-            stack,
+            stack.console_url,
             f"t/{b}/ledger/replay",
             {"csrf": csrf, "all": "1", "confirm": "yes"},
             viewer.token,
@@ -240,9 +250,9 @@ def test_a_viewer_of_one_namespace_sees_nothing_of_another_and_cannot_replay_the
 def test_posts_without_a_csrf_token_are_refused(editor: Viewer, stack: Stack) -> None:
     token = stack.token("editor")
     path = f"t/{stack.ns_a}/receipts/pause"
-    status, body = raw_post(stack, path, {"paused": "true"}, token)
+    status, body = raw_post(stack.console_url, path, {"paused": "true"}, token)
     assert status == 403 and "CSRF" in body
-    status, body = raw_post(stack, path, {"paused": "true", "csrf": "0" * 64}, token)
+    status, body = raw_post(stack.console_url, path, {"paused": "true", "csrf": "0" * 64}, token)
     assert status == 403 and "CSRF" in body
     answer = editor.page.request.post(stack.console_url + path, form={"paused": "true"})
     assert answer.status == 403
@@ -271,6 +281,16 @@ def test_a_payload_containing_script_is_shown_as_text(editor: Viewer, stack: Sta
     editor.shot("event", whole=True)
 
 
+def unlabelled(page: Any) -> list[str]:
+    """Form controls with neither a <label> nor an aria-label."""
+    found: list[str] = page.evaluate(
+        """[...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+           .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+           .map(e => e.outerHTML)"""
+    )
+    return found
+
+
 def test_source_page_and_a_narrow_screen(browser: Any, editor: Viewer, stack: Stack) -> None:
     editor.open(f"s/{stack.ns_a}/orders")
     page = editor.page
@@ -283,9 +303,56 @@ def test_source_page_and_a_narrow_screen(browser: Any, editor: Viewer, stack: St
         narrow.open("")
         width = narrow.page.evaluate("document.documentElement.scrollWidth")
         assert width <= 392, f"the page is {width}px wide on a 390px screen"
+        assert unlabelled(narrow.page) == [], "every control has a label"
+        narrow.open(f"t/{stack.ns_a}/mailer")
+        assert unlabelled(narrow.page) == [], "every control has a label"
+        narrow.open("")
         narrow.page.keyboard.press("Tab")
         focused = narrow.page.evaluate("document.activeElement.textContent")
         assert focused == "Skip to content"
         narrow.shot("overview-narrow")
     finally:
         narrow.close()
+
+
+def test_with_replay_object_the_button_creates_a_replay_the_page_lists(stack: Stack) -> None:
+    """--replay object: the console creates a Replay of the chosen dead letters (the
+    operator's Replay controller runs it, docs/replay.md) instead of handing them
+    back itself; the Trigger page lists it. Checked on the raw endpoints."""
+    from console_harness import Process, free_port, wait_http
+
+    port = free_port()
+    console = Process(
+        "console-replay-object",
+        ["console", "--listen", f"127.0.0.1:{port}", "--redis-url", stack.redis_url,
+         "--kubeconfig", str(stack.console_kubeconfig), "--replay", "object"],
+        stack.logs / "console-replay-object.log",
+    ).start()  # fmt: skip
+    base = f"http://127.0.0.1:{port}/"
+    token = stack.token("editor")
+    try:
+        wait_http(base + "healthz")
+        page = f"t/{stack.ns_b}/ledger"
+        request = urllib.request.Request(base + page, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            html = response.read().decode()
+        found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+        dead = re.search(r'name="id" value="(\d+-\d+)"', html)
+        assert found and dead, "the ledger's page offers its dead letter"
+        form = {"csrf": found.group(1), "id": dead.group(1), "confirm": "yes"}
+        status, body = raw_post(base, page + "/replay", form, token)
+        assert status == 201, body
+        name = json.loads(body)["replay"]
+        done = stack.kubectl("get", "replay", name, "-n", stack.ns_b, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        replay = json.loads(done.stdout)
+        assert replay["spec"] == {
+            "trigger": "ledger",
+            "from": {"deadLetters": {"ids": [dead.group(1)]}},
+        }
+        assert replay["metadata"]["labels"]["tidings.dev/trigger"] == "ledger"
+        assert replay["metadata"]["annotations"]["tidings.dev/requested-by"].endswith(":editor")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert name in response.read().decode(), "the Trigger page lists the Replay"
+    finally:
+        console.stop()
