@@ -127,6 +127,18 @@ async def test_the_dispatcher_ingests_delivers_and_replay_reads_through_tls_and_
     assert replay.returncode == 0, err.decode()
     assert "0 dead letters" in (out + err).decode()
 
+    trace = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tidings"),
+        "trace",
+        f"{plane.namespace}/src",
+        event_id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(trace.communicate(), 120)
+    assert trace.returncode == 0, err.decode()
+    assert event_id in out.decode()
+
 
 def test_tls_settings_with_a_plain_redis_url_are_refused_at_start(tls_redis: TlsRedis) -> None:
     done = subprocess.run(

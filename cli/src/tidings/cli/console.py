@@ -91,7 +91,7 @@ class ConsoleSettings(CommonSettings):
 
 async def serve(settings: ConsoleSettings, stop: asyncio.Event) -> None:
     kube = KubeApi.from_config(settings.kubeconfig or None)
-    redis = connect_redis(settings.require_redis_url(), cluster=settings.redis_cluster)
+    redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     mode: Mode = "proxy" if settings.auth == "proxy" else "token"
     gate = Gate(mode, kube=kube, trusted_proxies=parse_cidrs(settings.trusted_proxy))
     base = settings.ingest_url.rstrip("/")
@@ -137,7 +137,7 @@ async def _main(settings: ConsoleSettings) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load(ConsoleSettings, args)
-        settings.require_redis_url()
+        settings.redis_connection()
         parse_listen(settings.listen)
         parse_cidrs(settings.trusted_proxy)
         if settings.auth == "proxy" and not settings.trusted_proxy:

@@ -137,7 +137,7 @@ async def follow(
 
 
 async def _run(args: argparse.Namespace, settings: ReplaySettings, since: float | None) -> int:
-    redis = connect_redis(settings.require_redis_url(), cluster=settings.redis_cluster)
+    redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     try:
         route = await find_route(redis, args.trigger)
         key = keys.attempt_log(route.namespace, route.source, route.name)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{trigger!r}: write the Trigger as NAMESPACE/NAME, e.g. shop/welcome-email")
     try:
         settings = load(ReplaySettings, args)
-        settings.require_redis_url()
+        settings.redis_connection()
     except SettingsError as error:
         return _fail(str(error))
     since = None

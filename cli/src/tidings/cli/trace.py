@@ -280,7 +280,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 async def _run(args: argparse.Namespace, settings: ReplaySettings) -> int:
-    redis = connect_redis(settings.require_redis_url(), cluster=settings.redis_cluster)
+    redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     try:
         report = await trace(redis, args.source, args.event_id)
     finally:
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"{source!r}: write the EventSource as NAMESPACE/NAME, e.g. shop/orders")
     try:
         settings = load(ReplaySettings, args)
-        settings.require_redis_url()
+        settings.redis_connection()
     except SettingsError as error:
         return _fail(str(error))
     try:
