@@ -187,6 +187,11 @@ URL-escaping, and the operator hands them on to the adapters it runs.
     defaultMode: 0440
 - name: tmp
   emptyDir: {sizeLimit: 64Mi}
+{{- include "tidings.redisVolumes" . }}
+{{- end }}
+
+{{/* The external Redis's CA and client certificate, for every process that uses Redis. */}}
+{{- define "tidings.redisVolumes" -}}
 {{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
 - name: redis-ca
   secret:
@@ -207,6 +212,10 @@ URL-escaping, and the operator hands them on to the adapters it runs.
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- include "tidings.redisVolumeMounts" . }}
+{{- end }}
+
+{{- define "tidings.redisVolumeMounts" -}}
 {{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.caSecret }}
 - name: redis-ca
   mountPath: /etc/tidings/redis-ca

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helm_harness import Helm, container, find
+from helm_harness import VALUES, Helm, container, find
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -84,3 +84,11 @@ def test_a_bad_console_value_is_refused_naming_it(helm: Helm) -> None:
     done = helm.template(set=["console.enabled=true", "console.auth=anonymous"])
     assert done.returncode != 0
     assert "console" in done.stderr and "auth" in done.stderr
+
+
+def test_with_an_external_tls_redis_it_gets_the_credentials_and_certificates(helm: Helm) -> None:
+    rendered = helm.render(values=[VALUES / "external-redis.yaml"], set=["console.enabled=true"])
+    c = container(rendered, "Deployment", NAME)
+    env = {e["name"] for e in c["env"]}
+    assert env >= {"REDIS_URL", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS_CA_FILE"}
+    assert {m["name"] for m in c["volumeMounts"]} == {"tmp", "redis-ca", "redis-client"}

@@ -137,7 +137,7 @@ async def _main(settings: ConsoleSettings) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load(ConsoleSettings, args)
-        settings.redis_connection()
+        settings.redis_connection()  # the URL, user, password and TLS files fit together
         parse_listen(settings.listen)
         parse_cidrs(settings.trusted_proxy)
         if settings.auth == "proxy" and not settings.trusted_proxy:
