@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
@@ -137,6 +137,19 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def ingest_ready(http: ClientSession, base: str) -> None:
+    """Wait until the `tidings dispatcher` serving `base` answers /readyz with 200."""
+
+    async def ready() -> bool:
+        try:
+            async with http.get(f"{base}/readyz") as response:
+                return response.status == 200
+        except ClientError:
+            return False
+
+    await wait_until(ready, 120, "the dispatcher's ingest is ready (a slow start under load)")
+
+
 class Plane:
     """The data plane's Redis side for one test: a namespace of sources and Triggers."""
 
@@ -231,10 +244,16 @@ class Plane:
         self.watchers.append(watcher)
         return dispatcher
 
-    def spawn(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    def log_path(self, name: str) -> Path:
+        """Where the output of the dispatcher spawned as `name` goes."""
+        return Path(os.environ.get("TMPDIR", "/tmp")) / f"{self.namespace}-{name}.log"
+
+    def spawn(
+        self, name: str, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """`tidings dispatcher` as a child process (deliver only, metrics on a free port)."""
-        env = {**os.environ, "TIDINGS_SEAL_KEY": self.seal_key}
-        log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{self.namespace}-{name}.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "TIDINGS_SEAL_KEY": self.seal_key, **(env or {})}
+        log = open(self.log_path(name), "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "tidings"),

@@ -73,7 +73,7 @@ async def test_structured_mode_stores_the_event_as_sent(ingest: IngestUnderTest)
         "type": "com.shop.paid",
         "datacontenttype": "application/json",
         "data": {"amount": 5},
-        "traceparent": "00-abc-def-01",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     }
     response = await ingest.client.post(
         ingest.url("orders"),

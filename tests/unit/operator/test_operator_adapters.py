@@ -148,3 +148,16 @@ def test_the_adapter_serves_health_and_metrics_on_8080_with_a_generous_liveness_
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "8080"
     assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_the_operators_otel_variables_reach_every_adapter() -> None:
+    """Tracing is configured once, on the operator; its adapters trace the same way."""
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_SAMPLER": "x"}
+    settings = AdapterSettings(image="tidings:1.0", redis_url="redis://r:6379/0", otel_env=otel)
+    deployment = adapters.adapter_deployment("shop", "users-db", "u", POSTGRES, settings)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert env["OTEL_TRACES_SAMPLER"] == "x"
+    plain = adapters.adapter_deployment("shop", "users-db", "u", POSTGRES, SETTINGS)
+    assert adapters.template_hash(plain) != adapters.template_hash(deployment)

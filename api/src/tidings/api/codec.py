@@ -39,7 +39,9 @@ _NEEDS_QUOTING = re.compile(r"[^\x21\x23\x24\x26-\x7e]")
 
 # Headers Tidings writes itself on a delivery (this binding, Standard Webhooks):
 # no Trigger setting (headers, headersFrom) may replace them.
-RESERVED_HEADERS = frozenset({"content-type", "content-length", "host"})
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "traceparent", "tracestate"}
+)
 RESERVED_HEADER_PREFIXES = ("ce-", "webhook-")
 
 

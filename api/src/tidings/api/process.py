@@ -8,12 +8,13 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from tidings.api.settings import RedisConnection, SettingsError
+from tidings.api.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def event_fields(
+    event: Mapping[str, Any], *, source: str, trigger: str | None = None
+) -> dict[str, Any]:
+    """`extra=` fields of a log line about one event, so one event can be followed
+    across processes: `source` (NS/NAME), `trigger` (NS/NAME, when delivering),
+    `event_id`, and `trace_id` (from the stored traceparent, when it has one)."""
+    fields: dict[str, Any] = {"source": source, "event_id": str(event.get("id", ""))}
+    if trigger is not None:
+        fields["trigger"] = trigger
+    trace_id = trace_id_of(event)
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    return fields
 
 
 def setup_logging(log_format: str = "text", level: str = "INFO") -> None:

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from tidings.api import tracing
 from tidings.api.process import setup_logging
 from tidings.api.settings import LogSettings, SettingsError, load
 
@@ -23,6 +24,9 @@ COMMANDS = {
     "tail": "tidings.cli.tail",
     "trace": "tidings.cli.trace",
 }
+
+# The commands that handle events, so trace them when OTEL_* turns tracing on.
+TRACED = ("dispatcher", "source", "dev")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as error:
             parser.error(str(error))
         setup_logging(common.log_format, common.log_level)
-    result: int | None = args.func(args)
+    if args.command in TRACED:
+        try:
+            tracing.setup(f"tidings-{args.command}")
+        except SettingsError as error:
+            parser.error(str(error))
+    try:
+        result: int | None = args.func(args)
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     return result or 0
 
 

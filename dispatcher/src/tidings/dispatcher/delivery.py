@@ -4,7 +4,9 @@ Formats (a Trigger's `delivery.format`) are written by the one CloudEvents
 HTTP codec, `tidings.api.codec`: `binary` (default), `structured` (the stored
 JSON forwarded byte for byte) or `data` (the data alone).
 
-Every request carries the event's stable id, `ce-id` (binary) and always
+Every request carries the event's W3C trace context in `traceparent` (and
+`tracestate`): the stored one, or the attempt's own span when tracing is on
+(tidings.api.tracing). Every request carries the event's stable id, `ce-id` (binary) and always
 `webhook-id`, so a subscriber can drop the duplicates at-least-once delivery
 implies. With signing, Standard Webhooks headers are added: `webhook-timestamp`
 and `webhook-signature`, one `v1,<base64>` per secret (several during a key
@@ -28,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from tidings.api import codec
+from tidings.api import codec, tracing
 from tidings.api.attempts import BODY_LIMIT
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
@@ -74,6 +76,8 @@ def build_request(
     }
     encoded, body = codec.encode(event, raw, format)
     out.update(encoded)
+    # The stored trace context, in every format (a span of ours replaces it when on).
+    tracing.forward_headers(event, out)
     event_id = str(event["id"])
     out["webhook-id"] = event_id
     if signing_keys:

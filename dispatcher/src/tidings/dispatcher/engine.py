@@ -45,9 +45,10 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tidings.api import groups, keys
+from tidings.api import groups, keys, tracing
 from tidings.api.attempts import Attempt, AttemptOutcome, clip_body
 from tidings.api.events import now_rfc3339
+from tidings.api.process import event_fields
 from tidings.api.routes import CompiledTLS, Route
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.api.table import RoutingTable
@@ -67,6 +68,7 @@ from tidings.dispatcher.cursor import (
     Fetched,
     FetchStatus,
     Op,
+    Origin,
     Outcome,
 )
 from tidings.dispatcher.delivery import Result, build_request, send, signing_key
@@ -526,6 +528,15 @@ class TriggerWorker:
         age = time.time() - entry.ingested_ms / 1000 - route.delay
         if age > delivery.max_age:
             message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
+            log.warning(
+                "Trigger %s: event %s dead-lettered unsent: %s",
+                route.id,
+                event.get("id"),
+                message,
+                extra=event_fields(
+                    event, source=f"{route.namespace}/{route.source}", trigger=route.id
+                ),
+            )
             return Done(
                 Outcome(Op.DEAD, entry, attempts=entry.attempts, message=message),
                 Verdict.EXPIRED,
@@ -540,6 +551,20 @@ class TriggerWorker:
             headers=self.headers,
             signing_keys=self.signing_keys,
         )
+        tracer = self.dispatcher.tracer
+        span = None
+        if tracer is not None:
+            # A probe or a reclaimed entry does not own its attempt number (see tracing).
+            counted = not probe and entry.origin is not Origin.RECLAIMED
+            span = tracer.start_attempt(
+                route,
+                event,
+                entry.id,
+                entry.attempts + 1,
+                counted=counted,
+                consumer=self.dispatcher.consumer,
+                headers=request.headers,
+            )
         result = await send(
             self.dispatcher.session,
             route.subscriber_url,
@@ -558,6 +583,19 @@ class TriggerWorker:
                 self.metrics.latency_first.observe(latency)
             if result.failure is None:
                 self.metrics.latency_final.observe(latency)
+        if span is not None:
+            assert tracer is not None
+            failed = result.failure
+            tracer.end_attempt(
+                span,
+                status=result.status,
+                outcome=done.verdict.value,
+                error_type=None if failed is None else str(failed.status or failed.kind),
+                message=None if failed is None else failed.message,
+                retry_in=done.outcome.delay_ms / 1000 if done.verdict is Verdict.RETRIED else None,
+            )
+        if result.failure is not None or log.isEnabledFor(logging.DEBUG):
+            self._log_attempt(entry, event, result, done, probe=probe)
         hook = self.dispatcher.on_attempt
         if hook is not None:
             hook(route, event, result, done.outcome.op)
@@ -571,6 +609,47 @@ class TriggerWorker:
         message = f"filter error ({failure.reason}): spec.filter.expression: {failure.message}"
         outcome = Outcome(Op.DEAD, entry, attempts=entry.attempts, message=message)
         return Done(outcome, Verdict.FILTER_FAILED, None, event)
+
+    def _log_attempt(
+        self, entry: Entry, event: dict[str, Any], result: Result, done: Done, *, probe: bool
+    ) -> None:
+        """One line per failed attempt (per delivery at DEBUG), with the event's
+        trigger, source, event_id and trace_id as fields of the JSON log."""
+        route = self.route
+        fields = event_fields(event, source=f"{route.namespace}/{route.source}", trigger=route.id)
+        fields["attempt"] = entry.attempts + 1
+        fields["outcome"] = done.verdict.value
+        what = "probe" if probe else f"attempt {entry.attempts + 1}"
+        failure = result.failure
+        if failure is None:
+            log.debug(
+                "Trigger %s: event %s delivered (%s, HTTP %s)",
+                route.id,
+                event.get("id"),
+                what,
+                result.status,
+                extra=fields,
+            )
+        elif done.verdict is Verdict.RETRIED:
+            delay = f"; retry in {done.outcome.delay_ms / 1000:g}s" if not probe else ""
+            log.info(
+                "Trigger %s: event %s %s failed: %s%s",
+                route.id,
+                event.get("id"),
+                what,
+                failure.message,
+                delay,
+                extra=fields,
+            )
+        else:
+            log.warning(
+                "Trigger %s: event %s dead-lettered after %s: %s",
+                route.id,
+                event.get("id"),
+                what,
+                done.outcome.message,
+                extra=fields,
+            )
 
     def _decide(
         self, entry: Entry, event: dict[str, Any], result: Result, age: float, *, probe: bool
@@ -766,6 +845,8 @@ class Dispatcher:
         self.filter_span = filter_span
         self.on_attempt = on_attempt
         self.replica = attemptlog.replica_name()
+        # None unless OTEL_* turned tracing on (tidings.api.tracing.setup).
+        self.tracer = tracing.tracer()
         self.workers: dict[str, TriggerWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None

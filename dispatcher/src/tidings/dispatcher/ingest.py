@@ -43,6 +43,11 @@ events as `deliverafter`). Further ahead than the source's `maxDelay`
 (spec.http.maxDelay, default 168h) is 400 naming the limit; a time in the
 past is no delay.
 
+Each event's W3C trace context is stored with it as the CloudEvents
+distributed-tracing extension (`traceparent`, `tracestate`): its own, else the
+request's `traceparent` header; with tracing on, the context of a span started
+here for the event (tidings.api.tracing). An invalid traceparent is dropped.
+
 202 is sent only after XADD returned (and WAIT, when `wait_replicas` is set);
 a Redis failure is 503 with Retry-After, never 202. Ids seen within the
 dedupe window are answered 202 again and listed under `duplicates`.
@@ -66,10 +71,11 @@ from prometheus_client import Histogram as PromHistogram
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from tidings.api import codec
+from tidings.api import codec, tracing
 from tidings.api.codec import BATCH, STRUCTURED
 from tidings.api.durations import DurationError, format_duration, parse_duration
 from tidings.api.events import DELIVER_AFTER, CloudEvent, new_id, now_rfc3339, parse_rfc3339_ms
+from tidings.api.process import event_fields
 from tidings.api.routes import CompiledIngest, CompiledSource
 from tidings.api.s3events import KeyFilter, NotificationError, events_from_notification
 from tidings.api.sealing import OpenedSecrets, Sealer, SealError
@@ -541,7 +547,7 @@ class Ingest:
         else:
             events = parse_events(source, headers, body, request.query, message_id)
             apply_delays(events, headers, request.query, ingest.max_delay, int(time.time() * 1000))
-        result = await self._append(source, events)
+        result = await self._traced_append(source, events, headers)
         self.metrics.events.labels(source.id, "accepted").inc(len(result.accepted))
         if result.duplicates:
             self.metrics.events.labels(source.id, "duplicate").inc(len(result.duplicates))
@@ -554,6 +560,43 @@ class Ingest:
         if source.object_store is not None:
             answer["ignored"] = ignored  # records of other buckets, keys or changes
         return web.json_response(answer, status=202)
+
+    async def _traced_append(
+        self, source: CompiledSource, events: list[CloudEvent], headers: Mapping[str, str]
+    ) -> AppendResult:
+        """Append, with each event's trace context stored (tidings.api.tracing):
+        a span of ours per event when tracing is on, the producer's context when off."""
+        tracer = tracing.tracer()
+        if tracer is None:
+            for event in events:
+                tracing.stamp(event.extensions, tracing.incoming_context(event.extensions, headers))
+            result = await self._append(source, events)
+        else:
+            spans = [
+                tracer.start_send(
+                    event, source.id, "ingest", tracing.incoming_context(event.extensions, headers)
+                )
+                for event in events
+            ]
+            try:
+                result = await self._append(source, events)
+            except IngestError as error:
+                for span in spans:
+                    tracer.fail_send(span, error.message)
+                raise
+            for span, appended in zip(spans, result.events, strict=True):
+                tracer.end_send(span, appended.stream_id, appended.duplicate)
+        if log.isEnabledFor(logging.DEBUG):
+            for event, appended in zip(events, result.events, strict=True):
+                log.debug(
+                    "%s event %s in %s as %s",
+                    "duplicate" if appended.duplicate else "stored",
+                    event.id,
+                    source.id,
+                    appended.stream_id,
+                    extra=event_fields(event.attributes(), source=source.id),
+                )
+        return result
 
     async def _append(self, source: CompiledSource, events: list[CloudEvent]) -> AppendResult:
         try:

@@ -14,9 +14,11 @@ Lua call (tidings/api/lua/journal_write.lua) that
 - and sets the adapter's resume fields in keys.adapter_state (and, for the
   Kubernetes adapter, its per-object resourceVersions),
 
-all or nothing. An adapter killed at any moment either wrote the events and
-the resume point, or neither. Positions are fixed-width decimal strings, so
-Lua compares them as strings without losing 64-bit precision.
+all or nothing. With tracing on, each event starts a new trace here (a PRODUCER
+span; its context is stored with the event, tidings.api.tracing). An adapter
+killed at any moment either wrote the events and the resume point, or neither.
+Positions are fixed-width decimal strings, so Lua compares them as strings
+without losing 64-bit precision.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from tidings.api import keys, scripts
+from tidings.api import keys, scripts, tracing
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import CompiledSource
 from tidings.api.text import text
@@ -71,6 +73,12 @@ async def write(
     """Write `batch` atomically; with `guarded`, events at or below the stored
     guard position are skipped (they were written before a crash or by a
     twin replica)."""
+    tracer = tracing.tracer()
+    spans = (
+        tracer.capture([event for _, event in batch.events], source.id, source.kind)
+        if tracer is not None and batch.events
+        else None
+    )
     argv: list[str] = [
         GUARD if guarded else "",
         str(int(time.time() * 1000)),
@@ -100,7 +108,11 @@ async def write(
         args=argv,
     )
     appended, skipped, first_id, last_id = reply
-    return Written(int(appended), int(skipped), text(first_id), text(last_id))
+    written = Written(int(appended), int(skipped), text(first_id), text(last_id))
+    if spans is not None:
+        assert tracer is not None
+        tracer.end_captured(spans, written.skipped, written.first_id, written.last_id)
+    return written
 
 
 async def read_state(redis: Redis, source: CompiledSource) -> dict[str, str]:

@@ -49,7 +49,7 @@ from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 from redis.asyncio import Redis
 
-from tidings.api import keys, scripts
+from tidings.api import keys, scripts, tracing
 from tidings.api.durations import parse_duration
 from tidings.api.events import encode
 from tidings.api.routes import CompiledSource
@@ -518,20 +518,25 @@ class ObjectStoreAdapter:
         argv: list[str] = [now_ms, str(len(state)), str(len(batch))]
         for name, value in state.items():
             argv += (name, value)
+        spans: list[Any] = []
         for change in batch:
             argv += (
                 change.key,
                 change.old.stored() if change.old else "",
                 change.new.stored() if change.new else "",
-                self._event_json(change, noticed) if emit else "",
+                self._event_json(change, noticed, spans) if emit else "",
             )
         reply = await scripts.OBJECTSTORE_SYNC(
             self.redis, keys=[self.source.stream, self.state_key, self.objects_key], args=argv
         )
         appended, applied, conflicts = (int(x) for x in reply)
+        for span in spans:
+            span.end()
         return appended, applied, conflicts
 
-    def _event_json(self, change: Change, noticed: str) -> str:
+    def _event_json(self, change: Change, noticed: str, spans: list[Any]) -> str:
+        """The stored JSON of a change's event ("" when the filter drops it); with
+        tracing on, the event starts a new trace (its span goes into `spans`)."""
         bucket = self.spec.bucket
         if change.new is not None:
             if not self.filter.wants("created", change.key):
@@ -542,4 +547,7 @@ class ObjectStoreAdapter:
             if not self.filter.wants("deleted", change.key):
                 return ""
             event = deleted_event(bucket, change.old, noticed)
+        tracer = tracing.tracer()
+        if tracer is not None:
+            spans += tracer.capture([event], self.source.id, self.source.kind)
         return encode(event, 0)[keys.FIELD_EVENT]

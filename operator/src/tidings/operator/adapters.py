@@ -66,6 +66,9 @@ class AdapterSettings:
     # The adapter container's resources (a Postgres adapter is one Python
     # process: its throughput is what CPU it gets).
     resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    # The operator's own OTEL_* variables, passed on: set tracing once, on the
+    # operator, and every adapter exports its spans the same way.
+    otel_env: Mapping[str, str] = field(default_factory=dict)
 
 
 DEFAULT_RESOURCES: dict[str, Any] = {
@@ -239,6 +242,7 @@ def adapter_deployment(
         {"name": "TIDINGS_LOG_FORMAT", "value": "json"},
         {"name": "TIDINGS_SOURCE_LISTEN", "value": f"0.0.0.0:{HEALTH_PORT}"},
     ]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.otel_env.items())]
     if spec.postgres is not None:
         ref = spec.postgres.connection_secret_ref
         env.append(

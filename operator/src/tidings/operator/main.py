@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -248,6 +249,12 @@ def settings_from(options: OperatorSettings) -> Settings:
                 if options.adapter_resources
                 else dict(DEFAULT_RESOURCES)
             ),
+            # Adapters keep their own service name (tidings-source).
+            otel_env={
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME"
+            },
         ),
         ingest_service=options.ingest_service,
         ingest_namespace=options.ingest_namespace,

@@ -1,0 +1,68 @@
+"""W3C trace context passes through Tidings with tracing off (the default):
+ingest stores the producer's traceparent with the event, and every delivery
+carries it to the subscriber."""
+
+from __future__ import annotations
+
+import aiohttp
+from dispatch_harness import Plane, Subscriber, ingest_ready, wait_until
+
+from tidings.api import keys
+from tidings.api.events import CloudEvent, decode
+from tidings.cli.redis_server import free_port
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+PRODUCER_SPAN = "b7ad6b7169203331"
+
+
+async def test_with_tracing_off_the_stored_context_reaches_the_subscriber(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()  # this process: tracing was never set up
+    await plane.add_trigger("t", subscriber.url, delivery={"format": "data"})
+    parent = f"00-{TRACE}-{PRODUCER_SPAN}-01"
+    await plane.publish_events(
+        [
+            CloudEvent(
+                id="plain",
+                source="/shop",
+                type="com.shop.x",
+                data={},
+                extensions={"traceparent": parent, "tracestate": "shop=1"},
+            )
+        ]
+    )
+    await wait_until(lambda: subscriber.received, 20, "delivered")
+    headers = subscriber.received[0].headers
+    assert headers["traceparent"] == parent
+    assert headers["tracestate"] == "shop=1"
+
+
+async def test_ingest_with_tracing_off_stores_the_producers_context(plane: Plane) -> None:
+    """Binary mode takes the traceparent header; a malformed one is not stored."""
+    port = free_port()
+    await plane.add_source()
+    plane.spawn("plain", "--listen", f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    headers = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-source": "/shop",
+        "ce-type": "com.shop.x",
+    }
+    async with aiohttp.ClientSession() as http:
+        await ingest_ready(http, base)
+        for event_id, traceparent in (("good", f"00-{TRACE}-{PRODUCER_SPAN}-01"), ("bad", "x")):
+            async with http.post(
+                f"{base}/sources/{plane.namespace}/src",
+                data=b"{}",
+                headers={**headers, "ce-id": event_id, "traceparent": traceparent},
+            ) as response:
+                assert response.status == 202, await response.text()
+    stored = {}
+    for _, fields in await plane.redis.xrange(keys.stream(plane.namespace, "src")):
+        event, _ = decode(fields)
+        stored[event.id] = event.extensions
+    assert stored["good"]["traceparent"] == f"00-{TRACE}-{PRODUCER_SPAN}-01"
+    assert "traceparent" not in stored["bad"]
