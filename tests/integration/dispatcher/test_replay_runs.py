@@ -15,10 +15,10 @@ from dispatch_harness import Plane, Subscriber, wait_until
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent
+from tidings.api.replays import Progress, read_progress
 from tidings.api.routes import CompiledReplay, Route, compile_replay
 from tidings.api.types import ReplaySpec
 from tidings.dispatcher import deadletter
-from tidings.dispatcher.replays import Progress, read_progress
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0, "maxAttempts": 2}
 

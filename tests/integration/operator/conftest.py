@@ -47,6 +47,7 @@ def crds(kubectl: Any) -> None:
         "wait",
         "--for=condition=Established",
         "crd/triggers.tidings.dev",
+        "crd/replays.tidings.dev",
         "crd/eventsources.tidings.dev",
         "crd/kopfpeerings.kopf.dev",
         "crd/clusterkopfpeerings.kopf.dev",

@@ -33,13 +33,13 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tidings.api import keys, scripts
+from tidings.api.replays import Progress, read_progress, redis_now_ms
 from tidings.api.routes import MAX_SEQUENCE, CompiledReplay, Route
 from tidings.api.text import text
 from tidings.dispatcher.filtering import Filter, FilterFailed
@@ -53,78 +53,6 @@ WINDOW = 1000  # events handed over and not settled yet, at most
 COUNT_STEP = 10_000  # entries counted per script call (total)
 LEASE_MS = 15_000
 IDLE = 0.2  # seconds between looks while waiting for outstanding events
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A run's fields in the Trigger's replay runs HASH."""
-
-    uid: str = ""
-    cursor: str = ""
-    end: str = ""
-    total: int = 0
-    sent: int = 0
-    skipped: int = 0
-    delivered: int = 0
-    failed: int = 0
-    started: int = 0  # ms
-    scanned: bool = False
-    completed: int = 0  # ms
-
-    @property
-    def outstanding(self) -> int:
-        return self.sent - self.delivered - self.failed
-
-
-FIELDS = (
-    keys.RUN_UID,
-    keys.RUN_CURSOR,
-    keys.RUN_END,
-    keys.RUN_TOTAL,
-    keys.RUN_SENT,
-    keys.RUN_SKIPPED,
-    keys.RUN_DELIVERED,
-    keys.RUN_FAILED,
-    keys.RUN_STARTED,
-    keys.RUN_SCANNED,
-    keys.RUN_COMPLETED,
-)
-
-
-async def read_progress(
-    redis: Redis, namespace: str, source: str, trigger: str, replay: str
-) -> Progress | None:
-    """The run of `replay` (None: not started, or deleted)."""
-    values = await redis.hmget(  # type: ignore[misc]
-        keys.replay_runs(namespace, source, trigger), [keys.run_field(replay, f) for f in FIELDS]
-    )
-    raw = dict(zip(FIELDS, (text(v) if v is not None else None for v in values), strict=True))
-    if not raw[keys.RUN_UID]:
-        return None
-
-    def number(field: str) -> int:
-        return int(raw[field] or 0)
-
-    return Progress(
-        uid=raw[keys.RUN_UID] or "",
-        cursor=raw[keys.RUN_CURSOR] or "",
-        end=raw[keys.RUN_END] or "",
-        total=number(keys.RUN_TOTAL),
-        sent=number(keys.RUN_SENT),
-        skipped=number(keys.RUN_SKIPPED),
-        delivered=number(keys.RUN_DELIVERED),
-        failed=number(keys.RUN_FAILED),
-        started=number(keys.RUN_STARTED),
-        scanned=raw[keys.RUN_SCANNED] == "1",
-        completed=number(keys.RUN_COMPLETED),
-    )
-
-
-async def redis_now_ms(redis: Redis) -> int:
-    clock = await redis.time()
-    if isinstance(clock, dict):  # Redis Cluster may answer per node
-        clock = next(iter(clock.values()))
-    return int(clock[0]) * 1000 + int(clock[1]) // 1000
 
 
 def _before(ms: int) -> str:

@@ -4,8 +4,8 @@
   Services, Secrets, and the adapter Deployments this operator manages.
 - Every watch event on one of those kinds, and on Triggers, wakes the
   controllers that depend on that object (tidings.operator.world).
-- One daemon per Trigger and per EventSource runs its controller
-  (tidings.operator.triggers, tidings.operator.sources) in the reconcile loop
+- One daemon per Trigger, EventSource and Replay runs its controller
+  (tidings.operator.triggers, .sources, .replays) in the reconcile loop
   (tidings.operator.loop).
 - Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
   succeed) remove the object's data-plane state (tidings.operator.publishing).
@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from tidings.api.durations import parse_duration
 from tidings.api.routes import ingest_token_secret_name
 from tidings.api.types import GROUP, VERSION
-from tidings.operator import adapters, publishing, replication, world
+from tidings.operator import adapters, publishing, replays, replication, world
 from tidings.operator.context import Context
 from tidings.operator.health import Transition
 from tidings.operator.loop import Controller, keep_reconciling
@@ -81,6 +81,10 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     def trigger_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Trigger", namespace or "", name))
 
+    @kopf.on.event(GROUP, VERSION, "replays", registry=registry)
+    def replay_event(namespace: str | None, name: str, **_: Any) -> None:
+        wake(("Replay", namespace or "", name))
+
     @kopf.on.event("", "v1", "services", registry=registry)
     def service_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Service", namespace or "", name))
@@ -129,6 +133,11 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         controller = SourceController(ctx, body, the_world(kwargs), post_event=poster(body))
         await drive(controller, stopped)
 
+    @daemon("replays")
+    async def replay(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+        controller = replays.ReplayController(ctx, body, the_world(kwargs), post_event=poster(body))
+        await drive(controller, stopped)
+
     # --- deletion ----------------------------------------------------------------------
 
     @kopf.on.delete(GROUP, VERSION, "triggers", registry=registry)
@@ -139,6 +148,12 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
         await publishing.remove_trigger(ctx.redis, namespace, name, source)
         if source:
             ctx.spawn(sweep_later(ctx, namespace, name, source, timeout_of(spec)), f"sweep {name}")
+
+    @kopf.on.delete(GROUP, VERSION, "replays", registry=registry)
+    async def replay_deleted(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
+        namespace = namespace or ""
+        await ctx.stopped(("Replay", namespace, name))
+        await replays.cancel(ctx.redis, namespace, name, spec.get("trigger"))
 
     @kopf.on.delete(GROUP, VERSION, "eventsources", registry=registry)
     async def eventsource_deleted(namespace: str | None, name: str, **_: Any) -> None:
