@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Everything the integration tests and the demo need, for real: Redis (and a
-# TLS-only, ACL-only second one),
-# PostgreSQL, a Kubernetes control plane and an S3 server (Versity Gateway),
-# each on free loopback ports.
+# TLS-only, ACL-only second one), PostgreSQL, a Kubernetes control plane, an S3
+# server (Versity Gateway) and a trace backend (Jaeger v2), each on free
+# loopback ports.
 #
 #   hack/test-env.sh up       # prints the exports; eval "$(hack/test-env.sh up)"
 #   hack/test-env.sh env|status|down
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-COMPONENTS=(redis redis-tls postgres control-plane s3)
+COMPONENTS=(redis redis-tls postgres control-plane s3 jaeger)
 
 # A fresh CI machine has none of the servers (nor a browser); Debian packages them all
-# (kube-apiserver and Versity Gateway are built from Go modules instead, by
-# hack/build-k8s-tools.sh and hack/s3.sh).
+# (kube-apiserver, Versity Gateway and Jaeger are built from Go modules instead,
+# by hack/build-k8s-tools.sh, hack/s3.sh and hack/jaeger.sh).
 install_missing() {
   local missing=()
   command -v python3 >/dev/null || missing+=(python3)

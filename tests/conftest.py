@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from jaeger_client import Jaeger
 from secure_redis import TlsRedis
 
 _HOW_TO_START = "start it with `hack/test-env.sh up` and export its env, or run hack/test.sh"
@@ -163,3 +164,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         other = seen.setdefault(path.name, path)
         if other != path:
             raise pytest.UsageError(f"two test files named {path.name}: {other} and {path}")
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Jaeger:
+    return Jaeger(_env("JAEGER_OTLP_HTTP", "Jaeger"), _env("JAEGER_QUERY", "Jaeger"))

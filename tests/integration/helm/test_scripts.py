@@ -21,6 +21,7 @@ SCRIPTS = [
     "hack/cluster.sh",
     "hack/lock.sh",
     "hack/test.sh",
+    "hack/jaeger.sh",
 ]
 
 

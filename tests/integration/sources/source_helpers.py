@@ -107,3 +107,42 @@ def start_adapter(
         ],
         env={**env, "REDIS_URL": redis_url},
     )
+
+
+class ManualClock:
+    """Time stands still until the test calls advance()."""
+
+    def __init__(self, start: float) -> None:
+        self._now = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self._now + max(0.0, seconds), future)
+        self._sleepers.append(entry)
+        self._wake()
+        try:
+            await future
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        self._wake()
+
+    def _wake(self) -> None:
+        for deadline, future in list(self._sleepers):
+            if deadline <= self._now and not future.done():
+                future.set_result(None)
+
+    async def sleeping(self, count: int = 1) -> None:
+        """Wait until `count` adapters wait on this clock (they are idle)."""
+
+        async def idle() -> bool:
+            return sum(not f.done() for _, f in self._sleepers) >= count
+
+        await eventually(idle, interval=0.01)

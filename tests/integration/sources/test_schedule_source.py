@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 import redis.asyncio as aioredis
-from source_helpers import compiled, eventually, running, stream_events, wait_for_events
+from source_helpers import (
+    ManualClock,
+    compiled,
+    eventually,
+    running,
+    stream_events,
+    wait_for_events,
+)
 
 from tidings.api.routes import CompiledSource
 from tidings.api.types import ScheduleSource
@@ -15,45 +22,6 @@ from tidings.sources import status
 from tidings.sources.schedule import ScheduleAdapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-
-class ManualClock:
-    """Time stands still until the test calls advance()."""
-
-    def __init__(self, start: float) -> None:
-        self._now = start
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep(self, seconds: float) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (self._now + max(0.0, seconds), future)
-        self._sleepers.append(entry)
-        self._wake()
-        try:
-            await future
-        finally:
-            if entry in self._sleepers:
-                self._sleepers.remove(entry)
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-        self._wake()
-
-    def _wake(self) -> None:
-        for deadline, future in list(self._sleepers):
-            if deadline <= self._now and not future.done():
-                future.set_result(None)
-
-    async def sleeping(self, count: int = 1) -> None:
-        """Wait until `count` adapters wait on this clock (they are idle)."""
-
-        async def idle() -> bool:
-            return sum(not f.done() for _, f in self._sleepers) >= count
-
-        await eventually(idle, interval=0.01)
 
 
 def at(*args: int) -> float:

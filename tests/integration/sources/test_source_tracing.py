@@ -1,0 +1,58 @@
+"""Events a source adapter captures start a new trace there: a PRODUCER span in
+a real Jaeger (hack/jaeger.sh), its context stored with the event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import redis.asyncio as aioredis
+from source_helpers import ManualClock, compiled, running, wait_for_events
+
+from jaeger_client import Jaeger
+from tidings.api import tracing
+from tidings.api.types import ScheduleSource
+from tidings.sources.schedule import ScheduleAdapter
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def traced(jaeger: Jaeger, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Tracing on in this process, exporting to Jaeger; off again afterwards."""
+    service = "tidings-test-source"
+    for name, value in jaeger.exporting_env(service).items():
+        monkeypatch.setenv(name, value)
+    assert tracing.setup(service) is not None
+    try:
+        yield service
+    finally:
+        tracing.shutdown()
+
+
+async def test_a_schedule_tick_starts_a_new_trace_at_the_adapter(
+    traced: str, jaeger: Jaeger, redis_client: aioredis.Redis, source_name: tuple[str, str]
+) -> None:
+    source = compiled(*source_name, "schedule")
+    clock = ManualClock(datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC).timestamp())
+    spec = ScheduleSource(cron="* * * * *")  # type: ignore[call-arg]
+    adapter = ScheduleAdapter(source, spec, redis_client, clock=clock)
+    async with running(adapter, redis_client, source):
+        await clock.sleeping()
+        clock.advance(30)  # 12:01:00
+        (event,) = await wait_for_events(redis_client, source, 1)
+    context = tracing.parse_traceparent(event.extensions.get("traceparent"))
+    assert context is not None, f"no traceparent stored: {event.extensions}"
+    tracing.shutdown()  # export now
+
+    trace_id = f"{context.trace_id:032x}"
+    [span] = await jaeger.spans(trace_id, 1)
+    assert span["name"] == f"send {source.id}"
+    assert span["serviceName"] == traced
+    assert not span.get("parentSpanId"), "an adapter's event starts a new trace"
+    assert span["attributes"]["messaging.operation.name"] == "capture"
+    assert span["attributes"]["tidings.source.kind"] == "schedule"
+    assert span["attributes"]["cloudevents.event_id"] == event.id
+    assert span["attributes"]["cloudevents.event_type"] == "dev.tidings.schedule.tick"
+    assert span["attributes"]["tidings.stream_id"]
