@@ -7,10 +7,12 @@
 #            redis-server, PostgreSQL 15: the Dockerfile's base, the chart's Redis, the tests' Postgres
 #   pause    tidings.local/pause:3.10        the sandbox image, pause.c from the kubernetes module
 #   coredns  tidings.local/coredns:v1.12.1   CoreDNS built from Go modules
+#   metrics-server tidings.local/metrics-server:v0.8.0   hack/build-metrics-server.sh's binary (HPA)
+#   versitygw tidings.local/versitygw:v1.8.0  hack/s3.sh's Versity Gateway binary (tests/e2e's S3 store)
 #   tidings  tidings.local/tidings:dev-HASH  the repository's Dockerfile (buildah bud) on the debian
 #            image, HASH of the build context: a changed working tree is a new tag
 #
-#   hack/build-images.sh [debian|pause|coredns|tidings]…   # default all; prints "IMAGE ARCHIVE" lines
+#   hack/build-images.sh [debian|pause|coredns|metrics-server|versitygw|tidings]…   # default all; prints "IMAGE ARCHIVE" lines
 #
 # This workplace intercepts TLS to the package registries: the debian image
 # (and only it, never the Dockerfile) trusts the host's added CA certificates
@@ -30,6 +32,10 @@ BUILDAH=(buildah --root "$CACHE_DIR/buildah/storage" --storage-driver overlay
 DEBIAN_IMAGE=tidings.local/debian:bookworm
 PAUSE_IMAGE="tidings.local/pause:$PAUSE_VERSION"
 COREDNS_IMAGE="tidings.local/coredns:v$COREDNS_VERSION"
+METRICS_SERVER_VERSION="${TIDINGS_METRICS_SERVER_VERSION:-0.8.0}"
+METRICS_SERVER_IMAGE="tidings.local/metrics-server:v$METRICS_SERVER_VERSION"
+VERSITYGW_VERSION="${TIDINGS_VERSITYGW_VERSION:-v1.8.0}"
+VERSITYGW_IMAGE="tidings.local/versitygw:$VERSITYGW_VERSION"
 
 log() { echo "build-images: $*" >&2; }
 
@@ -131,6 +137,34 @@ build_coredns() {
   echo "$COREDNS_IMAGE $archive"
 }
 
+build_metrics_server() {
+  local archive="$IMAGES/metrics-server-v$METRICS_SERVER_VERSION.tar"
+  [[ -f $archive ]] && { echo "$METRICS_SERVER_IMAGE $archive"; return; }
+  local bin dir
+  bin="$(TIDINGS_METRICS_SERVER_VERSION="$METRICS_SERVER_VERSION" bash "$REPO/hack/build-metrics-server.sh")"
+  dir="$(mktemp -d)"
+  cp "$bin" "$dir/metrics-server"
+  mkdir "$dir/tmp" && chmod 1777 "$dir/tmp"
+  image_from_tree "$METRICS_SERVER_IMAGE" "$dir" --entrypoint '["/metrics-server"]' --user 65534:65534
+  push_archive "$METRICS_SERVER_IMAGE" "$archive"
+  rm -rf "$dir"
+  echo "$METRICS_SERVER_IMAGE $archive"
+}
+
+build_versitygw() {
+  local archive="$IMAGES/versitygw-$VERSITYGW_VERSION.tar"
+  [[ -f $archive ]] && { echo "$VERSITYGW_IMAGE $archive"; return; }
+  local bin dir
+  bin="$(TIDINGS_VERSITYGW_VERSION="$VERSITYGW_VERSION" bash "$REPO/hack/s3.sh" bin)"
+  dir="$(mktemp -d)"
+  cp "$bin" "$dir/versitygw"
+  mkdir "$dir/tmp" && chmod 1777 "$dir/tmp"
+  image_from_tree "$VERSITYGW_IMAGE" "$dir" --entrypoint '["/versitygw"]' --user 10001:10001
+  push_archive "$VERSITYGW_IMAGE" "$archive"
+  rm -rf "$dir"
+  echo "$VERSITYGW_IMAGE $archive"
+}
+
 # What `buildah bud` copies (.dockerignore keeps the same): the tag follows it.
 context_hash() {
   (cd "$REPO" && tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner \
@@ -163,10 +197,10 @@ build_tidings() {
 }
 
 mkdir -p "$IMAGES"
-(($#)) || set -- debian pause coredns tidings
+(($#)) || set -- debian pause coredns metrics-server versitygw tidings
 for what in "$@"; do
   case "$what" in
-    debian|pause|coredns|tidings) "build_$what" ;;
-    *) echo "usage: $0 [debian|pause|coredns|tidings]…" >&2; exit 2 ;;
+    debian|pause|coredns|metrics-server|versitygw|tidings) "build_${what//-/_}" ;;
+    *) echo "usage: $0 [debian|pause|coredns|metrics-server|versitygw|tidings]…" >&2; exit 2 ;;
   esac
 done

@@ -3,7 +3,9 @@
 # (tests/e2e) and for trying the chart: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler, containerd + kubelet, kube-proxy
 # (iptables) and CoreDNS, with the images built here (hack/build-images.sh)
-# and imported into containerd, so pods run with `imagePullPolicy: Never`.
+# and imported into containerd, so pods run with `imagePullPolicy: Never`;
+# metrics-server behind the API server's aggregation layer, so a
+# HorizontalPodAutoscaler (the chart's dispatcher HPA) sees CPU use.
 #
 #   hack/cluster.sh up        # installs what is missing, builds what is not cached, starts, waits
 #   hack/cluster.sh env       # export KUBECONFIG=… HELM=… KUBECTL=… TIDINGS_LOCAL_VALUES=… (+ test images)
@@ -152,28 +154,47 @@ make_cgroups() {
 }
 
 # --- certificates and configuration -----------------------------------------
+# A key and certificate NAME signed by CA (ca or front-proxy-ca), made once.
+cert() {  # cert CA NAME SUBJECT EXTENSIONS
+  [[ -f $2.crt ]] && return
+  openssl req -newkey rsa:2048 -nodes -subj "$3" -keyout "$2.key" -out "$2.csr" 2>/dev/null
+  printf '%s\n' "$4" > "$2.ext"
+  openssl x509 -req -days 3650 -in "$2.csr" -CA "$1.crt" -CAkey "$1.key" \
+    -set_serial "0x$(openssl rand -hex 8)" -extfile "$2.ext" -out "$2.crt" 2>/dev/null
+}
+
+ca() {  # ca NAME CN
+  [[ -f $1.crt ]] || openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" \
+    -keyout "$1.key" -out "$1.crt" 2>/dev/null
+}
+
 make_pki() {
-  [[ -f $PKI/tokens.csv ]] && return
   mkdir -p "$PKI"
   (
     cd "$PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=tidings-cluster-ca \
-      -keyout ca.key -out ca.crt 2>/dev/null
-    cert() {  # cert NAME SUBJECT EXTENSIONS
-      openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
-      printf '%s\n' "$3" > "$1.ext"
-      openssl x509 -req -days 3650 -in "$1.csr" -CA ca.crt -CAkey ca.key \
-        -set_serial "0x$(openssl rand -hex 8)" -extfile "$1.ext" -out "$1.crt" 2>/dev/null
-    }
-    cert apiserver /CN=kube-apiserver "subjectAltName=IP:$NODE_IP,IP:$API_VIP,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+    ca ca tidings-cluster-ca
+    cert ca apiserver /CN=kube-apiserver "subjectAltName=IP:$NODE_IP,IP:$API_VIP,IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 extendedKeyUsage=serverAuth"
     # The API server's client certificate at the kubelet (logs, exec, port-forward).
-    cert kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    # One admin token for kubectl and the cluster's own components.
-    echo "$(openssl rand -hex 32),admin,admin,\"system:masters\"" > tokens.csv.tmp
-    chmod 600 ./*.key tokens.csv.tmp
-    mv tokens.csv.tmp tokens.csv
+    cert ca kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
+    # The kubelet's serving certificate, from the cluster CA (not self-signed), so
+    # metrics-server verifies it with the CA every pod has (its ServiceAccount's ca.crt).
+    cert ca kubelet "/CN=$NODE_NAME" "subjectAltName=IP:$NODE_IP,DNS:$NODE_NAME
+extendedKeyUsage=serverAuth"
+    # The aggregation layer: the API server proxies to metrics-server with this
+    # client certificate, from its own CA (requestheader), as kubeadm does.
+    ca front-proxy-ca tidings-front-proxy-ca
+    cert front-proxy-ca front-proxy-client /CN=front-proxy-client "extendedKeyUsage=clientAuth"
+    # metrics-server's serving certificate; its APIService carries the cluster CA.
+    cert ca metrics-server /CN=metrics-server "subjectAltName=DNS:metrics-server.kube-system.svc,DNS:metrics-server.kube-system.svc.cluster.local
+extendedKeyUsage=serverAuth"
+    [[ -f sa.key ]] || openssl genrsa -out sa.key 2048 2>/dev/null
+    if [[ ! -f tokens.csv ]]; then
+      # One admin token for kubectl and the cluster's own components.
+      echo "$(openssl rand -hex 32),admin,admin,\"system:masters\"" > tokens.csv.tmp
+      mv tokens.csv.tmp tokens.csv
+    fi
+    chmod 600 ./*.key tokens.csv
   )
 }
 
@@ -253,6 +274,8 @@ authentication:
   webhook: {enabled: true}
   x509: {clientCAFile: $PKI/ca.crt}
 authorization: {mode: Webhook}
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
 address: $NODE_IP
 clusterDNS: [$DNS_VIP]
 clusterDomain: cluster.local
@@ -303,6 +326,11 @@ start_components() {
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.key" --service-account-signing-key-file "$PKI/sa.key" \
     --kubelet-preferred-address-types InternalIP \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --enable-aggregator-routing=true \
     --allow-privileged=true --profiling=false
   wait_for 90 "kube-apiserver (see $DIR/kube-apiserver.log)" api_ready
   start kube-controller-manager "$BIN/kube-controller-manager" \
@@ -332,6 +360,7 @@ import_images() {
   while read -r image archive; do
     grep -qxF "$image" <<<"$present" || ctr_ images import "$archive" >/dev/null
     [[ $image != tidings.local/tidings:* ]] || TIDINGS_IMAGE="$image"
+    [[ $image != tidings.local/metrics-server:* ]] || METRICS_SERVER_IMAGE="$image"
   done <<<"$IMAGE_LIST"
   # A second tag of the same image, for `helm upgrade` to a new tag (tests/e2e).
   ctr_ images tag --force "$TIDINGS_IMAGE" "$TIDINGS_IMAGE-upgrade" >/dev/null
@@ -442,6 +471,114 @@ spec:
 YAML
 }
 
+# metrics-server (built from Go modules) behind the aggregation layer: its
+# serving certificate and the kubelet's are the cluster CA's, so the APIService
+# carries that CA and metrics-server verifies the kubelet with its
+# ServiceAccount's ca.crt (no insecure TLS anywhere).
+install_metrics_server() {
+  kc -n kube-system create secret tls metrics-server-tls --cert "$PKI/metrics-server.crt" \
+    --key "$PKI/metrics-server.key" --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: metrics-server, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:aggregated-metrics-reader
+  labels:
+    rbac.authorization.k8s.io/aggregate-to-view: "true"
+    rbac.authorization.k8s.io/aggregate-to-edit: "true"
+    rbac.authorization.k8s.io/aggregate-to-admin: "true"
+rules:
+- apiGroups: [metrics.k8s.io]
+  resources: [pods, nodes]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: system:metrics-server}
+rules:
+- apiGroups: [""]
+  resources: [nodes/metrics]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods, nodes]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: system:metrics-server}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:metrics-server}
+subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "metrics-server:system:auth-delegator"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}
+subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: metrics-server-auth-reader, namespace: kube-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}
+subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+spec:
+  selector: {matchLabels: {k8s-app: metrics-server}}
+  template:
+    metadata: {labels: {k8s-app: metrics-server}}
+    spec:
+      serviceAccountName: metrics-server
+      securityContext: {runAsNonRoot: true, runAsUser: 65534, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: metrics-server
+        image: $METRICS_SERVER_IMAGE
+        imagePullPolicy: Never
+        args:
+        - --secure-port=10250
+        - --tls-cert-file=/certs/tls.crt
+        - --tls-private-key-file=/certs/tls.key
+        - --kubelet-preferred-address-types=InternalIP
+        - --kubelet-use-node-status-port
+        - --kubelet-certificate-authority=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt
+        - --metric-resolution=15s
+        ports: [{name: https, containerPort: 10250}]
+        readinessProbe: {httpGet: {path: /readyz, port: https, scheme: HTTPS}, periodSeconds: 5}
+        livenessProbe: {httpGet: {path: /livez, port: https, scheme: HTTPS}, periodSeconds: 10}
+        resources: {requests: {cpu: 50m, memory: 64Mi}, limits: {memory: 256Mi}}
+        securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+        volumeMounts:
+        - {name: certs, mountPath: /certs, readOnly: true}
+        - {name: tmp, mountPath: /tmp}
+      volumes:
+      - {name: certs, secret: {secretName: metrics-server-tls}}
+      - {name: tmp, emptyDir: {}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+spec:
+  selector: {k8s-app: metrics-server}
+  ports: [{name: https, port: 443, targetPort: https}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  service: {name: metrics-server, namespace: kube-system}
+  group: metrics.k8s.io
+  version: v1beta1
+  caBundle: $(base64 -w0 < "$PKI/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+YAML
+}
+
 # A volume whose claim was deleted (helm uninstall, a namespace removed) is
 # emptied and offered again, so repeated test runs never run out of volumes.
 recycle_volumes() {
@@ -496,9 +633,11 @@ print_env() {
   echo "export KUBECTL=$KUBECTL"
   echo "export HELM=$HELM"
   echo "export TIDINGS_LOCAL_VALUES=$VALUES_FILE"
-  # tests/e2e: a second tag of the image (helm upgrade) and an image with PostgreSQL 15.
+  # tests/e2e: a second tag of the image (helm upgrade), an image with PostgreSQL 15,
   echo "export TIDINGS_E2E_UPGRADE_TAG=$tag-upgrade"
   echo "export TIDINGS_E2E_POSTGRES_IMAGE=tidings.local/debian:bookworm"
+  # and an S3 store (Versity Gateway) for the objectStore sources.
+  echo "export TIDINGS_E2E_S3_IMAGE=tidings.local/versitygw:${TIDINGS_VERSITYGW_VERSION:-v1.8.0}"
 }
 
 up() {
@@ -514,7 +653,7 @@ up() {
   step "binaries (kubelet, helm …)"; resolve_binaries
   step "images"
   # Built once: the working tree may change under us (a new tag each time).
-  IMAGE_LIST="$(bash "$REPO/hack/build-images.sh" pause coredns)"
+  IMAGE_LIST="$(bash "$REPO/hack/build-images.sh" pause coredns metrics-server versitygw)"
   wait "$images_pid" || { tail -20 "$DIR/images.log" >&2; fail "building the images failed (see $DIR/images.log)"; }
   IMAGE_LIST+=$'\n'"$(cat "$DIR/images.out")"
   step "network namespace"; make_netns; make_cgroups
@@ -524,6 +663,7 @@ up() {
   wait_for 60 "the default ServiceAccount" sa_exists
   step "storage, CoreDNS, DNS"
   install_addons
+  install_metrics_server
   recycle_volumes
   kc -n kube-system rollout status deployment/coredns --timeout=120s >&2
   wait_for 60 "DNS answers through $DNS_VIP" dns_answers

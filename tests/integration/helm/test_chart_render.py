@@ -479,6 +479,15 @@ def test_the_hpa_scales_the_dispatchers_on_cpu_by_default(helm: Helm) -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == "tidings-dispatcher"
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     assert "replicas" not in find(objects, "Deployment", "tidings-dispatcher")["spec"]
+    assert "behavior" not in hpa["spec"]  # Kubernetes' defaults
+
+
+def test_the_hpa_takes_a_scaling_behavior(helm: Helm) -> None:
+    objects = helm.render(
+        set=["dispatcher.autoscaling.behavior.scaleDown.stabilizationWindowSeconds=60"]
+    )
+    hpa = find(objects, "HorizontalPodAutoscaler", "tidings-dispatcher")
+    assert hpa["spec"]["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 60}}
 
 
 def test_without_autoscaling_the_dispatcher_runs_the_replicas_given(helm: Helm) -> None:
