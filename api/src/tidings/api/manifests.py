@@ -1,6 +1,6 @@
 """Manifests from files, for `tidings dev`: load, validate, compile.
 
-`load(paths)` reads EventSource, Trigger, Secret and Service objects from YAML
+`load(paths)` reads EventSource, Trigger, Replay, Secret and Service objects from YAML
 or JSON files and folders (recursively; multi-document YAML and `kind: List`
 both work) and validates them with the API types. Every error names the file,
 the object and the field. Other kinds (Deployments, Namespaces,
@@ -40,7 +40,7 @@ from tidings.api.routes import (
     compile_trigger,
 )
 from tidings.api.sealing import Sealer
-from tidings.api.types import API_VERSION, GROUP, EventSource, EventSourceSpec, Trigger
+from tidings.api.types import API_VERSION, GROUP, EventSource, EventSourceSpec, Replay, Trigger
 
 SUFFIXES = (".yaml", ".yml", ".json")
 SKIPPED_FILES = ("kustomization.yaml", "kustomization.yml", "Chart.yaml", "values.yaml")
@@ -58,6 +58,7 @@ class ManifestError(Exception):
 class Manifests:
     sources: dict[tuple[str, str], EventSource] = field(default_factory=dict)
     triggers: dict[tuple[str, str], Trigger] = field(default_factory=dict)
+    replays: dict[tuple[str, str], Replay] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     services: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
@@ -191,11 +192,14 @@ def _load_one(manifests: Manifests, where: str, doc: Any) -> None:
     name = str(metadata.get("name") or "")
     label = f"{kind} {namespace}/{name or '(no name)'}"
     api_version = str(doc.get("apiVersion") or "")
-    if kind in ("EventSource", "Trigger") and api_version.split("/")[0] not in (GROUP, ""):
+    if kind in ("EventSource", "Trigger", "Replay") and api_version.split("/")[0] not in (
+        GROUP,
+        "",
+    ):
         # Another project's Trigger (Knative's, say): not ours to load.
         manifests.ignored.append(f"{api_version} {label} ({where})")
         return
-    if kind in ("EventSource", "Trigger") and api_version != API_VERSION:
+    if kind in ("EventSource", "Trigger", "Replay") and api_version != API_VERSION:
         raise ManifestError(
             [f"{where}: {label}: apiVersion: {doc.get('apiVersion')!r}; use {API_VERSION}"]
         )
@@ -215,6 +219,11 @@ def _load_one(manifests: Manifests, where: str, doc: Any) -> None:
     elif kind == "Trigger":
         try:
             manifests.triggers[key] = Trigger.model_validate(doc)
+        except ValidationError as error:
+            raise ManifestError(_validation_lines(where, label, error)) from None
+    elif kind == "Replay":
+        try:
+            manifests.replays[key] = Replay.model_validate(doc)
         except ValidationError as error:
             raise ManifestError(_validation_lines(where, label, error)) from None
     elif kind == "Secret":

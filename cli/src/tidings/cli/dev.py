@@ -1,6 +1,6 @@
 """`tidings dev -f PATH…`: the whole data plane in one process, from manifest files.
 
-It loads EventSource, Trigger and Secret manifests (tidings.api.manifests),
+It loads EventSource, Trigger, Replay and Secret manifests (tidings.api.manifests),
 compiles them with the operator's compiler and publishes them to the routing
 table, then serves ingest (S3 notifications of objectStore notify sources
 too), runs the delivery engine and the adapters of postgres / kubernetes /
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -42,16 +43,23 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from tidings.api import keys, sealing, table
 from tidings.api import manifests as manifest_files
-from tidings.api import sealing, table
 from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
 from tidings.api.process import connect_redis, parse_listen
-from tidings.api.routes import CompiledSource, Route, ingest_token_secret_name
+from tidings.api.routes import (
+    CompiledSource,
+    CompileError,
+    Route,
+    compile_replay,
+    ingest_token_secret_name,
+)
 from tidings.api.sealing import Sealer, StableSealer
 from tidings.api.settings import RedisConnection, ServeSettings, add_arguments, load, setting
-from tidings.api.types import EventSourceSpec
+from tidings.api.text import text
+from tidings.api.types import EventSourceSpec, Replay
 from tidings.cli.redis_server import RedisServer, RedisServerError
 from tidings.cli.send import SESSION_FILE
 from tidings.dispatcher.delivery import Result
@@ -180,6 +188,52 @@ async def publish(redis: Redis, compiled: Compiled) -> list[str]:
         if source_id not in compiled.sources:
             await table.delete_source(redis, source.namespace, source.name)
             changes.append(f"- EventSource {source_id}")
+    return changes
+
+
+def replay_uid(replay: Replay) -> str:
+    """A stable uid for a Replay manifest: the same file does not run twice (a
+    Replay runs once), an edited spec is a new Replay."""
+    digest = hashlib.sha256(replay.spec.model_dump_json(by_alias=True).encode()).hexdigest()
+    return f"dev-{digest[:16]}"
+
+
+async def publish_replays(redis: Redis, manifests: Manifests, compiled: Compiled) -> list[str]:
+    """Hand the Replays of the files to the engine (as the operator does in a
+    cluster); one line per new one. Replays no longer in the files are withdrawn."""
+    changes: list[str] = []
+    wanted: dict[str, str] = {}
+    for (namespace, name), replay in sorted(manifests.replays.items()):
+        route = compiled.routes.get(f"{namespace}/{replay.spec.trigger}")
+        if route is None:
+            changes.append(
+                f"Replay {namespace}/{name} waits: Trigger {namespace}/{replay.spec.trigger} "
+                "is not loaded"
+            )
+            continue
+        try:
+            job = compile_replay(
+                namespace=namespace,
+                name=name,
+                uid=replay_uid(replay),
+                spec=replay.spec,
+                route=route,
+            )
+        except CompileError as error:
+            changes.append(f"Replay {namespace}/{name} not compiled: {error.message}")
+            continue
+        wanted[job.id] = job.model_dump_json()
+    current = {
+        text(k): text(v)
+        for k, v in (await redis.hgetall(keys.REPLAY_JOBS)).items()  # type: ignore[misc]
+    }
+    for replay_id, value in wanted.items():
+        if current.get(replay_id) != value:
+            await redis.hset(keys.REPLAY_JOBS, replay_id, value)  # type: ignore[misc]
+            changes.append(f"+ Replay {replay_id}")
+    for replay_id in current.keys() - wanted.keys():
+        await redis.hdel(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
+        changes.append(f"- Replay {replay_id}")
     return changes
 
 
@@ -482,6 +536,7 @@ class DevSession:
             say(f"tidings dev: {what} not compiled: {problem}")
         await create_groups(self.redis, compiled.routes.values())
         changes = await publish(self.redis, compiled)
+        changes += await publish_replays(self.redis, manifests, compiled)
         self.credentials = credentials(manifests)
         self.manifests, self.compiled = manifests, compiled
         if self.adapters is not None:
