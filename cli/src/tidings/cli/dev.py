@@ -112,6 +112,7 @@ class Credentials:
 
     tokens: dict[str, str] = field(default_factory=dict)
     hmac: dict[str, dict[str, str]] = field(default_factory=dict)
+    webhooks: dict[str, str] = field(default_factory=dict)  # a whsec_ secret per source
 
 
 def add_generated_tokens(manifests: Manifests, state: Path) -> list[str]:
@@ -165,6 +166,13 @@ def credentials(manifests: Manifests) -> Credentials:
             secret = world.secret(namespace, hmac_ref.name, hmac_ref.key)
             if secret is not None:
                 found.hmac[key] = {"secret": secret, "header": http.hmac_header}
+                if http.hmac_timestamp_header is not None:
+                    found.hmac[key]["timestampHeader"] = http.hmac_timestamp_header
+        if http.standard_webhooks is not None:
+            webhooks_ref = http.standard_webhooks.secret_ref
+            secrets_value = world.secret(namespace, webhooks_ref.name, webhooks_ref.key)
+            if secrets_value and secrets_value.split():
+                found.webhooks[key] = secrets_value.split()[0]
     return found
 
 
@@ -559,6 +567,7 @@ class DevSession:
             "pid": os.getpid(),
             "tokens": self.credentials.tokens,
             "hmac": self.credentials.hmac,
+            "webhooks": self.credentials.webhooks,
         }
         path = self.state / SESSION_FILE
         self.state.mkdir(parents=True, exist_ok=True)

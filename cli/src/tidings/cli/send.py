@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -76,6 +77,9 @@ def build_request(
     token: str | None = None,
     hmac_secret: str | None = None,
     hmac_header: str = "X-Signature-256",
+    hmac_timestamp_header: str | None = None,
+    webhook_secret: str | None = None,
+    now: float | None = None,
 ) -> Request:
     """The HTTP request for one event (pure, so it is tested without a server)."""
     event_id = event_id or new_id()
@@ -103,9 +107,23 @@ def build_request(
         headers, body = codec.encode(structured, json.dumps(structured).encode(), mode)
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    timestamp = int(time.time() if now is None else now)
     if hmac_secret:
-        signature = hmac.new(hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+        signed = body
+        if hmac_timestamp_header:
+            headers[hmac_timestamp_header] = str(timestamp)
+            signed = f"{timestamp}.".encode() + body
+        signature = hmac.new(hmac_secret.encode(), signed, hashlib.sha256).hexdigest()
         headers[hmac_header] = f"sha256={signature}"
+    if webhook_secret:
+        # Imported here: the data plane's aiohttp would slow every `tidings send` start.
+        from tidings.dispatcher.delivery import sign, signing_key
+
+        headers["webhook-id"] = event_id
+        headers["webhook-timestamp"] = str(timestamp)
+        headers["webhook-signature"] = sign(
+            [signing_key(webhook_secret)], event_id, timestamp, body
+        )
     return Request(url=url, headers=headers, body=body, event_id=event_id)
 
 
@@ -156,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
     base_url = options.url or session.get("url") or DEFAULT_URL
     token = options.token or session.get("tokens", {}).get(source)
     signing = session.get("hmac", {}).get(source, {}) if not options.token else {}
+    webhook_secret = session.get("webhooks", {}).get(source) if not options.token else None
     status = 0
     for n in range(args.count):
         request = build_request(
@@ -170,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
             token=token,
             hmac_secret=signing.get("secret"),
             hmac_header=signing.get("header", "X-Signature-256"),
+            hmac_timestamp_header=signing.get("timestampHeader"),
+            webhook_secret=webhook_secret,
         )
         try:
             code, answer = post(request)
