@@ -169,3 +169,35 @@ def test_replay_spec_cannot_be_edited_once_created(
     assert row.split()[:6] == ["r", "welcome-email", "Running", "10", "4", "3"]
     wide = kubectl("get", "-n", k8s_namespace, "rpl", "-o", "wide")
     assert "SKIPPED" in wide.stdout.splitlines()[0], wide.stdout
+
+
+def test_tidings_replay_cluster_creates_a_replay_object(
+    crds_installed: None, kubectl: Kubectl, k8s_namespace: str, kubeconfig: Path
+) -> None:
+    import sys
+
+    tidings = str(Path(sys.executable).parent / "tidings")
+    done = subprocess.run(
+        [tidings, "replay", f"{k8s_namespace}/welcome", "--since", "2h", "--cluster"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("replay.tidings.dev/welcome-replay-"), done.stdout
+    listing = kubectl("get", "-n", k8s_namespace, "replays", "-o", "json")
+    items = json.loads(listing.stdout)["items"]
+    assert [i["spec"] for i in items] == [
+        {"trigger": "welcome", "from": {"deadLetters": {"since": "2h"}}}
+    ]
+    refused = subprocess.run(
+        [tidings, "replay", f"{k8s_namespace}/welcome", "--all", "--cluster", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"KUBECONFIG": str(kubeconfig), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert refused.returncode == 2 and "--dry-run and --limit work without it" in refused.stderr

@@ -5,6 +5,12 @@
     tidings replay shop/welcome-email --since 2h          # dead-lettered in the last 2 hours
     tidings replay shop/welcome-email --id 1732791234567-0 --id 1732791234999-0
 
+With --cluster it is a thin client: it creates a Replay object (docs/replay.md)
+of those dead letters in the cluster of --kubeconfig ($KUBECONFIG, or the pod's
+service account) and, with --wait, follows its status until it is done; the
+operator and the dispatchers run it. Without --cluster it works on the Redis
+of --redis-url directly (tidings dev, or a cluster's Redis):
+
 Choose what to replay with --all, --since DURATION or --id (repeatable; the ids
 --dry-run lists), optionally bounded by --limit N (oldest first). The replayed
 events go to this Trigger only, not to the other Triggers of its source, with a
@@ -22,9 +28,11 @@ import argparse
 import asyncio
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,6 +42,7 @@ from tidings.api.durations import DurationError, parse_duration
 from tidings.api.process import connect_redis
 from tidings.api.routes import Route
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
+from tidings.api.types import API_VERSION, GROUP, VERSION
 from tidings.dispatcher import deadletter
 from tidings.dispatcher.deadletter import DeadLetter
 
@@ -175,13 +184,78 @@ async def _run(args: argparse.Namespace, settings: ReplaySettings, since: float 
         await redis.aclose()
 
 
+FINAL = ("Succeeded", "Failed")
+
+
+def replay_object(
+    namespace: str, trigger: str, since: str | None, ids: list[str] | None
+) -> dict[str, Any]:
+    """The Replay to create for these dead letters of the Trigger."""
+    selection: dict[str, Any] = {}
+    if since:
+        selection["since"] = since
+    if ids:
+        selection["ids"] = list(dict.fromkeys(ids))
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Replay",
+        "metadata": {"generateName": f"{trigger[:40]}-replay-", "namespace": namespace},
+        "spec": {"trigger": trigger, "from": {"deadLetters": selection}},
+    }
+
+
+def run_in_cluster(args: argparse.Namespace) -> int:
+    """Create the Replay object; with --wait, print its progress until it is done."""
+    from kubernetes import client  # type: ignore[import-untyped]
+    from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+
+    from tidings.operator.kube import load_config
+
+    namespace, _, name = args.trigger.partition("/")
+    try:
+        api = client.CustomObjectsApi(client.ApiClient(load_config(args.kubeconfig)))
+        created: dict[str, Any] = api.create_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP,
+            VERSION,
+            namespace,
+            "replays",
+            replay_object(namespace, name, args.since, args.id),
+        )
+    except (ApiException, OSError, ValueError) as error:
+        reason = getattr(error, "body", None) or str(error)
+        return _fail(f"cannot create the Replay in namespace {namespace}: {reason}", code=1)
+    replay = created["metadata"]["name"]
+    print(f"replay.tidings.dev/{replay} created (kubectl -n {namespace} get replay {replay})")
+    if not args.wait:
+        return 0
+    shown = ""
+    while True:
+        found: dict[str, Any] = api.get_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, namespace, "replays", replay
+        )
+        status = found.get("status") or {}
+        phase = status.get("phase") or "Pending"
+        line = (
+            f"{phase}: {status.get('sent', 0)} of {status.get('total', '?')} sent, "
+            f"{status.get('delivered', 0)} delivered, {status.get('failed', 0)} failed, "
+            f"{status.get('skipped', 0)} skipped"
+        )
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if phase in FINAL:
+            return 0 if phase == "Succeeded" else 1
+        time.sleep(1.0)
+
+
 def run(args: argparse.Namespace) -> int:
     trigger = args.trigger
     if trigger.count("/") != 1 or not all(trigger.split("/")):
         return _fail(f"{trigger!r}: write the Trigger as NAMESPACE/NAME, e.g. shop/welcome-email")
     try:
         settings = load(ReplaySettings, args)
-        settings.redis_connection()
+        if not args.cluster:
+            settings.redis_connection()
     except SettingsError as error:
         return _fail(str(error))
     chosen = [
@@ -201,6 +275,15 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.limit is not None and args.limit < 1:
         return _fail(f"--limit {args.limit}: give a positive number, or leave it out for no limit")
+    if args.cluster:
+        if args.dry_run or args.limit is not None:
+            return _fail("--cluster creates a Replay object: --dry-run and --limit work without it")
+        if args.since:
+            try:
+                parse_duration(args.since, field="--since")
+            except DurationError as error:
+                return _fail(str(error))
+        return run_in_cluster(args)
     since = None
     if args.since:
         try:
@@ -247,6 +330,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--limit", type=int, metavar="N", help="at most N, oldest first")
     parser.add_argument(
         "--dry-run", action="store_true", help="list what would be replayed; change nothing"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="create a Replay object in the cluster instead of working on Redis directly",
+    )
+    parser.add_argument("--kubeconfig", help="with --cluster: kubeconfig (default $KUBECONFIG)")
+    parser.add_argument(
+        "--wait", action="store_true", help="with --cluster: follow its status until it is done"
     )
     add_arguments(parser, ReplaySettings)
     parser.set_defaults(func=run)
