@@ -169,6 +169,8 @@ def test_the_dead_letters_show_on_the_trigger_and_the_overview(
 def test_replay_delivers_the_dead_letters_to_a_subscriber_that_now_answers_200(
     editor: Viewer, stack: Stack
 ) -> None:
+    """In a cluster the button creates a Replay (--replay object, the default): the
+    operator compiles it, a dispatcher runs it, the page follows its status."""
     stack.subscriber.status = 200
     editor.open(f"t/{stack.ns_a}/mailer")
     page = editor.page
@@ -176,12 +178,20 @@ def test_replay_delivers_the_dead_letters_to_a_subscriber_that_now_answers_200(
     assert "Replay 3 dead letters" in page.text_content("h1")
     editor.shot("replay-confirm")
     page.click("#confirm-replay")
-    assert "Replayed 3 dead letter(s)" in page.text_content("#flash")
+    assert "Created Replay mailer-console-" in page.text_content("#flash")
     eventually(
         lambda: {"order-0", "order-1", "order-2"} <= set(stack.subscriber.delivered("/bad")),
-        within=20,
+        within=60,
     )
-    eventually(lambda: page.text_content("#dead-count") == "0", within=15)
+    eventually(lambda: page.text_content("#dead-count") == "0", within=30)
+    eventually(lambda: "Succeeded" in (page.text_content("#replays") or ""), within=60)
+    replays = json.loads(stack.kubectl("get", "replays", "-n", stack.ns_a, "-o", "json").stdout)[
+        "items"
+    ]
+    assert [r["spec"] for r in replays] == [{"trigger": "mailer", "from": {"deadLetters": {}}}]
+    page.reload()  # the dead-letter list is not live (a selection must not vanish)
+    assert page.locator("#dead-letters").count() == 0
+    editor.shot("trigger-replayed", whole=True)
 
 
 def test_pause_and_resume_change_the_trigger(editor: Viewer, stack: Stack) -> None:
@@ -315,21 +325,21 @@ def test_source_page_and_a_narrow_screen(browser: Any, editor: Viewer, stack: St
         narrow.close()
 
 
-def test_with_replay_object_the_button_creates_a_replay_the_page_lists(stack: Stack) -> None:
-    """--replay object: the console creates a Replay of the chosen dead letters (the
-    operator's Replay controller runs it, docs/replay.md) instead of handing them
-    back itself; the Trigger page lists it. Checked on the raw endpoints."""
+def test_replay_direct_hands_the_chosen_dead_letter_back_in_redis(stack: Stack) -> None:
+    """--replay direct: the console hands the chosen dead letter back itself (the
+    script `tidings replay` uses), no Replay object. Checked on the raw endpoints."""
     from console_harness import Process, free_port, wait_http
 
     port = free_port()
     console = Process(
-        "console-replay-object",
+        "console-replay-direct",
         ["console", "--listen", f"127.0.0.1:{port}", "--redis-url", stack.redis_url,
-         "--kubeconfig", str(stack.console_kubeconfig), "--replay", "object"],
-        stack.logs / "console-replay-object.log",
+         "--kubeconfig", str(stack.console_kubeconfig), "--replay", "direct"],
+        stack.logs / "console-replay-direct.log",
     ).start()  # fmt: skip
     base = f"http://127.0.0.1:{port}/"
     token = stack.token("editor")
+    stack.subscriber.status = 200
     try:
         wait_http(base + "healthz")
         page = f"t/{stack.ns_b}/ledger"
@@ -341,18 +351,10 @@ def test_with_replay_object_the_button_creates_a_replay_the_page_lists(stack: St
         assert found and dead, "the ledger's page offers its dead letter"
         form = {"csrf": found.group(1), "id": dead.group(1), "confirm": "yes"}
         status, body = raw_post(base, page + "/replay", form, token)
-        assert status == 201, body
-        name = json.loads(body)["replay"]
-        done = stack.kubectl("get", "replay", name, "-n", stack.ns_b, "-o", "json")
-        assert done.returncode == 0, done.stderr
-        replay = json.loads(done.stdout)
-        assert replay["spec"] == {
-            "trigger": "ledger",
-            "from": {"deadLetters": {"ids": [dead.group(1)]}},
-        }
-        assert replay["metadata"]["labels"]["tidings.dev/trigger"] == "ledger"
-        assert replay["metadata"]["annotations"]["tidings.dev/requested-by"].endswith(":editor")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert name in response.read().decode(), "the Trigger page lists the Replay"
+        assert status == 200, body
+        assert json.loads(body) == {"replayed": 1, "kept": 0}
+        eventually(lambda: "payment-1" in stack.subscriber.delivered("/bad"), within=30)
+        listed = stack.kubectl("get", "replays", "-n", stack.ns_b, "-o", "json")
+        assert json.loads(listed.stdout)["items"] == [], "no Replay object in direct mode"
     finally:
         console.stop()

@@ -32,7 +32,7 @@ def test_the_console_is_off_by_default(helm: Helm) -> None:
 def test_enabled_it_runs_tidings_console_behind_a_service(helm: Helm) -> None:
     rendered = helm.render(set=["console.enabled=true"])
     c = container(rendered, "Deployment", NAME)
-    assert c["args"][:4] == ["console", "--listen=0.0.0.0:8090", "--auth=token", "--replay=direct"]
+    assert c["args"][:4] == ["console", "--listen=0.0.0.0:8090", "--auth=token", "--replay=object"]
     assert "--ingest-url=http://tidings-ingest.tidings.svc.cluster.local:80" in c["args"]
     assert {e["name"] for e in c["env"]} >= {"REDIS_URL", "REDIS_PASSWORD"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -79,7 +79,7 @@ class ConsoleSettings(CommonSettings):
     replay: str = setting(
         "--replay",
         "TIDINGS_CONSOLE_REPLAY",
-        "direct",
+        "object",
         "how the replay button replays: object creates a Replay (the operator runs it, "
         "kubectl get replays shows it); direct hands the dead letters back in Redis",
         choices=("direct", "object"),

@@ -225,7 +225,7 @@ class ClusterObjects:
         for item in listing.get("items") or []:
             status = item.get("status") or {}
             ready: dict[str, Any] = next(
-                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+                (c for c in status.get("conditions") or [] if c.get("type") == "Complete"), {}
             )
             out.append(
                 ReplayView(
