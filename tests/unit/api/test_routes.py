@@ -145,3 +145,42 @@ def test_start_from_becomes_the_id_the_consumer_group_is_created_at() -> None:
     # 2026-11-29T10:00:00Z is 1795946400000 ms: the group starts just before it.
     assert cursor_start("2026-11-29T10:00:00Z") == f"1795946399999-{MAX_SEQUENCE}"
     assert cursor_start("2026-11-29T11:00:00+01:00") == f"1795946399999-{MAX_SEQUENCE}"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("", "is empty"),
+        ("   \n", "is empty"),
+        ("whsec_", "not whsec_<base64"),
+        ("whsec_abc", "not whsec_<base64"),  # not base64
+        ("whsec_" + "a2V5", "not whsec_<base64"),  # 3 bytes: too short to be a key
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "not whsec_<base64"),  # no prefix
+        (f"{SECRET} whsec_%%%", "value 2 of 2"),
+    ],
+)
+def test_an_empty_or_malformed_signing_secret_is_invalid_secret(value: str, says: str) -> None:
+    w = world()
+    w.secrets[("shop/hook", "secret")] = value
+    spec = trigger(delivery={"signing": {"secretRef": {"name": "hook", "key": "secret"}}})
+    with pytest.raises(CompileError) as caught:
+        compile_(spec, w)
+    assert caught.value.reason == "InvalidSecret"
+    assert caught.value.message.startswith("spec.delivery.signing.secretRef: Secret shop/hook")
+    assert says in caught.value.message
+    assert "MfKQ9r8" not in caught.value.message  # the value itself is never shown
+
+
+def test_an_empty_ingest_token_is_invalid_secret_not_an_open_door() -> None:
+    w = world()
+    w.secrets[("shop/users-db-ingest-token", "token")] = ""
+    with pytest.raises(CompileError) as caught:
+        compile_source(
+            namespace="shop",
+            name="users-db",
+            spec=EventSourceSpec.model_validate({"http": {}}),
+            world=w,
+            sealer=Sealer(new_key()),
+        )
+    assert caught.value.reason == "InvalidSecret"
+    assert "users-db-ingest-token" in caught.value.message

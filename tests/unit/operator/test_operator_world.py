@@ -12,6 +12,8 @@ from tidings.api.types import TriggerSpec
 from tidings.operator import world
 from tidings.operator.world import IndexWorld, Wakeups
 
+SIGNING = "whsec_" + base64.b64encode(b"s" * 32).decode()
+
 
 def index(*entries: dict[Any, Any] | None) -> dict[Any, list[Any]]:
     """What Kopf's index looks like: key -> a store of values."""
@@ -31,7 +33,7 @@ def a_world() -> IndexWorld:
         sources=index(world.source_entry("shop", "users", {"spec": {"http": {}}})),
         services=index(world.service_entry("shop", "mailer", {"ports": [{"port": 8080}]})),
         secrets=index(
-            world.secret_entry("shop", "hook", {"data": {"secret": b64("whsec_abc")}}),
+            world.secret_entry("shop", "hook", {"data": {"secret": b64(SIGNING)}}),
             world.secret_entry("shop", "release", {"type": "helm.sh/release.v1", "data": {}}),
         ),
     )
@@ -48,7 +50,7 @@ def test_the_compiler_runs_on_the_indexes() -> None:
     sealer = Sealer(new_key())
     route = compile_trigger(namespace="shop", name="t", spec=spec, world=a_world(), sealer=sealer)
     assert route.subscriber_url == "http://mailer.shop.svc.cluster.local:8080"
-    assert [sealer.unseal(s) for s in route.delivery.signing_secrets] == ["whsec_abc"]
+    assert [sealer.unseal(s) for s in route.delivery.signing_secrets] == [SIGNING]
 
 
 def test_missing_objects_and_keys_are_none() -> None:

@@ -13,6 +13,7 @@ operator and `tidings dev`.
 from __future__ import annotations
 
 import base64
+import binascii
 from typing import Literal, Protocol
 
 import cel
@@ -324,6 +325,12 @@ def _secret(world: World, namespace: str, ref: SecretKeyRef, field: str) -> str:
             f"{field}: Secret {namespace}/{ref.name} with key {ref.key!r} not found; "
             "create it or fix the reference",
         )
+    if not value.strip():
+        raise CompileError(
+            "InvalidSecret",
+            f"{field}: Secret {namespace}/{ref.name} key {ref.key!r} is empty; "
+            "put the secret's value in it",
+        )
     return value
 
 
@@ -434,6 +441,29 @@ def compile_tls(
     )
 
 
+def signing_secrets_of(raw: str, where: str) -> list[str]:
+    """The `whsec_<base64>` values of a signing Secret (space-separated during a
+    rotation); CompileError(InvalidSecret) for anything a dispatcher could not
+    sign with. Standard Webhooks keys are 24 to 64 random bytes."""
+    values = raw.split()
+    for position, value in enumerate(values, 1):
+        which = f"value {position} of {len(values)}" if len(values) > 1 else "the value"
+        encoded = value.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded, validate=True) if value != encoded else None
+        except (binascii.Error, ValueError):
+            key = None
+        if key is None or not 24 <= len(key) <= 64:
+            raise CompileError(
+                "InvalidSecret",
+                f"{where}: {which} is not whsec_<base64 of 24 to 64 random bytes> "
+                "(Standard Webhooks); make one with "
+                "`echo whsec_$(head -c 32 /dev/urandom | base64)`, space-separate "
+                "several during a rotation",
+            )
+    return values
+
+
 def resolve_destination(world: World, namespace: str, dest: Destination, field: str) -> str:
     """The URL of a Service ref (`http://NAME.NS.svc.cluster.local:PORT/PATH`) or a uri."""
     if dest.uri is not None:
@@ -489,15 +519,10 @@ def compile_trigger(
         )
     signing_secrets: list[str] = []
     if delivery.signing is not None:
-        raw = _secret(world, namespace, delivery.signing.secret_ref, "spec.delivery.signing")
-        for secret in raw.split():
-            if not secret.startswith("whsec_"):
-                raise CompileError(
-                    "InvalidSecret",
-                    f"spec.delivery.signing: Secret {namespace}/{delivery.signing.secret_ref.name}"
-                    " must hold whsec_<base64> values (space-separated during rotation)",
-                )
-            signing_secrets.append(sealer.seal(secret))
+        ref = delivery.signing.secret_ref
+        raw = _secret(world, namespace, ref, "spec.delivery.signing.secretRef")
+        where = f"spec.delivery.signing.secretRef: Secret {namespace}/{ref.name} key {ref.key!r}"
+        signing_secrets = [sealer.seal(secret) for secret in signing_secrets_of(raw, where)]
     sealed_headers = secret_headers(world, namespace, delivery, sealer)
     tls = compile_tls(world, namespace, delivery, subscriber_url, sealer)
     retry = delivery.retry

@@ -14,11 +14,15 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.fernet import Fernet, InvalidToken
 
 ENV_KEY = "TIDINGS_SEAL_KEY"
 ENV_KEY_FILE = "TIDINGS_SEAL_KEY_FILE"
+
+
+SealerT = TypeVar("SealerT", bound="Sealer")
 
 
 class SealError(RuntimeError):
@@ -33,10 +37,19 @@ def load_key(path: str | os.PathLike[str] | None = None) -> str:
     """The seal key from `path`, $TIDINGS_SEAL_KEY_FILE or $TIDINGS_SEAL_KEY."""
     file = path or os.environ.get(ENV_KEY_FILE)
     if file:
-        return Path(file).read_text().strip()
-    key = os.environ.get(ENV_KEY)
+        try:
+            key = Path(file).read_text().strip()
+        except OSError as error:
+            raise SealError(
+                f"{ENV_KEY_FILE}={file}: cannot read the seal key ({error.strerror or error}); "
+                "mount the seal key Secret there (the Helm chart does)"
+            ) from None
+        if not key:
+            raise SealError(f"{ENV_KEY_FILE}={file}: the file is empty; put the seal key in it")
+        return key
+    key = os.environ.get(ENV_KEY, "").strip()
     if key:
-        return key.strip()
+        return key
     raise SealError(
         f"no seal key: set {ENV_KEY_FILE} to a file holding a key (the Helm chart mounts one) "
         f"or {ENV_KEY}; make one with `python -c 'from tidings.api.sealing import new_key; "
@@ -94,6 +107,25 @@ class StableSealer(Sealer):
                 self._known[self.unseal(sealed)] = sealed
             except SealError:
                 continue
+
+
+def load_sealer(
+    path: str | os.PathLike[str] | None = None,
+    kind: type[SealerT] = Sealer,  # type: ignore[assignment]
+) -> SealerT:
+    """The Sealer of the configured key; SealError (naming TIDINGS_SEAL_KEY_FILE)
+    when none is configured or it is no key. Processes that open or seal secrets
+    refuse to start without one: a made-up key would only fail later, on every
+    sealed value, at run time."""
+    key = load_key(path)
+    try:
+        return kind(key)
+    except SealError as error:
+        where = path or os.environ.get(ENV_KEY_FILE) or ENV_KEY
+        raise SealError(
+            f"{where}: {error}; {ENV_KEY_FILE} must name a file holding a Fernet key "
+            "(32 url-safe base64 bytes, as new_key() makes)"
+        ) from None
 
 
 class OpenedSecrets:

@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
-from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_key, new_key
+from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_sealer
 from tidings.api.settings import ServeSettings, SettingsError, add_arguments, load, setting
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
 from tidings.dispatcher.ingest import INGEST, build_app
@@ -95,30 +95,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _sealer(key_file: str) -> Sealer:
-    try:
-        return Sealer(load_key(key_file or None))
-    except SealError as error:
-        log.warning("%s; sealed secrets (ingest tokens, signing keys) cannot be opened", error)
-        return Sealer(new_key())
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load(DispatcherSettings, args)
         settings.redis_connection()
         host, port = parse_listen(settings.listen)
-    except SettingsError as error:
+        # Refused at start, not at the first sealed value: without the operator's
+        # key every ingest token and signing key would fail at run time.
+        sealer: Sealer = load_sealer(settings.seal_key_file or None)
+    except (SettingsError, SealError) as error:
         raise SystemExit(f"tidings dispatcher: {error}") from None
-    return asyncio.run(serve(settings, host, port))
+    return asyncio.run(serve(settings, host, port, sealer))
 
 
-async def serve(settings: DispatcherSettings, host: str, port: int) -> int:
+async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Sealer) -> int:
     consumer_name = settings.consumer_name or default_consumer_name()
     redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     watcher = TableWatcher(redis)
     registry = CollectorRegistry()
-    sealer = _sealer(settings.seal_key_file)
     dispatcher = Dispatcher(
         redis,
         watcher,

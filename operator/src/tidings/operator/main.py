@@ -220,9 +220,9 @@ def run(args: argparse.Namespace) -> int:
         # of lines per minute at scale. Our controllers log what changes.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        sealer = StableSealer(sealing.load_key(options.seal_key_file or None))
-    except (sealing.SealError, OSError) as error:
-        log.error("%s", error)
+        sealer = sealing.load_sealer(options.seal_key_file or None, StableSealer)
+    except sealing.SealError as error:
+        log.error("tidings operator: %s", error)
         return 2
     try:
         asyncio.run(serve(options, sealer))
