@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import table
+from tidings.api.destinations import LOCAL
 from tidings.api.events import decode
 from tidings.api.routes import compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
@@ -240,6 +241,7 @@ class Bench:
             name="bench",
             world=self.world,
             sealer=self.sealer,
+            destinations=LOCAL,
             spec=TriggerSpec.model_validate(
                 {
                     "source": self.name,
@@ -254,7 +256,11 @@ class Bench:
         watcher = TableWatcher(dispatcher_redis, resync_interval=1.0)
         await watcher.start()
         dispatcher = Dispatcher(
-            dispatcher_redis, watcher, sealer=self.sealer, registry=CollectorRegistry()
+            dispatcher_redis,
+            watcher,
+            sealer=self.sealer,
+            registry=CollectorRegistry(),
+            destinations=LOCAL,
         )
         await dispatcher.start()
         while True:  # the Trigger's group exists: events from now on are delivered

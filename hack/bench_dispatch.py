@@ -43,6 +43,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
@@ -169,7 +170,9 @@ def trigger(
             },
         }
     )
-    return compile_trigger(namespace=NAMESPACE, name=name, spec=spec, world=world, sealer=sealer)
+    return compile_trigger(
+        namespace=NAMESPACE, name=name, spec=spec, world=world, sealer=sealer, destinations=LOCAL
+    )
 
 
 async def add_source(redis: Redis, name: str, world: World, sealer: Sealer) -> str:
@@ -225,7 +228,9 @@ async def main(events: int) -> dict[str, Any]:
         watcher = TableWatcher(redis)
         await watcher.start()
         registry = CollectorRegistry()
-        dispatcher = Dispatcher(redis, watcher, sealer=sealer, registry=registry, consumer="bench")
+        dispatcher = Dispatcher(
+            redis, watcher, sealer=sealer, registry=registry, consumer="bench", destinations=LOCAL
+        )
         await dispatcher.start()
 
         # 1 and 2, interleaved twice: the machine is shared, so its load drifts.

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import CompiledSource, Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer
@@ -186,6 +187,7 @@ class Plane:
             spec=TriggerSpec.model_validate(body),
             world=self.world,
             sealer=self.sealer,
+            destinations=LOCAL,  # subscribers are loopback listeners
         )
         await table.put_route(self.redis, route)
         if wait:
@@ -238,6 +240,7 @@ class Plane:
         watcher = TableWatcher(redis, resync_interval=1.0)
         await watcher.start()
         options.setdefault("registry", CollectorRegistry())
+        options.setdefault("destinations", LOCAL)  # subscribers are loopback listeners
         dispatcher = Dispatcher(redis, watcher, sealer=self.sealer, **options)
         await dispatcher.start()
         self.dispatchers.append(dispatcher)
@@ -252,7 +255,12 @@ class Plane:
         self, name: str, *extra: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         """`tidings dispatcher` as a child process (deliver only, metrics on a free port)."""
-        env = {**os.environ, "TIDINGS_SEAL_KEY": self.seal_key, **(env or {})}
+        env = {
+            **os.environ,
+            "TIDINGS_SEAL_KEY": self.seal_key,
+            "TIDINGS_DESTINATIONS_LOOPBACK": "allow",  # subscribers are loopback listeners
+            **(env or {}),
+        }
         log = open(self.log_path(name), "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [

@@ -64,7 +64,12 @@ async def test_a_dispatcher_started_before_its_redis_waits_not_ready_then_serves
         "dispatcher",
         "--listen",
         f"127.0.0.1:{port}",
-        env={**os.environ, "REDIS_URL": server.url, "TIDINGS_SEAL_KEY": key},
+        env={
+            **os.environ,
+            "REDIS_URL": server.url,
+            "TIDINGS_SEAL_KEY": key,
+            "TIDINGS_DESTINATIONS_LOOPBACK": "allow",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

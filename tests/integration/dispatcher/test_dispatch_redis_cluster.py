@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.sealing import Sealer, new_key
 from tidings.dispatcher import deadletter, retention
 from tidings.dispatcher.engine import Dispatcher
@@ -46,6 +47,7 @@ async def cluster_plane(cluster_url: str) -> AsyncIterator[Plane]:
         watcher,
         sealer=plane.sealer,
         registry=CollectorRegistry(),
+        destinations=LOCAL,
         publish_interval=0.2,
     )
     await dispatcher.start()

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import RedisCluster
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.routes import Route
 from tidings.api.sealing import Sealer, new_key
 from tidings.cli import replay as replay_module
@@ -366,7 +367,13 @@ async def test_replay_works_on_a_redis_cluster(cluster_url: str, subscriber: Sub
     plane = Plane(redis, cluster_url, Sealer(key), key)  # type: ignore[arg-type]
     watcher = TableWatcher(redis, resync_interval=1.0)  # type: ignore[arg-type]
     await watcher.start()
-    dispatcher = Dispatcher(redis, watcher, sealer=plane.sealer, registry=CollectorRegistry())  # type: ignore[arg-type]
+    dispatcher = Dispatcher(
+        redis,  # type: ignore[arg-type]
+        watcher,
+        sealer=plane.sealer,
+        registry=CollectorRegistry(),
+        destinations=LOCAL,
+    )
     await dispatcher.start()
     try:
         subscriber.behaviour = answer(400)

@@ -249,7 +249,7 @@ async def test_the_operator_runs_every_flow_as_the_charts_service_account_and_di
         kubeconfig=install.kubeconfigs["operator"],
         seal_key=seal_key,
         log_path=tmp_path / "operator.log",
-        args=chart_args(install, "operator"),
+        args=[*chart_args(install, "operator"), "--destinations-loopback=allow"],
     ).start()
     port = free_port()
     dispatcher_args = [
@@ -264,6 +264,7 @@ async def test_the_operator_runs_every_flow_as_the_charts_service_account_and_di
             "REDIS_URL": redis_server.url,
             "TIDINGS_SEAL_KEY": seal_key,
             "TIDINGS_LISTEN": f"127.0.0.1:{port}",
+            "TIDINGS_DESTINATIONS_LOOPBACK": "allow",  # the subscriber listens on loopback
             "KUBECONFIG": "/nonexistent",
         },
     )

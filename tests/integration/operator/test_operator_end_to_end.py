@@ -62,6 +62,13 @@ async def subscriber() -> AsyncIterator[Subscriber]:
 
 
 @pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    """The operator, allowing the loopback subscriber (a cluster's default refuses it)."""
+    operator_process.command.append("--destinations-loopback=allow")
+    return operator_process.start()
+
+
+@pytest.fixture
 def dispatcher(
     operator_redis: RedisServer, seal_key: str, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
@@ -70,6 +77,7 @@ def dispatcher(
     log = tmp_path / "dispatcher.log"
     command = [sys.executable, "-m", "tidings.cli", "dispatcher"]
     command += ["--redis-url", operator_redis.url, "--listen", f"127.0.0.1:{port}"]
+    command += ["--destinations-loopback=allow"]  # the subscriber is a loopback listener
     with log.open("wb") as out:
         process = subprocess.Popen(
             command,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from source_helpers import eventually, start_adapter
 
 from tidings.api import table
+from tidings.api.destinations import LOCAL
 from tidings.api.routes import compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, PostgresSource, SecretKeyRef, TriggerSpec
@@ -87,7 +88,12 @@ async def test_an_inserted_row_reaches_the_subscriber_of_a_trigger(
         }
     )
     route = compile_trigger(
-        namespace=namespace, name="welcome-email", spec=trigger, world=world, sealer=sealer
+        namespace=namespace,
+        name="welcome-email",
+        spec=trigger,
+        world=world,
+        sealer=sealer,
+        destinations=LOCAL,
     )
     await table.put_source(redis_client, source)
     await table.put_route(redis_client, route)
@@ -95,7 +101,9 @@ async def test_an_inserted_row_reaches_the_subscriber_of_a_trigger(
     dispatcher_redis = aioredis.from_url(redis_url)
     watcher = TableWatcher(dispatcher_redis, resync_interval=1.0)
     await watcher.start()
-    dispatcher = Dispatcher(dispatcher_redis, watcher, sealer=sealer, registry=CollectorRegistry())
+    dispatcher = Dispatcher(
+        dispatcher_redis, watcher, sealer=sealer, registry=CollectorRegistry(), destinations=LOCAL
+    )
     await dispatcher.start()
 
     manifest = tmp_path / "source.yaml"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tidings.api.destinations import LOCAL, DestinationPolicy
 from tidings.api.routes import CompileError, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, SealError, new_key
 from tidings.api.types import EventSourceSpec, TriggerSpec
@@ -184,3 +185,53 @@ def test_an_empty_ingest_token_is_invalid_secret_not_an_open_door() -> None:
         )
     assert caught.value.reason == "InvalidSecret"
     assert "users-db-ingest-token" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("subscriber", "rule"),
+    [
+        ({"uri": "http://169.254.169.254/latest/meta-data/"}, "link-local"),
+        ({"uri": "http://metadata.google.internal/computeMetadata/v1/"}, "metadata"),
+        ({"uri": "http://[::ffff:169.254.169.254]/"}, "link-local"),
+        ({"uri": "http://127.0.0.1:8080/"}, "loopback"),
+        ({"uri": "http://0.0.0.0:8080/"}, "unspecified"),
+    ],
+)
+def test_a_forbidden_destination_is_destination_not_allowed_naming_the_rule(
+    subscriber: dict[str, str], rule: str
+) -> None:
+    with pytest.raises(CompileError) as caught:
+        compile_(trigger(subscriber=subscriber))
+    assert caught.value.reason == "DestinationNotAllowed"
+    assert caught.value.message.startswith("spec.subscriber.uri: ")
+    assert f"(rule {rule};" in caught.value.message
+
+
+def test_the_dead_letter_sink_is_held_to_the_same_policy() -> None:
+    spec = trigger(delivery={"deadLetter": {"uri": "http://169.254.169.254/"}})
+    with pytest.raises(CompileError) as caught:
+        compile_(spec)
+    assert caught.value.reason == "DestinationNotAllowed"
+    assert caught.value.message.startswith("spec.delivery.deadLetter.uri: ")
+
+
+def test_the_policy_is_the_callers_and_a_cluster_refuses_loopback_by_default() -> None:
+    spec = trigger(subscriber={"uri": "http://127.0.0.1:9000/hook"})
+    assert compile_trigger(
+        namespace="shop",
+        name="w",
+        spec=spec,
+        world=world(),
+        sealer=Sealer(new_key()),
+        destinations=LOCAL,
+    ).subscriber_url.startswith("http://127.0.0.1")
+    denied = DestinationPolicy.build(deny=["svc.cluster.local"])
+    with pytest.raises(CompileError, match=r"deny-list entry 'svc\.cluster\.local'"):
+        compile_trigger(
+            namespace="shop",
+            name="w",
+            spec=trigger(),
+            world=world(),
+            sealer=Sealer(new_key()),
+            destinations=denied,
+        )

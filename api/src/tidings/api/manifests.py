@@ -31,11 +31,13 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import ValidationError
 
+from tidings.api.destinations import LOCAL, DestinationPolicy
 from tidings.api.routes import (
     CLUSTER_DOMAIN,
     CompiledSource,
     CompileError,
     Route,
+    check_destination,
     compile_source,
     compile_trigger,
 )
@@ -304,9 +306,13 @@ class Compiled:
 
 
 def compile_all(
-    manifests: Manifests, sealer: Sealer, services: LocalServices | None = None
+    manifests: Manifests,
+    sealer: Sealer,
+    services: LocalServices | None = None,
+    destinations: DestinationPolicy = LOCAL,
 ) -> Compiled:
-    """Compile every EventSource and Trigger with the operator's compiler."""
+    """Compile every EventSource and Trigger with the operator's compiler, under
+    `destinations` (dev's default allows loopback: Service refs go to 127.0.0.1)."""
     services = services or LocalServices()
     world = ManifestWorld(manifests)
     compiled = Compiled()
@@ -331,12 +337,19 @@ def compile_all(
                 spec=trigger.spec,
                 world=world,
                 sealer=sealer,
+                destinations=destinations,
                 generation=trigger.metadata.generation,
             )
+            route = localize(route, services)
+            # Where a Service ref really goes in dev is known only now.
+            check_destination(destinations, route.subscriber_url, "spec.subscriber")
+            if route.delivery.dead_letter_url is not None:
+                check_destination(
+                    destinations, route.delivery.dead_letter_url, "spec.delivery.deadLetter"
+                )
         except CompileError as error:
             compiled.errors[f"Trigger {namespace}/{name}"] = f"{error.reason}: {error.message}"
             continue
-        route = localize(route, services)
         compiled.routes[route.id] = route
     return compiled
 

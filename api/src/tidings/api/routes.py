@@ -20,6 +20,8 @@ import cel
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api import keys
+from tidings.api.destinations import CLUSTER, DestinationPolicy
+from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
 from tidings.api.durations import parse_duration
 from tidings.api.sealing import Sealer
 from tidings.api.tls import TLSConfigError, client_context
@@ -464,8 +466,34 @@ def signing_secrets_of(raw: str, where: str) -> list[str]:
     return values
 
 
-def resolve_destination(world: World, namespace: str, dest: Destination, field: str) -> str:
-    """The URL of a Service ref (`http://NAME.NS.svc.cluster.local:PORT/PATH`) or a uri."""
+def check_destination(policy: DestinationPolicy, url: str, field: str) -> None:
+    """CompileError(DestinationNotAllowed), naming the rule, when `policy` refuses
+    `url`'s host as written (its addresses are checked again at connect time)."""
+    refusal = policy.check_url(url)
+    if refusal is not None:
+        raise CompileError(
+            DESTINATION_NOT_ALLOWED,
+            f"{field}: {url}: {refusal.message} (rule {refusal.rule}; the destination policy "
+            "is the operator's --destinations-* flags, chart values destinations.*)",
+        )
+
+
+def resolve_destination(
+    world: World,
+    namespace: str,
+    dest: Destination,
+    field: str,
+    policy: DestinationPolicy | None = None,
+) -> str:
+    """The URL of a Service ref (`http://NAME.NS.svc.cluster.local:PORT/PATH`) or a
+    uri; checked against `policy` when one is given."""
+    url = _destination_url(world, namespace, dest, field)
+    if policy is not None:
+        check_destination(policy, url, f"{field}.uri" if dest.uri is not None else f"{field}.ref")
+    return url
+
+
+def _destination_url(world: World, namespace: str, dest: Destination, field: str) -> str:
     if dest.uri is not None:
         return dest.uri
     assert dest.ref is not None  # the model guarantees ref xor uri
@@ -498,10 +526,12 @@ def compile_trigger(
     spec: TriggerSpec,
     world: World,
     sealer: Sealer,
+    destinations: DestinationPolicy = CLUSTER,
     uid: str = "",
     generation: int = 0,
 ) -> Route:
-    """Compile a Trigger, or raise CompileError with the condition reason to report."""
+    """Compile a Trigger, or raise CompileError with the condition reason to report.
+    `destinations` is the destination policy (default: a cluster's, loopback refused)."""
     if world.source(namespace, spec.source) is None:
         raise CompileError(
             "SourceNotFound",
@@ -510,12 +540,14 @@ def compile_trigger(
         )
     if spec.filter.expression is not None:
         check_expression(spec.filter.expression)
-    subscriber_url = resolve_destination(world, namespace, spec.subscriber, "spec.subscriber")
+    subscriber_url = resolve_destination(
+        world, namespace, spec.subscriber, "spec.subscriber", destinations
+    )
     delivery = spec.delivery
     dead_letter_url = None
     if delivery.dead_letter is not None:
         dead_letter_url = resolve_destination(
-            world, namespace, delivery.dead_letter, "spec.delivery.deadLetter"
+            world, namespace, delivery.dead_letter, "spec.delivery.deadLetter", destinations
         )
     signing_secrets: list[str] = []
     if delivery.signing is not None:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from tidings.api.destinations import DestinationPolicy
+
 T = TypeVar("T")
 S = TypeVar("S")
 
@@ -330,3 +332,68 @@ def load(
         elif environ.get(meta.env) not in (None, ""):
             values[field.name] = _cast(meta, environ[meta.env], meta.env)
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """The destination policy (tidings.api.destinations): the same switches for
+    the operator (checked when a Trigger compiles), the dispatchers (checked on
+    every connection) and `tidings dev`, which allows loopback by default."""
+
+    destinations_loopback: str = setting(
+        "--destinations-loopback",
+        "TIDINGS_DESTINATIONS_LOOPBACK",
+        "refuse",
+        "deliver to loopback addresses (127.0.0.0/8, ::1, localhost)?",
+        choices=("allow", "refuse"),
+    )
+    destinations_node: str = setting(
+        "--destinations-node",
+        "TIDINGS_DESTINATIONS_NODE",
+        "refuse",
+        "deliver to the node's own addresses (--node-address)?",
+        choices=("allow", "refuse"),
+    )
+    node_addresses: list[str] = setting(
+        "--node-address",
+        "TIDINGS_NODE_ADDRESSES",
+        [],
+        "an address or CIDR of the node(s) (the chart passes the pod's host IPs)",
+        metavar="CIDR",
+    )
+    destinations_allow: list[str] = setting(
+        "--destinations-allow",
+        "TIDINGS_DESTINATIONS_ALLOW",
+        [],
+        "deliver only to these CIDRs and host suffixes (empty: anywhere not refused)",
+        metavar="CIDR|HOST",
+    )
+    destinations_deny: list[str] = setting(
+        "--destinations-deny",
+        "TIDINGS_DESTINATIONS_DENY",
+        [],
+        "never deliver to these CIDRs and host suffixes",
+        metavar="CIDR|HOST",
+    )
+
+    def destination_policy(self) -> DestinationPolicy:
+        """The policy; SettingsError names the flag and variable of a bad entry."""
+        for flag, env, entries in (
+            ("--node-address", "TIDINGS_NODE_ADDRESSES", self.node_addresses),
+            ("--destinations-allow", "TIDINGS_DESTINATIONS_ALLOW", self.destinations_allow),
+            ("--destinations-deny", "TIDINGS_DESTINATIONS_DENY", self.destinations_deny),
+        ):
+            try:
+                if flag == "--node-address":
+                    DestinationPolicy.build(node_addresses=entries)
+                else:
+                    DestinationPolicy.build(allow=entries)
+            except ValueError as error:
+                raise SettingsError(f"{flag} (or {env}): {error}") from None
+        return DestinationPolicy.build(
+            allow_loopback=self.destinations_loopback == "allow",
+            allow_node_addresses=self.destinations_node == "allow",
+            node_addresses=self.node_addresses,
+            allow=self.destinations_allow,
+            deny=self.destinations_deny,
+        )

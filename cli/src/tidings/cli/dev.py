@@ -45,6 +45,7 @@ from redis.exceptions import RedisError
 
 from tidings.api import keys, sealing, table
 from tidings.api import manifests as manifest_files
+from tidings.api.destinations import LOCAL, DestinationPolicy
 from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
@@ -57,7 +58,14 @@ from tidings.api.routes import (
     ingest_token_secret_name,
 )
 from tidings.api.sealing import Sealer, StableSealer
-from tidings.api.settings import RedisConnection, ServeSettings, add_arguments, load, setting
+from tidings.api.settings import (
+    DestinationSettings,
+    RedisConnection,
+    ServeSettings,
+    add_arguments,
+    load,
+    setting,
+)
 from tidings.api.text import text
 from tidings.api.types import EventSourceSpec, Replay
 from tidings.cli.redis_server import RedisServer, RedisServerError
@@ -276,7 +284,11 @@ def attempt_line(route: Route, event: dict[str, Any], result: Result, op: str) -
 
 
 async def start_engine(
-    redis: Redis, watcher: TableWatcher, registry: CollectorRegistry, sealer: Sealer
+    redis: Redis,
+    watcher: TableWatcher,
+    registry: CollectorRegistry,
+    sealer: Sealer,
+    destinations: DestinationPolicy = LOCAL,
 ) -> EngineStop:
     """The delivery engine of `tidings dispatcher`, in this process, printing
     one line per attempt."""
@@ -287,6 +299,7 @@ async def start_engine(
         sealer=sealer,
         registry=registry,
         on_attempt=lambda *attempt: say(attempt_line(*attempt)),
+        destinations=destinations,
     )
     await dispatcher.start()
 
@@ -409,6 +422,7 @@ class DevOptions:
     state: Path = Path(".tidings")
     services: LocalServices = field(default_factory=LocalServices)
     poll_interval: float = POLL_INTERVAL
+    destinations: DestinationPolicy = LOCAL
 
 
 class DevSession:
@@ -462,7 +476,9 @@ class DevSession:
         self.url = client_url(host, bound_port)
         say(f"tidings dev: ingest, /healthz, /readyz and /metrics on {host}:{bound_port}")
         say(f"tidings dev: console on {self.url}{CONSOLE_PATH} (from this machine only)")
-        self.engine_stop = await start_engine(self.redis, self.watcher, registry, self.sealer)
+        self.engine_stop = await start_engine(
+            self.redis, self.watcher, registry, self.sealer, options.destinations
+        )
         self.adapters = SourceAdapters(self.redis)
         if self.manifests is not None and self.compiled is not None:
             await self.adapters.sync(self.manifests, self.compiled)
@@ -539,7 +555,9 @@ class DevSession:
             return False
         for source_id in add_generated_tokens(manifests, self.state):
             say(f"tidings dev: generated an ingest token for {source_id} (tidings send knows it)")
-        compiled = manifest_files.compile_all(manifests, self.sealer, self.options.services)
+        compiled = manifest_files.compile_all(
+            manifests, self.sealer, self.options.services, self.options.destinations
+        )
         for what, problem in sorted(compiled.errors.items()):
             say(f"tidings dev: {what} not compiled: {problem}")
         await create_groups(self.redis, compiled.routes.values())
@@ -649,7 +667,16 @@ async def run_dev(options: DevOptions) -> int:
 
 
 @dataclass(frozen=True)
-class DevSettings(ServeSettings):
+class DevSettings(ServeSettings, DestinationSettings):
+    # On a laptop the subscribers are local processes: loopback is allowed
+    # unless refused (--destinations-loopback=refuse tries a cluster's policy).
+    destinations_loopback: str = setting(
+        "--destinations-loopback",
+        "TIDINGS_DESTINATIONS_LOOPBACK",
+        "allow",
+        "deliver to loopback addresses (127.0.0.0/8, ::1, localhost)?",
+        choices=("allow", "refuse"),
+    )
     services: list[str] = setting(
         "--service",
         "TIDINGS_SERVICES",
@@ -671,6 +698,7 @@ def run(args: argparse.Namespace) -> int:
         parse_listen(settings.listen)
         services = LocalServices.parse(settings.services)
         redis = settings.redis_connection() if settings.redis_url else None
+        destinations = settings.destination_policy()
     except ValueError as bad:
         print(f"tidings dev: {bad}", file=sys.stderr)
         return 2
@@ -686,6 +714,7 @@ def run(args: argparse.Namespace) -> int:
         redis=redis,
         state=Path(settings.state_dir),
         services=services,
+        destinations=destinations,
     )
     return asyncio.run(run_dev(options))
 

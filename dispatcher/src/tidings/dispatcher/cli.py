@@ -31,7 +31,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
 from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_sealer
-from tidings.api.settings import ServeSettings, SettingsError, add_arguments, load, setting
+from tidings.api.settings import (
+    DestinationSettings,
+    ServeSettings,
+    SettingsError,
+    add_arguments,
+    load,
+    setting,
+)
 from tidings.dispatcher.engine import Dispatcher, default_consumer_name
 from tidings.dispatcher.ingest import INGEST, build_app
 from tidings.dispatcher.routing import TableWatcher
@@ -40,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DispatcherSettings(ServeSettings):
+class DispatcherSettings(ServeSettings, DestinationSettings):
     consumer_name: str = setting(
         "--consumer-name",
         "TIDINGS_CONSUMER_NAME",
@@ -100,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load(DispatcherSettings, args)
         settings.redis_connection()
         host, port = parse_listen(settings.listen)
+        settings.destination_policy()  # a bad entry stops the start, naming its flag
         # Refused at start, not at the first sealed value: without the operator's
         # key every ingest token and signing key would fail at run time.
         sealer: Sealer = load_sealer(settings.seal_key_file or None)
@@ -120,6 +128,7 @@ async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Seal
         sealer=sealer,
         registry=registry,
         max_in_flight=settings.max_in_flight,
+        destinations=settings.destination_policy(),
     )
     if settings.no_ingest:
         app = web.Application()

@@ -13,6 +13,11 @@ and `webhook-signature`, one `v1,<base64>` per secret (several during a key
 rotation), over `{id}.{timestamp}.{body}`. Custom headers cannot override
 these.
 
+Redirects are not followed (a 3xx is a failed attempt): a subscriber must not
+send the dispatcher anywhere the destination policy has not checked. A
+connection the policy refuses (tidings.dispatcher.guard) is a failure of kind
+`destination`, reported as `DestinationNotAllowed` with the rule.
+
 The HTTP client is aiohttp: on this kind of machine httpx's own pool was ~19x
 slower at 100 concurrent requests (DESIGN.md, docs/benchmarks.md).
 """
@@ -32,6 +37,9 @@ import aiohttp
 
 from tidings.api import codec, tracing
 from tidings.api.attempts import BODY_LIMIT
+from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
+from tidings.api.destinations import Refusal
+from tidings.dispatcher.guard import refusal_in
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
@@ -134,5 +142,15 @@ async def send(
     except TimeoutError:
         failure = Failure("timeout", None, f"no answer within {seconds:g}s")
     except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
-        failure = Failure("network", None, f"{type(error).__name__}: {error}"[:300])
+        refusal = refusal_in(error)
+        if refusal is not None:
+            failure = refused(refusal)
+        else:
+            failure = Failure("network", None, f"{type(error).__name__}: {error}"[:300])
     return Result(None, time.perf_counter() - started, failure)
+
+
+def refused(refusal: Refusal) -> Failure:
+    """The failure of an attempt the destination policy refused (nothing was sent)."""
+    message = f"{DESTINATION_NOT_ALLOWED}: {refusal.message} (rule {refusal.rule})"
+    return Failure("destination", None, message[:500], rule=refusal.rule)

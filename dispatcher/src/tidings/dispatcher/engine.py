@@ -41,12 +41,14 @@ from enum import StrEnum
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from tidings.api import groups, keys, tracing
 from tidings.api.attempts import Attempt, AttemptOutcome, clip_body
+from tidings.api.destinations import CLUSTER, DestinationPolicy
 from tidings.api.events import now_rfc3339
 from tidings.api.process import event_fields
 from tidings.api.routes import CompiledTLS, Route
@@ -71,8 +73,9 @@ from tidings.dispatcher.cursor import (
     Origin,
     Outcome,
 )
-from tidings.dispatcher.delivery import Result, build_request, send, signing_key
+from tidings.dispatcher.delivery import Result, build_request, refused, send, signing_key
 from tidings.dispatcher.filtering import Filter, FilterCounts, FilterFailed
+from tidings.dispatcher.guard import Guard
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
 from tidings.dispatcher.replays import Replays
 from tidings.dispatcher.retry import Failure, decide, is_retryable
@@ -288,6 +291,12 @@ class TriggerWorker:
             self._config_error = f"signing secrets: {error}"
             log.error("Trigger %s cannot deliver: %s", route.id, self._config_error)
         self._load_credentials(route)
+        # The URLs as written, against this process's destination policy (the
+        # operator checked them with its own; names are checked again on connect).
+        guard = self.dispatcher.guard
+        self.refusal = guard.check_url(route.subscriber_url)
+        sink = route.delivery.dead_letter_url
+        self.sink_refusal = guard.check_url(sink) if sink is not None else None
         self.timeout = route.delivery.timeout
         self.client_timeout = aiohttp.ClientTimeout(total=route.delivery.timeout)
         self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
@@ -565,19 +574,24 @@ class TriggerWorker:
                 consumer=self.dispatcher.consumer,
                 headers=request.headers,
             )
-        result = await send(
-            self.dispatcher.session,
-            route.subscriber_url,
-            request,
-            self.timeout,
-            self.client_timeout,
-            self.tls,
-        )
+        if self.refusal is not None:
+            result = Result(None, 0.0, refused(self.refusal))
+        else:
+            result = await send(
+                self.dispatcher.session,
+                route.subscriber_url,
+                request,
+                self.timeout,
+                self.client_timeout,
+                self.tls,
+            )
         ended = time.time()
         done = self._decide(entry, event, result, age, probe=probe)
         done.result, done.ended = result, ended
         if self.metrics is not None:
             self.metrics.attempt_seconds.observe(result.seconds)
+            if result.failure is not None and result.failure.kind == "destination":
+                self.metrics.refused(result.failure.rule).inc()
             latency = max(0.0, ended - entry.ingested_ms / 1000)
             if entry.attempts == 0 and not probe:
                 self.metrics.latency_first.observe(latency)
@@ -673,6 +687,8 @@ class TriggerWorker:
             outcome = Outcome(Op.RETRY, entry, delay_ms=delay_ms, attempts=attempts)
             return Done(outcome, Verdict.RETRIED, failure, event)
         message = f"{decision.reason}: {failure.message}"
+        if failure.kind == "destination":
+            message = failure.message  # it names the reason already
         outcome = Outcome(Op.DEAD, entry, attempts=attempts, status=status, message=message)
         answered = failure.kind == "status" and not is_retryable(delivery.retry.retry_on, failure)
         verdict = Verdict.DEAD_ANSWERED if answered else Verdict.DEAD_FAILED
@@ -752,6 +768,15 @@ class TriggerWorker:
     async def _to_sink(self, done: Done) -> None:
         url = self.route.delivery.dead_letter_url
         assert url is not None and done.event is not None
+        if self.sink_refusal is not None:
+            log.warning(
+                "Trigger %s: dead-letter sink %s not allowed (%s); the event stays in the "
+                "DLQ stream",
+                self.route.id,
+                url,
+                self.sink_refusal.message,
+            )
+            return
         request = deadletter.sink_request(
             done.event,
             done.outcome.entry.event_json,
@@ -831,7 +856,12 @@ class Dispatcher:
         filter_span: float = FILTER_SPAN,
         replay_interval: float = 1.0,
         on_attempt: AttemptHook | None = None,
+        destinations: DestinationPolicy = CLUSTER,
+        resolver: AbstractResolver | None = None,
     ) -> None:
+        """`destinations` is the destination policy every attempt is checked
+        against (default: a cluster's, loopback refused); `resolver` resolves
+        subscriber names (default: aiohttp's; tests map names themselves)."""
         self.redis = redis
         self.watcher = watcher
         self.consumer = consumer or default_consumer_name()
@@ -847,6 +877,7 @@ class Dispatcher:
         self.replica = attemptlog.replica_name()
         # None unless OTEL_* turned tracing on (tidings.api.tracing.setup).
         self.tracer = tracing.tracer()
+        self.guard = Guard(destinations, resolver)
         self.workers: dict[str, TriggerWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -872,7 +903,7 @@ class Dispatcher:
         # No pool limit: each Trigger's own concurrency bounds its connections, and a
         # shared cap would let one stalled subscriber starve every other Trigger.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+            connector=self.guard.connector(limit=0, ttl_dns_cache=60),
             auto_decompress=False,
         )
         self.watcher.on_change(self.apply)

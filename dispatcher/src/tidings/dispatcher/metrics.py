@@ -5,6 +5,8 @@
                                                 CloudEvent: dead-lettered, never sent)
     tidings_delivery_attempt_seconds{trigger}   one HTTP attempt, answered or not
     tidings_delivery_retries_total{trigger}     attempts scheduled for later
+    tidings_delivery_refused_total{trigger,rule}  attempts the destination policy refused
+                                                (nothing sent; dead-lettered as well)
     tidings_trigger_lag{trigger}                events not yet delivered
     tidings_trigger_dead_letters{trigger}       entries in the Trigger's DLQ stream
     tidings_trigger_expired_total{trigger}      trimmed by retention before delivery
@@ -38,11 +40,13 @@ label lookup costs more than the increment on the hot path.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidings.api import keys
+from tidings.api.destinations import RULES
 from tidings.dispatcher.filtering import REASONS
 
 STATES = (keys.DELIVERING, keys.BACKOFF, keys.PAUSED)
@@ -74,6 +78,12 @@ class DispatchMetrics:
             "tidings_delivery_retries",
             "Attempts that failed and were scheduled again.",
             ["trigger"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "tidings_delivery_refused",
+            "Attempts the destination policy refused before connecting, by rule.",
+            ["trigger", "rule"],
             registry=registry,
         )
         self.lag = Gauge(
@@ -142,6 +152,7 @@ class DispatchMetrics:
             unreadable=self.deliveries.labels(trigger, "unreadable"),
             attempt_seconds=self.attempt_seconds.labels(trigger),
             retries=self.retries.labels(trigger),
+            refused=lambda rule: self.refused.labels(trigger, rule),
             lag=self.lag.labels(trigger),
             dead_letters=self.dead_letters.labels(trigger),
             expired=self.expired.labels(trigger),
@@ -164,6 +175,7 @@ class DispatchMetrics:
             (self.state, [(trigger, s) for s in STATES]),
             (self.filter_errors, [(trigger, r) for r in REASONS]),
             (self.latency, [(trigger, a) for a in ATTEMPTS]),
+            (self.refused, [(trigger, r) for r in RULES]),
         ):
             for labels in label_sets:
                 with contextlib.suppress(KeyError):
@@ -191,6 +203,7 @@ class TriggerMetrics:
     unreadable: Counter
     attempt_seconds: Histogram
     retries: Counter
+    refused: Callable[[str], Counter]  # by rule
     lag: Gauge
     dead_letters: Gauge
     expired: Gauge

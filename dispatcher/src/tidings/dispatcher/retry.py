@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
+from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
 from tidings.api.routes import CompiledRetry
 
-FailureKind = Literal["network", "timeout", "status"]
+# "destination": the destination policy refused the connection, before any
+# packet (tidings.dispatcher.guard); never retried, dead-lettered at once.
+FailureKind = Literal["network", "timeout", "status", "destination"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Failure:
     status: int | None = None
     message: str = ""
     retry_after: float | None = None  # seconds, from the Retry-After header
+    rule: str = ""  # destination: the policy's rule that refused it
 
     def label(self) -> str:
         """`network`, `timeout` or the status code: how retryOn names it."""
@@ -80,6 +84,9 @@ def decide(
     rng: random.Random | None = None,
 ) -> Decision:
     """After `attempts` attempts (this failure included) of an event `age` seconds old."""
+    if failure.kind == "destination":
+        # The policy will refuse it again; a fixed policy and `tidings replay` bring it back.
+        return Decision(False, reason=DESTINATION_NOT_ALLOWED)
     if not is_retryable(policy.retry_on, failure):
         return Decision(False, reason=f"{failure.label()} is not in retryOn")
     if attempts >= policy.max_attempts:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Generic
 
 from redis.asyncio import Redis
 
+from tidings.api.destinations import CLUSTER, DestinationPolicy
 from tidings.operator.adapters import AdapterSettings
 from tidings.operator.health import Transition
 from tidings.operator.kube import Kube, StatusWriter
@@ -59,6 +60,8 @@ class Settings:
     # How often the operator reads a Postgres slot's retained WAL itself while the
     # adapter is not running.
     wal_check_interval: float = 60.0
+    # Where Triggers may deliver (checked when compiling: DestinationNotAllowed).
+    destinations: DestinationPolicy = CLUSTER
 
     def retry_after(self, failures: int) -> float:
         delay: float = min(self.retry_delay * 2.0 ** max(0, failures - 1), self.retry_max)

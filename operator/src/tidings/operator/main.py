@@ -29,6 +29,7 @@ from tidings.api import sealing
 from tidings.api.process import connect_redis, wait_until_reachable
 from tidings.api.settings import (
     CommonSettings,
+    DestinationSettings,
     RedisConnection,
     SettingsError,
     add_arguments,
@@ -50,7 +51,7 @@ REDIS_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
-class OperatorSettings(CommonSettings):
+class OperatorSettings(CommonSettings, DestinationSettings):
     namespaces: list[str] = setting(
         "--namespace",
         "TIDINGS_NAMESPACES",
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     try:
         options = load(OperatorSettings, args)
+        options.destination_policy()
     except SettingsError as error:
         log.error("%s", error)
         return 2
@@ -263,6 +265,7 @@ def settings_from(options: OperatorSettings) -> Settings:
         resync_interval=options.resync_interval,
         cleanup_attempts=max(1, options.cleanup_attempts),
         wal_check_interval=options.wal_check_interval,
+        destinations=options.destination_policy(),
     )
 
 

@@ -21,7 +21,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tidings.api.routes import CompileError, Route, compile_trigger, resolve_destination
+from tidings.api.destinations import DestinationPolicy
+from tidings.api.routes import (
+    CompileError,
+    Route,
+    check_destination,
+    compile_trigger,
+    resolve_destination,
+)
 from tidings.api.types import TriggerSpec, TriggerStatus
 from tidings.operator import health, publishing, status
 from tidings.operator.context import Context, ObjectController
@@ -42,15 +49,21 @@ class Compiled:
 
 
 def resolve_subscriber(
-    world: IndexWorld, namespace: str, spec: TriggerSpec
+    world: IndexWorld, namespace: str, spec: TriggerSpec, destinations: DestinationPolicy
 ) -> tuple[str | None, CompileError | None]:
-    """The subscriber URL, and why it or the dead-letter sink does not resolve."""
+    """The subscriber URL, and why it or the dead-letter sink does not resolve
+    (or is not an allowed destination)."""
     url = None
     try:
         url = resolve_destination(world, namespace, spec.subscriber, "spec.subscriber")
+        check_destination(destinations, url, "spec.subscriber")
         if spec.delivery.dead_letter is not None:
             resolve_destination(
-                world, namespace, spec.delivery.dead_letter, "spec.delivery.deadLetter"
+                world,
+                namespace,
+                spec.delivery.dead_letter,
+                "spec.delivery.deadLetter",
+                destinations,
             )
     except CompileError as error:
         return url, error
@@ -74,13 +87,14 @@ def compile_body(body: Mapping[str, Any], world: IndexWorld, ctx: Context) -> Co
             spec=spec,
             world=world,
             sealer=ctx.sealer,
+            destinations=ctx.settings.destinations,
             uid=meta.get("uid", ""),
             generation=generation,
         )
         error: CompileError | None = None
     except CompileError as failure:
         route, error = None, failure
-    url, subscriber_error = resolve_subscriber(world, namespace, spec)
+    url, subscriber_error = resolve_subscriber(world, namespace, spec, ctx.settings.destinations)
     return Compiled(generation, spec, route, error, url, subscriber_error)
 
 
