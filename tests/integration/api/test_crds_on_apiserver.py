@@ -25,7 +25,12 @@ FOREIGN_GROUPS = {"argoproj.io", "source.toolkit.fluxcd.io", "kustomize.toolkit.
 def crds_installed(kubectl: Kubectl) -> Iterator[None]:
     applied = kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     assert applied.returncode == 0, applied.stderr
-    for name in ("eventsources.tidings.dev", "triggers.tidings.dev", "replays.tidings.dev"):
+    for name in (
+        "eventsources.tidings.dev",
+        "triggers.tidings.dev",
+        "replays.tidings.dev",
+        "triggergrants.tidings.dev",
+    ):
         waited = kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
         assert waited.returncode == 0, waited.stderr
     yield

@@ -49,6 +49,7 @@ def crds(kubectl: Any) -> None:
         "crd/triggers.tidings.dev",
         "crd/replays.tidings.dev",
         "crd/eventsources.tidings.dev",
+        "crd/triggergrants.tidings.dev",
         "crd/kopfpeerings.kopf.dev",
         "crd/clusterkopfpeerings.kopf.dev",
     )

@@ -9,7 +9,7 @@ import pytest
 from tidings.api.destinations import LOCAL, DestinationPolicy
 from tidings.api.routes import CompileError, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, SealError, new_key
-from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec, TriggerSpec
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -21,6 +21,10 @@ class FakeWorld:
     sources: dict[str, EventSourceSpec] = field(default_factory=dict)
     services: dict[str, list[int]] = field(default_factory=dict)
     secrets: dict[tuple[str, str], str] = field(default_factory=dict)
+    granted: dict[str, list[TriggerGrantSpec]] = field(default_factory=dict)
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return self.granted.get(namespace, [])
 
     def source(self, namespace: str, name: str) -> EventSourceSpec | None:
         return self.sources.get(f"{namespace}/{name}")
@@ -235,3 +239,68 @@ def test_the_policy_is_the_callers_and_a_cluster_refuses_loopback_by_default() -
             sealer=Sealer(new_key()),
             destinations=denied,
         )
+
+
+def grant(*namespaces: str, service: str | None = None) -> TriggerGrantSpec:
+    return TriggerGrantSpec.model_validate(
+        {"from": [{"namespace": n} for n in namespaces], "to": [{"name": service}]}
+    )
+
+
+def test_a_ref_into_another_namespace_needs_that_namespaces_grant() -> None:
+    w = world()
+    w.services["mail/mailer"] = [8080]
+    spec = trigger(subscriber={"ref": {"name": "mailer", "namespace": "mail"}})
+    with pytest.raises(CompileError) as caught:
+        compile_(spec, w)
+    assert caught.value.reason == "CrossNamespaceNotAllowed"
+    assert caught.value.message.startswith("spec.subscriber.ref: Service mail/mailer")
+    assert "TriggerGrant in namespace mail" in caught.value.message
+    w.granted["mail"] = [grant("billing"), grant("shop", service="other")]  # not these
+    with pytest.raises(CompileError, match=r"in another namespace"):
+        compile_(spec, w)
+    w.granted["mail"].append(grant("ops", "shop", service="mailer"))
+    assert compile_(spec, w).subscriber_url == "http://mailer.mail.svc.cluster.local:8080"
+    w.granted["mail"] = [grant("shop")]  # every Service of mail
+    assert compile_(spec, w).subscriber_url == "http://mailer.mail.svc.cluster.local:8080"
+
+
+def test_consent_is_checked_before_the_service_so_nothing_leaks() -> None:
+    spec = trigger(subscriber={"ref": {"name": "ghost", "namespace": "mail"}})
+    with pytest.raises(CompileError) as caught:
+        compile_(spec)
+    assert caught.value.reason == "CrossNamespaceNotAllowed"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://mailer.mail.svc.cluster.local:8080/x",
+        "http://mailer.mail.svc/x",
+        "http://MAILER.mail.svc.cluster.local./x",
+    ],
+)
+def test_a_uri_naming_another_namespaces_service_needs_the_grant_too(uri: str) -> None:
+    w = world()
+    spec = trigger(subscriber={"uri": uri})
+    with pytest.raises(CompileError) as caught:
+        compile_(spec, w)
+    assert caught.value.reason == "CrossNamespaceNotAllowed"
+    assert caught.value.message.startswith("spec.subscriber.uri: ")
+    w.granted["mail"] = [grant("shop", service="mailer")]
+    assert compile_(spec, w).subscriber_url == uri
+
+
+def test_the_dead_letter_sink_crosses_namespaces_only_with_consent() -> None:
+    w = world()
+    w.services["ops/dlq"] = [80]
+    spec = trigger(delivery={"deadLetter": {"ref": {"name": "dlq", "namespace": "ops"}}})
+    with pytest.raises(CompileError, match=r"^spec\.delivery\.deadLetter\.ref: "):
+        compile_(spec, w)
+    w.granted["ops"] = [grant("shop")]
+    assert compile_(spec, w).delivery.dead_letter_url == "http://dlq.ops.svc.cluster.local"
+
+
+def test_a_ref_into_the_triggers_own_namespace_needs_no_grant() -> None:
+    spec = trigger(subscriber={"ref": {"name": "mailer", "namespace": "shop"}})
+    assert compile_(spec).subscriber_url.startswith("http://mailer.shop.svc")

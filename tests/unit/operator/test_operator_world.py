@@ -117,6 +117,7 @@ def test_a_trigger_depends_on_its_source_services_and_signing_secret() -> None:
         ("EventSource", "shop", "users"),
         ("Service", "shop", "mailer"),
         ("Service", "ops", "sink"),
+        ("TriggerGrant", "ops", ""),  # another namespace: its grants decide
         ("Secret", "shop", "hook"),
     }
 
@@ -158,3 +159,12 @@ def test_only_a_new_generation_or_a_dependency_calls_for_compiling_again() -> No
     assert world.worth_reconciling({own}, own, generation=3, reconciled_generation=2)
     assert world.worth_reconciling({service}, own, generation=2, reconciled_generation=2)
     assert not world.worth_reconciling(set(), own, generation=2, reconciled_generation=2)
+
+
+def test_grants_are_indexed_by_namespace_and_invalid_ones_grant_nothing() -> None:
+    body = {"spec": {"from": [{"namespace": "shop"}], "to": [{"kind": "Service"}]}}
+    grants = index(world.grant_entry("mail", "g", body), world.grant_entry("mail", "bad", {}))
+    w = IndexWorld(sources=None, services=None, secrets=None, grants=grants)
+    [grant] = w.grants("mail")
+    assert grant.admits("shop", "anything") and not grant.admits("ops", "anything")
+    assert w.grants("other") == []

@@ -27,6 +27,7 @@ from tidings.api.types import (
     EventSourceStatus,
     ReplaySpec,
     ReplayStatus,
+    TriggerGrantSpec,
     TriggerSpec,
     TriggerStatus,
 )
@@ -151,9 +152,17 @@ def _crd(
     plural: str,
     short_names: list[str],
     spec: type[BaseModel],
-    status: type[BaseModel],
+    status: type[BaseModel] | None,
     columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": model_schema(spec),
+    }
+    if status is not None:
+        properties["status"] = _status_schema(status)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -177,20 +186,14 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    **({"subresources": {"status": {}}} if status is not None else {}),
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": f"{kind} of Tidings ({GROUP}/{VERSION}).",
                             "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": model_schema(spec),
-                                "status": _status_schema(status),
-                            },
+                            "properties": properties,
                         }
                     },
                 }
@@ -249,8 +252,21 @@ def crds() -> dict[str, dict[str, Any]]:
             _AGE,
         ],
     )
+    grant = _crd(
+        kind="TriggerGrant",
+        plural="triggergrants",
+        short_names=["tgg"],
+        spec=TriggerGrantSpec,
+        status=None,
+        columns=[
+            {"name": "From", "type": "string", "jsonPath": ".spec.from[*].namespace"},
+            {"name": "To", "type": "string", "jsonPath": ".spec.to[*].name"},
+            _AGE,
+        ],
+    )
     return {
         f"{GROUP}_eventsources.yaml": eventsource,
+        f"{GROUP}_triggergrants.yaml": grant,
         f"{GROUP}_triggers.yaml": trigger,
         f"{GROUP}_replays.yaml": replay,
     }

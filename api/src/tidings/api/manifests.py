@@ -1,6 +1,6 @@
 """Manifests from files, for `tidings dev`: load, validate, compile.
 
-`load(paths)` reads EventSource, Trigger, Replay, Secret and Service objects from YAML
+`load(paths)` reads EventSource, Trigger, Replay, TriggerGrant, Secret and Service objects from YAML
 or JSON files and folders (recursively; multi-document YAML and `kind: List`
 both work) and validates them with the API types. Every error names the file,
 the object and the field. Other kinds (Deployments, Namespaces,
@@ -42,7 +42,16 @@ from tidings.api.routes import (
     compile_trigger,
 )
 from tidings.api.sealing import Sealer
-from tidings.api.types import API_VERSION, GROUP, EventSource, EventSourceSpec, Replay, Trigger
+from tidings.api.types import (
+    API_VERSION,
+    GROUP,
+    EventSource,
+    EventSourceSpec,
+    Trigger,
+    Replay,
+    TriggerGrant,
+    TriggerGrantSpec,
+)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 SKIPPED_FILES = ("kustomization.yaml", "kustomization.yml", "Chart.yaml", "values.yaml")
@@ -63,6 +72,7 @@ class Manifests:
     replays: dict[tuple[str, str], Replay] = field(default_factory=dict)
     secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
     services: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    grants: dict[tuple[str, str], TriggerGrant] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # "Deployment shop/web (file)"
     # Where each object came from: ("Trigger", ns, name) -> "file (document n)".
@@ -194,14 +204,16 @@ def _load_one(manifests: Manifests, where: str, doc: Any) -> None:
     name = str(metadata.get("name") or "")
     label = f"{kind} {namespace}/{name or '(no name)'}"
     api_version = str(doc.get("apiVersion") or "")
-    if kind in ("EventSource", "Trigger", "Replay") and api_version.split("/")[0] not in (
+    if kind in ("EventSource", "Trigger", "Replay", "TriggerGrant") and api_version.split("/")[
+        0
+    ] not in (
         GROUP,
         "",
     ):
         # Another project's Trigger (Knative's, say): not ours to load.
         manifests.ignored.append(f"{api_version} {label} ({where})")
         return
-    if kind in ("EventSource", "Trigger", "Replay") and api_version != API_VERSION:
+    if kind in ("EventSource", "Trigger", "Replay", "TriggerGrant") and api_version != API_VERSION:
         raise ManifestError(
             [f"{where}: {label}: apiVersion: {doc.get('apiVersion')!r}; use {API_VERSION}"]
         )
@@ -226,6 +238,11 @@ def _load_one(manifests: Manifests, where: str, doc: Any) -> None:
     elif kind == "Replay":
         try:
             manifests.replays[key] = Replay.model_validate(doc)
+        except ValidationError as error:
+            raise ManifestError(_validation_lines(where, label, error)) from None
+    elif kind == "TriggerGrant":
+        try:
+            manifests.grants[key] = TriggerGrant.model_validate(doc)
         except ValidationError as error:
             raise ManifestError(_validation_lines(where, label, error)) from None
     elif kind == "Secret":
@@ -257,6 +274,9 @@ class ManifestWorld:
 
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return self.manifests.secrets.get((namespace, name), {}).get(key)
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return [g.spec for (ns, _), g in sorted(self.manifests.grants.items()) if ns == namespace]
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Literal, Protocol
+from urllib.parse import urlsplit
 
 import cel
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,12 +33,14 @@ from tidings.api.types import (
     Filter,
     ReplaySpec,
     SecretKeyRef,
+    TriggerGrantSpec,
     TriggerSpec,
     parse_time,
 )
 
 FORMAT = 1
 CLUSTER_DOMAIN = "cluster.local"
+CROSS_NAMESPACE_NOT_ALLOWED = "CrossNamespaceNotAllowed"
 
 
 DEAD_LETTER_MAX_AGE = 30 * 24 * 3600.0  # seconds
@@ -303,6 +306,10 @@ class World(Protocol):
         """The decoded value of a Secret key, or None if the Secret or key is missing."""
         ...
 
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        """The TriggerGrants in a namespace: its consent to other namespaces' Triggers."""
+        ...
+
 
 def check_expression(expression: str, field: str = "spec.filter.expression") -> None:
     """Compile a CEL filter once to reject it early; raises CompileError(InvalidFilter)."""
@@ -493,11 +500,45 @@ def resolve_destination(
     return url
 
 
+def check_cross_namespace(
+    world: World, namespace: str, target: str, service: str, field: str
+) -> None:
+    """CompileError(CrossNamespaceNotAllowed) unless a TriggerGrant in `target`
+    admits Triggers of `namespace` to its Service `service`. Checked before the
+    Service is looked up, so a refusal tells nothing about what `target` holds."""
+    if target == namespace:
+        return
+    if any(grant.admits(namespace, service) for grant in world.grants(target)):
+        return
+    raise CompileError(
+        CROSS_NAMESPACE_NOT_ALLOWED,
+        f"{field}: Service {target}/{service} is in another namespace, and no TriggerGrant in "
+        f"namespace {target} admits Triggers of namespace {namespace} to it; its owners can "
+        f"create one (spec.from: [{{namespace: {namespace}}}], spec.to: "
+        f"[{{kind: Service, name: {service}}}])",
+    )
+
+
+def cluster_service(host: str) -> tuple[str, str] | None:
+    """(namespace, name) when `host` is a Service's cluster DNS name
+    (NAME.NS.svc or NAME.NS.svc.cluster.local, with or without the final dot)."""
+    labels = host.rstrip(".").lower().split(".")
+    if labels[2:] in (["svc"], ["svc", *CLUSTER_DOMAIN.split(".")]) and len(labels) >= 3:
+        return labels[1], labels[0]
+    return None
+
+
 def _destination_url(world: World, namespace: str, dest: Destination, field: str) -> str:
     if dest.uri is not None:
+        # A uri naming another namespace's Service needs that namespace's consent
+        # as a ref does (IP addresses are the NetworkPolicies' to guard).
+        service = cluster_service(urlsplit(dest.uri).hostname or "")
+        if service is not None:
+            check_cross_namespace(world, namespace, service[0], service[1], f"{field}.uri")
         return dest.uri
     assert dest.ref is not None  # the model guarantees ref xor uri
     ref_namespace = dest.ref.namespace or namespace
+    check_cross_namespace(world, namespace, ref_namespace, dest.ref.name, f"{field}.ref")
     ports = world.service_ports(ref_namespace, dest.ref.name)
     if ports is None:
         raise CompileError(

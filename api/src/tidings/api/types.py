@@ -933,6 +933,55 @@ class ReplayStatus(ObjectStatus):
     completion_time: str | None = None
 
 
+# --- TriggerGrant ---------------------------------------------------------------------
+
+
+class GrantFrom(ApiModel):
+    """Who the grant admits: the Triggers of one namespace."""
+
+    kind: Literal["Trigger"] = Field("Trigger", description="Only Trigger is supported.")
+    namespace: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="The namespace whose Triggers may deliver to this namespace.",
+    )
+
+
+class GrantTo(ApiModel):
+    """What the grant opens: one Service of this namespace, or every one."""
+
+    kind: Literal["Service"] = Field("Service", description="Only Service is supported.")
+    name: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="A Service of this namespace; unset: every Service of it.",
+    )
+
+
+class TriggerGrantSpec(ApiModel):
+    """The consent of a namespace (the grant's own) to be delivered to by Triggers
+    of other namespaces: a `subscriber.ref` or `deadLetter.ref` naming a Service
+    here from another namespace needs a grant here that admits it (in the spirit
+    of Gateway API's ReferenceGrant). Without one: CrossNamespaceNotAllowed."""
+
+    from_: list[GrantFrom] = Field(
+        alias="from",
+        min_length=1,
+        max_length=64,
+        description="The namespaces whose Triggers are admitted.",
+    )
+    to: list[GrantTo] = Field(
+        min_length=1, max_length=64, description="The Services of this namespace they may use."
+    )
+
+    def admits(self, namespace: str, service: str) -> bool:
+        """Whether Triggers of `namespace` may deliver to Service `service` here."""
+        return any(f.namespace == namespace for f in self.from_) and any(
+            t.name is None or t.name == service for t in self.to
+        )
+
+
 # --- whole objects (used by `tidings dev` and tests) ----------------------------------
 
 
@@ -969,3 +1018,12 @@ class Replay(BaseModel):
     kind: Literal["Replay"] = "Replay"
     metadata: ObjectMeta
     spec: ReplaySpec
+
+
+class TriggerGrant(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["tidings.dev/v1alpha1"] = Field("tidings.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["TriggerGrant"] = "TriggerGrant"
+    metadata: ObjectMeta
+    spec: TriggerGrantSpec

@@ -45,7 +45,14 @@ from tidings.api.process import connect_redis, parse_listen
 from tidings.api.routes import CompiledSource, compile_source
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
-from tidings.api.types import GROUP, VERSION, EventSource, EventSourceSpec, ObjectMeta
+from tidings.api.types import (
+    GROUP,
+    VERSION,
+    EventSource,
+    EventSourceSpec,
+    ObjectMeta,
+    TriggerGrantSpec,
+)
 from tidings.sources import adapters, health
 from tidings.sources.errors import Forbidden
 from tidings.sources.kubeapi import ApiError, KubeApi
@@ -264,6 +271,9 @@ def compile_adapter_source(eventsource: EventSource) -> CompiledSource:
 
         def secret(self, namespace: str, name: str, key: str) -> str | None:
             return None
+
+        def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+            return []
 
     meta = eventsource.metadata
     extra = meta.model_extra or {}

@@ -64,6 +64,15 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
     def index_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         return world.secret_entry(namespace or "", name, body)
 
+    @kopf.index(GROUP, VERSION, "triggergrants", id="grants", registry=registry)
+    def index_grant(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return world.grant_entry(namespace or "", name, body)
+
+    @kopf.on.event(GROUP, VERSION, "triggergrants", registry=registry)
+    def grant_event(namespace: str | None, **_: Any) -> None:
+        # Granting and revoking take effect at once: the Triggers pointing here recompile.
+        wake(world.grants_key(namespace or ""))
+
     @kopf.index("apps", "v1", "deployments", id="adapters", labels=MANAGED, registry=registry)
     def index_adapter(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
         return world.adapter_entry(
@@ -105,6 +114,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
             services=kwargs["services"],
             secrets=kwargs["secrets"],
             adapters=kwargs["adapters"],
+            grants=kwargs["grants"],
         )
 
     async def drive(controller: Controller, stopped: kopf.DaemonStopped) -> None:

@@ -28,6 +28,8 @@ NAMESPACED_RULES: list[Rule] = [
         "resources": ["eventsources/status", "triggers/status", "replays/status"],
         "verbs": ["patch"],
     },
+    # TriggerGrants: a namespace's consent to other namespaces' Triggers, indexed.
+    {"apiGroups": ["tidings.dev"], "resources": ["triggergrants"], "verbs": ["list", "watch"]},
     # Subscriber refs are resolved from an index of Services.
     {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
     # Secrets: indexed (token, HMAC, signing, DSN refs), the generated ingest

@@ -29,7 +29,12 @@ from tidings.api.routes import (
     compile_source,
     ingest_token_secret_name,
 )
-from tidings.api.types import EventSourceSpec, EventSourceStatus, PostgresSource
+from tidings.api.types import (
+    EventSourceSpec,
+    EventSourceStatus,
+    PostgresSource,
+    TriggerGrantSpec,
+)
 from tidings.operator import adapters, health, publishing, status
 from tidings.operator.context import ObjectController
 from tidings.operator.health import Transition
@@ -61,6 +66,9 @@ class WithSecret:
         if (namespace, name, key) == self._known:
             return self._value
         return self._world.secret(namespace, name, key)
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return self._world.grants(namespace)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ from collections import defaultdict
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from tidings.api.routes import ingest_token_secret_name
-from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.api.routes import cluster_service, ingest_token_secret_name
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec, TriggerSpec
 
 # (kind, namespace, name): what a controller may depend on or be woken for.
 Key = tuple[str, str, str]
@@ -77,6 +78,16 @@ def source_entry(namespace: str, name: str, body: Mapping[str, Any]) -> dict[Any
 def service_entry(namespace: str, name: str, spec: Mapping[str, Any]) -> dict[Any, list[int]]:
     ports = [int(p["port"]) for p in spec.get("ports") or [] if "port" in p]
     return {(namespace, name): ports}
+
+
+def grant_entry(
+    namespace: str, name: str, body: Mapping[str, Any]
+) -> dict[Any, TriggerGrantSpec] | None:
+    """A TriggerGrant, by its namespace (a grant that does not validate grants nothing)."""
+    try:
+        return {namespace: TriggerGrantSpec.model_validate(body.get("spec") or {})}
+    except ValidationError:
+        return None
 
 
 def secret_entry(
@@ -134,7 +145,9 @@ class IndexWorld:
         services: Index | None,
         secrets: Index | None,
         adapters: Index | None = None,
+        grants: Index | None = None,
     ) -> None:
+        self._grants = grants
         self._sources = sources
         self._services = services
         self._secrets = secrets
@@ -161,6 +174,11 @@ class IndexWorld:
         except (binascii.Error, UnicodeDecodeError):
             return None
 
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        if self._grants is None:
+            return []
+        return list(self._grants.get(namespace) or [])
+
     def adapter(self, namespace: str, source: str) -> AdapterEntry | None:
         entry: AdapterEntry | None = _first(self._adapters, (namespace, source))
         return entry
@@ -173,8 +191,18 @@ def trigger_dependencies(namespace: str, name: str, spec: TriggerSpec) -> set[Ke
     """The keys whose change may change this Trigger's route or status."""
     keys: set[Key] = {("Trigger", namespace, name), ("EventSource", namespace, spec.source)}
     for destination in (spec.subscriber, spec.delivery.dead_letter):
-        if destination is not None and destination.ref is not None:
-            keys.add(("Service", destination.ref.namespace or namespace, destination.ref.name))
+        if destination is None:
+            continue
+        target = None
+        if destination.ref is not None:
+            target = destination.ref.namespace or namespace
+            keys.add(("Service", target, destination.ref.name))
+        elif destination.uri is not None:
+            service = cluster_service(urlsplit(destination.uri).hostname or "")
+            target = service[0] if service is not None else None
+        if target is not None and target != namespace:
+            # Any grant in the target namespace may grant or revoke consent.
+            keys.add(grants_key(target))
     keys.update(("Secret", namespace, name) for name in delivery_secrets(spec))
     return keys
 
@@ -196,6 +224,11 @@ def delivery_secrets(spec: TriggerSpec) -> set[str]:
             if ref is not None:
                 names.add(ref.name)
     return names
+
+
+def grants_key(namespace: str) -> Key:
+    """The key every TriggerGrant of `namespace` wakes (grants are read together)."""
+    return ("TriggerGrant", namespace, "")
 
 
 def source_dependencies(namespace: str, name: str, spec: EventSourceSpec | None) -> set[Key]:
