@@ -177,6 +177,51 @@ URL-escaping, and the operator hands them on to the adapters it runs.
 - name: POD_NAME
   valueFrom:
     fieldRef: {fieldPath: metadata.name}
+{{ include "tidings.destinationEnv" . }}
+{{- end }}
+
+{{/* The destination policy (tidings.api.destinations), the same for the operator
+(checked when a Trigger compiles) and the dispatchers (checked on connect). The
+node's addresses: the pod's own host IPs (downward API) and
+destinations.nodeAddresses. */}}
+{{- define "tidings.destinationEnv" -}}
+{{- $d := .Values.destinations -}}
+- name: TIDINGS_DESTINATIONS_LOOPBACK
+  value: {{ ternary "allow" "refuse" $d.allowLoopback | quote }}
+- name: TIDINGS_DESTINATIONS_NODE
+  value: {{ ternary "allow" "refuse" $d.allowNodeAddresses | quote }}
+- name: TIDINGS_HOST_IPS
+  valueFrom:
+    fieldRef: {fieldPath: status.hostIPs}
+- name: TIDINGS_NODE_ADDRESSES
+  value: {{ printf "$(TIDINGS_HOST_IPS)%s" (include "tidings.joinPrefixed" $d.nodeAddresses) | quote }}
+{{- with $d.allow }}
+- name: TIDINGS_DESTINATIONS_ALLOW
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $d.deny }}
+- name: TIDINGS_DESTINATIONS_DENY
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "tidings.joinPrefixed" -}}
+{{- range . }},{{ . }}{{ end }}
+{{- end }}
+
+{{/* The CIDRs among allow- or deny-list entries (host suffixes are enforced by
+the dispatcher alone: a NetworkPolicy cannot name hosts), as a JSON list; a
+bare address becomes a /32 or /128. */}}
+{{- define "tidings.cidrs" -}}
+{{- $out := list }}
+{{- range . }}
+{{- if regexMatch "^[0-9.]+(/[0-9]+)?$|^[0-9a-fA-F:.]*:[0-9a-fA-F:.]*(/[0-9]+)?$" . }}
+{{- $cidr := . }}
+{{- if not (contains "/" $cidr) }}{{ $cidr = printf "%s/%s" $cidr (ternary "128" "32" (contains ":" $cidr)) }}{{ end }}
+{{- $out = append $out $cidr }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
 
 {{/* Volumes of the operator and the dispatchers: seal key, /tmp, Redis CA. */}}

@@ -685,3 +685,89 @@ def test_every_key_in_values_yaml_has_a_comment() -> None:
 def test_values_yaml_is_valid_against_its_own_schema(helm: Helm, tmp_path: Path) -> None:
     # helm validates the defaults on every render; a render with none set proves it.
     assert helm.template().returncode == 0
+
+
+# --- destination policy ----------------------------------------------------------------
+
+
+def test_operator_and_dispatchers_get_the_same_destination_policy(helm: Helm) -> None:
+    objects = helm.render(
+        set=[
+            "destinations.allowLoopback=true",
+            "destinations.nodeAddresses={10.0.0.0/24}",
+            "destinations.allow={svc.cluster.local,203.0.113.0/24}",
+            "destinations.deny={10.9.0.0/16}",
+        ]
+    )
+    for name in ("tidings-operator", "tidings-dispatcher"):
+        env = env_of(container(objects, "Deployment", name))
+        assert env["TIDINGS_DESTINATIONS_LOOPBACK"] == "allow"
+        assert env["TIDINGS_DESTINATIONS_NODE"] == "refuse"
+        assert env["TIDINGS_HOST_IPS"] == {"fieldRef": {"fieldPath": "status.hostIPs"}}
+        assert env["TIDINGS_NODE_ADDRESSES"] == "$(TIDINGS_HOST_IPS),10.0.0.0/24"
+        assert env["TIDINGS_DESTINATIONS_ALLOW"] == "svc.cluster.local,203.0.113.0/24"
+        assert env["TIDINGS_DESTINATIONS_DENY"] == "10.9.0.0/16"
+    defaults = env_of(container(helm.render(), "Deployment", "tidings-dispatcher"))
+    assert defaults["TIDINGS_DESTINATIONS_LOOPBACK"] == "refuse"
+    assert "TIDINGS_DESTINATIONS_ALLOW" not in defaults
+
+
+def _subscriber_peers(objects: list[Manifest]) -> list[dict[str, Any]]:
+    policy = find(objects, "NetworkPolicy", "tidings-dispatcher")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    egress = policy["egress"]
+    assert egress[0] == {
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    }
+    return egress[-1]["to"]  # type: ignore[no-any-return]
+
+
+def test_the_dispatchers_egress_policy_refuses_what_the_destination_policy_refuses(
+    helm: Helm,
+) -> None:
+    objects = helm.render(
+        set=[
+            "networkPolicy.enabled=true",
+            "destinations.deny={10.0.0.0/8,internal.example.com,fd00::/8,198.51.100.7}",
+            "destinations.nodeAddresses={192.168.50.0/24}",
+        ]
+    )
+    v4, v6, pods = _subscriber_peers(objects)
+    assert v4["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/4", "100.100.100.200/32"} <= set(
+        v4["ipBlock"]["except"]
+    )
+    assert {"10.0.0.0/8", "198.51.100.7/32", "192.168.50.0/24"} <= set(v4["ipBlock"]["except"])
+    assert v6["ipBlock"]["cidr"] == "::/0"
+    assert {"fe80::/10", "fd00:ec2::254/128", "ff00::/8", "fd00::/8"} <= set(
+        v6["ipBlock"]["except"]
+    )
+    assert "internal.example.com" not in json.dumps(v4) + json.dumps(v6)  # names: the app's
+    assert pods == {"namespaceSelector": {}}
+    # Redis (bundled) is reachable; node addresses become reachable when allowed.
+    policy = find(objects, "NetworkPolicy", "tidings-dispatcher")["spec"]
+    assert policy["egress"][1]["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    allowed = helm.render(
+        set=[
+            "networkPolicy.enabled=true",
+            "destinations.nodeAddresses={192.168.50.0/24}",
+            "destinations.allowNodeAddresses=true",
+        ]
+    )
+    assert "192.168.50.0/24" not in _subscriber_peers(allowed)[0]["ipBlock"]["except"]
+
+
+def test_an_allow_list_limits_the_dispatchers_egress_to_its_cidrs(helm: Helm) -> None:
+    objects = helm.render(
+        set=[
+            "networkPolicy.enabled=true",
+            "destinations.allow={203.0.113.0/24,svc.cluster.local,10.1.2.3}",
+            "networkPolicy.egressTo[0].ipBlock.cidr=10.20.0.5/32",
+        ]
+    )
+    assert _subscriber_peers(objects) == [
+        {"ipBlock": {"cidr": "203.0.113.0/24"}},
+        {"ipBlock": {"cidr": "10.1.2.3/32"}},
+    ]
+    egress = find(objects, "NetworkPolicy", "tidings-dispatcher")["spec"]["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}]} in egress
