@@ -59,6 +59,12 @@ def operator_of_both(
     print("\n".join(process.logs().splitlines()[-150:]))
 
 
+def trigger_to(name: str, subscriber: dict[str, Any]) -> dict[str, Any]:
+    manifest = trigger(name, "users")
+    manifest["spec"]["subscriber"] = subscriber
+    return manifest
+
+
 def ready(cluster: Cluster, name: str) -> dict[str, Any]:
     return cluster.condition("trigger", name, "Ready") or {}
 
@@ -82,7 +88,7 @@ async def test_a_ref_into_another_namespace_is_routed_only_while_a_grant_there_a
     mail.apply(service("mailer", 8080))
     cluster.apply(
         http_source("users"),
-        trigger("welcome", "users", subscriber={"ref": {"name": "mailer", "namespace": target}}),
+        trigger_to("welcome", {"ref": {"name": "mailer", "namespace": target}}),
     )
     refused = await eventually(
         lambda: (
@@ -130,7 +136,7 @@ async def _absent(redis: Redis, route_id: str) -> bool:
 async def test_a_subscriber_the_destination_policy_refuses_is_never_routed(
     cluster: Cluster, operator: OperatorProcess, redis: Redis, uri: str, rule: str
 ) -> None:
-    cluster.apply(http_source("users"), trigger("grab", "users", subscriber={"uri": uri}))
+    cluster.apply(http_source("users"), trigger_to("grab", {"uri": uri}))
     condition = await eventually(
         lambda: (
             ready(cluster, "grab").get("reason") == "DestinationNotAllowed"
