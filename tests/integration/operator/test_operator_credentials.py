@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from operator_harness import Cluster, OperatorProcess, eventually, http_source, secret
-from test_operator_end_to_end import dispatcher, post_event
+from test_operator_end_to_end import dispatcher, operator, post_event
 
 from pki import TestCA
 from tidings.cli.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["dispatcher"]  # the fixture, shared with the end-to-end test
+# The fixtures, shared with the end-to-end test (its operator allows the loopback subscriber).
+__all__ = ["dispatcher", "operator"]
 
 TOKEN_1, TOKEN_2 = "tok-one-8c1f", "tok-two-51aa"
 API_KEY = "key-7d0e"
