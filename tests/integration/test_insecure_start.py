@@ -18,8 +18,14 @@ TIDINGS = str(Path(sys.executable).parent / "tidings")
 UNUSED_REDIS = "redis://127.0.0.1:9/0"
 
 
+def clean_environment() -> dict[str, str]:
+    """This environment without any seal key, and without the test env's Redis
+    settings (the processes must stop before they would connect anywhere)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("TIDINGS_SEAL_KEY", "REDIS_"))}
+
+
 def start(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_SEAL_KEY")}
+    base = clean_environment()
     return subprocess.run(
         [
             TIDINGS,
@@ -61,7 +67,7 @@ def test_a_dispatcher_with_its_key_gets_past_the_check(tmp_path: Path) -> None:
     """The control: the same command with a key starts serving (and is stopped)."""
     key = tmp_path / "seal.key"
     key.write_text(new_key())
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_SEAL_KEY")}
+    base = clean_environment()
     process = subprocess.Popen(
         [TIDINGS, "dispatcher", "--redis-url", UNUSED_REDIS, "--listen", "127.0.0.1:0"],
         env={**base, "TIDINGS_SEAL_KEY_FILE": str(key)},

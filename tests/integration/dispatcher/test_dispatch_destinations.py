@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 
 from tidings.api import table
 from tidings.api.destinations import CLUSTER, LOCAL, DestinationPolicy
-from tidings.api.routes import Route
+from tidings.api.routes import Route, compile_trigger
+from tidings.api.types import TriggerSpec
 from tidings.dispatcher import deadletter
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.guard import DestinationRefused, Guard
@@ -126,11 +127,21 @@ async def guarded_dispatcher(
     return dispatcher, guard, registry
 
 
-async def add_route(plane: Plane, name: str, url: str, **delivery: Any) -> Route:
+async def add_route(plane: Plane, name: str, url: str) -> Route:
     """A route to `url` as an operator with another policy (or an older version)
-    would have published it: the dispatcher must not rely on the operator's check."""
-    route = await plane.add_trigger(name, "http://placeholder.test/", wait=False, **delivery)
-    route = route.model_copy(update={"subscriber_url": url})
+    would have published it: the dispatcher must not rely on the operator's check.
+    Published once, with its final URL (the dispatcher never sees another)."""
+    spec = TriggerSpec.model_validate(
+        {"source": "src", "subscriber": {"uri": "http://placeholder.test/"}}
+    )
+    route = compile_trigger(
+        namespace=plane.namespace,
+        name=name,
+        spec=spec,
+        world=plane.world,
+        sealer=plane.sealer,
+        destinations=LOCAL,
+    ).model_copy(update={"subscriber_url": url})
     await table.put_route(plane.redis, route)
     await wait_until(lambda: plane.has_group(route), 10, f"group of {name} created")
     return route
