@@ -121,7 +121,11 @@ def stack(
     subscriber = Subscriber()
     seal = new_key()
     ingest_port, console_port = free_port(), free_port()
-    env = {"TIDINGS_SEAL_KEY": seal, "KUBECONFIG": str(kubeconfig)}
+    env = {
+        "TIDINGS_SEAL_KEY": seal,
+        "KUBECONFIG": str(kubeconfig),
+        "TIDINGS_DESTINATIONS_LOOPBACK": "allow",  # the subscriber listens on loopback
+    }
     operator = Process(
         "operator",
         [
