@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.events import CloudEvent
 from tidings.api.sealing import Sealer
 from tidings.dispatcher import streams
@@ -71,11 +72,24 @@ async def subscriber() -> AsyncIterator[Subscriber]:
 
 
 @pytest.fixture
+def operator(operator_process: OperatorProcess) -> OperatorProcess:
+    """The operator, allowing the loopback subscriber (a cluster's default refuses it)."""
+    operator_process.command.append("--destinations-loopback=allow")
+    return operator_process.start()
+
+
+@pytest.fixture
 async def dispatcher(redis: Redis, seal_key: str) -> AsyncIterator[Dispatcher]:
     client = Redis.from_url(_url(redis))
     watcher = TableWatcher(client, resync_interval=1.0)
     await watcher.start()
-    engine = Dispatcher(client, watcher, sealer=Sealer(seal_key), registry=CollectorRegistry())
+    engine = Dispatcher(
+        client,
+        watcher,
+        sealer=Sealer(seal_key),
+        registry=CollectorRegistry(),
+        destinations=LOCAL,  # the subscriber listens on loopback
+    )
     await engine.start()
     yield engine
     await engine.stop(grace=1.0)
