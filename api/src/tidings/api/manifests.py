@@ -47,8 +47,8 @@ from tidings.api.types import (
     GROUP,
     EventSource,
     EventSourceSpec,
-    Trigger,
     Replay,
+    Trigger,
     TriggerGrant,
     TriggerGrantSpec,
 )
