@@ -64,3 +64,21 @@ def test_a_batch_error_names_the_item_and_the_attribute() -> None:
 def test_json_nested_past_the_stack_is_a_client_error(opening: str) -> None:
     with pytest.raises(codec.FormatError, match="body: JSON nested too deeply"):
         codec.parse_json((opening * 100_000).encode(), "body")
+
+
+def test_lone_surrogates_in_attributes_are_refused_naming_the_attribute() -> None:
+    # Found by the fuzzed ingest: a `\ud800` escape in an id failed the dedupe key's
+    # UTF-8 encoding (a 500); a header decoded with surrogateescape does the same.
+    body = b'{"specversion":"1.0","id":"\\ud800","source":"/s","type":"t"}'
+    with pytest.raises(codec.FormatError, match=r"^id: not valid Unicode"):
+        codec.from_structured(codec.parse_json(body, "body"))
+    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "\udcff", "ce-type": "t"}
+    with pytest.raises(codec.FormatError, match=r"^ce-source header: not valid Unicode"):
+        codec.from_binary(headers, b"")
+
+
+def test_nan_and_infinity_are_not_json() -> None:
+    # Found by the fuzzed ingest: Python's decoder accepted them and they were stored.
+    for text in (b"NaN", b"[Infinity]", b'{"a": -Infinity}'):
+        with pytest.raises(codec.FormatError, match="is not a JSON value"):
+            codec.parse_json(text, "body")

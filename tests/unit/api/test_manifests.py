@@ -176,3 +176,12 @@ def test_the_fingerprint_changes_when_a_file_is_added_or_edited(tmp_path: Path) 
     time.sleep(0.01)
     path.write_text(SOURCE + "\n")
     assert fingerprint([tmp_path]) != added
+
+
+def test_a_field_path_quotes_keys_that_are_not_plain_words() -> None:
+    # Found by the fuzzed compiler: an unknown key ":" read `spec.:: Extra inputs...`.
+    from tidings.api.manifests import _field_path
+
+    assert _field_path(["spec", ":"]) == 'spec[":"]'
+    assert _field_path(["spec", "headers", "X: y", 0]) == 'spec.headers["X: y"][0]'
+    assert _field_path(["spec", "deadLetter", "ref"]) == "spec.deadLetter.ref"

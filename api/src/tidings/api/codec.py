@@ -75,12 +75,30 @@ def parse_json(body: bytes, what: str) -> Any:
     if not body.strip():
         raise _bad(f"{what}: empty; send a JSON value")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_not_json)
     except ValueError as error:
         raise _bad(f"{what}: not valid JSON ({error})") from None
     except RecursionError:
         # A few thousand `[` exhaust the decoder's stack: a client error, not a 500.
         raise _bad(f"{what}: JSON nested too deeply; flatten the document") from None
+
+
+def _not_json(constant: str) -> Any:
+    # Python's decoder takes NaN and Infinity; JSON (RFC 8259) has no such values, and
+    # a subscriber's strict parser would choke on them once stored and delivered.
+    raise ValueError(f"{constant} is not a JSON value; send a number, a string or null")
+
+
+def check_unicode(value: str, field: str) -> str:
+    """`value` back, or FormatError when it holds a lone surrogate (from a `\ud800`
+    JSON escape or an undecodable header): not text, and not storable as UTF-8."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _bad(
+            f"{field}: not valid Unicode (a lone surrogate such as \\ud800); send UTF-8 text"
+        ) from None
+    return value
 
 
 def _check_time(value: str, field: str) -> None:
@@ -144,7 +162,7 @@ def from_structured(body: Any, where: str = "") -> CloudEvent:
         for name, value in attrs.items()
         if name not in KNOWN and name not in ("data", "data_base64")
     }
-    return _event(attrs, data, attrs.get("datacontenttype"), extensions)
+    return _event(attrs, data, attrs.get("datacontenttype"), extensions, f"{where}{{}}")
 
 
 def from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
@@ -175,7 +193,7 @@ def from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         for name, value in attrs.items()
         if name not in KNOWN and _attribute_name(name, f"ce-{name} header")
     }
-    return _event(attrs, data, content_type, extensions)
+    return _event(attrs, data, content_type, extensions, "ce-{} header")
 
 
 def _attribute_name(name: str, label: str) -> str:
@@ -189,8 +207,18 @@ def _attribute_name(name: str, label: str) -> str:
 
 
 def _event(
-    attrs: Mapping[str, Any], data: Any, content_type: str | None, extensions: dict[str, str]
+    attrs: Mapping[str, Any],
+    data: Any,
+    content_type: str | None,
+    extensions: dict[str, str],
+    label: str,
 ) -> CloudEvent:
+    """The CloudEvent; `label` names an attribute in errors (`"[3].{}"`, `"ce-{} header"`)."""
+    for name, value in (*attrs.items(), *extensions.items()):
+        if isinstance(value, str) and name not in ("data", "data_base64"):
+            check_unicode(value, label.format(name))
+    if content_type is not None:
+        check_unicode(content_type, label.format("datacontenttype"))
     return CloudEvent(
         id=attrs["id"],
         source=attrs["source"],

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,10 +114,20 @@ def _where(path: Path, index: int, count: int) -> str:
     return f"{path} (document {index + 1})" if count > 1 else str(path)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def _field_path(loc: Sequence[int | str]) -> str:
+    """`spec.delivery.retry`, `spec.filter.types[0]`; a key that is not a plain word is
+    quoted (`spec.headers["X: y"]`), so the path reads unambiguously."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not _PLAIN_KEY.match(part):
+            out += f"[{json.dumps(part)}]"
+        else:
+            out += f".{part}" if out else part
     return out
 
 

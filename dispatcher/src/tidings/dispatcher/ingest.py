@@ -65,6 +65,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client import Histogram as PromHistogram
@@ -123,8 +124,13 @@ def event_from_plain_json(
             "type query parameter: must not be empty; e.g. ?type=com.example.created"
         )
     subject = query.get("subject") or None
+    event_id = headers.get("Idempotency-Key") or message_id or new_id()
+    # Query values and headers can carry undecodable bytes; ids and types must be text.
+    codec.check_unicode(event_type, "type query parameter")
+    codec.check_unicode(subject or "", "subject query parameter")
+    codec.check_unicode(event_id, "Idempotency-Key (or webhook-id) header")
     return CloudEvent(
-        id=headers.get("Idempotency-Key") or message_id or new_id(),
+        id=event_id,
         source=source.api_path,
         type=event_type,
         data=data,
@@ -672,12 +678,48 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except web.RequestPayloadError as error:
+        # A Content-Encoding that does not decode (found by the fuzzer: it was a 500).
+        encoding = request.headers.get("Content-Encoding", "")
+        raise IngestError(
+            400,
+            f"body: cannot be read ({str(error).splitlines()[0]}; Content-Encoding "
+            f"{encoding or '(none)'}); send it uncompressed or compressed as it says",
+        ) from None
+    except ConnectionResetError:
+        # The client went away mid-body: nothing is stored, and nobody reads the answer.
+        raise IngestError(400, "body: the connection closed before the body ended") from None
     return b"".join(chunks)
+
+
+class _QuietBadRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a bad header, a broken body) as an
+    ERROR with a traceback, after answering it 400: a client's mistake, not ours, and
+    a flood of them must not flood the log. They go to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        # RequestPayloadError: a body that does not decode, met while aiohttp drains
+        # what a refused request (401, 413) left unread.
+        client_error = isinstance(error, web.RequestPayloadError) or (
+            isinstance(error, HttpProcessingError) and (error.code or 0) < 500
+        )
+        if client_error:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info = None
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            record.msg = f"{record.msg}: {detail}"
+            return logging.getLogger("aiohttp.server").isEnabledFor(logging.DEBUG)
+        return True
+
+
+_SERVER_LOG_FILTER = _QuietBadRequests()
 
 
 INGEST: web.AppKey[Ingest] = web.AppKey("ingest", Ingest)
@@ -718,6 +760,9 @@ def build_app(
         redis_timeout=redis_timeout,
         on_append=on_append,
     )
+    server_log = logging.getLogger("aiohttp.server")
+    if _SERVER_LOG_FILTER not in server_log.filters:
+        server_log.addFilter(_SERVER_LOG_FILTER)
     app = web.Application()
     app[INGEST] = ingest
     app.on_response_prepare.append(ingest.close_while_draining)
