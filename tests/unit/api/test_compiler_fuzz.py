@@ -224,7 +224,10 @@ def _parent(doc: Any, path: tuple[Any, ...]) -> Any:
 def mutated(draw: st.DrawFn) -> dict[str, Any]:
     doc = json.loads(json.dumps(draw(st.sampled_from(SEEDS))))
     for _ in range(draw(st.integers(1, 4))):
-        paths = [p for p in _paths(doc) if p[0] not in ("apiVersion", "kind")] or [("spec",)]
+        paths = [p for p in _paths(doc) if p[0] not in ("apiVersion", "kind")]
+        if not paths:  # everything mutable was deleted: give it a spec again
+            doc["spec"] = draw(JUNK)
+            continue
         path = draw(st.sampled_from(paths))
         parent = _parent(doc, path)
         op = draw(st.sampled_from(["replace", "replace", "tricky", "delete", "add"]))
