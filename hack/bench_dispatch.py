@@ -15,7 +15,10 @@ answering 200, with a /slow path that never answers in time), then measures:
 3. p99 latency from XADD to the subscriber at half the rate measured in (2);
 4. fan-out: one event to 10 Triggers (deliveries/s);
 5. isolation: a Trigger's throughput while another Trigger on the same source
-   has a subscriber that times out, against its throughput alone (target: costs <= 10%).
+   has a subscriber that times out, against its throughput alone (target: costs <= 10%);
+6. the attempt log: the dispatcher as in (2), against itself with no attempt
+   records built or written (the baseline), rounds interleaved (target: costs <= 5%).
+   `--only attempt-log` runs this part alone.
 
 Everything runs in this process except Redis and the subscriber, so the
 dispatcher and the ceiling get the same CPU. Takes about a minute and a half.
@@ -49,6 +52,7 @@ from tidings.api.routes import Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, TriggerSpec
 from tidings.cli.redis_server import RedisServer, free_port
+from tidings.dispatcher import engine
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -201,7 +205,65 @@ async def run_until(redis: Redis, routes: list[Route], total: int, limit: float 
         await asyncio.sleep(0.01)
 
 
-async def main(events: int) -> dict[str, Any]:
+async def attempt_log_cost(
+    redis: Redis, base: str, world: World, sealer: Sealer, events: int, rounds: int = 3
+) -> dict[str, Any]:
+    """(6): throughput and CPU per delivery with and without the attempt log's write,
+    interleaved `rounds` times; best of each."""
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    dispatcher = Dispatcher(
+        redis, watcher, sealer=sealer, registry=CollectorRegistry(), consumer="bench-log"
+    )
+    await dispatcher.start()
+    # The baseline neither builds the records nor writes them.
+    real_record = engine.attempt_record
+
+    def no_record(done: Any, replica: str) -> None:
+        return None
+
+    rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        for round_ in range(rounds):
+            for mode in ("off", "on"):
+                engine.attempt_record = real_record if mode == "on" else no_record  # type: ignore[assignment]
+                name = f"log-{mode}{round_}"
+                stream = await add_source(redis, name, world, sealer)
+                await fill(redis, stream, events)
+                route = trigger(name, name, f"{base}/hook", world, sealer)
+                await redis.xgroup_create(route.stream, route.group, id="0")
+                before = await cpu(redis)
+                await table.put_route(redis, route)
+                rates[mode].append(events / await run_until(redis, [route], events))
+                cpus[mode].append((await cpu(redis) - before) / events)
+                await table.delete_route(redis, route.namespace, route.name)
+                await redis.delete(stream)
+            print(
+                f"round {round_ + 1}      attempt log off {rates['off'][-1]:6.0f}/s, "
+                f"on {rates['on'][-1]:6.0f}/s: {rates['on'][-1] / rates['off'][-1]:.3f}"
+            )
+    finally:
+        engine.attempt_record = real_record  # type: ignore[assignment]
+        await dispatcher.stop(grace=0.5)
+        await watcher.stop()
+    off, on = max(rates["off"]), max(rates["on"])
+    cpu_off, cpu_on = min(cpus["off"]), min(cpus["on"])
+    print(
+        f"attempt log  {off:8.0f}/s without, {on:.0f}/s with (best of {rounds}): "
+        f"{on / off:.3f} of the throughput, costs {(1 - on / off) * 100:.1f}%; CPU per delivery "
+        f"(this process + Redis) {cpu_off * 1e6:.0f} vs {cpu_on * 1e6:.0f} µs "
+        f"(+{(cpu_on / cpu_off - 1) * 100:.1f}%)"
+    )
+    return {
+        "off": rates["off"],
+        "on": rates["on"],
+        "ratio": on / off,
+        "cpu_us": {"off": cpu_off * 1e6, "on": cpu_on * 1e6},
+    }
+
+
+async def main(events: int, only: str | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     server = RedisServer(work / "redis")
     server.start()
@@ -225,6 +287,9 @@ async def main(events: int) -> dict[str, Any]:
 
         sealer = Sealer(new_key())
         world = World()
+        if only == "attempt-log":
+            results["attempt_log"] = await attempt_log_cost(redis, base, world, sealer, events)
+            return results
         watcher = TableWatcher(redis)
         await watcher.start()
         registry = CollectorRegistry()
@@ -374,6 +439,8 @@ async def main(events: int) -> dict[str, Any]:
         )
         await dispatcher.stop(grace=0.5)
         await watcher.stop()
+
+        results["attempt_log"] = await attempt_log_cost(redis, base, world, sealer, events)
     finally:
         await session.close()
         await redis.aclose()
@@ -413,8 +480,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--only", choices=("attempt-log",), help="run one part alone")
     options = parser.parse_args()
-    print(f"machine      {machine()}")
-    outcome = asyncio.run(main(options.events))
+    print(f"machine      {machine()}, load average {os.getloadavg()[0]:.1f}")
+    outcome = asyncio.run(main(options.events, options.only))
     if options.json:
         print(json.dumps(outcome, indent=2))

@@ -187,3 +187,37 @@ async def test_pausing_stops_delivery_keeps_the_cursor_and_unpausing_resumes(
 async def _route_paused(redis: Redis, ns: str) -> bool:
     route = (await routing_table(redis)).routes.get(f"{ns}/t")
     return route is not None and route.paused
+
+
+async def test_the_loss_forecast_reaches_status_once_the_oldest_event_is_a_minute_old(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    now_ms = int(time.time() * 1000)
+    # A healthy Trigger's oldest undelivered event is seconds old: not shown.
+    await report(
+        redis,
+        ns,
+        **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 3},
+        **{keys.STATE_OLDEST: now_ms - 2000, keys.STATE_EXPIRES: now_ms + 3600_000},
+    )
+    await eventually(lambda: delivery(cluster).get("lag") == 3)
+    assert "expiresAt" not in delivery(cluster)
+    # Stuck for ten minutes, 71h50m left before maxAge (72h): shown at once.
+    stuck = now_ms - 600_000
+    await report(
+        redis,
+        ns,
+        **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 3},
+        **{keys.STATE_OLDEST: stuck, keys.STATE_EXPIRES: stuck + 72 * 3600_000},
+    )
+    await eventually(lambda: "expiresAt" in delivery(cluster))
+    shown = delivery(cluster)
+    from datetime import UTC, datetime
+
+    def ms(stamp: str) -> int:
+        return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+
+    assert abs(ms(shown["oldestUndelivered"]) - stuck // 1000) <= 1
+    assert abs(ms(shown["expiresAt"]) - (stuck // 1000 + 72 * 3600)) <= 1

@@ -891,6 +891,16 @@ class DeliveryStatus(ApiModel):
         "dead-lettered, see docs/filters.md.",
     )
     last_filter_error: LastFilterError | None = None
+    oldest_undelivered: str | None = Field(
+        None,
+        description="When the oldest event not yet delivered was stored (RFC 3339); shown "
+        "while it is older than a minute.",
+    )
+    expires_at: str | None = Field(
+        None,
+        description="When that event hits the Trigger's maxAge or the source's retention "
+        "(RFC 3339): the forecast of loss if the subscriber does not recover.",
+    )
 
 
 class ObjectStatus(ApiModel):

@@ -272,7 +272,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append(f"  stored {timestamp(report['stored'])}  {where}  {what}".rstrip())
     if not report["triggers"]:
         lines.append("  no Trigger subscribes to this source")
-    width = max((len(t["trigger"]) for t in report["triggers"]), default=0)
+    width = max((len(t["trigger"].partition("/")[2]) for t in report["triggers"]), default=0)
     for verdict_ in report["triggers"]:
         name = verdict_["trigger"].partition("/")[2]
         lines.append(f"  {name:<{width}}  {verdict_['detail']}")

@@ -34,6 +34,9 @@ FAILURE_TIME_INTERVAL = 60.0
 # Lag changes smaller than this (absolute, and relative to the last written lag) are noise.
 LAG_MIN_CHANGE = 10
 LAG_RELATIVE_CHANGE = 0.5
+# The oldest undelivered event shows in status once it is this old (seconds): younger,
+# it is a healthy Trigger's in-flight event, and would churn status for nothing.
+OLDEST_SHOWN_AFTER = 60.0
 
 STATES: tuple[str, ...] = get_args(DeliveryState)
 
@@ -66,6 +69,9 @@ class Reading:
             return None
         return errors > 0 and 2 * errors > checked
 
+    oldest_undelivered: str | None = None  # RFC 3339, when older than OLDEST_SHOWN_AFTER
+    expires_at: str | None = None  # RFC 3339: when that event hits maxAge or retention
+
     def as_status(self) -> DeliveryStatus:
         """The `status.delivery` object (without lastFailure when none is recorded)."""
         failure = LastFailure(
@@ -87,6 +93,8 @@ class Reading:
                 if self.filter_error_message
                 else None
             ),
+            oldest_undelivered=self.oldest_undelivered,
+            expires_at=self.expires_at,
         )
 
     def failure_summary(self) -> str:
@@ -114,6 +122,12 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
         return None
     fields = {text(k): text(v) for k, v in raw.items()}
     state = fields.get(keys.STATE_STATE)
+    oldest_ms, expires_ms = (
+        _int(fields.get(keys.STATE_OLDEST)),
+        _int(fields.get(keys.STATE_EXPIRES)),
+    )
+    updated_ms = _int(fields.get(keys.STATE_UPDATED))
+    shown = bool(oldest_ms and updated_ms and updated_ms - oldest_ms >= OLDEST_SHOWN_AFTER * 1000)
     return Reading(
         state=cast(DeliveryState, state) if state in STATES else None,
         lag=_int(fields.get(keys.STATE_LAG)),
@@ -122,7 +136,9 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
         failure_time=fields.get(keys.STATE_LAST_FAILURE_TIME) or None,
         failure_status=_int(fields.get(keys.STATE_LAST_FAILURE_STATUS)),
         failure_message=fields.get(keys.STATE_LAST_FAILURE_MESSAGE) or None,
-        updated_ms=_int(fields.get(keys.STATE_UPDATED)),
+        updated_ms=updated_ms,
+        oldest_undelivered=_rfc3339(oldest_ms) if shown and oldest_ms else None,
+        expires_at=_rfc3339(expires_ms) if shown and expires_ms else None,
         filter_errors=_int(fields.get(keys.STATE_FILTER_ERRORS)),
         filter_error_time=fields.get(keys.STATE_FILTER_LAST_TIME) or None,
         filter_error_reason=fields.get(keys.STATE_FILTER_LAST_REASON) or None,
@@ -143,6 +159,10 @@ def _sum(fields: Mapping[str, str], *names: str) -> int | None:
     return sum(_int(fields.get(name)) or 0 for name in names)
 
 
+def _rfc3339(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def from_status(delivery: DeliveryStatus | None) -> Reading | None:
     """The Reading last written into status.delivery (to settle against after a restart)."""
     if delivery is None or delivery == DeliveryStatus():
@@ -161,6 +181,8 @@ def from_status(delivery: DeliveryStatus | None) -> Reading | None:
         filter_error_time=filter_error.time,
         filter_error_reason=filter_error.reason,
         filter_error_message=filter_error.message,
+        oldest_undelivered=delivery.oldest_undelivered,
+        expires_at=delivery.expires_at,
     )
 
 
@@ -204,6 +226,11 @@ def settle(previous: Reading | None, fresh: Reading | None, since_write: float) 
     if since_write >= FAILURE_TIME_INTERVAL and previous.failure_time != fresh.failure_time:
         return fresh
     if since_write >= LAG_INTERVAL and _lag_moved(previous.lag, fresh.lag):
+        return fresh
+    # The loss forecast: at once when it appears or goes, else at the lag's pace.
+    if (previous.expires_at is None) != (fresh.expires_at is None):
+        return fresh
+    if since_write >= LAG_INTERVAL and previous.oldest_undelivered != fresh.oldest_undelivered:
         return fresh
     return previous
 
