@@ -125,7 +125,7 @@ async def test_the_log_is_bounded_by_max_entries(plane: Plane, subscriber: Subsc
         "t", subscriber.url, delivery={"attemptLog": {"maxEntries": 50}}
     )
     await plane.publish(1000)
-    await wait_until(lambda: len(subscriber.received) >= 1000, 30, "1000 delivered")
+    await wait_until(lambda: len(subscriber.received) >= 1000, 120, "1000 delivered")
     await wait_until(lambda: plane.nothing_pending(route), 10, "all settled")
     key = keys.attempt_log(route.namespace, route.source, route.name)
     # Approximate trimming drops whole nodes (100 entries each): at most ~150 stay.
@@ -139,7 +139,9 @@ async def test_the_log_is_bounded_by_max_age(plane: Plane, subscriber: Subscribe
     await plane.dispatcher()
     route = await plane.add_trigger("t", subscriber.url, delivery={"attemptLog": {"maxAge": "1s"}})
     await plane.publish(300, prefix="old")
-    await logged(plane, route, 300)
+    # Wait for the deliveries, not the log: under load its oldest nodes may go already.
+    await wait_until(lambda: len(subscriber.received) >= 300, 90, "300 delivered")
+    await wait_until(lambda: plane.nothing_pending(route), 30, "all settled")
     await asyncio.sleep(1.5)
     await plane.publish(1, prefix="new")
     key = keys.attempt_log(route.namespace, route.source, route.name)
@@ -149,4 +151,4 @@ async def test_the_log_is_bounded_by_max_age(plane: Plane, subscriber: Subscribe
         return any(f[b"eventId"] == b"new-0" for _, f in entries) and len(entries) < 300
 
     # Whole nodes older than a second went; what stays is at most one partial node.
-    await wait_until(old_gone, 10, "attempts older than maxAge trimmed")
+    await wait_until(old_gone, 30, "attempts older than maxAge trimmed")
