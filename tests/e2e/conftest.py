@@ -55,6 +55,7 @@ def cluster() -> Cluster:
         values=Path(os.environ["TIDINGS_LOCAL_VALUES"]),
         upgrade_tag=os.environ.get("TIDINGS_E2E_UPGRADE_TAG", ""),
         postgres_image=os.environ.get("TIDINGS_E2E_POSTGRES_IMAGE", "postgres:15-bookworm"),
+        s3_image=os.environ.get("TIDINGS_E2E_S3_IMAGE", ""),
     )
     try:
         found.kubectl("get", "--raw=/readyz", timeout=20)
@@ -66,7 +67,7 @@ def cluster() -> Cluster:
     return found
 
 
-TEST_NAMESPACES = (APP_NAMESPACE, "shop", "e2e-pg")
+TEST_NAMESPACES = (APP_NAMESPACE, "shop", "e2e-pg", "e2e-s3")
 
 
 def remove_test_namespaces(cluster: Cluster) -> None:

@@ -4,6 +4,7 @@
     python e2e_app.py sink [--port 9000]
         A subscriber that answers 200 and counts every delivery by CloudEvent id.
         GET /stats?prefix=P&expect=N -> {"received", "unique", "duplicates", "missing", ...}
+        GET /received?source=S -> [[type, subject, id], ...] of every delivery from source S
     python e2e_app.py produce --url URL --token T --prefix P --count N --rate R
         Sends N events (ids P0 … P(N-1)) at R per second to ingest. An attempt that
         is not answered 202 (a connection cut by a dying pod, a 503) is retried until
@@ -24,14 +25,24 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 def sink(port: int) -> None:
     counts: collections.Counter[str] = collections.Counter()
+    by_source: collections.defaultdict[str, list[list[str]]] = collections.defaultdict(list)
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
-        event_id = request.headers.get("ce-id")
-        if event_id is None and body:  # structured mode
-            event_id = str(json.loads(body).get("id"))
-        counts[event_id or "?"] += 1
+        attributes = {
+            k[3:].lower(): v for k, v in request.headers.items() if k.lower().startswith("ce-")
+        }
+        if "id" not in attributes and body:  # structured mode
+            attributes = {k: str(v) for k, v in json.loads(body).items() if k != "data"}
+        event_id = attributes.get("id", "?")
+        counts[event_id] += 1
+        by_source[attributes.get("source", "")].append(
+            [attributes.get("type", ""), attributes.get("subject", ""), event_id]
+        )
         return web.Response(status=200)
+
+    async def received(request: web.Request) -> web.Response:
+        return web.json_response(by_source.get(request.query.get("source", ""), []))
 
     async def stats(request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")
@@ -50,6 +61,7 @@ def sink(port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/stats", stats)
+    app.router.add_get("/received", received)
     app.router.add_post("/{tail:.*}", receive)
     web.run_app(app, host="0.0.0.0", port=port, access_log=None, print=None)
 

@@ -23,6 +23,7 @@ RELEASE = "tidings"
 NAMESPACE = "tidings-e2e"  # the release
 APP_NAMESPACE = "e2e-app"  # the sink, an http EventSource and its Trigger
 INGEST = f"http://tidings-ingest.{NAMESPACE}.svc.cluster.local"
+DISPATCHERS = "app.kubernetes.io/component=dispatcher"
 
 HOW_TO_GET_A_CLUSTER = (
     "the in-cluster tests need a Kubernetes cluster with the Tidings image loaded: "
@@ -43,6 +44,7 @@ class Cluster:
     values: Path
     upgrade_tag: str
     postgres_image: str
+    s3_image: str = ""  # Versity Gateway (hack/build-images.sh versitygw)
     report: list[dict[str, Any]] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)
 
@@ -289,3 +291,24 @@ def wait_ready(
     wait_until(
         f"{kind} {namespace}/{name} Ready", lambda: ready(cluster, namespace, kind, name), timeout
     )
+
+
+def dispatcher_pods(cluster: Cluster, namespace: str) -> list[str]:
+    return [
+        p["metadata"]["name"]
+        for p in cluster.pods(namespace, DISPATCHERS)
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+
+
+def delivered_all(cluster: Cluster, prefix: str, count: int, timeout: float) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        stats = sink_stats(cluster, APP_NAMESPACE, prefix, count)
+        return stats if stats["missing"] == 0 else None
+
+    try:
+        return dict(wait_until(f"all {count} {prefix}* events at the sink", check, timeout, 2))
+    except AssertionError as error:
+        raise AssertionError(
+            f"{error}\nnow: {sink_stats(cluster, APP_NAMESPACE, prefix, count)}"
+        ) from None

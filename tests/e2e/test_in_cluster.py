@@ -11,19 +11,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
 
 import yaml
 from e2e_kube import (
-    APP_NAMESPACE,
     CHART,
+    DISPATCHERS,
     INGEST,
     RELEASE,
     REPO,
     Cluster,
     conditions,
     container_security,
+    delivered_all,
     deploy_sink,
+    dispatcher_pods,
     pod_security,
     producer_result,
     ready,
@@ -33,7 +34,6 @@ from e2e_kube import (
     wait_until,
 )
 
-DISPATCHERS = "app.kubernetes.io/component=dispatcher"
 ENTRY_POINTS = ["operator", "dispatcher", "source", "dev", "send", "replay", "crds"]
 
 
@@ -72,27 +72,6 @@ def run_pod(cluster: Cluster, namespace: str, name: str, command: list[str]) -> 
     assert result == "Succeeded", f"{command} failed:\n{logs[-3000:]}"
     cluster.kubectl("-n", namespace, "delete", "pod", name, "--wait=false")
     return logs
-
-
-def dispatcher_pods(cluster: Cluster, namespace: str) -> list[str]:
-    return [
-        p["metadata"]["name"]
-        for p in cluster.pods(namespace, DISPATCHERS)
-        if not p["metadata"].get("deletionTimestamp")
-    ]
-
-
-def delivered_all(cluster: Cluster, prefix: str, count: int, timeout: float) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        stats = sink_stats(cluster, APP_NAMESPACE, prefix, count)
-        return stats if stats["missing"] == 0 else None
-
-    try:
-        return dict(wait_until(f"all {count} {prefix}* events at the sink", check, timeout, 2))
-    except AssertionError as error:
-        raise AssertionError(
-            f"{error}\nnow: {sink_stats(cluster, APP_NAMESPACE, prefix, count)}"
-        ) from None
 
 
 def fixed_dispatchers(cluster: Cluster, namespace: str, replicas: int) -> None:
