@@ -104,12 +104,12 @@ def test_rules_pass_promtool_check_and_every_alert_its_unit_tests(
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
     unit_tests = yaml.safe_load(UNIT_TESTS.read_text())["tests"]
-    tested_alerts = {t["alertname"] for test in unit_tests for t in test["alert_rule_tests"]}
+    tested_alerts = {t["alertname"] for test in unit_tests for t in test["alert_rule_test"]}
     assert tested_alerts == ALERTS
     # Each alert has a case where it fires and one where it does not.
     for alert in ALERTS:
         cases = [
-            t for test in unit_tests for t in test["alert_rule_tests"] if t["alertname"] == alert
+            t for test in unit_tests for t in test["alert_rule_test"] if t["alertname"] == alert
         ]
         assert any(c["exp_alerts"] for c in cases) and any(not c["exp_alerts"] for c in cases)
 
