@@ -69,6 +69,7 @@ async def test_a_trigger_is_compiled_into_the_routing_table_with_every_default(
         "SourceReady": "True",
         "SubscriberResolved": "True",
         "Delivering": "Unknown",  # no dispatcher has reported yet
+        "FilterErrors": "Unknown",  # it has an expression; no dispatcher has evaluated it
     }
     assert "kopf" not in str(status)  # Kopf's bookkeeping stays in annotations
 
