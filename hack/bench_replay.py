@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import keys, table
+from tidings.api.destinations import LOCAL
 from tidings.api.events import CloudEvent, encode
 from tidings.api.replays import read_progress
 from tidings.api.routes import compile_replay, compile_source, compile_trigger
@@ -122,6 +123,7 @@ async def main(events: int, delayed: int) -> dict[str, Any]:
             spec=TriggerSpec.model_validate(body),
             world=world,
             sealer=sealer,
+            destinations=LOCAL,
         )
         await redis.xgroup_create(route.stream, route.group, id="$", mkstream=True)
         await table.put_route(redis, route)
@@ -129,7 +131,9 @@ async def main(events: int, delayed: int) -> dict[str, Any]:
 
     watcher = TableWatcher(redis, resync_interval=0.5)
     await watcher.start()
-    dispatcher = Dispatcher(redis, watcher, sealer=sealer, registry=CollectorRegistry())
+    dispatcher = Dispatcher(
+        redis, watcher, sealer=sealer, registry=CollectorRegistry(), destinations=LOCAL
+    )
     await dispatcher.start()
     out: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",

@@ -56,7 +56,7 @@ def use_tree(tree: Path) -> None:
 
 
 async def measure(redis_url: str, subscriber: str, events: int, name: str) -> dict[str, Any]:
-    from bench_dispatch import NAMESPACE, World, add_source, run_until, trigger
+    from bench_dispatch import LOOPBACK, NAMESPACE, World, add_source, run_until, trigger
     from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
@@ -84,7 +84,7 @@ async def measure(redis_url: str, subscriber: str, events: int, name: str) -> di
     watcher = TableWatcher(redis)
     await watcher.start()
     dispatcher = Dispatcher(
-        redis, watcher, sealer=sealer, registry=CollectorRegistry(), consumer=name
+        redis, watcher, sealer=sealer, registry=CollectorRegistry(), consumer=name, **LOOPBACK
     )
     await dispatcher.start()
     route = trigger(name, name, subscriber, world, sealer)
