@@ -174,7 +174,8 @@ up() {
     # Own session: survives the terminal; only `down` stops it. 9>&-: the lock stays here.
     setsid "$JAEGER" --config "$DIR/config.yaml" >"$DIR/jaeger.log" 2>&1 </dev/null 9>&- &
     echo $! > "$DIR/jaeger.pid"
-    for _ in $(seq 200); do
+    # 60 s: every component starts at once on a freshly booted CI machine.
+    for _ in $(seq 600); do
       is_up && break
       running || break
       sleep 0.1

@@ -98,7 +98,7 @@ up() {
       --aclfile "$DIR/users.acl" --dir "$DIR" \
       --appendonly yes --appendfsync everysec --save '' \
       --daemonize yes --pidfile "$DIR/redis.pid" --logfile "$DIR/redis.log" 9>&-
-    for _ in $(seq 100); do is_up && break; sleep 0.1; done
+    for _ in $(seq 300); do is_up && break; sleep 0.1; done
     is_up || { log "did not start; see $DIR/redis.log"; tail -20 "$DIR/redis.log" >&2; exit 1; }
     log "up on port $p (TLS only, ACL user $USER_NAME)"
   fi

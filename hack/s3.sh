@@ -129,12 +129,22 @@ up() {
       setsid "$VERSITYGW" "${args[@]}" posix "$DIR/data" \
       >"$DIR/versitygw.log" 2>&1 </dev/null 9>&- &
     echo $! > "$DIR/versitygw.pid"
-    for _ in $(seq 100); do
+    # 60 s: on a freshly booted CI machine, with every component starting at
+    # once, 10 s was once not enough for the gateway to answer.
+    for _ in $(seq 600); do
       is_up && break
       running || break
       sleep 0.1
     done
-    is_up || { log "did not start; see $DIR/versitygw.log"; tail -20 "$DIR/versitygw.log" >&2; exit 1; }
+    if ! is_up; then
+      if running; then
+        log "running (pid $(cat "$DIR/versitygw.pid")) but not answering on 127.0.0.1:$(port) after 60 s; see $DIR/versitygw.log"
+      else
+        log "exited at start; see $DIR/versitygw.log"
+      fi
+      tail -20 "$DIR/versitygw.log" >&2
+      exit 1
+    fi
     log "up on port $p${webhook:+, notifications to $webhook}"
   fi
   print_env | tee "$ENV_FILE"
