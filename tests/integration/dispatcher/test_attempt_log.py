@@ -4,6 +4,7 @@ recorded in the Trigger's bounded stream in Redis."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from dispatch_harness import Plane, Subscriber, wait_until
 from tidings.api import attempts, keys
 from tidings.api.attempts import Attempt, AttemptOutcome
 from tidings.api.routes import Route
+from tidings.dispatcher import attemptlog
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 
@@ -152,3 +154,32 @@ async def test_the_log_is_bounded_by_max_age(plane: Plane, subscriber: Subscribe
 
     # Whole nodes older than a second went; what stays is at most one partial node.
     await wait_until(old_gone, 30, "attempts older than maxAge trimmed")
+
+
+async def test_any_text_survives_the_script_and_empty_fields_read_back_empty(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    # Each attempt crosses to Redis as one JSON argument that Lua's cjson decodes.
+    await plane.add_source()
+    route = await plane.add_trigger("t", subscriber.url, wait=False)
+    awkward = Attempt(
+        event_id='id "quoted" \\ back\tslash',
+        type="com.shop.ordre.créé",
+        stream_id="1700000000000-7",
+        attempt=3,
+        outcome=AttemptOutcome.RETRY,
+        duration_ms=0,
+        error="naïve\x00 nul, newline\n, ✓ 🎉",
+        body='{"a": [1, "\\u0000"], "b": "\\ud83c"}',
+        replica="dispatcher-0",
+        latency_ms=2**45,  # past what a Lua number prints without an exponent
+    )
+    plain = Attempt("e-1", "t", "1700000000000-8", 1, AttemptOutcome.DELIVERED, status="200")
+    assert await attemptlog.write(plane.redis, route, [awkward, plain])
+    key = keys.attempt_log(route.namespace, route.source, route.name)
+    entries = await plane.redis.xrange(key)
+    back = [attempts.decode(i, f) for i, f in entries]
+    assert [dataclasses.replace(b, id="") for b in back] == [awkward, plain]
+    # Empty values are not stored at all.
+    assert b"error" not in entries[1][1] and b"body" not in entries[1][1]
+    assert b"status" not in entries[0][1]

@@ -3,6 +3,9 @@ console read back."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from tidings.api import attempts, keys
 from tidings.api.attempts import Attempt, AttemptOutcome
 from tidings.api.routes import ATTEMPT_LOG_MAX_AGE, ATTEMPT_LOG_MAX_ENTRIES
@@ -37,6 +40,17 @@ def test_a_record_survives_the_round_trip_through_stream_fields() -> None:
     assert (back.attempt, back.outcome, back.status) == (2, AttemptOutcome.RETRY, "503")
     assert (back.duration_ms, back.latency_ms) == (12, 1500)
     assert (back.error, back.body, back.replica) == ("HTTP 503: busy", "busy", "dispatcher-0")
+
+
+def test_the_packed_form_carries_the_same_fields_as_strings_without_empty_ones() -> None:
+    record = Attempt("e", "t", "1-0", 2, AttemptOutcome.RETRY, error="x", latency_ms=7)
+    packed = json.loads(attempts.pack(record))
+    fields = dict(zip(packed[::2], packed[1::2], strict=True))
+    assert all(isinstance(v, str) for v in packed)
+    expected = {k: str(v) for k, v in attempts.encode(record).items() if v != ""}
+    assert fields == expected
+    assert keys.ATTEMPT_STATUS not in fields and keys.ATTEMPT_BODY not in fields
+    assert attempts.decode("1-0", fields) == dataclasses.replace(record, id="1-0")
 
 
 def test_the_fields_are_named_once_in_keys() -> None:

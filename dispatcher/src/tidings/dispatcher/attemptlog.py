@@ -1,8 +1,11 @@
 """Writing the attempt log (the record: tidings.api.attempts).
 
-The attempts of one settled batch go to Redis in one pipelined write, after the
-batch is settled: N XADDs and the two approximate trims (XADD takes one trim
-strategy, the log has two bounds), one round trip for the whole batch. The
+The attempts of one settled batch go to Redis in one script call after the
+batch is settled (lua/attempt_log_append.lua): N XADDs and the two approximate
+trims (XADD takes one trim strategy, the log has two bounds), one round trip
+for the whole batch. Each attempt travels as one JSON argument
+(tidings.api.attempts.pack), not 22: redis-py's per-argument encoding was most
+of the log's cost, measured in hack/bench_dispatch.py --only attempt-log. The
 log is a record, not a guarantee: a write that fails (Redis unreachable just
 then) is logged and dropped, never retried ahead of the next deliveries.
 """
@@ -12,12 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tidings.api import attempts, keys
+from tidings.api import attempts, keys, scripts
 from tidings.api.attempts import Attempt
 from tidings.api.routes import Route
 
@@ -35,14 +37,13 @@ async def write(redis: Redis, route: Route, records: list[Attempt]) -> bool:
         return True
     key = keys.attempt_log(route.namespace, route.source, route.name)
     delivery = route.delivery
-    pipe = redis.pipeline(transaction=False)
-    for record in records:
-        pipe.xadd(key, attempts.encode(record))  # type: ignore[arg-type]
-    pipe.xtrim(key, maxlen=delivery.attempt_log_max_entries, approximate=True)
-    oldest_ms = int((time.time() - delivery.attempt_log_max_age) * 1000)
-    pipe.xtrim(key, minid=f"{max(0, oldest_ms)}-0", approximate=True)
+    args: list[str | int] = [
+        delivery.attempt_log_max_entries,
+        int(delivery.attempt_log_max_age * 1000),
+    ]
+    args.extend(map(attempts.pack, records))
     try:
-        await pipe.execute()
+        await scripts.ATTEMPT_LOG_APPEND(redis, [key], args)
     except (RedisError, OSError) as error:
         log.warning(
             "Trigger %s: %d attempts not recorded in the attempt log: %s",
