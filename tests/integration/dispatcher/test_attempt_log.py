@@ -106,9 +106,11 @@ async def test_refused_expired_and_filtered_events(plane: Plane, subscriber: Sub
 async def test_retries_spent_is_dead(plane: Plane, subscriber: Subscriber) -> None:
     subscriber.behaviour = fail_first(100, 500)
     await plane.add_source()
-    await plane.dispatcher(failures_to_backoff=1000)
+    await plane.dispatcher()
     route = await plane.add_trigger(
-        "t", subscriber.url, delivery={"retry": {**FAST, "maxAttempts": 3}}
+        "t",
+        subscriber.url,
+        delivery={"retry": {**FAST, "maxAttempts": 3}, "backoff": {"minAttempts": 1000}},
     )
     await plane.publish(1)
     records = await logged(plane, route, 3)

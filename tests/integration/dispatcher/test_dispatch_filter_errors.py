@@ -69,9 +69,12 @@ async def test_filter_errors_never_put_the_trigger_in_backoff(
     plane: Plane, subscriber: Subscriber
 ) -> None:
     await plane.add_source()
-    await plane.dispatcher(publish_interval=0.1, failures_to_backoff=3)
+    await plane.dispatcher(publish_interval=0.1)
     route = await plane.add_trigger(
-        "seats", subscriber.url, filter={"expression": "int(event.data.seats) > 2"}
+        "seats",
+        subscriber.url,
+        filter={"expression": "int(event.data.seats) > 2"},
+        delivery={"backoff": {"minAttempts": 3, "window": "0s"}},
     )
     await plane.publish_events([event(f"bad-{i}", {"seats": "many"}) for i in range(20)])
     await plane.publish_events([event("good", {"seats": "7"})])

@@ -14,9 +14,14 @@ async def test_retention_never_trims_pending_or_scheduled_entries(
 ) -> None:
     subscriber.behaviour = lambda request: (503, {}, 0.0)
     source = await plane.add_source(maxEvents=50)
-    await plane.dispatcher(failures_to_backoff=10**6)  # every event gets its first attempt
+    await plane.dispatcher()
     route = await plane.add_trigger(
-        "failing", subscriber.url, delivery={"retry": {"initialDelay": "1h", "jitter": 0}}
+        "failing",
+        subscriber.url,
+        delivery={
+            "retry": {"initialDelay": "1h", "jitter": 0},
+            "backoff": {"minAttempts": 10**6},  # every event gets its first attempt
+        },
     )
     await plane.publish(200)
     retries = keys.retries(route.namespace, route.source, route.name)

@@ -108,9 +108,11 @@ async def test_trace_tells_each_triggers_story(plane: Plane, subscriber: Subscri
 async def test_trace_of_a_trigger_in_backoff(plane: Plane, subscriber: Subscriber) -> None:
     subscriber.behaviour = by_path
     await plane.add_source()
-    await plane.dispatcher(failures_to_backoff=1)
+    await plane.dispatcher()
     await plane.add_trigger(
-        "crm", f"http://127.0.0.1:{subscriber.port}/busy", delivery={"retry": SLOW_RETRY}
+        "crm",
+        f"http://127.0.0.1:{subscriber.port}/busy",
+        delivery={"retry": SLOW_RETRY, "backoff": {"minAttempts": 1, "window": "0s"}},
     )
     await store(plane, CloudEvent("a", "/shop", "t"), CloudEvent("b", "/shop", "t"))
 

@@ -202,6 +202,15 @@ STATE_DEAD_LETTERED = "deadLettered"  # total dead letters (counter)
 STATE_EXPIRED = "expired"  # trimmed by retention before delivery (counter)
 STATE_DEAD_LETTERS_TRIMMED = "deadLettersTrimmed"  # DLQ entries dropped by its cap (counter)
 STATE_FAILURES = "failures"  # consecutive failed attempts, all replicas together
+STATE_FAILING_SINCE = "failingSince"  # ms (Redis's clock): that run of failures began
+# The failure ratio's sliding window (cursor_settle.lua): the current bucket of
+# delivery.backoff.window and the one before, weighted by its overlap.
+STATE_WINDOW_START = "windowStart"  # ms: the current bucket began
+STATE_WINDOW_ATTEMPTS = "windowAttempts"
+STATE_WINDOW_FAILURES = "windowFailures"
+STATE_PREVIOUS_ATTEMPTS = "previousAttempts"
+STATE_PREVIOUS_FAILURES = "previousFailures"
+STATE_RATIO_SINCE = "ratioSince"  # ms: the ratio has been at or over failureRatio since
 STATE_LAST_FAILURE_TIME = "lastFailureTime"  # RFC 3339
 STATE_LAST_FAILURE_STATUS = "lastFailureStatus"  # HTTP status, "" for network/timeout
 STATE_LAST_FAILURE_MESSAGE = "lastFailureMessage"

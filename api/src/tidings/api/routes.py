@@ -48,6 +48,17 @@ DEAD_LETTER_MAX_EVENTS = 100_000
 MAX_DELAY = 7 * 24 * 3600.0  # seconds: spec.http.maxDelay's default
 ATTEMPT_LOG_MAX_AGE = 24 * 3600.0  # seconds
 ATTEMPT_LOG_MAX_ENTRIES = 10_000
+# delivery.backoff's defaults (tidings.dispatcher.backoff_state has the rule).
+BACKOFF_FAILURE_RATIO = 0.9
+BACKOFF_MIN_ATTEMPTS = 5
+BACKOFF_MAX_PROBE_INTERVAL = 300.0  # seconds
+
+
+def default_backoff_window(initial_delay: float) -> float:
+    """Twice the first retry delay, 1 s to 5 min: long enough that a window holds the
+    retries of the first attempts it saw fail, so a subscriber failing only first
+    attempts never looks down; short enough that a down one enters Backoff soon."""
+    return min(300.0, max(1.0, 2 * initial_delay))
 
 
 class Internal(BaseModel):
@@ -101,6 +112,17 @@ class CompiledDelivery(Internal):
     attempt_log_max_entries: int = Field(
         ATTEMPT_LOG_MAX_ENTRIES, exclude_if=lambda v: v == ATTEMPT_LOG_MAX_ENTRIES
     )
+    # delivery.backoff; left out at their defaults too. None: default_backoff_window.
+    backoff_failure_ratio: float = Field(
+        BACKOFF_FAILURE_RATIO, exclude_if=lambda v: v == BACKOFF_FAILURE_RATIO
+    )
+    backoff_min_attempts: int = Field(
+        BACKOFF_MIN_ATTEMPTS, exclude_if=lambda v: v == BACKOFF_MIN_ATTEMPTS
+    )
+    backoff_window: float | None = Field(None, exclude_if=lambda v: v is None)  # seconds
+    backoff_max_probe_interval: float = Field(
+        BACKOFF_MAX_PROBE_INTERVAL, exclude_if=lambda v: v == BACKOFF_MAX_PROBE_INTERVAL
+    )  # seconds
     concurrency: int
     rate_per_second: float | None = None
     rate_burst: int | None = None
@@ -112,6 +134,13 @@ class CompiledDelivery(Internal):
     # fields refuses such a route (unknown field) instead of delivering without them.
     secret_headers: dict[str, str] = Field(default_factory=dict, exclude_if=lambda v: not v)
     tls: CompiledTLS | None = Field(None, exclude_if=lambda v: v is None)
+
+    @property
+    def window(self) -> float:
+        """backoff.window, or its default from the retry policy (seconds)."""
+        if self.backoff_window is None:
+            return default_backoff_window(self.retry.initial_delay)
+        return self.backoff_window
 
 
 class Route(Internal):
@@ -627,6 +656,14 @@ def compile_trigger(
             dead_letter_max_events=delivery.dead_letter_retention.max_events,
             attempt_log_max_age=parse_duration(delivery.attempt_log.max_age),
             attempt_log_max_entries=delivery.attempt_log.max_entries,
+            backoff_failure_ratio=delivery.backoff.failure_ratio,
+            backoff_min_attempts=delivery.backoff.min_attempts,
+            backoff_window=(
+                parse_duration(delivery.backoff.window)
+                if delivery.backoff.window is not None
+                else None
+            ),
+            backoff_max_probe_interval=parse_duration(delivery.backoff.max_probe_interval),
             concurrency=delivery.concurrency,
             rate_per_second=delivery.rate_limit.per_second if delivery.rate_limit else None,
             rate_burst=(

@@ -606,6 +606,37 @@ class AttemptLog(ApiModel):
         return self
 
 
+class SubscriberBackoff(ApiModel):
+    """When the subscriber counts as down and the Trigger enters Backoff."""
+
+    failure_ratio: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Backoff when at least this share of the window's attempts failed, "
+        "for a whole window.",
+    )
+    min_attempts: int = Field(
+        5,
+        ge=1,
+        le=1_000_000,
+        description="Attempts needed before either rule may decide: in the window (ratio), "
+        "or in a row (nothing but failures).",
+    )
+    window: str | None = Duration(
+        None,
+        "How long the subscriber must look down before Backoff: every attempt failing, or "
+        "failureRatio of them. Default: twice retry.initialDelay (1s to 5m), so the window "
+        "sees the retries of failed first attempts. 0s: minAttempts failures in a row suffice.",
+    )
+    max_probe_interval: str = Duration("5m", "Longest wait between probes in Backoff.")
+
+    @model_validator(mode="after")
+    def _durations(self) -> SubscriberBackoff:
+        _check_durations(self, "window", "max_probe_interval")
+        return self
+
+
 class DeliverySpec(ApiModel):
     format: Literal["binary", "structured", "data"] = Field(
         "binary", description="CloudEvents binary or structured mode, or the data alone."
@@ -624,6 +655,11 @@ class DeliverySpec(ApiModel):
         default_factory=AttemptLog,
         description="Every delivery attempt is recorded (tidings tail, tidings trace): "
         "how many, and how long.",
+    )
+    backoff: SubscriberBackoff = Field(
+        default_factory=SubscriberBackoff,
+        description="When a failing subscriber counts as down: Backoff stops pulling and "
+        "probes it, spending no attempts, until it answers.",
     )
     concurrency: int = Field(100, ge=1, le=100_000, description="In-flight limit, all replicas.")
     rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")

@@ -1,13 +1,24 @@
 """A Trigger's delivery state (DESIGN.md guarantee 5) and what it publishes.
 
-    Delivering --(N consecutive failed attempts, all replicas)--> Backoff
-    Backoff    --(a probe is answered)--> Delivering, every scheduled retry due now
+    Delivering --(the subscriber looks down, all replicas together)--> Backoff
+    Backoff    --(a probe is answered)--> Delivering, every scheduled retry due now,
+                                          the local fetch size ramping up (slow start)
+
+Down, per Trigger (`delivery.backoff`; decided in cursor_settle.lua, Redis's
+clock): for a whole `window`, either nothing but failures (at least `minAttempts`
+in a row), or at least `failureRatio` of the window's attempts (at least
+`minAttempts` of them). The window defaults to twice retry.initialDelay, so it
+holds the retries of the first attempts it saw fail: a subscriber that fails
+every first attempt and answers every retry is flaky, not down, and keeps
+being delivered to at full speed with retries; one that is down enters Backoff
+after a window (2 s with the default retry policy). `window: 0s` is the old
+rule: `minAttempts` failures in a row.
 
 In Backoff no replica pulls new events or works through retries (cursor.py's
 fetch returns nothing). One replica at a time probes the subscriber with the
 Trigger's head event (its earliest scheduled retry, else the next unread
 event), at intervals that double from the retry policy's initialDelay up to
-its maxDelay, capped at PROBE_MAX. A failed probe does not count as an
+its maxDelay, capped at `delivery.backoff.maxProbeInterval`. A failed probe does not count as an
 attempt: an outage of days dead-letters nothing until an event's maxAge. The
 first answered probe ends Backoff and the backlog drains at full speed.
 
@@ -31,10 +42,6 @@ from tidings.api.routes import Route
 from tidings.api.text import text
 from tidings.dispatcher.filtering import FilterCounts
 
-# Consecutive failed attempts (across replicas) that put a Trigger in Backoff.
-FAILURES_TO_BACKOFF = 5
-# Longest interval between probes, whatever the Trigger's maxDelay.
-PROBE_MAX = 300.0
 # The span of the filter window (two spans: the current and the one before), seconds.
 FILTER_SPAN = 60.0
 
@@ -75,11 +82,13 @@ class BackoffState:
         self.delayed_key = keys.delayed(ns, source, name)
         retry = route.delivery.retry
         self.first_interval = max(0.1, retry.initial_delay)
-        self.max_interval = max(self.first_interval, min(retry.max_delay, PROBE_MAX))
+        probe_max = route.delivery.backoff_max_probe_interval
+        self.max_interval = max(self.first_interval, min(retry.max_delay, probe_max))
 
-    async def enter_if_failing(self, threshold: int = FAILURES_TO_BACKOFF) -> bool:
+    async def enter(self) -> bool:
+        """Into Backoff; False when it already was (another replica was first)."""
         entered = await scripts.BACKOFF_ENTER(
-            self.redis, keys=[self.state_key], args=[_ms(self.first_interval), threshold]
+            self.redis, keys=[self.state_key], args=[_ms(self.first_interval)]
         )
         return bool(int(entered))
 

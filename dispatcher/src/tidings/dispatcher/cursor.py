@@ -178,8 +178,10 @@ class Cursor:
         answered: int = 0,
         failed: int = 0,
         failure: FailureNote | None = None,
-    ) -> int:
-        """Apply outcomes; returns the consecutive failure count across replicas."""
+    ) -> tuple[int, bool]:
+        """Apply outcomes; returns the consecutive failure count across replicas, and
+        whether the subscriber now looks down (delivery.backoff's rule)."""
+        delivery = self.route.delivery
         args: list[Any] = [
             self.route.group,
             self.consumer,
@@ -192,6 +194,9 @@ class Cursor:
             failure.status if failure else "",
             failure.message if failure else "",
             self.route.id,
+            int(delivery.window * 1000),
+            delivery.backoff_min_attempts,
+            delivery.backoff_failure_ratio,
             " ".join(o.entry.id for o in outcomes if _plain_ack(o)),
         ]
         for o in outcomes:
@@ -207,7 +212,8 @@ class Cursor:
                 o.status,
                 o.message,
             ]
-        return int(await scripts.CURSOR_SETTLE(self.redis, keys=self.keys, args=args))
+        failures, down = await scripts.CURSOR_SETTLE(self.redis, keys=self.keys, args=args)
+        return int(failures), bool(int(down))
 
 
 def _plain_ack(outcome: Outcome) -> bool:

@@ -58,7 +58,6 @@ from tidings.api.text import text
 from tidings.api.tls import TLSConfigError, client_context
 from tidings.dispatcher import attemptlog, deadletter, retention
 from tidings.dispatcher.backoff_state import (
-    FAILURES_TO_BACKOFF,
     FILTER_SPAN,
     BackoffState,
     Published,
@@ -263,6 +262,9 @@ class TriggerWorker:
         self._credentials_spec: tuple[dict[str, str], CompiledTLS | None] = ({}, None)
         self._opened_headers: dict[str, str] = {}
         self._opened_tls: ssl.SSLContext | None = None
+        # Slow start after Backoff: this replica's in-flight cap, doubled by every
+        # batch settled with mostly answers until it reaches local_limit (then None).
+        self.ramp: int | None = None
         self.update(route)
 
     # --- configuration ------------------------------------------------------------------
@@ -440,10 +442,11 @@ class TriggerWorker:
                 if self.route.paused or self._config_error:
                     await self._sleep(1.0)
                     continue
-                free = self.local_limit - len(self.in_flight)
+                limit = self.local_limit if self.ramp is None else self.ramp
+                free = limit - len(self.in_flight)
                 # Fetch in batches: waking for every freed slot would make many tiny
                 # round trips, each paying the per-call overhead.
-                if free <= 0 or (self.in_flight and free < self.refill):
+                if free <= 0 or (self.in_flight and free < min(self.refill, limit)):
                     await self._sleep(1.0)
                     continue
                 reclaim_ms = 0
@@ -457,6 +460,9 @@ class TriggerWorker:
                     for entry in fetched.entries:
                         self._start(self._deliver(entry))
                 elif fetched.status is FetchStatus.BACKOFF:
+                    # Whoever recovers it, this replica comes back slowly: a backlog
+                    # at full concurrency would flatten a subscriber just back up.
+                    self.ramp = 1
                     await self._probe()
                 elif fetched.status is FetchStatus.LIMITED:
                     await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
@@ -727,7 +733,7 @@ class TriggerWorker:
             note = FailureNote(
                 now_rfc3339(), str(last_failure.status or ""), last_failure.message[:500]
             )
-        failures = await self.cursor.settle(
+        failures, down = await self.cursor.settle(
             [d.outcome for d in batch],
             refunds=counts.filtered,
             answered=counts.answered,
@@ -755,11 +761,16 @@ class TriggerWorker:
             for done in batch:
                 if done.outcome.op is Op.DEAD and done.event is not None:
                     self._start(self._to_sink(done))
-        threshold = self.dispatcher.failures_to_backoff
-        if not probe and failures >= threshold and await self.backoff.enter_if_failing(threshold):
+        # Grows while most attempts are answered (a flaky subscriber must not pin it low).
+        if self.ramp is not None and not probe and counts.answered >= max(1, counts.failed):
+            self.ramp *= 2
+            if self.ramp >= self.local_limit:
+                self.ramp = None
+            self._wake.set()
+        if not probe and down and await self.backoff.enter():
             log.warning(
-                "Trigger %s: %d consecutive failed attempts, entering Backoff "
-                "(last: %s); probing the subscriber from now on",
+                "Trigger %s: the subscriber looks down (%d failed attempts in a row, "
+                "last: %s); entering Backoff, probing it from now on",
                 self.route.id,
                 failures,
                 note.message if note else "",
@@ -804,7 +815,18 @@ class TriggerWorker:
             if self.stopping:
                 return
             fetched = await self.cursor.fetch(1, self.lease_ms, probe=True)
+            if fetched.status is FetchStatus.LIMITED:
+                await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
+                continue
             if not fetched.entries:
+                if fetched.due_in_ms >= 0:
+                    # The head event is a retry not due yet (Backoff began before
+                    # its time): probe with it when it is; within this claim, or at
+                    # the next one.
+                    if fetched.due_in_ms > self.lease_ms:
+                        return
+                    await self._sleep(max(0.01, fetched.due_in_ms / 1000))
+                    continue
                 # Nothing left to deliver: no reason to stay in Backoff.
                 await self.backoff.recover()
                 return
@@ -850,7 +872,6 @@ class Dispatcher:
         registry: CollectorRegistry | None = None,
         batch: int = 100,
         max_in_flight: int = 512,
-        failures_to_backoff: int = FAILURES_TO_BACKOFF,
         publish_interval: float = 1.0,
         retention_interval: float = 10.0,
         filter_span: float = FILTER_SPAN,
@@ -869,7 +890,6 @@ class Dispatcher:
         self.metrics = DispatchMetrics(registry) if registry is not None else None
         self.batch = batch
         self.max_in_flight = max_in_flight
-        self.failures_to_backoff = failures_to_backoff
         self.publish_interval = publish_interval
         self.retention_interval = retention_interval
         self.filter_span = filter_span

@@ -6,7 +6,10 @@
 --#include _now.lua
 if redis.call('HGET', KEYS[1], {{STATE_STATE}}) ~= {{BACKOFF}} then return 0 end
 redis.call('HSET', KEYS[1], {{STATE_STATE}}, {{DELIVERING}}, {{STATE_FAILURES}}, 0)
-redis.call('HDEL', KEYS[1], {{STATE_PROBE_DUE}}, {{STATE_PROBE_INTERVAL}})
+-- The subscriber starts with a clean record: the failures before Backoff are history.
+redis.call('HDEL', KEYS[1], {{STATE_PROBE_DUE}}, {{STATE_PROBE_INTERVAL}}, {{STATE_FAILING_SINCE}},
+  {{STATE_WINDOW_START}}, {{STATE_WINDOW_ATTEMPTS}}, {{STATE_WINDOW_FAILURES}},
+  {{STATE_PREVIOUS_ATTEMPTS}}, {{STATE_PREVIOUS_FAILURES}}, {{STATE_RATIO_SINCE}})
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 local due = 0
 for _, id in ipairs(ids) do

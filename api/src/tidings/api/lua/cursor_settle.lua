@@ -3,12 +3,16 @@
 -- KEYS: those of _cursor_keys.lua (K_STREAM .. K_RUNS), in its order.
 -- ARGV: [1] group, [2] consumer, [3] the DLQ's max entries, [4] burst, [5] filtered-out
 --   count, [6] answered count, [7] failed count, [8] last failure time, [9] its
---   status, [10] its message, [11] trigger id, [12] the ids of plain acks (new entries
+--   status, [10] its message, [11] trigger id, [12] backoff window ms, [13] backoff
+--   minAttempts, [14] backoff failureRatio, [15] the ids of plain acks (new entries
 --   delivered, no ordering key), space-separated (the common case, packed in one
 --   argument: packing 8 per entry costs more client CPU than the script);
 --   then per other entry, 8 each: op ok|retry|dead, id, origin r|c|n, key ("k"..key
 --   or ""), delay ms (retry: from now on Redis's clock), attempts, status, message.
--- Returns the consecutive failure count.
+-- Returns {consecutive failures, 1 if the subscriber looks down else 0}: down when
+-- for a whole window either every attempt failed (at least minAttempts in a row) or
+-- at least failureRatio of the window's attempts (at least minAttempts) did
+-- (tidings.dispatcher.backoff_state).
 --#include _cursor_keys.lua
 --#include _limits.lua
 --#include _ordering.lua
@@ -20,11 +24,11 @@ local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber
 local trigger = ARGV[11]
 
 local acks = {}
-for id in string.gmatch(ARGV[12], '%S+') do
+for id in string.gmatch(ARGV[15], '%S+') do
   limits_release(consumer, id)
   acks[#acks + 1] = id
 end
-for i = 13, #ARGV, 8 do
+for i = 16, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
@@ -66,17 +70,63 @@ end
 limits_release_all()
 limits_refund(refunds, burst)
 
+local state = KEYS[K_STATE]
+local window, min_attempts, ratio = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local failures
 if answered > 0 then
+  -- The batch's answers came before or between its failures: count those after.
   failures = failed
-  redis.call('HSET', KEYS[K_STATE], {{STATE_FAILURES}}, failures)
+  redis.call('HSET', state, {{STATE_FAILURES}}, failures)
+  if failed > 0 then
+    redis.call('HSET', state, {{STATE_FAILING_SINCE}}, now)
+  else
+    redis.call('HDEL', state, {{STATE_FAILING_SINCE}})
+  end
 elseif failed > 0 then
-  failures = redis.call('HINCRBY', KEYS[K_STATE], {{STATE_FAILURES}}, failed)
+  failures = redis.call('HINCRBY', state, {{STATE_FAILURES}}, failed)
+  redis.call('HSETNX', state, {{STATE_FAILING_SINCE}}, now)
 else
-  failures = tonumber(redis.call('HGET', KEYS[K_STATE], {{STATE_FAILURES}}) or '0')
+  failures = tonumber(redis.call('HGET', state, {{STATE_FAILURES}}) or '0')
 end
 if failed > 0 then
-  redis.call('HSET', KEYS[K_STATE], {{STATE_LAST_FAILURE_TIME}}, ARGV[8],
+  redis.call('HSET', state, {{STATE_LAST_FAILURE_TIME}}, ARGV[8],
     {{STATE_LAST_FAILURE_STATUS}}, ARGV[9], {{STATE_LAST_FAILURE_MESSAGE}}, ARGV[10])
 end
-return failures
+
+local down = 0
+local since = tonumber(redis.call('HGET', state, {{STATE_FAILING_SINCE}}) or '')
+if failures >= min_attempts and since and now - since >= window then down = 1 end
+-- The ratio over a sliding window: this bucket, plus the previous one weighted by
+-- how much of it the window still covers.
+if window > 0 and answered + failed > 0 then
+  local w = redis.call('HMGET', state, {{STATE_WINDOW_START}}, {{STATE_WINDOW_ATTEMPTS}},
+    {{STATE_WINDOW_FAILURES}}, {{STATE_PREVIOUS_ATTEMPTS}}, {{STATE_PREVIOUS_FAILURES}},
+    {{STATE_RATIO_SINCE}})
+  local start = tonumber(w[1] or '0')
+  local n, f = tonumber(w[2] or '0'), tonumber(w[3] or '0')
+  local prev_n, prev_f = tonumber(w[4] or '0'), tonumber(w[5] or '0')
+  if start == 0 or now < start then
+    start, n, f, prev_n, prev_f = now, 0, 0, 0, 0
+  elseif now >= start + window then
+    if now < start + 2 * window then prev_n, prev_f = n, f else prev_n, prev_f = 0, 0 end
+    n, f = 0, 0
+    start = now - (now - start) % window
+  end
+  n, f = n + answered + failed, f + failed
+  local weight = 1 - (now - start) / window
+  local total, failing = n + prev_n * weight, f + prev_f * weight
+  redis.call('HSET', state, {{STATE_WINDOW_START}}, start, {{STATE_WINDOW_ATTEMPTS}}, n,
+    {{STATE_WINDOW_FAILURES}}, f, {{STATE_PREVIOUS_ATTEMPTS}}, prev_n,
+    {{STATE_PREVIOUS_FAILURES}}, prev_f)
+  if total >= min_attempts and failing >= ratio * total then
+    local over = tonumber(w[6] or '')
+    if not over then
+      over = now
+      redis.call('HSET', state, {{STATE_RATIO_SINCE}}, now)
+    end
+    if now - over >= window then down = 1 end
+  else
+    redis.call('HDEL', state, {{STATE_RATIO_SINCE}})
+  end
+end
+return {failures, down}
