@@ -34,15 +34,26 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 }
 
+# Tools the tests run, built from Go modules and cached (seconds when cached). Built
+# here, alongside the servers, so that a cold build (minutes) never runs inside a
+# test fixture under pytest's per-test timeout.
+TOOLS=(helm promtool)
+
 # All at once: the control plane dominates, the others start while it does.
 each() {
   local pids=() c failed=0
   for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" "$1" >/dev/null & pids+=($!); done
+  if [[ $1 == up ]]; then
+    for c in "${TOOLS[@]}"; do bash "$HACK/build-$c.sh" >/dev/null & pids+=($!); done
+  fi
   for c in "${pids[@]}"; do wait "$c" || failed=1; done
   return "$failed"
 }
 
-print_env() { for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" env; done; }
+print_env() {
+  for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" env; done
+  echo "export HELM=$(bash "$HACK/build-helm.sh" | tail -1) PROMTOOL=$(bash "$HACK/build-promtool.sh" | tail -1)"
+}
 
 case "${1:-}" in
   up) install_missing; each up; print_env ;;

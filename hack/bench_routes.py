@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""A dispatcher with many routes: idle cost, Redis connections, and traffic on a few
+(issue 17, item 4).
+
+    .venv/bin/python hack/bench_routes.py [--routes 10000] [--sources 1000] [--seconds 20]
+
+Starts a private redis-server and a subscriber process, publishes `--sources`
+EventSources and `--routes` Triggers spread over them (no traffic), starts the
+real Dispatcher in this process, then measures over `--seconds`:
+
+1. idle: CPU of this process and of Redis (% of one core), Redis's connected
+   clients, this process's RSS, and Redis's memory per route;
+2. traffic on 1 % of the routes: deliveries/s, against the same number of events
+   through 100 routes alone (the baseline, measured in the same run).
+
+Not a pass/fail test; ratios and percentages against the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_dispatch import (
+    LOOPBACK,
+    World,
+    add_source,
+    fill,
+    machine,
+    run_until,
+    subscriber_main,
+    trigger,
+)
+
+from tidings.api import table
+from tidings.api.process import connect_redis
+from tidings.api.routes import Route
+from tidings.api.sealing import Sealer, new_key
+from tidings.cli.redis_server import RedisServer, free_port
+from tidings.dispatcher.engine import Dispatcher
+from tidings.dispatcher.routing import TableWatcher
+
+
+async def redis_cpu(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+async def idle_cost(redis: Redis, seconds: float) -> dict[str, float]:
+    await asyncio.sleep(2)  # let start-up settle
+    own, theirs, started = time.process_time(), await redis_cpu(redis), time.monotonic()
+    await asyncio.sleep(seconds)
+    elapsed = time.monotonic() - started
+    clients = int((await redis.info("clients"))["connected_clients"])
+    return {
+        "process_pct": (time.process_time() - own) / elapsed * 100,
+        "redis_pct": (await redis_cpu(redis) - theirs) / elapsed * 100,
+        "clients": clients,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+async def traffic(redis: Redis, routes: list[Route], events: int) -> float:
+    """Deliveries/s of `events` spread over `routes` (their sources filled now)."""
+    per = max(1, events // len(routes))
+    streams = {r.stream for r in routes}
+    for stream in streams:
+        await fill(redis, stream, per * sum(1 for r in routes if r.stream == stream))
+    return per * len(routes) / await run_until(redis, routes, per * len(routes), limit=300)
+
+
+async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-routes-"))
+    server = RedisServer(work / "redis")
+    server.start()
+    port = free_port()
+    sub = multiprocessing.get_context("spawn").Process(target=subscriber_main, args=(port,))
+    sub.start()
+    base = f"http://127.0.0.1:{port}"
+    # As `tidings dispatch` connects (tidings.dispatcher.cli).
+    redis = connect_redis(server.url)
+    world, sealer = World(), Sealer(new_key())
+    watcher = TableWatcher(redis)
+    try:
+        print(f"machine: {machine()}; {routes_n} routes over {sources_n} sources")
+        sources = [f"s{i}" for i in range(sources_n)]
+        for name in sources:
+            await add_source(redis, name, world, sealer)
+        before = int((await redis.info("memory"))["used_memory"])
+        routes = []
+        for i in range(routes_n):
+            source = sources[i % sources_n]
+            route = trigger(f"t{i}", source, f"{base}/hook", world, sealer)
+            await table.put_route(redis, route)
+            routes.append(route)
+        table_bytes = int((await redis.info("memory"))["used_memory"]) - before
+        await watcher.start()
+        dispatcher = Dispatcher(
+            redis, watcher, sealer=sealer, registry=CollectorRegistry(), **LOOPBACK
+        )
+        started = time.monotonic()
+        await dispatcher.start()
+        print(f"dispatcher started in {time.monotonic() - started:.1f}s")
+        memory = int((await redis.info("memory"))["used_memory"]) - before
+        idle = await idle_cost(redis, seconds)
+        print(
+            f"idle: this process {idle['process_pct']:.1f}% of a core, Redis "
+            f"{idle['redis_pct']:.1f}%; Redis clients {idle['clients']:.0f}; RSS "
+            f"{idle['rss_mib']:.0f} MiB; Redis memory {table_bytes / routes_n:.0f} B per route "
+            f"in the table, {memory / routes_n:.0f} B per route with the Trigger state"
+        )
+        busy = routes[: max(1, routes_n // 100)]
+        rate = await traffic(redis, busy, events)
+        print(f"traffic on {len(busy)} of {routes_n} routes: {rate:.0f} deliveries/s")
+        await dispatcher.stop(grace=1.0)
+        await watcher.stop()
+        await redis.flushall()
+        # The baseline: the same traffic through 100 routes and nothing else.
+        small = [trigger(f"b{i}", f"b{i % 10}", f"{base}/hook", world, sealer) for i in range(100)]
+        for name in {r.source for r in small}:
+            await add_source(redis, name, world, sealer)
+        for route in small:
+            await table.put_route(redis, route)
+        watcher = TableWatcher(redis)
+        await watcher.start()
+        dispatcher = Dispatcher(
+            redis, watcher, sealer=sealer, registry=CollectorRegistry(), **LOOPBACK
+        )
+        await dispatcher.start()
+        await asyncio.sleep(2)
+        baseline = await traffic(redis, small[: len(busy)], events)
+        print(
+            f"baseline: the same traffic with 100 routes: {baseline:.0f} deliveries/s; "
+            f"with {routes_n}: {rate / baseline:.2f} of it"
+        )
+        await dispatcher.stop(grace=1.0)
+    finally:
+        await watcher.stop()
+        await redis.aclose()
+        sub.terminate()
+        server.stop()
+
+
+def _args() -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--routes", type=int, default=10_000)
+    parser.add_argument("--sources", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--events", type=int, default=10_000)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    args = _args()
+    asyncio.run(main(args.routes, args.sources, args.seconds, args.events))
