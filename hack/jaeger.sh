@@ -177,7 +177,10 @@ up() {
     # 60 s: every component starts at once on a freshly booted CI machine.
     for _ in $(seq 600); do
       is_up && break
-      running || break
+      # Alive at all, not `running`: until the fork has exec'd, its command line is
+      # still this script's, and a busy machine (CI starting everything at once)
+      # once made that look like an exit.
+      kill -0 "$(cat "$DIR/jaeger.pid")" 2>/dev/null || break
       sleep 0.1
     done
     is_up || { log "did not start; see $DIR/jaeger.log"; tail -20 "$DIR/jaeger.log" >&2; exit 1; }

@@ -129,16 +129,18 @@ up() {
       setsid "$VERSITYGW" "${args[@]}" posix "$DIR/data" \
       >"$DIR/versitygw.log" 2>&1 </dev/null 9>&- &
     echo $! > "$DIR/versitygw.pid"
-    # 60 s: on a freshly booted CI machine, with every component starting at
-    # once, 10 s was once not enough for the gateway to answer.
+    # Up to 60 s: every component starts at once on a fresh CI machine.
     for _ in $(seq 600); do
       is_up && break
-      running || break
+      # Alive at all, not `running`: until the fork has exec'd, its command line is
+      # still this script's, and a busy machine (CI starting everything at once)
+      # once made that look like an exit.
+      kill -0 "$(cat "$DIR/versitygw.pid")" 2>/dev/null || break
       sleep 0.1
     done
     if ! is_up; then
       if running; then
-        log "running (pid $(cat "$DIR/versitygw.pid")) but not answering on 127.0.0.1:$(port) after 60 s; see $DIR/versitygw.log"
+        log "running (pid $(cat "$DIR/versitygw.pid")) but not answering on 127.0.0.1:$(port); see $DIR/versitygw.log"
       else
         log "exited at start; see $DIR/versitygw.log"
       fi

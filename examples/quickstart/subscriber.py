@@ -14,7 +14,17 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Requests are handled on threads: one line at a time, or two events delivered at
+# once can interleave into one line ("...: 0subscriber: received ...").
+_printing = threading.Lock()
+
+
+def say(line: str) -> None:
+    with _printing:
+        print(line, flush=True)
 
 
 class Subscriber(BaseHTTPRequestHandler):
@@ -28,7 +38,7 @@ class Subscriber(BaseHTTPRequestHandler):
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
-            print(f"subscriber: answered 503 to request {Subscriber.seen}", flush=True)
+            say(f"subscriber: answered 503 to request {Subscriber.seen}")
             return
         content_type = self.headers.get("Content-Type", "")
         if content_type.startswith("application/cloudevents+json"):
@@ -42,10 +52,9 @@ class Subscriber(BaseHTTPRequestHandler):
                 data = json.loads(body) if body else None
             except ValueError:
                 data = body.decode(errors="replace")
-        print(
+        say(
             f"subscriber: received {attrs.get('type', '?')} id={attrs.get('id', '?')} "
-            f"on {self.path}: {json.dumps(data)}",
-            flush=True,
+            f"on {self.path}: {json.dumps(data)}"
         )
         self.send_response(200)
         self.send_header("Content-Length", "0")

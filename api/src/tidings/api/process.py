@@ -108,14 +108,15 @@ async def wait_until_reachable(
 
 
 # Connections one process opens to Redis at most; more concurrent calls wait for
-# one (up to POOL_WAIT seconds) instead of failing: redis-py's default pool
+# one (up to POOL_WAIT seconds; a dispatcher starting 1,000 Triggers at once on
+# 2 cores queued past 5 s) instead of failing: redis-py's default pool
 # raises "Too many connections" past 100, which made a burst of ingest requests
-# (an object store posting a notification per upload at once) answer 503. The
-# bound is Redis's own default maxclients, not 100: every idle Trigger of a
-# dispatcher holds a connection during its blocking XREAD, so 100 would stall a
-# dispatcher with more than ~100 Triggers.
-POOL_SIZE = 10_000
-POOL_WAIT = 5.0
+# (an object store posting a notification per upload at once) answer 503. A
+# dispatcher's idle Triggers no longer hold a connection each in a blocking XREAD
+# (tidings.dispatcher.waker blocks for all of them), so the bound can be small:
+# every command but those few blocking reads takes well under a millisecond.
+POOL_SIZE = 64
+POOL_WAIT = 30.0
 
 
 def connect_redis(target: str | RedisConnection, *, cluster: bool = False, **options: Any) -> Redis:

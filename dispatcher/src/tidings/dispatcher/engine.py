@@ -79,6 +79,7 @@ from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
 from tidings.dispatcher.replays import Replays
 from tidings.dispatcher.retry import Failure, decide, is_retryable
 from tidings.dispatcher.routing import TableWatcher
+from tidings.dispatcher.waker import StreamWaker
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,6 @@ class TriggerWorker:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._config_error: str | None = None
-        self._watch: asyncio.Task[Any] | None = None
         self._credentials_spec: tuple[dict[str, str], CompiledTLS | None] = ({}, None)
         self._opened_headers: dict[str, str] = {}
         self._opened_tls: ssl.SSLContext | None = None
@@ -388,8 +388,6 @@ class TriggerWorker:
             done, _ = await asyncio.wait({self._task}, timeout=grace)
             if not done:
                 await cancel({self._task})
-        if self._watch is not None:
-            await cancel({self._watch})
         if self.in_flight:
             _, late = await asyncio.wait(self.in_flight, timeout=grace)
             if late:
@@ -501,26 +499,19 @@ class TriggerWorker:
                 await self._wake.wait()
 
     async def _wait_for_entries(self, fetched: Fetched) -> None:
-        """Block until the stream grows past what we saw, a retry comes due, or a wake-up."""
+        """Block until the stream grows past what we saw, a retry comes due, or a
+        wake-up. The process's one StreamWaker watches the stream for us (waker.py)."""
         block = IDLE_BLOCK
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
         self._wake.clear()
-        # The blocking XREAD is never cancelled (that would drop the connection, and
-        # Redis Cluster clients finish the command anyway): a wake-up leaves it
-        # running, and the next wait reuses it until it returns.
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._xread(fetched.last_id, int(IDLE_BLOCK * 1000)))
-        woken = asyncio.create_task(self._wake.wait())
-        try:
-            await asyncio.wait({self._watch, woken}, timeout=block, return_when="FIRST_COMPLETED")
-        finally:
-            woken.cancel()
-        if self._watch.done() and not self._watch.cancelled() and self._watch.exception():
-            raise self._watch.exception()  # type: ignore[misc]
+        with self.dispatcher.waker.waiting_for(self.route.stream, fetched.last_id, self._wake):
+            await self._sleep_until_woken(block)
 
-    async def _xread(self, last_id: str, block_ms: int) -> Any:
-        return await self.redis.xread({self.route.stream: last_id}, count=1, block=block_ms)
+    async def _sleep_until_woken(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     # --- one delivery -------------------------------------------------------------------
 
@@ -905,6 +896,7 @@ class Dispatcher:
         self._stopping = False
         self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
         self.replays = Replays(redis, self.consumer)
+        self.waker = StreamWaker(redis)
         self.replay_interval = replay_interval
 
     @property
@@ -926,6 +918,7 @@ class Dispatcher:
             connector=self.guard.connector(limit=0, ttl_dns_cache=60),
             auto_decompress=False,
         )
+        self.waker.start()
         self.watcher.on_change(self.apply)
         if self.watcher.loaded.is_set():
             await self.apply(self.watcher.current)
@@ -965,6 +958,7 @@ class Dispatcher:
         await cancel(set(self._tasks))
         await self.replays.stop()
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
+        await self.waker.stop()
         if self._session is not None:
             await self._session.close()
         log.info("dispatcher %s stopped", self.consumer)
