@@ -504,14 +504,9 @@ class TriggerWorker:
         block = IDLE_BLOCK
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
-        self._wake.clear()
+        # _sleep clears _wake before its first await: the waker cannot have set it yet.
         with self.dispatcher.waker.waiting_for(self.route.stream, fetched.last_id, self._wake):
-            await self._sleep_until_woken(block)
-
-    async def _sleep_until_woken(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
+            await self._sleep(block)
 
     # --- one delivery -------------------------------------------------------------------
 
