@@ -14,7 +14,7 @@ from dispatch_harness import Plane, Subscriber, wait_until
 from tidings.api import attempts, keys
 from tidings.api.attempts import Attempt, AttemptOutcome
 from tidings.api.routes import Route
-from tidings.dispatcher import attemptlog
+from tidings.dispatcher.cursor import Cursor
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 
@@ -161,7 +161,8 @@ async def test_the_log_is_bounded_by_max_age(plane: Plane, subscriber: Subscribe
 async def test_any_text_survives_the_script_and_empty_fields_read_back_empty(
     plane: Plane, subscriber: Subscriber
 ) -> None:
-    # Each attempt crosses to Redis as one JSON argument that Lua's cjson decodes.
+    # A batch's attempts cross to Redis as one JSON argument of the settle script,
+    # which Lua's cjson decodes.
     await plane.add_source()
     route = await plane.add_trigger("t", subscriber.url, wait=False)
     awkward = Attempt(
@@ -177,7 +178,7 @@ async def test_any_text_survives_the_script_and_empty_fields_read_back_empty(
         latency_ms=2**45,  # past what a Lua number prints without an exponent
     )
     plain = Attempt("e-1", "t", "1700000000000-8", 1, AttemptOutcome.DELIVERED, status="200")
-    assert await attemptlog.write(plane.redis, route, [awkward, plain])
+    await Cursor(plane.redis, route, "test").settle([], logged=[awkward, plain])
     key = keys.attempt_log(route.namespace, route.source, route.name)
     entries = await plane.redis.xrange(key)
     back = [attempts.decode(i, f) for i, f in entries]

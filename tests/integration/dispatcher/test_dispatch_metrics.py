@@ -1,9 +1,17 @@
-"""Per-Trigger Prometheus metrics: outcomes, attempt latency, lag, dead letters, state."""
+"""Per-Trigger Prometheus metrics: outcomes, attempt latency, lag, dead letters, state;
+stored-to-delivered latency, the oldest undelivered age, backlog and time to expiry."""
 
 from __future__ import annotations
 
+import math
+import time
+
+from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
 from prometheus_client import CollectorRegistry
+
+from tidings.api.events import CloudEvent, encode
+from tidings.api.routes import Route
 
 
 async def test_metrics_count_outcomes_latency_and_state_per_trigger(
@@ -29,3 +37,64 @@ async def test_metrics_count_outcomes_latency_and_state_per_trigger(
     await wait_until(lambda: value("tidings_trigger_dead_letters") == 1, 5, "DLQ size published")
     assert value("tidings_trigger_state", state="Delivering") == 1
     assert value("tidings_trigger_lag") == 0
+
+
+async def test_latency_age_backlog_and_time_to_expiry_have_the_right_values(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    failed_once: set[str] = set()
+
+    def behaviour(request: web.Request) -> tuple[int, dict[str, str], float]:
+        if request.path == "/stuck":
+            return 503, {}, 0.0
+        event_id = request.headers["webhook-id"]
+        if event_id == "late" and event_id not in failed_once:
+            failed_once.add(event_id)
+            return 503, {}, 0.0
+        return 200, {}, 0.0
+
+    subscriber.behaviour = behaviour
+    registry = CollectorRegistry()
+    await plane.add_source()
+    await plane.dispatcher(registry=registry, publish_interval=0.2)
+    base = f"http://127.0.0.1:{subscriber.port}"
+    fast = {"initialDelay": "200ms", "jitter": 0}
+    ok = await plane.add_trigger("ok", f"{base}/ok", delivery={"retry": fast})
+    stuck = await plane.add_trigger(
+        "stuck", f"{base}/stuck", delivery={"retry": {"initialDelay": "1h"}, "maxAge": "2h"}
+    )
+    # Stored 5 s ago, stream id and all (as ingest would have): latency and age
+    # count from then.
+    stored = int(time.time() * 1000) - 5000
+    late = encode(CloudEvent("late", "/t", "t"), stored)
+    await plane.redis.xadd(plane.stream(), late, id=f"{stored}-0")  # type: ignore[arg-type]
+    await plane.publish(3)
+
+    def value(route: Route, name: str, **extra: str) -> float | None:
+        return registry.get_sample_value(name, {"trigger": route.id, **extra})
+
+    def count(route: Route, attempt: str) -> float:
+        return value(route, "tidings_delivery_latency_seconds_count", attempt=attempt) or 0.0
+
+    # ok: 4 first attempts ("late" failed once), 4 deliveries; "late"'s final one
+    # came after a retry, so the final latencies sum to more than the first ones.
+    await wait_until(lambda: count(ok, "final") == 4, 10, "4 deliveries on ok")
+    assert count(ok, "first") == 4
+    first = value(ok, "tidings_delivery_latency_seconds_sum", attempt="first") or 0.0
+    final = value(ok, "tidings_delivery_latency_seconds_sum", attempt="final") or 0.0
+    assert 5.0 <= first < final < first + 5.0
+    assert value(ok, "tidings_delivery_latency_seconds_bucket", attempt="first", le="1.0") == 3
+
+    # stuck: all 4 retrying an hour from now; the oldest is "late", 5 s old.
+    def published() -> bool:
+        return value(stuck, "tidings_backlog_events") == 4
+
+    await wait_until(published, 10, "stuck's backlog of 4 published")
+    age = value(stuck, "tidings_oldest_undelivered_age_seconds") or 0.0
+    assert 5.0 <= age < 15.0
+    expiry = value(stuck, "tidings_time_to_expiry_seconds") or 0.0
+    assert abs(expiry - (7200 - age)) < 2.0
+    # Nothing waits on ok: no age, no backlog, no forecast of loss.
+    await wait_until(lambda: value(ok, "tidings_backlog_events") == 0, 10, "ok's backlog 0")
+    assert value(ok, "tidings_oldest_undelivered_age_seconds") == 0
+    assert value(ok, "tidings_time_to_expiry_seconds") == math.inf

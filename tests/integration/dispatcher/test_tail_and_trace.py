@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from aiohttp import web
 from dispatch_harness import Plane, Subscriber, wait_until
 
 from tidings.api import keys, table
-from tidings.api.events import CloudEvent
+from tidings.api.events import CloudEvent, encode
 from tidings.dispatcher import streams
 
 TIDINGS = str(Path(sys.executable).parent / "tidings")
@@ -122,6 +123,54 @@ async def test_trace_of_a_trigger_in_backoff(plane: Plane, subscriber: Subscribe
     await wait_until(in_backoff, 20, "the Trigger in Backoff")
     detail = (await trace(plane, "b"))["triggers"][0]["detail"]
     assert detail.startswith("in Backoff; next probe ")
+
+
+async def test_trace_of_expired_delivering_and_waiting_events(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    def slow_first(request: web.Request) -> tuple[int, dict[str, str], float]:
+        return 200, {}, 15.0 if request.headers["webhook-id"] == "first" else 0.0
+
+    subscriber.behaviour = slow_first
+    await plane.add_source()
+    await plane.dispatcher()
+    await plane.add_trigger(
+        "orders", subscriber.url, delivery={"ordering": {"key": "event.subject"}}
+    )
+    await plane.add_trigger(
+        "fresh", subscriber.url, filter={"prefix": {"subject": "x"}}, delivery={"maxAge": "1s"}
+    )
+    # "first" hangs at the subscriber; "second" has the same key and waits behind it.
+    await store(
+        plane,
+        CloudEvent("first", "/shop", "t", subject="k"),
+        CloudEvent("second", "/shop", "t", subject="k"),
+    )
+    # Stored two seconds ago: past the fresh Trigger's maxAge before any attempt.
+    old = encode(CloudEvent("old", "/shop", "t", subject="x"), int(time.time() * 1000) - 2000)
+    stream_id = await plane.redis.xadd(plane.stream(), old)  # type: ignore[arg-type]
+    await plane.redis.zadd(
+        keys.event_index(plane.namespace, "src"), {"old": int(stream_id.split(b"-")[0])}
+    )
+
+    async def told() -> bool:
+        return (
+            states(await trace(plane, "first")).get("orders") == "delivering"
+            and states(await trace(plane, "second")).get("orders") == "waiting"
+            and states(await trace(plane, "old")).get("fresh") == "expired"
+        )
+
+    await wait_until(told, 20, "first delivering, second waiting, old expired")
+    first = {t["trigger"]: t["detail"] for t in (await trace(plane, "first"))["triggers"]}
+    assert first[f"{plane.namespace}/orders"].startswith("delivering: attempt under way at ")
+    second = {t["trigger"]: t["detail"] for t in (await trace(plane, "second"))["triggers"]}
+    assert second[f"{plane.namespace}/orders"] == (
+        "waiting behind an earlier event of its ordering key"
+    )
+    old_report = await trace(plane, "old")
+    expired = {t["trigger"]: t for t in old_report["triggers"]}[f"{plane.namespace}/fresh"]
+    assert expired["detail"].startswith("expired: maxAge passed before it could be sent")
+    assert [a["outcome"] for a in expired["attempts"]] == ["expired"]
 
 
 async def test_trace_of_an_unknown_event_or_source_says_so(plane: Plane) -> None:

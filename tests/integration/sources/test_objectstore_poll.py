@@ -107,6 +107,11 @@ async def test_poll_emits_created_changed_and_deleted_objects_once_each(
     }
     assert len(last.data["etag"]) == 32
     assert len({e.id for e in events}) == len(events)
+    # Each event is in the source's id index, at its stream id's ms (`tidings trace`).
+    index = keys.event_index(adapter.source.namespace, adapter.source.name)
+    entries = await redis_client.xrange(adapter.source.stream)
+    scores = await redis_client.zmscore(index, [e.id for e in events])
+    assert scores == [int(entry_id.split(b"-")[0]) for entry_id, _ in entries]
 
 
 async def test_initial_sync_emit_sends_the_objects_present(

@@ -44,13 +44,16 @@ def test_a_record_survives_the_round_trip_through_stream_fields() -> None:
 
 def test_the_packed_form_carries_the_same_fields_as_strings_without_empty_ones() -> None:
     record = Attempt("e", "t", "1-0", 2, AttemptOutcome.RETRY, error="x", latency_ms=7)
-    packed = json.loads(attempts.pack(record))
+    (packed,) = json.loads(attempts.pack([record]))
     fields = dict(zip(packed[::2], packed[1::2], strict=True))
     assert all(isinstance(v, str) for v in packed)
     expected = {k: str(v) for k, v in attempts.encode(record).items() if v != ""}
     assert fields == expected
     assert keys.ATTEMPT_STATUS not in fields and keys.ATTEMPT_BODY not in fields
     assert attempts.decode("1-0", fields) == dataclasses.replace(record, id="1-0")
+    # A batch is one argument, in order; no attempts is "" (the script writes nothing).
+    assert len(json.loads(attempts.pack([record, record]))) == 2
+    assert attempts.pack([]) == ""
 
 
 def test_the_fields_are_named_once_in_keys() -> None:

@@ -39,6 +39,7 @@ def test_script_keys_come_in_the_order_the_lua_names_them() -> None:
         "K_DELAYED": ":delayed",
         "K_OWNERS": ":replay-owner",
         "K_RUNS": ":replay-runs",
+        "K_LOG": ":log",
     }
     order = names.group(1).split(", ")
     assert sorted(order) == sorted(suffixes)

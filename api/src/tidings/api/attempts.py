@@ -1,8 +1,8 @@
 """The attempt log: one record per delivery attempt, per Trigger, in Redis.
 
 Where: `keys.attempt_log(ns, source, trigger)` = `tidings:{ns/source}:t:<trigger>:log`,
-a STREAM. The dispatcher appends the attempts of a settled batch in one script
-call (tidings.dispatcher.attemptlog) and bounds it by the Trigger's
+a STREAM. The dispatcher appends the attempts of a settled batch in the same
+script call that settles it (lua/cursor_settle.lua, `pack`) and bounds it by the Trigger's
 `delivery.attemptLog`: `maxEntries` (default 10,000; XTRIM MAXLEN ~) and `maxAge`
 (default 24h; XTRIM MINID ~), both approximate, as Redis trims whole nodes. The
 entry id is when the attempt ended (Redis's clock), so `XRANGE log <ms> +`
@@ -131,11 +131,9 @@ def encode(attempt: Attempt) -> dict[str, str | int]:
 _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def pack(attempt: Attempt) -> str:
-    """The same fields as `encode`, as one JSON array of name, value, name, value…
-    (all strings; empty ones left out, `decode` reads them as empty), for
-    lua/attempt_log_append.lua. One argument per attempt instead of 22: the
-    client's per-argument encoding was most of the log's cost (docs/benchmarks.md)."""
+def _fields(attempt: Attempt) -> list[str]:
+    """The same fields as `encode`, as name, value, name, value… (all strings; empty
+    ones left out, `decode` reads them as empty)."""
     packed: list[str] = []
     for name, value in (
         (keys.ATTEMPT_EVENT_ID, attempt.event_id),
@@ -152,7 +150,15 @@ def pack(attempt: Attempt) -> str:
     ):
         if value:
             packed += (name, value)
-    return _to_json(packed)
+    return packed
+
+
+def pack(records: list[Attempt]) -> str:
+    """A batch's attempts as one JSON argument of lua/cursor_settle.lua: an array of
+    `[name, value, …]` arrays ("" for none). One argument per batch, not 22 per
+    attempt: the client's per-argument encoding was most of the log's cost
+    (docs/benchmarks.md)."""
+    return _to_json([_fields(r) for r in records]) if records else ""
 
 
 def decode(entry_id: bytes | str, fields: dict[Any, Any]) -> Attempt:

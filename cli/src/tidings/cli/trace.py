@@ -164,11 +164,16 @@ async def verdict(redis: Redis, route: Route, stored: Stored) -> Verdict:
             f" (HTTP {last.status}, {last.replica})"
         )
         return Verdict(route.id, "delivered", detail, records)
+    if last is not None and last.outcome is AttemptOutcome.EXPIRED:
+        detail = (
+            f"expired: maxAge passed before it could be sent; dead-lettered unsent "
+            f"{timestamp(last.time_ms)}: {last.error}"
+        )
+        return Verdict(route.id, "expired", detail, records)
     if last is not None and last.outcome is not AttemptOutcome.RETRY:
         how = {
             AttemptOutcome.REFUSED: "refused by the subscriber",
             AttemptOutcome.DEAD: "given up",
-            AttemptOutcome.EXPIRED: "expired (maxAge) before delivery",
         }[last.outcome]
         detail = f"dead-lettered {timestamp(last.time_ms)}, {how}: {last.error}"
         return Verdict(route.id, "dead-lettered", detail, records)

@@ -38,7 +38,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from tidings.api import keys, scripts
+from tidings.api import attempts, keys, scripts
+from tidings.api.attempts import Attempt
 from tidings.api.routes import Route
 from tidings.api.text import text
 from tidings.dispatcher import ordering
@@ -63,6 +64,7 @@ def script_keys(route: Route) -> list[str]:
         keys.delayed(ns, source, name),
         keys.replay_owners(ns, source, name),
         keys.replay_runs(ns, source, name),
+        keys.attempt_log(ns, source, name),
     ]
 
 
@@ -178,9 +180,11 @@ class Cursor:
         answered: int = 0,
         failed: int = 0,
         failure: FailureNote | None = None,
+        logged: list[Attempt] | None = None,
     ) -> tuple[int, bool]:
-        """Apply outcomes; returns the consecutive failure count across replicas, and
-        whether the subscriber now looks down (delivery.backoff's rule)."""
+        """Apply outcomes and append `logged` to the attempt log, in one script call;
+        returns the consecutive failure count across replicas, and whether the
+        subscriber now looks down (delivery.backoff's rule)."""
         delivery = self.route.delivery
         args: list[Any] = [
             self.route.group,
@@ -197,6 +201,9 @@ class Cursor:
             int(delivery.window * 1000),
             delivery.backoff_min_attempts,
             delivery.backoff_failure_ratio,
+            delivery.attempt_log_max_entries,
+            int(delivery.attempt_log_max_age * 1000),
+            attempts.pack(logged or []),
             " ".join(o.entry.id for o in outcomes if _plain_ack(o)),
         ]
         for o in outcomes:

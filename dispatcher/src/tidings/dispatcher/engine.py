@@ -56,7 +56,7 @@ from tidings.api.sealing import OpenedSecrets, Sealer, SealError
 from tidings.api.table import RoutingTable
 from tidings.api.text import text
 from tidings.api.tls import TLSConfigError, client_context
-from tidings.dispatcher import attemptlog, deadletter, retention
+from tidings.dispatcher import deadletter, retention
 from tidings.dispatcher.backoff_state import (
     FILTER_SPAN,
     BackoffState,
@@ -158,6 +158,12 @@ class Done:
     event: dict[str, Any] | None = None
     result: Result | None = None  # the HTTP attempt, when one was made
     ended: float = 0.0  # when the attempt ended (time.time())
+
+
+def replica_name() -> str:
+    """The pod's name where the downward API gives it, else the host's (the attempt
+    log's `replica`)."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def attempt_record(done: Done, replica: str) -> Attempt | None:
@@ -719,16 +725,15 @@ class TriggerWorker:
             note = FailureNote(
                 now_rfc3339(), str(last_failure.status or ""), last_failure.message[:500]
             )
+        replica = self.dispatcher.replica
         failures, down = await self.cursor.settle(
             [d.outcome for d in batch],
             refunds=counts.filtered,
             answered=counts.answered,
             failed=counts.failed,
             failure=note,
+            logged=[r for r in (attempt_record(d, replica) for d in batch) if r],
         )
-        records = [r for r in (attempt_record(d, self.dispatcher.replica) for d in batch) if r]
-        if records:
-            await attemptlog.write(self.redis, self.route, records)
         if counts.retried or any(d.outcome.entry.order_key for d in batch):
             # A retry may be due before the fetch loop's idle block ends, and a
             # settled ordered event may have made the next one of its key due now.
@@ -880,7 +885,7 @@ class Dispatcher:
         self.retention_interval = retention_interval
         self.filter_span = filter_span
         self.on_attempt = on_attempt
-        self.replica = attemptlog.replica_name()
+        self.replica = replica_name()
         # None unless OTEL_* turned tracing on (tidings.api.tracing.setup).
         self.tracer = tracing.tracer()
         self.guard = Guard(destinations, resolver)

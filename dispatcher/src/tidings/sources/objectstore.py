@@ -520,34 +520,39 @@ class ObjectStoreAdapter:
             argv += (name, value)
         spans: list[Any] = []
         for change in batch:
+            event_id, stored = self._event_json(change, noticed, spans) if emit else ("", "")
             argv += (
                 change.key,
                 change.old.stored() if change.old else "",
                 change.new.stored() if change.new else "",
-                self._event_json(change, noticed, spans) if emit else "",
+                stored,
+                event_id,
             )
+        index = keys.event_index(self.source.namespace, self.source.name)
         reply = await scripts.OBJECTSTORE_SYNC(
-            self.redis, keys=[self.source.stream, self.state_key, self.objects_key], args=argv
+            self.redis,
+            keys=[self.source.stream, self.state_key, self.objects_key, index],
+            args=argv,
         )
         appended, applied, conflicts = (int(x) for x in reply)
         for span in spans:
             span.end()
         return appended, applied, conflicts
 
-    def _event_json(self, change: Change, noticed: str, spans: list[Any]) -> str:
-        """The stored JSON of a change's event ("" when the filter drops it); with
-        tracing on, the event starts a new trace (its span goes into `spans`)."""
+    def _event_json(self, change: Change, noticed: str, spans: list[Any]) -> tuple[str, str]:
+        """A change's event: its id and stored JSON (both "" when the filter drops
+        it); with tracing on, the event starts a new trace (its span goes into `spans`)."""
         bucket = self.spec.bucket
         if change.new is not None:
             if not self.filter.wants("created", change.key):
-                return ""
+                return "", ""
             event = created_event(bucket, change.new)
         else:
             assert change.old is not None
             if not self.filter.wants("deleted", change.key):
-                return ""
+                return "", ""
             event = deleted_event(bucket, change.old, noticed)
         tracer = tracing.tracer()
         if tracer is not None:
             spans += tracer.capture([event], self.source.id, self.source.kind)
-        return encode(event, 0)[keys.FIELD_EVENT]
+        return event.id, encode(event, 0)[keys.FIELD_EVENT]

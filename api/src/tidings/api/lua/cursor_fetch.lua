@@ -1,5 +1,5 @@
 -- cursor_fetch: what a Trigger may start now (tidings.dispatcher.cursor, Cursor.fetch).
--- KEYS: those of _cursor_keys.lua (K_STREAM .. K_RUNS), in its order.
+-- KEYS: those of _cursor_keys.lua (K_STREAM .. K_LOG), in its order.
 -- ARGV: [1] group, [2] consumer, [3] want, [4] lease ms, [5] concurrency, [6] rate
 --   per second, [7] burst, [8] reclaim idle ms (0: do not reclaim), [9] ordering
 --   path ("": unordered), [10] probe ("1": fetch even in Backoff, for the probe),

@@ -1,10 +1,13 @@
 -- cursor_settle: apply a batch of delivery outcomes (tidings.dispatcher.cursor,
 -- Cursor.settle).
--- KEYS: those of _cursor_keys.lua (K_STREAM .. K_RUNS), in its order.
+-- KEYS: those of _cursor_keys.lua (K_STREAM .. K_LOG), in its order.
 -- ARGV: [1] group, [2] consumer, [3] the DLQ's max entries, [4] burst, [5] filtered-out
 --   count, [6] answered count, [7] failed count, [8] last failure time, [9] its
 --   status, [10] its message, [11] trigger id, [12] backoff window ms, [13] backoff
---   minAttempts, [14] backoff failureRatio, [15] the ids of plain acks (new entries
+--   minAttempts, [14] backoff failureRatio, [15] the attempt log's maxEntries, [16]
+--   its maxAge in ms, [17] the batch's attempts for it as tidings.api.attempts.pack
+--   writes them (a JSON array of [field, value, ...] arrays; "" for none), [18] the
+--   ids of plain acks (new entries
 --   delivered, no ordering key), space-separated (the common case, packed in one
 --   argument: packing 8 per entry costs more client CPU than the script);
 --   then per other entry, 8 each: op ok|retry|dead, id, origin r|c|n, key ("k"..key
@@ -24,11 +27,11 @@ local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber
 local trigger = ARGV[11]
 
 local acks = {}
-for id in string.gmatch(ARGV[15], '%S+') do
+for id in string.gmatch(ARGV[18], '%S+') do
   limits_release(consumer, id)
   acks[#acks + 1] = id
 end
-for i = 16, #ARGV, 8 do
+for i = 19, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
@@ -69,6 +72,18 @@ for i = 1, #acks, 1000 do
 end
 limits_release_all()
 limits_refund(refunds, burst)
+
+-- The attempt log rides along: one round trip per batch for both
+-- (tidings.api.attempts). Both trims are approximate (whole stream nodes), as
+-- XADD's own would be; the age is on Redis's clock, like the ids it is compared with.
+if ARGV[17] ~= '' then
+  local log = KEYS[K_LOG]
+  for _, fields in ipairs(cjson.decode(ARGV[17])) do
+    redis.call('XADD', log, '*', unpack(fields))
+  end
+  redis.call('XTRIM', log, 'MAXLEN', '~', ARGV[15])
+  redis.call('XTRIM', log, 'MINID', '~', string.format('%d-0', math.max(0, now - tonumber(ARGV[16]))))
+end
 
 local state = KEYS[K_STATE]
 local window, min_attempts, ratio = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
