@@ -168,4 +168,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def jaeger() -> Jaeger:
-    return Jaeger(_env("JAEGER_OTLP_HTTP", "Jaeger"), _env("JAEGER_QUERY", "Jaeger"))
+    return Jaeger(
+        _env("JAEGER_OTLP_HTTP", "Jaeger"),
+        _env("JAEGER_QUERY", "Jaeger"),
+        _env("JAEGER_OTLP_GRPC", "Jaeger"),
+    )

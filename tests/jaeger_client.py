@@ -14,16 +14,21 @@ import aiohttp
 @dataclass(frozen=True)
 class Jaeger:
     """The real Jaeger v2 started by hack/jaeger.sh (hack/test-env.sh starts it):
-    `otlp_http` takes spans (OTEL_EXPORTER_OTLP_ENDPOINT), `query` answers for them."""
+    `otlp_http` and `otlp_grpc` (host:port) take spans (OTEL_EXPORTER_OTLP_ENDPOINT),
+    `query` answers for them."""
 
     otlp_http: str
     query: str
+    otlp_grpc: str
 
-    def exporting_env(self, service: str) -> dict[str, str]:
-        """OTEL_* for a process that should send its spans here, quickly."""
+    def exporting_env(self, service: str, protocol: str = "http/protobuf") -> dict[str, str]:
+        """OTEL_* for a process that should send its spans here, quickly, over
+        OTLP/HTTP (protobuf) or OTLP/gRPC (plaintext)."""
+        grpc = protocol == "grpc"
         return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_http,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{self.otlp_grpc}" if grpc else self.otlp_http,
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_SERVICE_NAME": service,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }

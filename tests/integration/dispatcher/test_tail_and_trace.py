@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import sys
 import time
 from pathlib import Path
@@ -243,6 +244,43 @@ async def test_tail_follows_attempts_live_and_filters_failures(
     assert "\033[" not in out
     key = keys.attempt_log(route.namespace, route.source, route.name)
     assert await plane.redis.xlen(key) == 2
+
+    # On a terminal: the failure in yellow (a retry follows), the delivery plain.
+    shown = await on_a_terminal(
+        "tail", route.id, "--since", "10m", "--no-follow", "--redis-url", plane.redis_url
+    )
+    rows = {row.split()[1]: row for row in shown.replace("\r", "").splitlines()}
+    assert rows["bad-1"].startswith("\033[33m")
+    assert rows["bad-1"].endswith("\033[0m")
+    assert "\033[" not in rows["good-1"]
+
+
+async def on_a_terminal(*args: str) -> str:
+    """What `tidings ARGS` writes to a pseudo-terminal as its stdout."""
+    leader, follower = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            TIDINGS,
+            *args,
+            stdout=follower,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k != "NO_COLOR"} | {"REDIS_URL": ""},
+        )
+        os.close(follower)
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(leader)
 
 
 async def test_tail_names_a_bad_argument(plane: Plane) -> None:

@@ -18,11 +18,14 @@ from tidings.sources.schedule import ScheduleAdapter
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-def traced(jaeger: Jaeger, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Tracing on in this process, exporting to Jaeger; off again afterwards."""
-    service = "tidings-test-source"
-    for name, value in jaeger.exporting_env(service).items():
+@pytest.fixture(params=["http/protobuf", "grpc"])
+def traced(
+    jaeger: Jaeger, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """Tracing on in this process, exporting to Jaeger over OTLP/HTTP or OTLP/gRPC
+    (the two protocols OTEL_EXPORTER_OTLP_PROTOCOL takes); off again afterwards."""
+    service = f"tidings-test-source-{request.param.partition('/')[0]}"
+    for name, value in jaeger.exporting_env(service, request.param).items():
         monkeypatch.setenv(name, value)
     assert tracing.setup(service) is not None
     try:

@@ -76,5 +76,15 @@ for i = 5, #ARGV do
   out[#out + 1] = lost
 end
 out[1] = redis.call('XTRIM', KEYS[1], 'MINID', cut)
-redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', '(' .. parse(cut))
+-- The index by millisecond: below the first entry kept (with none kept, through the
+-- last one trimmed), so an id that shared a trimmed entry's ms does not linger.
+local kept = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local below
+if kept then
+  below = '(' .. parse(kept[1])
+else
+  local ms, seq = parse(cut)
+  below = seq > 0 and tostring(ms) or '(' .. ms
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', below)
 return out
