@@ -1,15 +1,23 @@
 """The console's pure pieces: who a request is from (trusted proxy, dev's
-loopback rule), CSRF tokens, the payload cap, durations on the pages."""
+loopback rule and its Host check), CSRF tokens, the payload cap, durations on the pages."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
 from tidings.console import data
 from tidings.console.app import _duration
-from tidings.console.auth import Gate, Identity, Unauthenticated, parse_cidrs
+from tidings.console.auth import (
+    Gate,
+    Identity,
+    Unauthenticated,
+    WrongHost,
+    host_name,
+    parse_cidrs,
+)
 
 
 def identify(gate: Gate, peer: str, headers: dict[str, str] | None = None) -> Identity:
@@ -36,10 +44,38 @@ def test_proxy_mode_without_proxies_is_refused_naming_the_flag() -> None:
 
 def test_the_open_console_of_tidings_dev_answers_loopback_only() -> None:
     gate = Gate("open")
-    assert identify(gate, "127.0.0.1").open
-    assert identify(gate, "::1").open
+    local = {"Host": "127.0.0.1:8080"}
+    assert identify(gate, "127.0.0.1", local).open
+    assert identify(gate, "::1", local).open
     with pytest.raises(Unauthenticated, match="loopback"):
-        identify(gate, "192.168.1.20")
+        identify(gate, "192.168.1.20", local)
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8080", "127.0.0.1", "localhost:8080", "LOCALHOST", "[::1]:8080", "::1"]
+)
+def test_the_open_console_answers_to_loopback_names(host: str) -> None:
+    assert identify(Gate("open"), "127.0.0.1", {"Host": host}).open
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "evil.example:8080", "localhost.evil.example", "127.0.0.2:8080", "[::2]", ""],
+)
+def test_the_open_console_refuses_other_host_names_against_dns_rebinding(host: str) -> None:
+    """A page of evil.example whose name is rebound to 127.0.0.1 reaches the
+    loopback console from the developer's own browser, but sends its own Host."""
+    with pytest.raises(WrongHost, match=re.escape("127.0.0.1, localhost or [::1] only")):
+        identify(Gate("open"), "127.0.0.1", {"Host": host})
+    with pytest.raises(WrongHost):
+        identify(Gate("open"), "127.0.0.1", {})
+
+
+def test_the_name_part_of_a_host_header() -> None:
+    assert host_name("[::1]:8080") == "::1"
+    assert host_name("Localhost:80") == "localhost"
+    assert host_name("::1") == "::1"
+    assert host_name("example.com") == "example.com"
 
 
 def test_csrf_tokens_are_bound_to_the_session() -> None:

@@ -37,6 +37,7 @@ from tidings.console.auth import (
     Identity,
     Question,
     Unauthenticated,
+    WrongHost,
     can_get_source,
     can_get_trigger,
     can_list_replays,
@@ -225,6 +226,8 @@ async def _guarded(
                 f"{console.prefix}login?" + urlencode({"next": request.path_qs})
             ) from None
         return problem(request, 401, "Not signed in", str(error))
+    except WrongHost as error:
+        return problem(request, 403, "Refused", str(error))
     except ApiError as error:
         return problem(request, 503, "Kubernetes API unavailable", api_error_text(error))
     if request.method == "POST":

@@ -9,7 +9,9 @@ Authentication, one mode per console:
   auth): `X-Forwarded-User` and `X-Forwarded-Groups` are believed only from a
   peer address inside the configured proxy CIDRs; anyone else gets 401.
 - `open`: `tidings dev` only: no identity, everything allowed, and only
-  for peers on loopback.
+  for peers on loopback that name it by a loopback name in `Host` (a page
+  from elsewhere whose DNS name is rebound to 127.0.0.1 still sends its own
+  name: refused, so it cannot drive the console through the browser).
 
 Authorisation: every read and every action is a SubjectAccessReview for the
 viewer (user, groups, uid, extra) — the console's own ServiceAccount only
@@ -49,6 +51,10 @@ CACHE_SECONDS = 5.0
 
 class Unauthenticated(Exception):
     """No identity, or one the cluster does not accept; the message says why."""
+
+
+class WrongHost(Exception):
+    """403: tidings dev's open console reached by a name that is not loopback's."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,24 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header: `[::1]:8080` -> `::1`, `localhost:8080` ->
+    `localhost`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host  # a bare name, or a bare IPv6 address
+
+
+def is_loopback_host(host: str | None) -> bool:
+    return bool(host) and host_name(str(host)) in LOOPBACK_HOSTS
+
+
 @dataclass
 class Gate:
     """Authentication and authorisation for one console."""
@@ -154,6 +178,13 @@ class Gate:
                 raise Unauthenticated(
                     "the console of tidings dev answers on loopback only; "
                     "run `tidings console` for a shared one"
+                )
+            host = headers.get("Host")
+            if not is_loopback_host(host):
+                raise WrongHost(
+                    f"the console of tidings dev answers to 127.0.0.1, localhost or [::1] "
+                    f"only, not to Host {host!r} (a page elsewhere could drive it through "
+                    "this browser); open it as http://127.0.0.1:PORT/console/"
                 )
             return Identity(user="", session="open", open=True)
         if self.mode == "proxy":
