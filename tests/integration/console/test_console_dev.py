@@ -1,14 +1,18 @@
 """The console under `tidings dev`, in a real browser: mounted at /console/ on
 dev's listen address, the URL printed, open without sign-in on loopback, the
 objects from the manifest files, replay straight in dev's Redis (the direct
-path), and pausing pointed at the file."""
+path), pausing pointed at the file, an objectStore poll source's page showing
+its adapter's health (not a curl example), and a request naming another host
+(DNS rebinding) refused."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +36,22 @@ spec:
   source: orders
   subscriber: {{uri: "{url}"}}
   delivery: {{retry: {{maxAttempts: 2, initialDelay: 100ms, maxDelay: 200ms}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3-creds, namespace: shop}}
+stringData: {{accessKeyId: nobody, secretAccessKey: nothing}}
+---
+apiVersion: tidings.dev/v1alpha1
+kind: EventSource
+metadata: {{name: uploads, namespace: shop}}
+spec:
+  objectStore:
+    endpoint: "http://127.0.0.1:{closed}"
+    bucket: uploads
+    mode: poll
+    pollInterval: 1s
+    credentialsSecretRef: {{name: s3-creds}}
 """
 
 
@@ -75,7 +95,9 @@ def subscriber() -> Iterator[Subscriber]:
 def dev(tmp_path: Path, subscriber: Subscriber) -> Iterator[Dev]:
     folder = tmp_path / "manifests"
     folder.mkdir()
-    (folder / "shop.yaml").write_text(MANIFESTS.format(url=subscriber.url("/bad")))
+    # The bucket's endpoint is a port nothing listens on: the poll adapter keeps failing.
+    manifests = MANIFESTS.format(url=subscriber.url("/bad"), closed=free_port())
+    (folder / "shop.yaml").write_text(manifests)
     running = Dev(folder, free_port(), tmp_path / "dev.log")
     try:
         eventually(lambda: "ready; Ctrl-C stops" in running.output(), within=120)
@@ -139,5 +161,30 @@ def test_tidings_dev_serves_the_console_and_replays_in_its_redis(
         assert f"http://127.0.0.1:{dev.port}/sources/shop/orders" in page.text_content(
             "#curl-example"
         )
+
+        # A poll source has no ingest URL: its page shows the adapter's health.
+        page.goto(url + "s/shop/uploads")
+        assert page.locator("#curl-example").count() == 0
+        eventually(lambda: page.locator("#adapter-health").count() == 1, within=30)
+        assert "Retrying" in page.text_content("#adapter-health")
     finally:
         context.close()
+
+
+def test_the_console_of_tidings_dev_refuses_other_host_names(dev: Dev) -> None:
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1
+    reaches dev's console from the developer's own browser, with its own Host."""
+    for path in ("", "t/shop/mailer", "static/console.css"):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{dev.port}/console/{path}", headers={"Host": "evil.example"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+        assert "not to Host 'evil.example'" in html.unescape(refused.value.read().decode())
+    for host in (f"localhost:{dev.port}", f"[::1]:{dev.port}"):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{dev.port}/console/", headers={"Host": host}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200

@@ -18,6 +18,7 @@ from tidings.console.auth import (
     host_name,
     parse_cidrs,
 )
+from tidings.console.objects import SourceView
 
 
 def identify(gate: Gate, peer: str, headers: dict[str, str] | None = None) -> Identity:
@@ -87,6 +88,23 @@ def test_csrf_tokens_are_bound_to_the_session() -> None:
     assert not gate.csrf_ok(one, "")
     assert not gate.csrf_ok(one, None)
     assert Gate("open").csrf_token(one) != token, "each process has its own key"
+
+
+@pytest.mark.parametrize(
+    ("spec", "ingests"),
+    [
+        ({"http": {}}, True),
+        ({"objectStore": {"mode": "notify", "bucket": "b"}}, True),
+        ({"objectStore": {"mode": "poll", "bucket": "b"}}, False),
+        ({"schedule": {"cron": "@hourly"}}, False),
+        ({"postgres": {}}, False),
+    ],
+)
+def test_only_sources_producers_post_to_get_an_ingest_url(
+    spec: dict[str, object], ingests: bool
+) -> None:
+    """The source page's curl example, or else its adapter's health."""
+    assert SourceView("ns", "s", spec, []).ingests is ingests
 
 
 def test_a_payload_is_cut_at_the_cap() -> None:

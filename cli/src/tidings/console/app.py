@@ -479,7 +479,7 @@ async def source_page(request: web.Request) -> web.StreamResponse:
         triggers=mine,
         health=health,
         recent=recent,
-        ingest_url=console.ingest_url(source) if source.kind in ("http", "objectStore") else "",
+        ingest_url=console.ingest_url(source) if source.ingests else "",
     )
 
 

@@ -79,6 +79,14 @@ class SourceView(ObjectView):
                 return kind
         return "?"
 
+    @property
+    def ingests(self) -> bool:
+        """Whether producers POST its events to ingest (http, and objectStore in
+        notify mode: the store posts); the others have an adapter that reports."""
+        if self.kind == "objectStore":
+            return bool(self.spec["objectStore"].get("mode") == "notify")
+        return self.kind == "http"
+
 
 @dataclass(frozen=True)
 class TriggerView(ObjectView):
