@@ -193,6 +193,7 @@ def stack(
             ns_a,
             {"source": "orders", "subscriber": {"uri": subscriber.url("/ok")}, "paused": True},
         ),
+        manifest("EventSource", "ticks", ns_a, {"schedule": {"cron": "@hourly"}}),
         manifest("EventSource", "payments", ns_b, anonymous),
         manifest(
             "Trigger",
@@ -206,6 +207,15 @@ def stack(
         ),
     ]
     _apply(kubectl, as_yaml_list(objects))
+    # The schedule source's adapter, as its Deployment would run it (this API
+    # server has no kubelet to run the one the operator makes).
+    ticks = Process(
+        "source-ticks",
+        ["source", "schedule", "--eventsource", f"{ns_a}/ticks", "--redis-url", redis_url,
+         "--kubeconfig", str(kubeconfig)],
+        logs / "source-ticks.log",
+        env,
+    ).start()  # fmt: skip
     shots = REPO / "docs" / "console" if os.environ.get("TIDINGS_CONSOLE_SCREENSHOTS") else logs
     stack = Stack(
         kubectl=kubectl,
@@ -235,12 +245,12 @@ def stack(
         eventually(all_ready, within=60)
         yield stack
     finally:
-        for process in (console, dispatcher, operator):
+        for process in (console, ticks, dispatcher, operator):
             process.stop()
         subscriber.stop()
         for namespace in (ns_a, ns_b, ns_console):
             kubectl("delete", "namespace", namespace, "--wait=false")
-        for process in (operator, dispatcher, console):
+        for process in (operator, dispatcher, ticks, console):
             print(f"----- {process.name} log (tail) -----")
             print("\n".join(process.logs().splitlines()[-60:]))
 

@@ -325,6 +325,19 @@ def test_source_page_and_a_narrow_screen(browser: Any, editor: Viewer, stack: St
         narrow.close()
 
 
+def test_a_schedule_source_page_shows_its_adapter_health(editor: Viewer, stack: Stack) -> None:
+    editor.open(f"s/{stack.ns_a}/ticks")
+    page = editor.page
+    assert page.locator("#curl-example").count() == 0, "nothing posts to a schedule source"
+    health = page.locator("#adapter-health")
+    # Live: the adapter's report appears without a reload.
+    eventually(lambda: health.count() == 1 and "Running" in health.inner_text(), within=30)
+    text = health.inner_text()
+    assert "Scheduled" in text and "@hourly in UTC" in text
+    assert "Last error" not in text, "a running adapter's message is no error"
+    editor.shot("source-adapter")
+
+
 def test_replay_direct_hands_the_chosen_dead_letter_back_in_redis(stack: Stack) -> None:
     """--replay direct: the console hands the chosen dead letter back itself (the
     script `tidings replay` uses), no Replay object. Checked on the raw endpoints."""
