@@ -4,6 +4,7 @@ dispatcher and console start once; the tests run in the order of a user's day)."
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import uuid
@@ -152,6 +153,9 @@ def stack(
         logs / "dispatcher.log",
         env,
     ).start()
+    # As the chart's Secret gives every replica the same key (test_replay_direct… posts
+    # a form of this console to a second one).
+    csrf_key = secrets.token_urlsafe(48)
     console = Process(
         "console",
         [
@@ -164,7 +168,7 @@ def stack(
             str(console_kubeconfig),
         ],
         logs / "console.log",
-        env,
+        {**env, "TIDINGS_CONSOLE_CSRF_KEY": csrf_key},
     ).start()
     _apply(kubectl, as_yaml_list(rbac(ns_a, ns_b)))
     anonymous = {"http": {"auth": {"allowAnonymous": True}}}
@@ -226,6 +230,7 @@ def stack(
         ingest_url=f"http://127.0.0.1:{ingest_port}",
         redis_url=redis_url,
         console=console,
+        csrf_key=csrf_key,
         shots=shots,
         console_kubeconfig=console_kubeconfig,
         logs=logs,

@@ -236,6 +236,7 @@ class Stack:
     ingest_url: str
     redis_url: str
     console: Process
+    csrf_key: str  # TIDINGS_CONSOLE_CSRF_KEY of the console
     shots: Path
     console_kubeconfig: Path
     logs: Path

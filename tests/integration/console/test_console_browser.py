@@ -349,6 +349,7 @@ def test_replay_direct_hands_the_chosen_dead_letter_back_in_redis(stack: Stack) 
         ["console", "--listen", f"127.0.0.1:{port}", "--redis-url", stack.redis_url,
          "--kubeconfig", str(stack.console_kubeconfig), "--replay", "direct"],
         stack.logs / "console-replay-direct.log",
+        {"TIDINGS_CONSOLE_CSRF_KEY": stack.csrf_key},  # the key of the first: two replicas
     ).start()  # fmt: skip
     base = f"http://127.0.0.1:{port}/"
     token = stack.token("editor")
@@ -356,7 +357,11 @@ def test_replay_direct_hands_the_chosen_dead_letter_back_in_redis(stack: Stack) 
     try:
         wait_http(base + "healthz")
         page = f"t/{stack.ns_b}/ledger"
-        request = urllib.request.Request(base + page, headers={"Authorization": f"Bearer {token}"})
+        # The form as the first console served it, posted to this one (a second
+        # replica: the same CSRF key, as the chart's Secret gives them).
+        request = urllib.request.Request(
+            stack.console_url + page, headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             html = response.read().decode()
         found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)

@@ -4,6 +4,7 @@ console needs (docs/console.md, "Security"). Rendered by the real helm."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -91,4 +92,24 @@ def test_with_an_external_tls_redis_it_gets_the_credentials_and_certificates(hel
     c = container(rendered, "Deployment", NAME)
     env = {e["name"] for e in c["env"]}
     assert env >= {"REDIS_URL", "REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_TLS_CA_FILE"}
-    assert {m["name"] for m in c["volumeMounts"]} == {"tmp", "redis-ca", "redis-client"}
+    assert {m["name"] for m in c["volumeMounts"]} == {"tmp", "csrf-key", "redis-ca", "redis-client"}
+
+
+def test_every_replica_signs_csrf_tokens_with_the_key_of_one_generated_secret(
+    helm: Helm,
+) -> None:
+    """A form served by one replica posts to another (console.replicas > 1); the
+    Secret is read back with lookup on upgrades (test_chart_on_apiserver.py)."""
+    rendered = helm.render(set=["console.enabled=true", "console.replicas=3"])
+    secret = find(rendered, "Secret", "tidings-console-csrf-key")
+    assert len(base64.b64decode(secret["data"]["key"])) == 64  # 48 random bytes, base64
+    c = container(rendered, "Deployment", NAME)
+    assert {"name": "TIDINGS_CONSOLE_CSRF_KEY_FILE", "value": "/etc/tidings/console-csrf/key"} in c[
+        "env"
+    ]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "csrf-key")
+    assert mount == {"name": "csrf-key", "mountPath": "/etc/tidings/console-csrf", "readOnly": True}
+    pod = find(rendered, "Deployment", NAME)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "csrf-key")
+    assert volume["secret"]["secretName"] == "tidings-console-csrf-key"
+    assert not [o for o in helm.render() if o["metadata"]["name"] == "tidings-console-csrf-key"]

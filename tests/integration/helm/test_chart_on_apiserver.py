@@ -1,7 +1,8 @@
 """Every object the chart renders is accepted by the real kube-apiserver
 (`kubectl apply --dry-run=server`: defaulting, validation, admission), under
 the restricted Pod Security Standard; and a real `helm install` / `upgrade` /
-`uninstall` keeps the generated seal key and Redis password.
+`uninstall` keeps the generated seal key and Redis password (and, across an
+upgrade, the console's CSRF key).
 
 The API server has the Tidings CRDs (helm/tidings/crds, applied first) but not
 those of the Prometheus Operator and KEDA: stub-crds.yaml installs stand-ins
@@ -121,13 +122,14 @@ def _secret(kubectl: Any, namespace: str, name: str) -> dict[str, str]:
     return data
 
 
-def test_install_upgrade_uninstall_keeps_the_seal_key_and_redis_password(
+def test_install_upgrade_uninstall_keeps_the_seal_key_redis_password_and_csrf_key(
     helm: Helm, kubectl: Any, kubeconfig: Path, crds: None, namespaces: list[str]
 ) -> None:
     namespace = namespaces[0]
     release = f"keep-{uuid.uuid4().hex[:6]}"
     # The shared test server already has the KopfPeering CRDs: do not take them over.
     args = ["--namespace", namespace, "--set", "operator.peering.installCRDs=false"]
+    args += ["--set", "console.enabled=true"]
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
     def helm_run(*command: str) -> subprocess.CompletedProcess[str]:
@@ -145,12 +147,15 @@ def test_install_upgrade_uninstall_keeps_the_seal_key_and_redis_password(
         assert "/sources/shop/orders?type=" in notes and "Authorization: Bearer" in notes
         seal = _secret(kubectl, namespace, f"{release}-tidings-seal-key")
         password = _secret(kubectl, namespace, f"{release}-tidings-redis")
+        csrf = _secret(kubectl, namespace, f"{release}-tidings-console-csrf-key")
         assert len(base64.urlsafe_b64decode(base64.b64decode(seal["key"]))) == 32
 
         upgraded = helm_run("upgrade", release, str(CHART), *args, "--set", "logLevel=DEBUG")
         assert upgraded.returncode == 0, upgraded.stderr
         assert _secret(kubectl, namespace, f"{release}-tidings-seal-key") == seal
         assert _secret(kubectl, namespace, f"{release}-tidings-redis") == password
+        # The console's replicas keep accepting the forms they served before.
+        assert _secret(kubectl, namespace, f"{release}-tidings-console-csrf-key") == csrf
     finally:
         uninstalled = helm_run("uninstall", release, "--namespace", namespace)
     assert uninstalled.returncode == 0, uninstalled.stderr

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 
 import pytest
 
+from tidings.api.settings import SettingsError
+from tidings.cli.console import ConsoleSettings, csrf_key
 from tidings.console import data
 from tidings.console.app import _duration
 from tidings.console.auth import (
@@ -87,7 +90,26 @@ def test_csrf_tokens_are_bound_to_the_session() -> None:
     assert not gate.csrf_ok(other, token)
     assert not gate.csrf_ok(one, "")
     assert not gate.csrf_ok(one, None)
-    assert Gate("open").csrf_token(one) != token, "each process has its own key"
+    assert Gate("open").csrf_token(one) != token, "without a key each process makes its own"
+
+
+def test_consoles_given_the_same_csrf_key_accept_each_others_tokens(tmp_path: Path) -> None:
+    """console.replicas > 1: a form one replica served posts to another."""
+    (tmp_path / "key").write_text("k" * 48 + "\n")
+    key = csrf_key(ConsoleSettings(csrf_key_file=str(tmp_path / "key")))
+    assert key == b"k" * 48
+    assert csrf_key(ConsoleSettings(csrf_key="k" * 48)) == key
+    one = Identity("a", session="s1")
+    token = Gate("open", csrf_secret=key).csrf_token(one)
+    assert Gate("open", csrf_secret=key).csrf_ok(one, token)
+    assert csrf_key(ConsoleSettings()) is None
+
+
+def test_an_unreadable_or_short_csrf_key_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"--csrf-key-file .*: cannot read the CSRF key"):
+        csrf_key(ConsoleSettings(csrf_key_file=str(tmp_path / "missing")))
+    with pytest.raises(SettingsError, match=r"TIDINGS_CONSOLE_CSRF_KEY: .* fewer than 32"):
+        csrf_key(ConsoleSettings(csrf_key="short"))
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,10 @@ authenticating proxy (`--auth proxy`: X-Forwarded-User/-Groups believed only
 from --trusted-proxy addresses); every page and action is then checked with a
 SubjectAccessReview for that viewer (docs/console.md lists them). `tidings dev`
 serves the same console under /console/, open on loopback only.
+
+CSRF tokens are signed with the key in $TIDINGS_CONSOLE_CSRF_KEY_FILE (or
+$TIDINGS_CONSOLE_CSRF_KEY): replicas that share it accept each other's forms.
+Without one each process makes its own, fine for a single replica.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -87,13 +93,54 @@ class ConsoleSettings(CommonSettings):
     redis_cluster: bool = setting(
         "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
     )
+    csrf_key_file: str = setting(
+        "--csrf-key-file",
+        "TIDINGS_CONSOLE_CSRF_KEY_FILE",
+        "",
+        "file holding the key that signs CSRF tokens, the same for every replica "
+        "(empty: $TIDINGS_CONSOLE_CSRF_KEY, else a random key per process)",
+        metavar="PATH",
+    )
+    csrf_key: str = setting(
+        None, "TIDINGS_CONSOLE_CSRF_KEY", "", "the key that signs CSRF tokens, as text"
+    )
+
+
+MIN_CSRF_KEY = 32
+
+
+def csrf_key(settings: ConsoleSettings) -> bytes | None:
+    """The configured CSRF key, or None (each process then makes its own)."""
+    where, key = "TIDINGS_CONSOLE_CSRF_KEY", settings.csrf_key.strip()
+    if settings.csrf_key_file:
+        where = f"--csrf-key-file {settings.csrf_key_file}"
+        try:
+            key = Path(settings.csrf_key_file).read_text().strip()
+        except OSError as error:
+            raise SettingsError(
+                f"{where}: cannot read the CSRF key ({error.strerror or error}); "
+                "mount the console's CSRF key Secret there (the Helm chart does)"
+            ) from None
+    elif not key:
+        return None
+    if len(key) < MIN_CSRF_KEY:
+        raise SettingsError(
+            f"{where}: the CSRF key has {len(key)} characters, fewer than {MIN_CSRF_KEY}; "
+            "make one with `openssl rand -base64 48`"
+        )
+    return key.encode()
 
 
 async def serve(settings: ConsoleSettings, stop: asyncio.Event) -> None:
     kube = KubeApi.from_config(settings.kubeconfig or None)
     redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     mode: Mode = "proxy" if settings.auth == "proxy" else "token"
-    gate = Gate(mode, kube=kube, trusted_proxies=parse_cidrs(settings.trusted_proxy))
+    gate = Gate(
+        mode,
+        kube=kube,
+        trusted_proxies=parse_cidrs(settings.trusted_proxy),
+        csrf_secret=csrf_key(settings) or secrets.token_bytes(32),
+    )
     base = settings.ingest_url.rstrip("/")
 
     def ingest_url(source: SourceView) -> str:
@@ -140,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         settings.redis_connection()  # the URL, user, password and TLS files fit together
         parse_listen(settings.listen)
         parse_cidrs(settings.trusted_proxy)
+        csrf_key(settings)
         if settings.auth == "proxy" and not settings.trusted_proxy:
             raise SettingsError(
                 "--auth proxy needs --trusted-proxy CIDR (the proxy's addresses): forwarded "
