@@ -113,3 +113,26 @@ async def test_a_poll_source_waits_for_its_credentials_then_runs_its_adapter(
 
     cluster.delete("eventsource", "scans", wait=True)
     assert cluster.get("deployment", "tidings-source-scans") is None
+
+
+async def test_fixing_the_credentials_secret_rolls_the_adapter(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """The adapter reads its keys only at start: a changed Secret must change
+    the pod template, or an InvalidCredentials adapter keeps the wrong keys."""
+    cluster.apply(secret("s3-keys", accessKeyId="AKID", secretAccessKey="wr0ng-s3cr3t-000"))
+    cluster.apply(object_store("inbox", mode="poll", credentialsSecretRef={"name": "s3-keys"}))
+
+    def secrets_hash() -> str | None:
+        deployment = cluster.get("deployment", "tidings-source-inbox") or {}
+        template = (deployment.get("spec") or {}).get("template") or {}
+        return (
+            (template.get("metadata") or {}).get("annotations", {}).get("tidings.dev/secrets-hash")
+        )
+
+    first = await eventually(secrets_hash)
+    cluster.apply(secret("s3-keys", accessKeyId="AKID", secretAccessKey="r1ght-s3cr3t-000"))
+    second = await eventually(lambda: secrets_hash() not in (None, first) and secrets_hash())
+    deployment = cluster.get("deployment", "tidings-source-inbox") or {}
+    assert "r1ght-s3cr3t-000" not in json.dumps(deployment)  # a digest, not the value
+    assert second != first

@@ -113,3 +113,34 @@ def test_the_ca_of_ca_secret_ref_is_mounted_as_a_file_and_checked_before_the_ada
     # Without caSecretRef: no volume at all.
     plain = adapters.adapter_deployment("media", "uploads", "uid", POLL, SETTINGS)
     assert "volumes" not in plain["spec"]["template"]["spec"]
+
+
+def test_the_consumed_secrets_values_are_a_digest_in_the_pod_template() -> None:
+    spec = store(
+        endpoint="https://s3:7070",
+        mode="poll",
+        credentialsSecretRef={"name": "s3-creds"},
+        caSecretRef={"name": "s3-ca", "key": "ca.crt"},
+    )
+    refs = adapters.consumed_secrets(spec)
+    assert refs == [
+        ("s3-creds", "accessKeyId"),
+        ("s3-creds", "secretAccessKey"),
+        ("s3-ca", "ca.crt"),
+    ]
+
+    def annotation(values: dict[tuple[str, str], str | None]) -> str:
+        deployment = adapters.adapter_deployment("media", "uploads", "uid", spec, SETTINGS, values)
+        return str(deployment["spec"]["template"]["metadata"]["annotations"][adapters.SECRETS_HASH])
+
+    wrong = dict(zip(refs, ["AKID", "wrong-secret", "PEM"], strict=True))
+    fixed = dict(zip(refs, ["AKID", "right-secret", "PEM"], strict=True))
+    new_ca = dict(zip(refs, ["AKID", "right-secret", "PEM 2"], strict=True))
+    assert len({annotation(wrong), annotation(fixed), annotation(new_ca)}) == 3
+    assert annotation(fixed) == annotation(dict(fixed))
+    assert "right-secret" not in str(
+        adapters.adapter_deployment("media", "uploads", "uid", spec, SETTINGS, fixed)
+    )
+    # Without values (a source that reads no Secret): no annotation, no roll on upgrade.
+    plain = adapters.adapter_deployment("media", "uploads", "uid", spec, SETTINGS)
+    assert adapters.SECRETS_HASH not in plain["spec"]["template"]["metadata"]["annotations"]

@@ -17,7 +17,10 @@
   so producers (and stores) keep working across restarts.
 
 A template hash annotation on the Deployment lets the operator skip the write
-when nothing changed.
+when nothing changed. The pod reads those Secrets only at start, so a digest of
+their values is in the pod template (`tidings.dev/secrets-hash`): the operator
+watches them, and fixing a key rolls the adapter (an InvalidCredentials adapter
+does not stay stuck on the old keys).
 
 The adapter serves /healthz, /readyz and /metrics on port 8080 (`metrics`):
 a liveness probe on /healthz restarts a wedged process, and the pod carries
@@ -44,6 +47,7 @@ from tidings.sources.cli import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
 MANAGED_BY = "tidings-operator"
 SOURCE_LABEL = "tidings.dev/eventsource"
 TEMPLATE_HASH = "tidings.dev/template-hash"
+SECRETS_HASH = "tidings.dev/secrets-hash"
 S3_CA_DIR = "/etc/tidings/s3-ca"  # caSecretRef's key, mounted as ca.crt
 ADAPTER_KINDS = ("postgres", "kubernetes", "schedule", "objectStore")  # objectStore: poll only
 TOKEN_KEY = "token"
@@ -221,15 +225,39 @@ def _hash(value: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def consumed_secrets(spec: EventSourceSpec) -> list[tuple[str, str]]:
+    """The (Secret name, key) pairs an adapter pod reads at start: the Postgres
+    DSN, the store's access keys (env by secretKeyRef) and its CA (a file)."""
+    refs: list[tuple[str, str]] = []
+    if spec.postgres is not None:
+        dsn = spec.postgres.connection_secret_ref
+        refs.append((dsn.name, dsn.key))
+    store = spec.object_store
+    if store is not None and store.credentials_secret_ref is not None:
+        creds = store.credentials_secret_ref
+        refs += [(creds.name, creds.access_key_id_key), (creds.name, creds.secret_access_key_key)]
+    if store is not None and store.ca_secret_ref is not None:
+        refs.append((store.ca_secret_ref.name, store.ca_secret_ref.key))
+    return refs
+
+
+def secrets_hash(uid: str, values: Mapping[tuple[str, str], str | None]) -> str:
+    """A digest of the consumed Secrets' values, salted with the EventSource's uid
+    (the same password in two sources does not show as the same annotation)."""
+    return _hash({"uid": uid, **{f"{name}/{key}": v for (name, key), v in values.items()}})
+
+
 def adapter_deployment(
     namespace: str,
     source: str,
     uid: str,
     spec: EventSourceSpec,
     settings: AdapterSettings,
+    secret_values: Mapping[tuple[str, str], str | None] | None = None,
 ) -> dict[str, Any]:
     """The adapter Deployment of a postgres, kubernetes, schedule or objectStore
-    poll source."""
+    poll source; `secret_values`: the values of its `consumed_secrets` (absent:
+    no digest, as for sources that read none)."""
     kind = spec.kind
     if not has_adapter(spec):
         raise ValueError(f"{kind} sources have no adapter")
@@ -320,6 +348,8 @@ def adapter_deployment(
         "prometheus.io/port": str(HEALTH_PORT),
         "prometheus.io/path": "/metrics",
     }
+    if secret_values:
+        annotations[SECRETS_HASH] = secrets_hash(uid, secret_values)
     template = {
         "metadata": {"labels": pod_labels, "annotations": annotations},
         "spec": pod_spec,

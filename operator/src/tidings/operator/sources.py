@@ -258,7 +258,15 @@ class SourceController(ObjectController[EventSourceStatus]):
         if not compiled:
             return  # keep a running adapter until the spec compiles again
         settings = self.ctx.settings.adapters
-        deployment = adapters.adapter_deployment(self.namespace, self.name, uid, spec, settings)
+        # A changed Secret wakes this controller (source_dependencies); its values
+        # in the pod template roll the adapter, which reads them only at start.
+        values = {
+            (name, key): self.world.secret(self.namespace, name, key)
+            for name, key in adapters.consumed_secrets(spec)
+        }
+        deployment = adapters.adapter_deployment(
+            self.namespace, self.name, uid, spec, settings, values
+        )
         if current is not None and current.template_hash == adapters.template_hash(deployment):
             return
         await kube.apply(adapters.adapter_config_secret(self.namespace, self.name, uid, settings))
