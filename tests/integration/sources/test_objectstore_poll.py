@@ -4,13 +4,16 @@ per object version, and each error reason with its recovery."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import yaml
 from objectstore_helpers import S3, delete_many, new_bucket_name, put_many, s3_from_env
-from source_helpers import compiled, eventually, running, stream_events
+from source_helpers import compiled, eventually, running, start_adapter, stream_events
 
 from tidings.api import keys
 from tidings.api.s3events import CREATED_TYPE, DELETED_TYPE
@@ -214,6 +217,64 @@ async def test_wrong_credentials_and_denied_access_are_told_apart(
     denied = adapter_for(s3, redis_client, bucket, Credentials(f"u{bucket}", "user-secret-000000"))
     async with running(denied, redis_client, denied.source, ready=False):
         await wait_reason(redis_client, denied, "AccessDenied")
+
+
+async def test_an_adapter_with_wrong_credentials_recovers_once_restarted_with_the_fix(
+    s3: S3, bucket: str, redis_url: str, redis_client: aioredis.Redis, tmp_path: Path
+) -> None:
+    """`tidings source objectStore` reads its keys once, at start: a fixed Secret
+    takes effect when the process restarts (in a cluster the operator rolls the
+    adapter Deployment, whose pod template carries a digest of the Secret;
+    `tidings dev` restarts it when the manifests' keys change)."""
+    namespace, name = "src", f"keys-{bucket}"
+    source = compiled(namespace, name, "objectStore")
+    manifest = tmp_path / "source.yaml"
+
+    def write(secret_access_key: str) -> None:
+        eventsource = {
+            "apiVersion": "tidings.dev/v1alpha1",
+            "kind": "EventSource",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"objectStore": s3.spec(bucket, pollInterval="200ms").to_wire()},
+        }
+        keys_secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-creds", "namespace": namespace},
+            "stringData": {
+                "accessKeyId": s3.access_key_id,
+                "secretAccessKey": secret_access_key,
+            },
+        }
+        manifest.write_text(yaml.safe_dump_all([eventsource, keys_secret]))
+
+    async def reason_is(wanted: str) -> bool:
+        current = await status.read(redis_client, namespace, name)
+        return current is not None and current.reason == wanted
+
+    write("not-the-secret-0000000000")
+    process = start_adapter("objectStore", f"{namespace}/{name}", redis_url, "-f", manifest)
+    try:
+        await eventually(lambda: reason_is("InvalidCredentials"), within=30)
+        current = await status.read(redis_client, namespace, name)
+        assert current is not None and current.state == "Retrying"
+        assert "spec.objectStore.credentialsSecretRef" in current.message
+        write(s3.secret_access_key)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        process = start_adapter("objectStore", f"{namespace}/{name}", redis_url, "-f", manifest)
+        await eventually(lambda: reason_is("Polling"), within=30)
+        put_many(s3.client(), bucket, {f"after-fix-{i}": b"x" for i in range(3)})
+
+        async def three() -> bool:
+            return len(await stream_events(redis_client, source)) == 3
+
+        await eventually(three, within=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+    subjects = sorted(e.subject for e in await stream_events(redis_client, source))
+    assert subjects == [f"after-fix-{i}" for i in range(3)]
 
 
 async def test_missing_credentials_report_secret_not_found(
