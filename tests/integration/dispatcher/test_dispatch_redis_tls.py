@@ -1,4 +1,4 @@
-"""`tidings dispatcher` and `tidings replay` through a Redis that speaks only TLS
+"""`tidings dispatcher`, `replay`, `tail` and `trace` through a Redis that speaks only TLS
 and only to its ACL user (hack/redis-tls.sh): the server is strict (no CA, the
 wrong CA, no or a wrong password: refused), and the processes connect with
 REDIS_USERNAME, REDIS_PASSWORD and REDIS_TLS_CA_FILE (and a client certificate
@@ -7,6 +7,7 @@ when given), ingesting and delivering as usual."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
 from pki import TestCA
 from secure_redis import TlsRedis
+from tidings.api import keys
 from tidings.api.process import connect_redis
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.settings import RedisConnection
@@ -126,6 +128,28 @@ async def test_the_dispatcher_ingests_delivers_and_replay_reads_through_tls_and_
     out, err = await asyncio.wait_for(replay.communicate(), 120)
     assert replay.returncode == 0, err.decode()
     assert "0 dead letters" in (out + err).decode()
+
+    # The attempt is logged once the subscriber has answered; tail reads it back.
+    log = keys.attempt_log(route.namespace, route.source, route.name)
+    await wait_until(lambda: plane.redis.xlen(log), 20, "the attempt logged")
+    tail = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tidings"),
+        "tail",
+        f"{plane.namespace}/t",
+        "--since",
+        "10m",
+        "--no-follow",
+        "-o",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(tail.communicate(), 120)
+    assert tail.returncode == 0, err.decode()
+    attempts = [json.loads(row) for row in out.decode().splitlines()]
+    assert [(a["eventId"], a["attempt"], a["outcome"]) for a in attempts] == [
+        (event_id, 1, "delivered")
+    ]
 
     trace = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "tidings"),
