@@ -1,6 +1,7 @@
-"""Replays run by dispatchers: dead letters and a stream window handed to one
-Trigger with exact counts, the other Triggers untouched, progress counted; a
-dispatcher killed mid-run is resumed by another and no event is sent twice."""
+"""Replays run by dispatchers: dead letters and a stream
+window handed to one Trigger with exact counts, the other Triggers untouched,
+progress counted; a dispatcher killed mid-run is resumed by another and no event
+is sent twice; a cancelled run withdraws what it handed over."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dispatch_harness import Plane, Subscriber, wait_until
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent
-from tidings.api.replays import Progress, read_progress
+from tidings.api.replays import Progress, cancel_run, read_progress
 from tidings.api.routes import CompiledReplay, Route, compile_replay
 from tidings.api.types import ReplaySpec
 from tidings.dispatcher import deadletter
@@ -156,3 +157,74 @@ async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_t
     replayed = Counter(r.id for r in subscriber.received if r.headers.get("ce-tidingsreplay"))
     assert sorted(replayed) == sorted(e.id for e in events)
     assert set(replayed.values()) == {1}, "an event replayed twice"
+
+
+async def cancel(plane: Plane, job: CompiledReplay) -> int:
+    """What deleting the Replay does (tidings.operator.replays.cancel)."""
+    await plane.redis.hdel(keys.REPLAY_JOBS, job.id)  # type: ignore[misc]
+    return await cancel_run(
+        plane.redis, job.namespace, job.source, job.trigger, job.name, withdraw=True
+    )
+
+
+def replayed(requests: list[Any]) -> list[Any]:
+    return [r for r in requests if r.headers.get("ce-tidingsreplay")]
+
+
+async def nothing_of_the_replay_left(plane: Plane, route: Route) -> bool:
+    ns, trigger = plane.namespace, route.name
+    return (
+        await plane.redis.hlen(keys.replay_owners(ns, "src", trigger)) == 0  # type: ignore[misc]
+        and await plane.redis.hlen(keys.replays(ns, "src", trigger)) == 0  # type: ignore[misc]
+        and await plane.redis.zcard(keys.retries(ns, "src", trigger)) == 0
+    )
+
+
+async def test_a_cancelled_run_withdraws_its_due_events_and_lets_the_one_in_flight_end(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url, delivery={"concurrency": 1})
+    await plane.publish(10)
+    await wait_until(lambda: len(subscriber.received) == 10, 15, "live deliveries")
+
+    def slow_replays(request: web.Request) -> tuple[int, dict[str, str], float]:
+        return 200, {}, (0.5 if request.headers.get("ce-tidingsreplay") else 0.0)
+
+    subscriber.behaviour = slow_replays
+    job = await start_replay(plane, route, "gone", **{"from": {"stream": {}}})
+    await wait_until(lambda: len(replayed(subscriber.attempts)) == 1, 15, "the first replayed")
+    # One event in flight (concurrency 1), the other nine due in the retry set.
+    withdrawn = await cancel(plane, job)
+    assert withdrawn == 10
+    await wait_until(lambda: nothing_of_the_replay_left(plane, route), 5, "withdrawn")
+    await asyncio.sleep(1.5)
+    assert len(replayed(subscriber.attempts)) == 1
+    assert len(replayed(subscriber.received)) == 1  # the one under way was answered
+    assert await read_progress(plane.redis, plane.namespace, "src", "t", "gone") is None
+
+
+async def test_a_cancelled_run_withdraws_the_events_waiting_for_a_retry(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    retry = {"initialDelay": "1s", "maxDelay": "1s", "jitter": 0, "maxAttempts": 5}
+    delivery = {"retry": retry, "backoff": {"minAttempts": 1000}}
+    route = await plane.add_trigger("t", subscriber.url, delivery=delivery)
+    await plane.publish(4)
+    await wait_until(lambda: len(subscriber.received) == 4, 15, "live deliveries")
+
+    def failing_replays(request: web.Request) -> tuple[int, dict[str, str], float]:
+        return (503 if request.headers.get("ce-tidingsreplay") else 200), {}, 0.0
+
+    subscriber.behaviour = failing_replays
+    job = await start_replay(plane, route, "gone", **{"from": {"stream": {}}})
+    await wait_until(lambda: len(replayed(subscriber.attempts)) == 4, 15, "first attempts")
+    await cancel(plane, job)
+    subscriber.behaviour = refusing(set())  # the subscriber is back: nothing is retried
+    await wait_until(lambda: nothing_of_the_replay_left(plane, route), 5, "withdrawn")
+    await asyncio.sleep(1.5)
+    assert len(replayed(subscriber.attempts)) == 4
+    assert replayed(subscriber.received) == []

@@ -1,7 +1,7 @@
 """Replay objects on a real kube-apiserver, with the real operator, a dispatcher
 and a real loopback subscriber: dead letters replayed to one Trigger, status
 progress and completion in `kubectl get replays`, an operator killed mid-run,
-deletion stopping a run."""
+deletion stopping a run and withdrawing what it handed over."""
 
 from __future__ import annotations
 
@@ -229,15 +229,17 @@ async def test_a_replay_survives_an_operator_kill_and_deletion_stops_another(
     assert sorted(subscriber.at("/mail", "slow")) == sorted(ids)
     assert Counter(subscriber.at("/mail", "slow")).most_common(1)[0][1] == 1
 
-    # Deleting a Replay stops it: nothing more is handed over.
+    # Deleting a Replay stops it: nothing more is handed over, and what it had handed
+    # over and is not delivered yet is withdrawn.
     cluster.apply(replay("stopped", "sms", **{"from": {"stream": {}}, "rate": {"perSecond": 2}}))
     await eventually(lambda: len(subscriber.at("/sms", "stopped")) >= 3, within=60)
     cluster.delete("replay", "stopped")
     await eventually(lambda: cluster.get("replay", "stopped") is None, within=30)
-    await asyncio.sleep(1.5)  # a page handed over just before the deletion lands
     stopped = len(subscriber.at("/sms", "stopped"))
     await asyncio.sleep(3)
     assert len(subscriber.at("/sms", "stopped")) == stopped < 20
+    assert await redis.hlen(keys.replay_owners(cluster.namespace, "users", "sms")) == 0  # type: ignore[misc]
+    assert await redis.hlen(keys.replays(cluster.namespace, "users", "sms")) == 0  # type: ignore[misc]
 
 
 async def _equal(value: Any, expected: Any) -> bool:

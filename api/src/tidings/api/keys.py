@@ -166,7 +166,9 @@ def delayed(namespace: str, source: str, trigger: str) -> str:
 
 def replay_owners(namespace: str, source: str, trigger: str) -> str:
     """HASH stream id -> the Replay that handed it to the Trigger (its copy is in
-    `replays`): settling it counts it as delivered or failed for that Replay."""
+    `replays`): settling it counts it as delivered or failed for that Replay.
+    "" once that Replay was deleted while the event was leased or waiting for a
+    retry: it is withdrawn, not retried (lua/replay_cancel.lua)."""
     return _trigger_key(namespace, source, trigger, "replay-owner")
 
 

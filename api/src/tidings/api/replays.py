@@ -1,6 +1,7 @@
 """A Replay run's progress as Redis holds it (keys.replay_runs): written by the
 dispatchers that run it (tidings.dispatcher.replays) and the settle script,
-read by the operator for the Replay's status."""
+read by the operator for the Replay's status; and the cancelling of a run, by
+the operator and `tidings dev` when a Replay goes away."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from tidings.api import keys
+from tidings.api import keys, scripts
 from tidings.api.text import text
 
 
@@ -82,3 +83,24 @@ async def redis_now_ms(redis: Redis) -> int:
     if isinstance(clock, dict):  # Redis Cluster may answer per node
         clock = next(iter(clock.values()))
     return int(clock[0]) * 1000 + int(clock[1]) // 1000
+
+
+async def cancel_run(
+    redis: Redis, namespace: str, source: str, trigger: str, replay: str, *, withdraw: bool
+) -> int:
+    """Forget the run of a deleted Replay and, with `withdraw`, withdraw the events
+    it handed to the Trigger that are not delivered yet (lua/replay_cancel.lua);
+    the count withdrawn. Only a Replay of the stream withdraws: dead letters handed
+    over left the DLQ, and withdrawn they would be lost."""
+    _, withdrawn, marked = await scripts.REPLAY_CANCEL(
+        redis,
+        keys=[
+            keys.replay_runs(namespace, source, trigger),
+            keys.replay_owners(namespace, source, trigger),
+            keys.retries(namespace, source, trigger),
+            keys.replays(namespace, source, trigger),
+            keys.attempts(namespace, source, trigger),
+        ],
+        args=[replay, "1" if withdraw else "0"],
+    )
+    return int(withdrawn) + int(marked)

@@ -138,4 +138,4 @@ DEADLETTER_HAND_BACK = load("deadletter_hand_back")  # tidings.dispatcher.deadle
 REPLAY_START = load("replay_start")  # tidings.dispatcher.replays
 REPLAY_HAND_BACK = load("replay_hand_back")
 REPLAY_COUNT = load("replay_count")
-REPLAY_CANCEL = load("replay_cancel")  # tidings.operator.replays
+REPLAY_CANCEL = load("replay_cancel")  # tidings.api.replays

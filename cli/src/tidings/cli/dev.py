@@ -50,7 +50,9 @@ from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
 from tidings.api.process import connect_redis, parse_listen
+from tidings.api.replays import cancel_run, read_progress
 from tidings.api.routes import (
+    CompiledReplay,
     CompiledSource,
     CompileError,
     Route,
@@ -216,9 +218,9 @@ def replay_uid(replay: Replay) -> str:
 
 async def publish_replays(redis: Redis, manifests: Manifests, compiled: Compiled) -> list[str]:
     """Hand the Replays of the files to the engine (as the operator does in a
-    cluster); one line per new one. Replays no longer in the files are withdrawn."""
+    cluster); one line per new one. Replays no longer in the files are cancelled."""
     changes: list[str] = []
-    wanted: dict[str, str] = {}
+    wanted: dict[str, CompiledReplay] = {}
     for (namespace, name), replay in sorted(manifests.replays.items()):
         route = compiled.routes.get(f"{namespace}/{replay.spec.trigger}")
         if route is None:
@@ -238,19 +240,39 @@ async def publish_replays(redis: Redis, manifests: Manifests, compiled: Compiled
         except CompileError as error:
             changes.append(f"Replay {namespace}/{name} not compiled: {error.message}")
             continue
-        wanted[job.id] = job.model_dump_json()
+        wanted[job.id] = job
     current = {
         text(k): text(v)
         for k, v in (await redis.hgetall(keys.REPLAY_JOBS)).items()  # type: ignore[misc]
     }
-    for replay_id, value in wanted.items():
+    for replay_id, job in wanted.items():
+        value = job.model_dump_json()
         if current.get(replay_id) != value:
+            if replay_id in current:  # an edited spec is a new Replay: the old one goes
+                await _cancel_replay(redis, current[replay_id], unless_uid=job.uid)
             await redis.hset(keys.REPLAY_JOBS, replay_id, value)  # type: ignore[misc]
             changes.append(f"+ Replay {replay_id}")
     for replay_id in current.keys() - wanted.keys():
         await redis.hdel(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
+        await _cancel_replay(redis, current[replay_id])
         changes.append(f"- Replay {replay_id}")
     return changes
+
+
+async def _cancel_replay(redis: Redis, job: str, *, unless_uid: str = "") -> None:
+    """As deleting a Replay in a cluster does: its run stops, and what it handed to
+    the Trigger that is not delivered yet is withdrawn (tidings.api.replays). A
+    completed run is kept: the same file put back does not run again."""
+    try:
+        gone = CompiledReplay.model_validate_json(job)
+    except ValueError:
+        return  # not a job this version reads: the engine does not run it either
+    if gone.uid == unless_uid:
+        return
+    ns, source, trigger = gone.namespace, gone.source, gone.trigger
+    progress = await read_progress(redis, ns, source, trigger, gone.name)
+    if progress is None or progress.uid != gone.uid or not progress.completed:
+        await cancel_run(redis, ns, source, trigger, gone.name, withdraw=not gone.dead_letters)
 
 
 def example_type(routes: list[Route]) -> str:

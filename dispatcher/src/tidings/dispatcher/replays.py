@@ -23,8 +23,9 @@ A run (`run_replay`):
 4. ends when the window is scanned and every sent event settled: the settle
    script (cursor.py) counts each as delivered or failed for its owner.
 
-Deleting the Replay removes its run (lua/replay_cancel.lua): the next page's
-script finds no run and the runner stops.
+Deleting the Replay removes its run and withdraws the events it handed over
+and not yet delivered (tidings.api.replays.cancel_run): the next page's script
+finds no run and the runner stops.
 """
 
 from __future__ import annotations

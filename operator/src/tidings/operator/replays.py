@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from tidings.api import keys, scripts
-from tidings.api.replays import Progress, read_progress
+from tidings.api import keys
+from tidings.api.replays import Progress, cancel_run, read_progress
 from tidings.api.routes import CompiledReplay, CompileError, compile_replay
 from tidings.api.text import text
 from tidings.api.types import ReplaySpec, ReplayStatus
@@ -100,20 +100,21 @@ def replay_status(
 
 
 async def cancel(redis: Redis, namespace: str, name: str, trigger: str | None) -> None:
-    """A deleted Replay: no more pages are handed over, the job is gone."""
+    """A deleted Replay: the job is gone, no more pages are handed over, and (from
+    the stream) its events the Trigger has not delivered yet are withdrawn."""
     replay_id = keys.source_id(namespace, name)
     raw = await redis.hget(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
     source = None
+    withdraw = False  # without a job nothing is outstanding: it is done, or never ran
     if raw is not None:
-        source = CompiledReplay.model_validate_json(raw).source
-        trigger = CompiledReplay.model_validate_json(raw).trigger
+        job = CompiledReplay.model_validate_json(raw)
+        source, trigger, withdraw = job.source, job.trigger, not job.dead_letters
     elif trigger:
         route = await publishing.current_route(redis, namespace, trigger)
         source = route.source if route is not None else None
     await redis.hdel(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
     if source and trigger:
-        runs = keys.replay_runs(namespace, source, trigger)
-        await scripts.REPLAY_CANCEL(redis, keys=[runs], args=[name])
+        await cancel_run(redis, namespace, source, trigger, name, withdraw=withdraw)
 
 
 class ReplayController(ObjectController[ReplayStatus]):

@@ -1,10 +1,26 @@
--- Fragment: replayed(id), the fields of a replayed dead letter's copy in the
--- replay HASH ({FIELD_EVENT, json, FIELD_TIME, replay ms}), or nil
--- (tidings.dispatcher.deadletter).
--- KEYS: K_REPLAY (_cursor_keys.lua). ARGV: none.
+-- Fragment: copies of replayed events in the replay HASH (tidings.dispatcher.deadletter,
+-- tidings.dispatcher.replays).
+-- KEYS: K_REPLAY, and for the last two K_OWNERS, K_RETRY, K_ATTEMPTS
+-- (_cursor_keys.lua names them; replay_cancel.lua its own). ARGV: none.
+--   replayed(id): the fields of a replayed event's copy ({FIELD_EVENT, json,
+--     FIELD_TIME, replay ms}), or nil;
+--   replay_cancelled(id): its Replay was deleted while the event was leased or
+--     waiting for a retry (replay_cancel.lua marks its owner "");
+--   replay_withdraw(id): forget it: not delivered, not retried.
 local function replayed(id)
   local copy = redis.call('HGET', KEYS[K_REPLAY], id)
   if not copy then return nil end
   local space = string.find(copy, ' ', 1, true)
   return { {{FIELD_EVENT}}, string.sub(copy, space + 1), {{FIELD_TIME}}, string.sub(copy, 1, space - 1) }
+end
+
+local function replay_cancelled(id)
+  return redis.call('HGET', KEYS[K_OWNERS], id) == ''
+end
+
+local function replay_withdraw(id)
+  redis.call('ZREM', KEYS[K_RETRY], id)
+  redis.call('HDEL', KEYS[K_REPLAY], id)
+  redis.call('HDEL', KEYS[K_OWNERS], id)
+  redis.call('HDEL', KEYS[K_ATTEMPTS], id)
 end

@@ -51,27 +51,31 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIMIT', 0, want)) do
   -- A replayed dead letter is delivered from its copy (deadletter.py).
   local fields = replayed(id)
-  if not fields then
-    local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
-    fields = entry and entry[2]
-  end
-  if fields then
-    local key = nil
-    if redis.call('ZREM', KEYS[K_DELAYED], id) == 1 and parts then
-      -- A delayed event's first attempt: it takes its ordering key only now.
-      key = order_key(fields, parts)
+  if fields and replay_cancelled(id) then
+    replay_withdraw(id)  -- its Replay was deleted while it waited (replay_cancel.lua)
+  else
+    if not fields then
+      local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+      fields = entry and entry[2]
     end
-    if key and not order_acquire(key, id) then
+    if fields then
+      local key = nil
+      if redis.call('ZREM', KEYS[K_DELAYED], id) == 1 and parts then
+        -- A delayed event's first attempt: it takes its ordering key only now.
+        key = order_key(fields, parts)
+      end
+      if key and not order_acquire(key, id) then
+        redis.call('ZREM', KEYS[K_RETRY], id)
+        order_park(key, id)
+      else
+        redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
+        take('r', id, fields)
+      end
+    else  -- gone from the stream (deleted by hand): nothing left to deliver
       redis.call('ZREM', KEYS[K_RETRY], id)
-      order_park(key, id)
-    else
-      redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
-      take('r', id, fields)
+      redis.call('ZREM', KEYS[K_HELD], id)
+      redis.call('HDEL', KEYS[K_ATTEMPTS], id)
     end
-  else  -- gone from the stream (deleted by hand): nothing left to deliver
-    redis.call('ZREM', KEYS[K_RETRY], id)
-    redis.call('ZREM', KEYS[K_HELD], id)
-    redis.call('HDEL', KEYS[K_ATTEMPTS], id)
   end
 end
 

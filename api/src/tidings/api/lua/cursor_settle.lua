@@ -20,6 +20,7 @@
 --#include _limits.lua
 --#include _ordering.lua
 --#include _deadletter_add.lua
+--#include _replayed.lua
 --#include _now.lua
 local group, consumer, burst = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local dlq_max = tonumber(ARGV[3])
@@ -35,7 +36,11 @@ for i = 19, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
-  if op == 'retry' then
+  if op == 'retry' and origin == 'r' and replay_cancelled(id) then
+    -- Its Replay was deleted during this attempt (replay_cancel.lua): not retried.
+    replay_withdraw(id)
+    if key ~= '' then order_release(string.sub(key, 2), id, now) end
+  elseif op == 'retry' then
     redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
     -- A replayed event has its own copy: retention need not keep the source's entry.
     if redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0 then
@@ -53,11 +58,12 @@ for i = 19, #ARGV, 8 do
     end
     if origin == 'r' then
       redis.call('HDEL', KEYS[K_REPLAY], id)
-      -- Handed back by a Replay (replays.py): count its outcome there.
+      -- Handed back by a Replay (replays.py): count its outcome there, unless the
+      -- Replay was deleted meanwhile (owner "", or its run gone).
       local owner = redis.call('HGET', KEYS[K_OWNERS], id)
       if owner then
         redis.call('HDEL', KEYS[K_OWNERS], id)
-        if redis.call('HEXISTS', KEYS[K_RUNS], owner .. '|' .. {{RUN_UID}}) == 1 then
+        if owner ~= '' and redis.call('HEXISTS', KEYS[K_RUNS], owner .. '|' .. {{RUN_UID}}) == 1 then
           local what = {{RUN_DELIVERED}}
           if op == 'dead' then what = {{RUN_FAILED}} end
           redis.call('HINCRBY', KEYS[K_RUNS], owner .. '|' .. what, 1)
