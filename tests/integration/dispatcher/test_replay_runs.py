@@ -1,4 +1,4 @@
-"""Replays run by dispatchers: dead letters and a stream
+"""Replays run by dispatchers: dead letters (all, a time window, ids) and a stream
 window handed to one Trigger with exact counts, the other Triggers untouched,
 progress counted; a dispatcher killed mid-run is resumed by another and no event
 is sent twice; a cancelled run withdraws what it handed over."""
@@ -157,6 +157,58 @@ async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_t
     replayed = Counter(r.id for r in subscriber.received if r.headers.get("ce-tidingsreplay"))
     assert sorted(replayed) == sorted(e.id for e in events)
     assert set(replayed.values()) == {1}, "an event replayed twice"
+
+
+async def dead_letters_of(plane: Plane, trigger: str, count: int) -> list[deadletter.DeadLetter]:
+    async def there() -> bool:
+        found = await deadletter.read(plane.redis, plane.namespace, "src", trigger)
+        return len(found) == count
+
+    await wait_until(there, 15, f"{count} dead letters")
+    return await deadletter.read(plane.redis, plane.namespace, "src", trigger)
+
+
+async def test_dead_letters_of_the_last_duration_are_replayed_and_older_ones_stay(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    subscriber.behaviour = refusing({"/hook"})
+    route = await plane.add_trigger("t", subscriber.url, delivery={"retry": FAST})
+    older = await plane.publish(4, prefix="older")
+    await dead_letters_of(plane, "t", 4)
+    await asyncio.sleep(3)
+    recent = await plane.publish(3, prefix="recent")
+    await dead_letters_of(plane, "t", 7)
+    subscriber.behaviour = refusing(set())
+    await start_replay(plane, route, "recent", **{"from": {"deadLetters": {"since": "2s"}}})
+    progress = await finished(plane, route, "recent")
+    assert (progress.total, progress.sent, progress.delivered, progress.skipped) == (3, 3, 3, 0)
+    assert sorted(subscriber.ids()) == sorted(recent)
+    left = await deadletter.read(plane.redis, plane.namespace, "src", "t")
+    assert sorted(d.event["id"] for d in left) == sorted(older)
+
+
+async def test_dead_letters_chosen_by_id_are_replayed_and_an_unknown_id_is_skipped(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    subscriber.behaviour = refusing({"/hook"})
+    route = await plane.add_trigger("t", subscriber.url, delivery={"retry": FAST})
+    await plane.publish(5)
+    dead = await dead_letters_of(plane, "t", 5)
+    chosen = [dead[1], dead[3]]
+    last_ms = int(dead[-1].dlq_id.split("-")[0])
+    unknown = f"{last_ms}-999"  # inside the DLQ's range, but no such entry
+    subscriber.behaviour = refusing(set())
+    ids = [d.dlq_id for d in chosen] + [unknown]
+    await start_replay(plane, route, "some", **{"from": {"deadLetters": {"ids": ids}}})
+    progress = await finished(plane, route, "some")
+    assert (progress.total, progress.sent, progress.delivered, progress.skipped) == (3, 2, 2, 1)
+    assert sorted(subscriber.ids()) == sorted(d.event["id"] for d in chosen)
+    left = await deadletter.read(plane.redis, plane.namespace, "src", "t")
+    assert sorted(d.dlq_id for d in left) == sorted(d.dlq_id for d in dead if d not in chosen)
 
 
 async def cancel(plane: Plane, job: CompiledReplay) -> int:
