@@ -1,7 +1,9 @@
-"""`tidings dev` runs a Replay from the manifest folder, as a cluster would."""
+"""`tidings dev` runs a Replay from the manifest folder, as a cluster would, and
+stops it when its manifest goes."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from dev_harness import Process
@@ -35,5 +37,41 @@ def test_a_replay_in_the_folder_delivers_the_stored_events_again(
         # Each stored event once more, delivered by the engine with fresh attempts.
         dev.wait_for(r"-> shop/print-orders: delivered com.shop.order.created", count=6, timeout=30)
         printer.wait_for(r"received com.shop.order.created id=\S+ on /events", count=6, timeout=30)
+    finally:
+        dev.stop()
+
+
+SLOW = """
+apiVersion: tidings.dev/v1alpha1
+kind: Replay
+metadata: {name: slow, namespace: shop}
+spec:
+  trigger: print-orders
+  from: {stream: {}}
+  rate: {perSecond: 2}
+"""
+
+RECEIVED = r"received com.shop.order.created id=\S+ on /events"
+
+
+def test_a_replay_removed_from_the_folder_stops_and_sends_nothing_more(
+    tmp_path: Path, subscriber: tuple[Process, int]
+) -> None:
+    printer, port = subscriber
+    dev, _ = start_dev(tmp_path, "--service", f"subscriber=http://127.0.0.1:{port}")
+    try:
+        dev.wait_for("ready; Ctrl-C stops", timeout=60)
+        sent = send(tmp_path, "shop/orders", "--type", "com.shop.order.created", "--count", "20")
+        assert sent.returncode == 0, sent.stderr
+        printer.wait_for(RECEIVED, count=20, timeout=30)
+        replay = tmp_path / "quickstart" / "replay.yaml"
+        replay.write_text(SLOW)
+        dev.wait_for(r"\+ Replay shop/slow", timeout=30)
+        printer.wait_for(RECEIVED, count=22, timeout=30)
+        replay.unlink()
+        dev.wait_for(r"- Replay shop/slow", timeout=30)
+        delivered = len(printer.wait_for(RECEIVED, count=22))
+        time.sleep(3)
+        assert len(printer.wait_for(RECEIVED, count=22)) == delivered < 40
     finally:
         dev.stop()
