@@ -1,5 +1,5 @@
 """`tidings dev` runs a Replay from the manifest folder, as a cluster would, and
-stops it when its manifest goes."""
+stops it when its manifest goes; `tidings send --deliver-after` delays an event."""
 
 from __future__ import annotations
 
@@ -73,5 +73,35 @@ def test_a_replay_removed_from_the_folder_stops_and_sends_nothing_more(
         delivered = len(printer.wait_for(RECEIVED, count=22))
         time.sleep(3)
         assert len(printer.wait_for(RECEIVED, count=22)) == delivered < 40
+    finally:
+        dev.stop()
+
+
+def test_an_event_sent_with_deliver_after_arrives_no_earlier(
+    tmp_path: Path, subscriber: tuple[Process, int]
+) -> None:
+    printer, port = subscriber
+    dev, _ = start_dev(tmp_path, "--service", f"subscriber=http://127.0.0.1:{port}")
+    try:
+        dev.wait_for("ready; Ctrl-C stops", timeout=60)
+        started = time.monotonic()
+        sent = send(
+            tmp_path,
+            "shop/orders",
+            "--type",
+            "com.shop.order.created",
+            "--id",
+            "later-1",
+            "--deliver-after",
+            "3s",
+        )
+        assert sent.returncode == 0, sent.stderr
+        printer.wait_for(r"received com.shop.order.created id=later-1 ", timeout=30)
+        assert time.monotonic() - started >= 3.0
+        refused = send(
+            tmp_path, "shop/orders", "--type", "com.shop.order.created", "--deliver-after", "200h"
+        )
+        assert refused.returncode == 1
+        assert "maxDelay" in refused.stderr
     finally:
         dev.stop()

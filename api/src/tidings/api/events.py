@@ -94,6 +94,9 @@ def now_rfc3339() -> str:
 
 # The CloudEvents extension asking for delivery no earlier than a time (RFC 3339).
 DELIVER_AFTER = "deliverafter"
+# The same for every event of an ingest request without its own: an RFC 3339 time
+# or a duration from now (tidings.dispatcher.ingest; `tidings send --deliver-after`).
+DELIVER_AFTER_HEADER = "Tidings-Deliver-After"
 
 
 def parse_rfc3339_ms(value: str) -> int | None:

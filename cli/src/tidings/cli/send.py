@@ -1,7 +1,9 @@
 """`tidings send NS/NAME --type T --data JSON`: post one test event to ingest.
 
 It sends a CloudEvent in binary mode (or structured / plain JSON with --mode)
-and prints what ingest answered. Next to a running `tidings dev` it needs no
+and prints what ingest answered; --deliver-after asks for delivery no earlier
+than a time (RFC 3339) or after a duration from when ingest stores it (the
+Tidings-Deliver-After header, docs/replay.md). Next to a running `tidings dev` it needs no
 more flags: dev writes its URL and the sources' tokens to
 `.tidings/dev-session.json`, which send reads. Otherwise pass --url and
 --token (or $TIDINGS_TOKEN).
@@ -23,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from tidings.api import codec
-from tidings.api.events import CloudEvent, new_id, now_rfc3339
+from tidings.api.durations import DurationError, parse_duration
+from tidings.api.events import (
+    DELIVER_AFTER_HEADER,
+    CloudEvent,
+    new_id,
+    now_rfc3339,
+    parse_rfc3339_ms,
+)
 from tidings.api.settings import LogSettings, SettingsError, add_arguments, load, setting
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -79,6 +88,7 @@ def build_request(
     hmac_header: str = "X-Signature-256",
     hmac_timestamp_header: str | None = None,
     webhook_secret: str | None = None,
+    deliver_after: str | None = None,
     now: float | None = None,
 ) -> Request:
     """The HTTP request for one event (pure, so it is tested without a server)."""
@@ -105,6 +115,8 @@ def build_request(
         )
         structured = event.to_structured()
         headers, body = codec.encode(structured, json.dumps(structured).encode(), mode)
+    if deliver_after:
+        headers[DELIVER_AFTER_HEADER] = deliver_after
     if token:
         headers["Authorization"] = f"Bearer {token}"
     timestamp = int(time.time() if now is None else now)
@@ -159,12 +171,27 @@ def _parse_data(text: str) -> Any:
         ) from None
 
 
+def _check_deliver_after(value: str | None) -> str | None:
+    """--deliver-after as ingest reads it: an RFC 3339 time or a duration from now."""
+    if value is None or parse_rfc3339_ms(value) is not None:
+        return value
+    try:
+        parse_duration(value, field="--deliver-after")
+    except DurationError:
+        raise SystemExit(
+            f"--deliver-after: {value!r} is neither an RFC 3339 time "
+            "(2026-11-29T10:00:00Z) nor a duration from now (30s, 15m, 2h)"
+        ) from None
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     source = args.source
     if source.count("/") != 1 or not all(source.split("/")):
         print(f"tidings send: {source!r}: write the EventSource as NAMESPACE/NAME", file=sys.stderr)
         return 2
     data = _parse_data(args.data)
+    deliver_after = _check_deliver_after(args.deliver_after)
     try:
         options = load(SendSettings, args)
     except SettingsError as error:
@@ -191,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             hmac_header=signing.get("header", "X-Signature-256"),
             hmac_timestamp_header=signing.get("timestampHeader"),
             webhook_secret=webhook_secret,
+            deliver_after=deliver_after,
         )
         try:
             code, answer = post(request)
@@ -231,5 +259,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--mode", choices=["binary", "structured", "plain"], default="binary", help="HTTP mode"
     )
     parser.add_argument("--count", type=int, default=1, help="send N events (ids differ)")
+    parser.add_argument(
+        "--deliver-after",
+        metavar="TIME|DURATION",
+        help="deliver no earlier than this RFC 3339 time, or this long after ingest "
+        "stores it (30s, 15m, 2h); bounded by the source's spec.http.maxDelay",
+    )
     add_arguments(parser, SendSettings)
     parser.set_defaults(func=run)

@@ -75,7 +75,14 @@ from redis.exceptions import RedisError
 from tidings.api import codec, tracing
 from tidings.api.codec import BATCH, STRUCTURED
 from tidings.api.durations import DurationError, format_duration, parse_duration
-from tidings.api.events import DELIVER_AFTER, CloudEvent, new_id, now_rfc3339, parse_rfc3339_ms
+from tidings.api.events import (
+    DELIVER_AFTER,
+    DELIVER_AFTER_HEADER,
+    CloudEvent,
+    new_id,
+    now_rfc3339,
+    parse_rfc3339_ms,
+)
 from tidings.api.process import event_fields
 from tidings.api.routes import CompiledIngest, CompiledSource
 from tidings.api.s3events import KeyFilter, NotificationError, events_from_notification
@@ -202,7 +209,6 @@ def _parse_events(
     )
 
 
-DELIVER_AFTER_HEADER = "Tidings-Deliver-After"
 DELIVER_AFTER_QUERY = "deliverAfter"
 
 
