@@ -60,9 +60,9 @@ async def test_delayed_events_arrive_on_time_in_due_order_across_a_restart(
     delayed = [r for r in subscriber.received if r.id in due]
     assert [r.id for r in delayed] == ["a", "b", "c"]
     for received in delayed:
-        # Not before its time; at most a second late (1.5 s: 2 cores shared by 9 agents).
+        # Not before its time; at most a second late.
         assert received.at >= due[received.id] - 0.05, received.id
-        assert received.at <= due[received.id] + 1.5, (received.id, received.at - due[received.id])
+        assert received.at <= due[received.id] + 1.0, (received.id, received.at - due[received.id])
         assert received.headers["ce-deliverafter"].startswith(rfc3339(due[received.id])[:19])
     await asyncio.sleep(0.5)
     assert len(subscriber.received) == 8  # each once
@@ -86,6 +86,6 @@ async def test_a_trigger_delay_holds_every_event_that_long(
     for received in subscriber.received:
         took = received.at - start
         if received.path.endswith("/later"):
-            assert 2.0 - 0.05 <= took <= 3.5, took
+            assert 2.0 - 0.05 <= took <= 3.0, took
         else:
             assert took < 1.5, took
