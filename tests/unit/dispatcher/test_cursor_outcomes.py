@@ -40,6 +40,8 @@ def test_script_keys_come_in_the_order_the_lua_names_them() -> None:
         "K_OWNERS": ":replay-owner",
         "K_RUNS": ":replay-runs",
         "K_LOG": ":log",
+        "K_REPLAY_DLQ": ":replay-dlq",
+        "K_LEASED": ":replay-leased",
     }
     order = names.group(1).split(", ")
     assert sorted(order) == sorted(suffixes)

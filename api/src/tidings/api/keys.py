@@ -141,6 +141,8 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         replay_owners(namespace, source, trigger),
         replay_runs(namespace, source, trigger),
         attempt_log(namespace, source, trigger),
+        replay_dead_letters(namespace, source, trigger),
+        replay_leased(namespace, source, trigger),
     ]
 
 
@@ -167,9 +169,23 @@ def delayed(namespace: str, source: str, trigger: str) -> str:
 def replay_owners(namespace: str, source: str, trigger: str) -> str:
     """HASH stream id -> the Replay that handed it to the Trigger (its copy is in
     `replays`): settling it counts it as delivered or failed for that Replay.
-    "" once that Replay was deleted while the event was leased or waiting for a
-    retry: it is withdrawn, not retried (lua/replay_cancel.lua)."""
+    "" once that Replay was deleted while the event was leased (`replay_leased`):
+    that attempt ends, and it is not retried (lua/replay_cancel.lua)."""
     return _trigger_key(namespace, source, trigger, "replay-owner")
+
+
+def replay_dead_letters(namespace: str, source: str, trigger: str) -> str:
+    """HASH stream id -> the DLQ entry a Replay of dead letters took it from (its
+    fields, a JSON array [field, value, ...]): deleting that Replay before the
+    event is delivered puts the entry back in the DLQ as it was (lua/_replayed.lua)."""
+    return _trigger_key(namespace, source, trigger, "replay-dlq")
+
+
+def replay_leased(namespace: str, source: str, trigger: str) -> str:
+    """SET of stream ids handed over by a Replay with an attempt under way (fetched,
+    not settled yet): deleting that Replay lets the attempt end rather than taking
+    the event back at once (lua/replay_cancel.lua)."""
+    return _trigger_key(namespace, source, trigger, "replay-leased")
 
 
 def replay_runs(namespace: str, source: str, trigger: str) -> str:

@@ -86,12 +86,19 @@ async def redis_now_ms(redis: Redis) -> int:
 
 
 async def cancel_run(
-    redis: Redis, namespace: str, source: str, trigger: str, replay: str, *, withdraw: bool
+    redis: Redis,
+    namespace: str,
+    source: str,
+    trigger: str,
+    replay: str,
+    *,
+    dead_letter_max_events: int,
 ) -> int:
-    """Forget the run of a deleted Replay and, with `withdraw`, withdraw the events
-    it handed to the Trigger that are not delivered yet (lua/replay_cancel.lua);
-    the count withdrawn. Only a Replay of the stream withdraws: dead letters handed
-    over left the DLQ, and withdrawn they would be lost."""
+    """Forget the run of a deleted Replay and withdraw the events it handed to the
+    Trigger that are not delivered yet (lua/replay_cancel.lua); the count withdrawn.
+    Dead letters go back into the Trigger's DLQ as they were, within its
+    `dead_letter_max_events`. An attempt under way ends: delivered, it is acked;
+    failed, it is withdrawn rather than retried."""
     _, withdrawn, marked = await scripts.REPLAY_CANCEL(
         redis,
         keys=[
@@ -100,7 +107,11 @@ async def cancel_run(
             keys.retries(namespace, source, trigger),
             keys.replays(namespace, source, trigger),
             keys.attempts(namespace, source, trigger),
+            keys.dead_letters(namespace, source, trigger),
+            keys.trigger_state(namespace, source, trigger),
+            keys.replay_dead_letters(namespace, source, trigger),
+            keys.replay_leased(namespace, source, trigger),
         ],
-        args=[replay, "1" if withdraw else "0"],
+        args=[replay, dead_letter_max_events],
     )
     return int(withdrawn) + int(marked)

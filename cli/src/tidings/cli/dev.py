@@ -52,6 +52,7 @@ from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manife
 from tidings.api.process import connect_redis, parse_listen
 from tidings.api.replays import cancel_run, read_progress
 from tidings.api.routes import (
+    DEAD_LETTER_MAX_EVENTS,
     CompiledReplay,
     CompiledSource,
     CompileError,
@@ -249,20 +250,23 @@ async def publish_replays(redis: Redis, manifests: Manifests, compiled: Compiled
         value = job.model_dump_json()
         if current.get(replay_id) != value:
             if replay_id in current:  # an edited spec is a new Replay: the old one goes
-                await _cancel_replay(redis, current[replay_id], unless_uid=job.uid)
+                await _cancel_replay(redis, compiled, current[replay_id], unless_uid=job.uid)
             await redis.hset(keys.REPLAY_JOBS, replay_id, value)  # type: ignore[misc]
             changes.append(f"+ Replay {replay_id}")
     for replay_id in current.keys() - wanted.keys():
         await redis.hdel(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
-        await _cancel_replay(redis, current[replay_id])
+        await _cancel_replay(redis, compiled, current[replay_id])
         changes.append(f"- Replay {replay_id}")
     return changes
 
 
-async def _cancel_replay(redis: Redis, job: str, *, unless_uid: str = "") -> None:
+async def _cancel_replay(
+    redis: Redis, compiled: Compiled, job: str, *, unless_uid: str = ""
+) -> None:
     """As deleting a Replay in a cluster does: its run stops, and what it handed to
-    the Trigger that is not delivered yet is withdrawn (tidings.api.replays). A
-    completed run is kept: the same file put back does not run again."""
+    the Trigger that is not delivered yet is withdrawn, dead letters back into the
+    DLQ (tidings.api.replays). A completed run is kept: the same file put back does
+    not run again."""
     try:
         gone = CompiledReplay.model_validate_json(job)
     except ValueError:
@@ -272,7 +276,11 @@ async def _cancel_replay(redis: Redis, job: str, *, unless_uid: str = "") -> Non
     ns, source, trigger = gone.namespace, gone.source, gone.trigger
     progress = await read_progress(redis, ns, source, trigger, gone.name)
     if progress is None or progress.uid != gone.uid or not progress.completed:
-        await cancel_run(redis, ns, source, trigger, gone.name, withdraw=not gone.dead_letters)
+        route = compiled.routes.get(gone.trigger_id)
+        dlq_max = DEAD_LETTER_MAX_EVENTS
+        if route is not None and route.source == source:
+            dlq_max = route.delivery.dead_letter_max_events
+        await cancel_run(redis, ns, source, trigger, gone.name, dead_letter_max_events=dlq_max)
 
 
 def example_type(routes: list[Route]) -> str:

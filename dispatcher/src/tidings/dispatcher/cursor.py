@@ -65,6 +65,8 @@ def script_keys(route: Route) -> list[str]:
         keys.replay_owners(ns, source, name),
         keys.replay_runs(ns, source, name),
         keys.attempt_log(ns, source, name),
+        keys.replay_dead_letters(ns, source, name),
+        keys.replay_leased(ns, source, name),
     ]
 
 
@@ -161,6 +163,7 @@ class Cursor:
                 self.order_path,
                 "1" if probe else "0",
                 int(self.route.delay * 1000),
+                self.route.delivery.dead_letter_max_events,
             ],
         )
         status = FetchStatus(text(status))

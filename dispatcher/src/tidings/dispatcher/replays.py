@@ -24,8 +24,9 @@ A run (`run_replay`):
    script (cursor.py) counts each as delivered or failed for its owner.
 
 Deleting the Replay removes its run and withdraws the events it handed over
-and not yet delivered (tidings.api.replays.cancel_run): the next page's script
-finds no run and the runner stops.
+and not yet delivered, dead letters back into the DLQ
+(tidings.api.replays.cancel_run): the next page's script finds no run and the
+runner stops.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class ReplayRun:
             keys.replays(ns, source, trigger),
             keys.replay_owners(ns, source, trigger),
             self.runs,
+            keys.replay_dead_letters(ns, source, trigger),
         ]
         self.trigger_filter = Filter(route.filter)
         self.own_filter = Filter(job.filter) if job.filter is not None else None

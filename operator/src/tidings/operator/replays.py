@@ -24,7 +24,12 @@ from redis.asyncio import Redis
 
 from tidings.api import keys
 from tidings.api.replays import Progress, cancel_run, read_progress
-from tidings.api.routes import CompiledReplay, CompileError, compile_replay
+from tidings.api.routes import (
+    DEAD_LETTER_MAX_EVENTS,
+    CompiledReplay,
+    CompileError,
+    compile_replay,
+)
 from tidings.api.text import text
 from tidings.api.types import ReplaySpec, ReplayStatus
 from tidings.operator import publishing, status
@@ -100,21 +105,24 @@ def replay_status(
 
 
 async def cancel(redis: Redis, namespace: str, name: str, trigger: str | None) -> None:
-    """A deleted Replay: the job is gone, no more pages are handed over, and (from
-    the stream) its events the Trigger has not delivered yet are withdrawn."""
+    """A deleted Replay: the job is gone, no more pages are handed over, and its
+    events the Trigger has not delivered yet are withdrawn (dead letters back into
+    the DLQ)."""
     replay_id = keys.source_id(namespace, name)
     raw = await redis.hget(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
     source = None
-    withdraw = False  # without a job nothing is outstanding: it is done, or never ran
     if raw is not None:
         job = CompiledReplay.model_validate_json(raw)
-        source, trigger, withdraw = job.source, job.trigger, not job.dead_letters
-    elif trigger:
-        route = await publishing.current_route(redis, namespace, trigger)
-        source = route.source if route is not None else None
+        source, trigger = job.source, job.trigger
+    route = await publishing.current_route(redis, namespace, trigger) if trigger else None
+    if source is None and route is not None:
+        source = route.source
     await redis.hdel(keys.REPLAY_JOBS, replay_id)  # type: ignore[misc]
     if source and trigger:
-        await cancel_run(redis, namespace, source, trigger, name, withdraw=withdraw)
+        dlq_max = DEAD_LETTER_MAX_EVENTS
+        if route is not None and route.source == source:
+            dlq_max = route.delivery.dead_letter_max_events
+        await cancel_run(redis, namespace, source, trigger, name, dead_letter_max_events=dlq_max)
 
 
 class ReplayController(ObjectController[ReplayStatus]):

@@ -3,7 +3,8 @@
 -- ARGV: [1] group, [2] consumer, [3] want, [4] lease ms, [5] concurrency, [6] rate
 --   per second, [7] burst, [8] reclaim idle ms (0: do not reclaim), [9] ordering
 --   path ("": unordered), [10] probe ("1": fetch even in Backoff, for the probe),
---   [11] the Trigger's delivery.delay in ms (0: none).
+--   [11] the Trigger's delivery.delay in ms (0: none), [12] the DLQ's max entries
+--   (a replayed dead letter whose Replay was deleted goes back there).
 -- A new entry not due yet (its FIELD_DUE, or its ingest time + the delay, is
 -- ahead) is set aside, not delivered: acked, scheduled in the retry ZSET at its
 -- due time, held against retention and marked in the delayed ZSET; it comes
@@ -21,6 +22,7 @@ local want, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, rate, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reclaim_idle, path, probe = tonumber(ARGV[8]), ARGV[9], ARGV[10]
 local delay = tonumber(ARGV[11] or '0')
+local dlq_max = tonumber(ARGV[12])
 
 if probe ~= '1' and redis.call('HGET', KEYS[K_STATE], {{STATE_STATE}}) == {{BACKOFF}} then
   return {'backoff', 0, {}}
@@ -51,8 +53,10 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIMIT', 0, want)) do
   -- A replayed dead letter is delivered from its copy (deadletter.py).
   local fields = replayed(id)
-  if fields and replay_cancelled(id) then
-    replay_withdraw(id)  -- its Replay was deleted while it waited (replay_cancel.lua)
+  local owner = fields and redis.call('HGET', KEYS[K_OWNERS], id)  -- its Replay, if any
+  if owner == '' then
+    -- Its Replay was deleted while it was leased, and the lease ran out (replay_cancel.lua).
+    replay_withdraw(id, dlq_max)
   else
     if not fields then
       local entry = redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
@@ -69,6 +73,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIM
         order_park(key, id)
       else
         redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
+        -- Deleting its Replay now lets this attempt end (replay_cancel.lua).
+        if owner then redis.call('SADD', KEYS[K_LEASED], id) end
         take('r', id, fields)
       end
     else  -- gone from the stream (deleted by hand): nothing left to deliver

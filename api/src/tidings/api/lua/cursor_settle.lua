@@ -36,9 +36,12 @@ for i = 19, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
-  if op == 'retry' and origin == 'r' and replay_cancelled(id) then
-    -- Its Replay was deleted during this attempt (replay_cancel.lua): not retried.
-    replay_withdraw(id)
+  if origin == 'r' then redis.call('SREM', KEYS[K_LEASED], id) end
+  if op ~= 'ok' and origin == 'r' and replay_cancelled(id)
+      and (op == 'retry' or redis.call('HEXISTS', KEYS[K_REPLAY_DLQ], id) == 1) then
+    -- Its Replay was deleted during this attempt (replay_cancel.lua): not retried,
+    -- and a dead letter goes back to the DLQ as it was.
+    replay_withdraw(id, dlq_max)
     if key ~= '' then order_release(string.sub(key, 2), id, now) end
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
@@ -58,6 +61,7 @@ for i = 19, #ARGV, 8 do
     end
     if origin == 'r' then
       redis.call('HDEL', KEYS[K_REPLAY], id)
+      redis.call('HDEL', KEYS[K_REPLAY_DLQ], id)
       -- Handed back by a Replay (replays.py): count its outcome there, unless the
       -- Replay was deleted meanwhile (owner "", or its run gone).
       local owner = redis.call('HGET', KEYS[K_OWNERS], id)

@@ -3,7 +3,8 @@
 -- one step (tidings.dispatcher.replays): a crash before it changes nothing, after
 -- it nothing of the page is handed over again.
 -- KEYS: [1] dead-letter stream, [2] retry ZSET, [3] attempts HASH, [4] replay HASH
---   (the copies), [5] replay owners HASH, [6] replay runs HASH.
+--   (the copies), [5] replay owners HASH, [6] replay runs HASH, [7] replayed dead
+--   letters HASH (the DLQ entries they were, put back if the Replay is deleted).
 -- ARGV: [1] Replay name, [2] its uid, [3] the cursor this page starts after,
 --   [4] the cursor after the page, [5] entries the runner skipped (filtered out,
 --   nothing stored), [6] "1" when the page ends the window, then per event 3:
@@ -22,6 +23,10 @@ for i = 7, #ARGV, 3 do
     -- Already due or retrying (or sent by another Replay): one delivery is enough.
     skipped = skipped + 1
   else
+    if dlq_id ~= '' then
+      local entry = redis.call('XRANGE', KEYS[1], dlq_id, dlq_id)[1]
+      if entry then redis.call('HSET', KEYS[7], id, cjson.encode(entry[2])) end
+    end
     redis.call('HSET', KEYS[4], id, now .. ' ' .. event)
     redis.call('HSET', KEYS[5], id, name)
     redis.call('HDEL', KEYS[3], id)
