@@ -1,11 +1,13 @@
 """Replays run by dispatchers: dead letters (all, a time window, ids) and a stream
 window handed to one Trigger with exact counts, the other Triggers untouched,
 progress counted; a dispatcher killed mid-run is resumed by another and no event
-is sent twice; a cancelled run withdraws what it handed over."""
+is sent twice; a cancelled run withdraws what it handed over, dead letters back
+into the DLQ as they were."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections import Counter
@@ -17,7 +19,8 @@ from dispatch_harness import Plane, Subscriber, wait_until
 from tidings.api import keys
 from tidings.api.events import CloudEvent
 from tidings.api.replays import Progress, cancel_run, read_progress
-from tidings.api.routes import CompiledReplay, Route, compile_replay
+from tidings.api.routes import DEAD_LETTER_MAX_EVENTS, CompiledReplay, Route, compile_replay
+from tidings.api.text import text
 from tidings.api.types import ReplaySpec
 from tidings.dispatcher import deadletter
 
@@ -211,11 +214,18 @@ async def test_dead_letters_chosen_by_id_are_replayed_and_an_unknown_id_is_skipp
     assert sorted(d.dlq_id for d in left) == sorted(d.dlq_id for d in dead if d not in chosen)
 
 
-async def cancel(plane: Plane, job: CompiledReplay) -> int:
+async def cancel(
+    plane: Plane, job: CompiledReplay, dead_letter_max_events: int = DEAD_LETTER_MAX_EVENTS
+) -> int:
     """What deleting the Replay does (tidings.operator.replays.cancel)."""
     await plane.redis.hdel(keys.REPLAY_JOBS, job.id)  # type: ignore[misc]
     return await cancel_run(
-        plane.redis, job.namespace, job.source, job.trigger, job.name, withdraw=True
+        plane.redis,
+        job.namespace,
+        job.source,
+        job.trigger,
+        job.name,
+        dead_letter_max_events=dead_letter_max_events,
     )
 
 
@@ -229,6 +239,8 @@ async def nothing_of_the_replay_left(plane: Plane, route: Route) -> bool:
         await plane.redis.hlen(keys.replay_owners(ns, "src", trigger)) == 0  # type: ignore[misc]
         and await plane.redis.hlen(keys.replays(ns, "src", trigger)) == 0  # type: ignore[misc]
         and await plane.redis.zcard(keys.retries(ns, "src", trigger)) == 0
+        and await plane.redis.hlen(keys.replay_dead_letters(ns, "src", trigger)) == 0  # type: ignore[misc]
+        and await plane.redis.scard(keys.replay_leased(ns, "src", trigger)) == 0  # type: ignore[misc]
     )
 
 
@@ -280,3 +292,81 @@ async def test_a_cancelled_run_withdraws_the_events_waiting_for_a_retry(
     await asyncio.sleep(1.5)
     assert len(replayed(subscriber.attempts)) == 4
     assert replayed(subscriber.received) == []
+
+
+async def dlq_by_event(plane: Plane, trigger: str) -> dict[str, dict[str, str]]:
+    """The Trigger's DLQ entries, all their fields, by event id."""
+    raw = await plane.redis.xrange(keys.dead_letters(plane.namespace, "src", trigger))
+    entries = [{text(k): text(v) for k, v in fields.items()} for _, fields in raw]
+    return {json.loads(e[keys.DLQ_EVENT])["id"]: e for e in entries}
+
+
+async def test_a_cancelled_dead_letter_run_puts_what_it_did_not_deliver_back_in_the_dlq(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    retry = {"initialDelay": "30s", "maxDelay": "30s", "jitter": 0, "maxAttempts": 5}
+    delivery = {"concurrency": 2, "retry": retry, "backoff": {"minAttempts": 1000}}
+    subscriber.behaviour = refusing({"/hook"})
+    route = await plane.add_trigger("t", subscriber.url, delivery=delivery)
+    await plane.publish(10)
+    await dead_letters_of(plane, "t", 10)
+    before = await dlq_by_event(plane, "t")
+
+    # Replayed events in the order their first attempt starts, two at a time, each
+    # answered after 1 s: the 1st is delivered, the 2nd refused (its retry is 30 s
+    # away), the 3rd and 4th are under way when the Replay is deleted: one will be
+    # delivered, one refused. The other 6 are due, not started.
+    order: list[str] = []
+
+    def replays(request: web.Request) -> tuple[int, dict[str, str], float]:
+        if not request.headers.get("ce-tidingsreplay"):
+            return 200, {}, 0.0
+        if request.headers["webhook-id"] not in order:
+            order.append(request.headers["webhook-id"])
+        n = order.index(request.headers["webhook-id"])
+        return (503 if n in (1, 3) else 200), {}, 1.0
+
+    subscriber.behaviour = replays
+    job = await start_replay(plane, route, "gone", **{"from": {"deadLetters": {}}})
+    await wait_until(lambda: len(replayed(subscriber.attempts)) == 4, 15, "four attempts")
+    withdrawn = await cancel(plane, job, route.delivery.dead_letter_max_events)
+    assert withdrawn == 9  # 6 due and 1 waiting at once, the 2 under way when they end
+    await wait_until(lambda: nothing_of_the_replay_left(plane, route), 10, "withdrawn")
+    await asyncio.sleep(1.5)
+    assert len(replayed(subscriber.attempts)) == 4  # nothing started after the cancel
+    delivered = {r.id for r in replayed(subscriber.received)}
+    assert delivered == {order[0], order[2]}
+    # The other 8 are back in the DLQ once each, as they were (the same fields).
+    after = await dlq_by_event(plane, "t")
+    assert await plane.redis.xlen(keys.dead_letters(plane.namespace, "src", "t")) == 8
+    assert after == {k: v for k, v in before.items() if k not in delivered}
+    assert await read_progress(plane.redis, plane.namespace, "src", "t", "gone") is None
+
+
+async def test_dead_letters_put_back_by_a_cancel_are_capped_at_the_dlq_max_entries(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    subscriber.behaviour = refusing({"/hook"})
+    delivery = {"concurrency": 1, "retry": FAST}
+    route = await plane.add_trigger("t", subscriber.url, delivery=delivery)
+    await plane.publish(6)
+    await dead_letters_of(plane, "t", 6)
+
+    def slow_replays(request: web.Request) -> tuple[int, dict[str, str], float]:
+        return 200, {}, (1.0 if request.headers.get("ce-tidingsreplay") else 0.0)
+
+    subscriber.behaviour = slow_replays
+    job = await start_replay(plane, route, "gone", **{"from": {"deadLetters": {}}})
+    await wait_until(lambda: len(replayed(subscriber.attempts)) == 1, 15, "the first replayed")
+    await cancel(plane, job, dead_letter_max_events=3)
+    await wait_until(lambda: nothing_of_the_replay_left(plane, route), 10, "withdrawn")
+    # 5 went back; the cap kept the last 3 and counted the 2 it dropped.
+    left = await dlq_by_event(plane, "t")
+    assert len(left) == 3
+    assert not set(left) & {r.id for r in replayed(subscriber.attempts)}
+    state = await plane.state(route)
+    assert state[keys.STATE_DEAD_LETTERS_TRIMMED] == "2"
