@@ -1,7 +1,8 @@
 """Replay objects on a real kube-apiserver, with the real operator, a dispatcher
 and a real loopback subscriber: dead letters replayed to one Trigger, status
 progress and completion in `kubectl get replays`, an operator killed mid-run,
-deletion stopping a run and withdrawing what it handed over."""
+deletion stopping a run and withdrawing what it handed over (dead letters back
+into the DLQ)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tidings.api import keys, table
 from tidings.api.destinations import LOCAL
 from tidings.api.events import CloudEvent
 from tidings.api.sealing import Sealer
-from tidings.dispatcher import streams
+from tidings.dispatcher import deadletter, streams
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -34,6 +35,7 @@ class Subscriber:
 
     def __init__(self) -> None:
         self.refusing: set[str] = set()
+        self.slow = 0.0  # seconds before answering a replayed event
         self.accepted: list[tuple[str, str, str]] = []  # (path, ce-id, ce-tidingsreplay)
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -52,6 +54,8 @@ class Subscriber:
         if request.path in self.refusing:
             return web.Response(status=400, text="missing field")
         replay = request.headers.get("ce-tidingsreplay", "")
+        if replay and self.slow:
+            await asyncio.sleep(self.slow)
         self.accepted.append((request.path, request.headers.get("ce-id", ""), replay))
         return web.Response(status=200)
 
@@ -197,6 +201,35 @@ async def test_dead_letters_replayed_by_a_replay_object_with_status_and_columns(
         "FAILED",
     ]
     assert row.split()[:7] == ["welcome-again", "welcome", "Succeeded", "12", "12", "12", "0"]
+
+    # Deleting a Replay of dead letters mid-run puts those not delivered back in the
+    # DLQ, and nothing more is delivered. One at a time, a second each: when it is
+    # deleted, one is under way and the others wait.
+    subscriber.refusing = {"/welcome"}
+    later = await publish(redis, cluster, 12, "later")
+    await eventually(lambda: _equal(redis.xlen(dlq), 12), within=30)
+    cluster.apply(trigger("welcome", subscriber.url("/welcome"), retry=FAST, concurrency=1))
+    subscriber.refusing, subscriber.slow = set(), 1.0
+
+    async def one_at_a_time() -> bool:
+        route = (await table.load(redis)).routes.get(f"{cluster.namespace}/welcome")
+        return route is not None and route.delivery.concurrency == 1
+
+    await eventually(one_at_a_time, within=30)
+    await asyncio.sleep(1.5)  # the dispatcher's watcher has the new route
+    cluster.apply(replay("welcome-stopped", "welcome", **{"from": {"deadLetters": {}}}))
+    await eventually(lambda: len(subscriber.at("/welcome", "welcome-stopped")) >= 1, within=60)
+    cluster.delete("replay", "welcome-stopped")
+    await eventually(lambda: cluster.get("replay", "welcome-stopped") is None, within=30)
+    await asyncio.sleep(1.5)  # the attempt under way at the deletion ends
+    stopped = subscriber.at("/welcome", "welcome-stopped")
+    await asyncio.sleep(3)
+    assert subscriber.at("/welcome", "welcome-stopped") == stopped
+    assert len(stopped) < 6
+    left = await deadletter.read(redis, cluster.namespace, "users", "welcome")
+    assert sorted(d.event["id"] for d in left) == sorted(set(later) - set(stopped))
+    for key in (keys.replay_owners, keys.replays, keys.replay_dead_letters):
+        assert await redis.hlen(key(cluster.namespace, "users", "welcome")) == 0  # type: ignore[misc]
 
 
 async def test_a_replay_survives_an_operator_kill_and_deletion_stops_another(
