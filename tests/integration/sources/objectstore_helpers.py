@@ -138,6 +138,96 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class PrivateGateway:
+    """A Versity Gateway of one test (the binary hack/s3.sh built, its root
+    keys) on a free loopback port: with `tls` (cert, key) it serves https, with
+    `versioning` buckets can keep versions (--versioning-dir). `stop` and
+    `start` again serve the same port and data directory: an outage."""
+
+    def __init__(
+        self,
+        shared: S3,
+        root: Path,
+        *,
+        tls: tuple[Path, Path] | None = None,
+        ca_pem: str | None = None,
+        versioning: bool = False,
+    ) -> None:
+        for sub in ("data", "iam", "versions"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        self.args = [
+            shared.versitygw,
+            "--port",
+            f"127.0.0.1:{port}",
+            "--iam-dir",
+            str(root / "iam"),
+        ]
+        if tls is not None:
+            self.args += ["--cert", str(tls[0]), "--key", str(tls[1])]
+        self.args += ["--quiet", "posix"]
+        if versioning:
+            self.args += ["--versioning-dir", str(root / "versions")]
+        self.args.append(str(root / "data"))
+        self.log_path = root / "versitygw.log"
+        scheme = "https" if tls is not None else "http"
+        self.store = S3(
+            f"{scheme}://127.0.0.1:{port}",
+            shared.access_key_id,
+            shared.secret_access_key,
+            shared.versitygw,
+            ca_pem,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it and wait until it answers S3 requests."""
+        assert self.process is None, "already running"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                env={
+                    **os.environ,
+                    "ROOT_ACCESS_KEY_ID": self.store.access_key_id,
+                    "ROOT_SECRET_ACCESS_KEY": self.store.secret_access_key,
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                try:
+                    self.store.client().list_buckets()
+                    return
+                except (urllib3.exceptions.HTTPError, OSError):
+                    assert self.process.poll() is None, self.log_path.read_text()[-2000:]
+                    assert time.monotonic() < deadline, f"no answer: {self.log_path}"
+                    time.sleep(0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM, and wait until it exited (its port refuses connections)."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> PrivateGateway:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def private_gateway(
     shared: S3,
@@ -147,54 +237,6 @@ def private_gateway(
     ca_pem: str | None = None,
     versioning: bool = False,
 ) -> Iterator[S3]:
-    """A Versity Gateway of one test (the binary hack/s3.sh built, its root
-    keys) on a free loopback port: with `tls` (cert, key) it serves https, with
-    `versioning` buckets can keep versions (--versioning-dir)."""
-    for sub in ("data", "iam", "versions"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    args = [shared.versitygw, "--port", f"127.0.0.1:{port}", "--iam-dir", str(root / "iam")]
-    if tls is not None:
-        args += ["--cert", str(tls[0]), "--key", str(tls[1])]
-    args += ["--quiet", "posix"]
-    if versioning:
-        args += ["--versioning-dir", str(root / "versions")]
-    args.append(str(root / "data"))
-    log_path = root / "versitygw.log"
-    with log_path.open("wb") as log:
-        gateway = subprocess.Popen(
-            args,
-            env={
-                **os.environ,
-                "ROOT_ACCESS_KEY_ID": shared.access_key_id,
-                "ROOT_SECRET_ACCESS_KEY": shared.secret_access_key,
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    scheme = "https" if tls is not None else "http"
-    store = S3(
-        f"{scheme}://127.0.0.1:{port}",
-        shared.access_key_id,
-        shared.secret_access_key,
-        shared.versitygw,
-        ca_pem,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                store.client().list_buckets()
-                break
-            except (urllib3.exceptions.HTTPError, OSError):
-                assert gateway.poll() is None, log_path.read_text()[-2000:]
-                assert time.monotonic() < deadline, f"the gateway did not answer: {log_path}"
-                time.sleep(0.2)
-        yield store
-    finally:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            gateway.wait(10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            gateway.wait()
+    """A PrivateGateway, running for the block; yields its address and keys."""
+    with PrivateGateway(shared, root, tls=tls, ca_pem=ca_pem, versioning=versioning) as gateway:
+        yield gateway.store

@@ -4,16 +4,31 @@ per object version, and each error reason with its recovery."""
 
 from __future__ import annotations
 
+import itertools
 import signal
-import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from objectstore_helpers import S3, delete_many, new_bucket_name, put_many, s3_from_env
-from source_helpers import compiled, eventually, running, start_adapter, stream_events
+from objectstore_helpers import (
+    S3,
+    PrivateGateway,
+    delete_many,
+    new_bucket_name,
+    put_many,
+    s3_from_env,
+)
+from source_helpers import (
+    compiled,
+    eventually,
+    running,
+    start_adapter,
+    stream_events,
+    wait_for_events,
+)
 
 from tidings.api import keys
 from tidings.api.s3events import CREATED_TYPE, DELETED_TYPE
@@ -286,31 +301,79 @@ async def test_missing_credentials_report_secret_not_found(
         await wait_reason(redis_client, adapter, "SecretNotFound")
 
 
-async def test_an_unreachable_store_is_retried_and_nothing_is_lost(
-    s3: S3, bucket: str, redis_client: aioredis.Redis
+async def test_a_store_that_is_down_and_comes_back_loses_and_repeats_nothing(
+    tmp_path: Path, redis_client: aioredis.Redis
 ) -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    source = compiled("src", f"os-{bucket}", "objectStore")
-    down = ObjectStoreAdapter(
-        source,
-        s3.spec(bucket, endpoint=f"http://127.0.0.1:{port}", pollInterval="1s"),
-        redis_client,
-        credentials=s3.credentials,
-        backoff_max=0.5,
-    )
-    async with running(down, redis_client, source, ready=False):
-        await wait_reason(redis_client, down, "EndpointUnreachable")
-    # The same source pointed at the store again: what was uploaded meanwhile arrives.
-    adapter = adapter_for(s3, redis_client, bucket, pollInterval="1s")
-    async with running(adapter, redis_client, adapter.source):
-        put_many(s3.client(), bucket, {f"late-{i}": b"x" for i in range(5)})
+    """One adapter polls a gateway of its own, which is stopped for a while and
+    started again on the same port and data: meanwhile the adapter reports
+    EndpointUnreachable, retries with backoff and emits nothing; afterwards
+    every change (made just before the outage, and after it) arrives exactly
+    once through the same adapter, and it reports Polling again."""
+    with PrivateGateway(s3_from_env(), tmp_path / "s3") as gateway:
+        client = gateway.store.client()
+        bucket = new_bucket_name()
+        client.make_bucket(bucket)
+        source = compiled("src", f"os-{bucket}", "objectStore")
+        # 3 s between polls: time to change the bucket and stop the store before the next.
+        spec = gateway.store.spec(bucket, pollInterval="3s", events=["created", "deleted"])
+        adapter = ObjectStoreAdapter(
+            source, spec, redis_client, credentials=gateway.store.credentials, backoff_max=2.0
+        )
+        reports: list[tuple[float, str, str]] = []  # every report, told or not to Redis
+        adapter.status.on_report = lambda s: reports.append((time.monotonic(), s.state, s.reason))
 
-        async def five() -> bool:
-            return len(await stream_events(redis_client, adapter.source)) == 5
+        def failures() -> list[float]:
+            return [at for at, _, reason in reports if reason == "EndpointUnreachable"]
 
-        await eventually(five, within=30)
+        async def polled_since(count: int) -> bool:
+            return any(reason == "Polling" for _, _, reason in reports[count:])
+
+        async with running(adapter, redis_client, source) as task:
+            before = {f"before/{i:02d}": b"1" for i in range(20)}
+            put_many(client, bucket, before)
+            await wait_for_events(redis_client, source, 20)
+            seen = len(reports)
+            await eventually(lambda: polled_since(seen))  # a poll just ended
+            unseen = {f"unseen/{i:02d}": b"1" for i in range(10)}
+            put_many(client, bucket, unseen)
+            gateway.stop()
+            assert len(await stream_events(redis_client, source)) == 20, "polled too soon"
+
+            async def retried(times: int) -> bool:
+                return len(failures()) >= times
+
+            await eventually(lambda: retried(4), within=30)
+            current = await status.read(redis_client, "src", source.name)
+            assert current is not None
+            assert (current.state, current.reason) == ("Retrying", "EndpointUnreachable")
+            assert gateway.store.endpoint in current.message
+            # Backoff: 1 s, then 2 s (doubled), then capped at backoff_max.
+            at = failures()
+            gaps = [later - earlier for earlier, later in itertools.pairwise(at)]
+            assert gaps[0] >= 0.9 and all(1.8 <= gap < 5.0 for gap in gaps[1:]), gaps
+            assert len(await stream_events(redis_client, source)) == 20
+            assert not task.done()
+
+            gateway.start()
+            overwritten = [f"before/{i:02d}" for i in range(3)]
+            deleted = [f"before/{i:02d}" for i in range(10, 15)]
+            after = {f"after/{i:02d}": b"1" for i in range(15)}
+            put_many(client, bucket, {**after, **{key: b"2" for key in overwritten}})
+            delete_many(client, bucket, deleted)
+            await wait_for_events(redis_client, source, 20 + 10 + 15 + 3 + 5, within=30)
+            seen = len(reports)
+            await eventually(lambda: polled_since(seen), within=30)  # one more: nothing twice
+            current = await status.read(redis_client, "src", source.name)
+            assert current is not None and (current.state, current.reason) == ("Running", "Polling")
+            assert not task.done()
+        events = await stream_events(redis_client, source)
+    expected = {(CREATED_TYPE, key): 1 for key in [*before, *unseen, *after]}
+    for key in overwritten:
+        expected[(CREATED_TYPE, key)] = 2
+    for key in deleted:
+        expected[(DELETED_TYPE, key)] = 1
+    assert by_subject(events) == expected
+    assert len({e.id for e in events}) == len(events)
 
 
 async def test_a_new_prefix_starts_a_new_first_listing(
