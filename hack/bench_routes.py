@@ -9,7 +9,9 @@ EventSources and `--routes` Triggers spread over them (no traffic), starts the
 real Dispatcher in this process, then measures over `--seconds`:
 
 1. idle: CPU of this process and of Redis (% of one core), Redis's connected
-   clients, this process's RSS, and Redis's memory per route;
+   clients, this process's RSS, and Redis's memory per route; first with every
+   idle Trigger looking and publishing each second (as before the idle back-off:
+   engine.IDLE_BLOCK_MAX = IDLE_BLOCK, QUIET_PUBLISH = 0), then as shipped;
 2. traffic on 1 % of the routes: deliveries/s, against the same number of events
    through 100 routes alone (the baseline, measured in the same run).
 
@@ -48,6 +50,7 @@ from tidings.api.process import connect_redis
 from tidings.api.routes import Route
 from tidings.api.sealing import Sealer, new_key
 from tidings.cli.redis_server import RedisServer, free_port
+from tidings.dispatcher import engine
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -57,8 +60,8 @@ async def redis_cpu(redis: Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-async def idle_cost(redis: Redis, seconds: float) -> dict[str, float]:
-    await asyncio.sleep(2)  # let start-up settle
+async def idle_cost(redis: Redis, seconds: float, settle: float = 2) -> dict[str, float]:
+    await asyncio.sleep(settle)  # let start-up (or the idle back-off) settle
     own, theirs, started = time.process_time(), await redis_cpu(redis), time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - started
@@ -113,10 +116,20 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
         await dispatcher.start()
         print(f"dispatcher started in {time.monotonic() - started:.1f}s")
         memory = int((await redis.info("memory"))["used_memory"]) - before
-        idle = await idle_cost(redis, seconds)
+        shipped = (engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH)
+        engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH = engine.IDLE_BLOCK, 0.0
+        every_second = await idle_cost(redis, seconds)
+        engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH = shipped
+        # Long enough for every worker's block to reach IDLE_BLOCK_MAX.
+        idle = await idle_cost(redis, seconds, settle=2 * engine.IDLE_BLOCK_MAX)
+        for what, cost in (("idle, each Trigger every second", every_second), ("idle", idle)):
+            print(
+                f"{what}: this process {cost['process_pct']:.1f}% of a core, Redis "
+                f"{cost['redis_pct']:.1f}%; Redis clients {cost['clients']:.0f}"
+            )
         print(
-            f"idle: this process {idle['process_pct']:.1f}% of a core, Redis "
-            f"{idle['redis_pct']:.1f}%; Redis clients {idle['clients']:.0f}; RSS "
+            f"idle back-off: this process {idle['process_pct'] / every_second['process_pct']:.2f}"
+            f", Redis {idle['redis_pct'] / every_second['redis_pct']:.2f} of every second; RSS "
             f"{idle['rss_mib']:.0f} MiB; Redis memory {table_bytes / routes_n:.0f} B per route "
             f"in the table, {memory / routes_n:.0f} B per route with the Trigger state"
         )

@@ -130,13 +130,15 @@ async def test_trace_of_expired_delivering_and_waiting_events(
     plane: Plane, subscriber: Subscriber
 ) -> None:
     def slow_first(request: web.Request) -> tuple[int, dict[str, str], float]:
-        return 200, {}, 15.0 if request.headers["webhook-id"] == "first" else 0.0
+        return 200, {}, 40.0 if request.headers["webhook-id"] == "first" else 0.0
 
     subscriber.behaviour = slow_first
     await plane.add_source()
     await plane.dispatcher()
     await plane.add_trigger(
-        "orders", subscriber.url, delivery={"ordering": {"key": "event.subject"}}
+        "orders",
+        subscriber.url,
+        delivery={"ordering": {"key": "event.subject"}, "timeout": "60s"},
     )
     await plane.add_trigger(
         "fresh", subscriber.url, filter={"prefix": {"subject": "x"}}, delivery={"maxAge": "1s"}

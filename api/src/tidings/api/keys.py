@@ -17,6 +17,9 @@ ROUTES = f"{PREFIX}:{{routing}}:routes"  # HASH "ns/trigger" -> Route JSON
 SOURCES = f"{PREFIX}:{{routing}}:sources"  # HASH "ns/source" -> CompiledSource JSON
 TABLE_VERSION = f"{PREFIX}:{{routing}}:version"  # INT, bumped on every change
 TABLE_CHANGED = f"{PREFIX}:routing:changed"  # pub/sub channel; message = new version
+# pub/sub channel; message = a Trigger id ("ns/name") whose retries another process
+# made due (a replay's hand-back): its workers look now, not after their idle block.
+TRIGGER_WAKE = f"{PREFIX}:trigger:wake"
 # Operator bookkeeping: HASH "ns/trigger" -> the source whose stream holds its consumer
 # group, so a Trigger moved to another source (or deleted) has its old cursor removed.
 CURSORS = f"{PREFIX}:{{routing}}:cursors"

@@ -112,6 +112,7 @@ class Fetched:
     wait_ms: int = 0  # limited: when tokens are expected
     last_id: str = "0-0"  # empty: the stream's newest id, to block on
     due_in_ms: int = -1  # empty: ms until the next retry comes due (-1: none)
+    leased: int = 0  # empty: entries leased to any consumer (another's may be abandoned)
 
 
 @dataclass(slots=True)
@@ -172,7 +173,13 @@ class Cursor:
         if status is FetchStatus.LIMITED:
             return Fetched(status, [], wait_ms=int(info))
         if status is FetchStatus.EMPTY:
-            return Fetched(status, [], last_id=text(info[0]), due_in_ms=int(float(info[1])))
+            return Fetched(
+                status,
+                [],
+                last_id=text(info[0]),
+                due_in_ms=int(float(info[1])),
+                leased=int(info[2]),
+            )
         return Fetched(status, [])
 
     async def settle(

@@ -108,6 +108,8 @@ async def hand_back(redis: Redis, route: Route, dlq_ids: list[str]) -> tuple[int
         ],
         args=dlq_ids,
     )
+    if int(moved):
+        await redis.publish(keys.TRIGGER_WAKE, route.id)
     return int(moved), int(kept)
 
 

@@ -92,8 +92,16 @@ CONSUMER_IDLE_FORGET = 3600.0
 CONSUMER_CLEANUP_EVERY = 300.0
 # How long finished deliveries wait to be settled together.
 FLUSH_DELAY = 0.001
-# Longest a worker blocks waiting for new entries before looking again.
+# How long an idle worker blocks before looking again: from IDLE_BLOCK, doubling
+# per empty look up to IDLE_BLOCK_MAX. New entries wake it at once (the waker),
+# and a retry at its due time; the look itself is for what other replicas left:
+# retries of a replica that died, Replays handed back, abandoned entries.
 IDLE_BLOCK = 1.0
+IDLE_BLOCK_MAX = 8.0
+# A quiet Trigger (nothing delivered or settled here, its state unchanged) has its
+# state published this often instead of every publish interval; the operator
+# calls a state stale after 120 s (TIDINGS_STALE_AFTER).
+QUIET_PUBLISH = 15.0
 
 # Called after every attempt: (route, event, result, op) where op is what
 # happened to the event. `tidings dev` prints from it.
@@ -271,12 +279,18 @@ class TriggerWorker:
         # Slow start after Backoff: this replica's in-flight cap, doubled by every
         # batch settled with mostly answers until it reaches local_limit (then None).
         self.ramp: int | None = None
+        self.idle_block = IDLE_BLOCK
+        # For publishing a quiet Trigger's state less often (Dispatcher._publish_loop).
+        self.active = True  # something was fetched or settled since the last publish
+        self.published: Published | None = None
+        self.published_at = 0.0  # monotonic
         self.update(route)
 
     # --- configuration ------------------------------------------------------------------
 
     def update(self, route: Route) -> None:
         self.route = route
+        self.active = True  # publish the changed Trigger's state at once
         self.cursor.update(route)
         self.backoff.update(route)
         self._config_error = None
@@ -322,10 +336,55 @@ class TriggerWorker:
         else:
             self._replaced_counts = (self.generation, counts)
 
+    def nudge(self) -> None:
+        """Look now (and keep looking every IDLE_BLOCK while there is something)."""
+        self.idle_block = IDLE_BLOCK
+        self._wake.set()
+
+    def quiet(self) -> bool:
+        """Whether publishing can wait: nothing fetched or settled here since the last
+        publish, which changed nothing either, and that was under QUIET_PUBLISH ago.
+        (Idle Triggers then cost no Redis call per publish interval.)"""
+        return (
+            not self.active
+            and self.published is not None
+            and time.monotonic() - self.published_at < QUIET_PUBLISH
+        )
+
+    def show(self, published: Published | None) -> None:
+        """The published state as metrics; the ages from now."""
+        metrics = self.metrics
+        if metrics is None or published is None:
+            return
+        metrics.lag.set(published.lag)
+        metrics.dead_letters.set(published.dlq_size)
+        metrics.expired.set(published.expired)
+        metrics.set_state(published.state)
+        metrics.backlog.set(published.lag + published.pending)
+        now = time.time()
+        if published.oldest_ms:
+            metrics.oldest_age.set(max(0.0, now - published.oldest_ms / 1000))
+            metrics.time_to_expiry.set(published.expires_ms / 1000 - now)
+        else:
+            metrics.oldest_age.set(0)
+            metrics.time_to_expiry.set(math.inf)
+
     async def publish(self, retention_max_age: float) -> Published:
         """Publish the Trigger's state and the filter's counts since the last publish
         (a replaced filter's first, under its own generation); counts that could not
         be published are kept for the next time."""
+        active, self.active = self.active, False
+        try:
+            published = await self._publish(retention_max_age)
+        except BaseException:
+            self.active = active
+            raise
+        # A change (lag growing while paused, say) keeps it publishing every interval.
+        self.active = published != self.published
+        self.published, self.published_at = published, time.monotonic()
+        return published
+
+    async def _publish(self, retention_max_age: float) -> Published:
         if self._replaced_counts is not None:
             generation, counts = self._replaced_counts
             self._replaced_counts = None
@@ -461,17 +520,23 @@ class TriggerWorker:
                     min(free, self.dispatcher.batch), self.lease_ms, reclaim_ms
                 )
                 if fetched.status is FetchStatus.OK:
+                    self.idle_block = IDLE_BLOCK
+                    self.active = True
                     for entry in fetched.entries:
                         self._start(self._deliver(entry))
                 elif fetched.status is FetchStatus.BACKOFF:
                     # Whoever recovers it, this replica comes back slowly: a backlog
                     # at full concurrency would flatten a subscriber just back up.
                     self.ramp = 1
+                    self.active = True
                     await self._probe()
                 elif fetched.status is FetchStatus.LIMITED:
                     await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
                 else:
                     await self._wait_for_entries(fetched)
+                    # Leased entries may be a dead replica's, to reclaim in time.
+                    grown = self.idle_block * 2 if not fetched.leased else IDLE_BLOCK
+                    self.idle_block = min(grown, IDLE_BLOCK_MAX)
             except (RedisError, OSError) as error:
                 log.warning("Trigger %s: Redis: %s; retrying in 1s", self.route.id, error)
                 group_ready = False
@@ -507,7 +572,7 @@ class TriggerWorker:
     async def _wait_for_entries(self, fetched: Fetched) -> None:
         """Block until the stream grows past what we saw, a retry comes due, or a
         wake-up. The process's one StreamWaker watches the stream for us (waker.py)."""
-        block = IDLE_BLOCK
+        block = self.idle_block
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
         # _sleep clears _wake before its first await: the waker cannot have set it yet.
@@ -718,6 +783,7 @@ class TriggerWorker:
                 return
 
     async def _settle(self, batch: list[Done], *, probe: bool = False) -> None:
+        self.active = True
         counts = tally(batch)
         last_failure = counts.last_failure
         note = None
@@ -920,6 +986,7 @@ class Dispatcher:
         )
         self.waker.start()
         self.watcher.on_change(self.apply)
+        self.watcher.on_wake(self.wake)
         if self.watcher.loaded.is_set():
             await self.apply(self.watcher.current)
         self._tasks = [
@@ -963,10 +1030,19 @@ class Dispatcher:
             await self._session.close()
         log.info("dispatcher %s stopped", self.consumer)
 
+    def wake(self, trigger_id: str) -> None:
+        """Another process made retries of this Trigger due (keys.TRIGGER_WAKE)."""
+        worker = self.workers.get(trigger_id)
+        if worker is not None:
+            worker.nudge()
+
     async def _publish_loop(self) -> None:
         while True:
             sources = self.watcher.current.sources
             for worker in list(self.workers.values()):
+                if worker.quiet():
+                    worker.show(worker.published)  # the ages move on without Redis
+                    continue
                 route = worker.route
                 source = sources.get(keys.source_id(route.namespace, route.source))
                 try:
@@ -976,19 +1052,7 @@ class Dispatcher:
                 except (RedisError, OSError) as error:
                     log.debug("publishing state of %s failed: %s", worker.route.id, error)
                     continue
-                if worker.metrics is not None:
-                    worker.metrics.lag.set(published.lag)
-                    worker.metrics.dead_letters.set(published.dlq_size)
-                    worker.metrics.expired.set(published.expired)
-                    worker.metrics.set_state(published.state)
-                    worker.metrics.backlog.set(published.lag + published.pending)
-                    now = time.time()
-                    if published.oldest_ms:
-                        worker.metrics.oldest_age.set(max(0.0, now - published.oldest_ms / 1000))
-                        worker.metrics.time_to_expiry.set(published.expires_ms / 1000 - now)
-                    else:
-                        worker.metrics.oldest_age.set(0)
-                        worker.metrics.time_to_expiry.set(math.inf)
+                worker.show(published)
             if time.monotonic() >= self._next_cleanup:
                 self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
                 for worker in list(self.workers.values()):

@@ -216,6 +216,8 @@ class ReplayRun:
         sent, _ = await scripts.REPLAY_HAND_BACK(
             self.redis, keys=self.hand_back_keys, args=[*head, *selected]
         )
+        if int(sent):
+            await self.redis.publish(keys.TRIGGER_WAKE, self.route.id)
         return int(sent)
 
     async def _from_source(self, stream_id: str) -> str:

@@ -17,10 +17,12 @@ from redis.exceptions import RedisError
 
 from tidings.api import keys, table
 from tidings.api.table import RoutingTable
+from tidings.api.text import text
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[RoutingTable], Awaitable[None]]
+WakeListener = Callable[[str], None]
 
 
 class TableWatcher:
@@ -30,12 +32,17 @@ class TableWatcher:
         self.current = RoutingTable()
         self.loaded = asyncio.Event()
         self._listeners: list[Listener] = []
+        self._wake_listeners: list[WakeListener] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     def on_change(self, listener: Listener) -> None:
         """Call `listener(table)` after every load that changed the version."""
         self._listeners.append(listener)
+
+    def on_wake(self, listener: WakeListener) -> None:
+        """Call `listener(trigger id)` for each keys.TRIGGER_WAKE message."""
+        self._wake_listeners.append(listener)
 
     async def start(self) -> None:
         await self.refresh()
@@ -76,11 +83,16 @@ class TableWatcher:
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.TABLE_CHANGED)
+                    await pubsub.subscribe(keys.TABLE_CHANGED, keys.TRIGGER_WAKE)
                     # Catch up on anything published before the subscription was live.
                     await self.refresh()
                     async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                        if message.get("type") != "message":
+                            continue
+                        if text(message.get("channel")) == keys.TRIGGER_WAKE:
+                            for wake in self._wake_listeners:
+                                wake(text(message.get("data")))
+                        else:
                             await self.refresh()
             except (RedisError, OSError) as error:
                 log.warning("routing table subscription lost (%s); retrying in 1s", error)

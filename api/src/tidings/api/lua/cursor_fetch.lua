@@ -10,7 +10,8 @@
 -- due time, held against retention and marked in the delayed ZSET; it comes
 -- back as a due retry with no attempt spent, taking its ordering key then.
 -- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
--- empty (info: {last stream id, ms until the next retry is due, or -1}) | backoff.
+-- empty (info: {last stream id, ms until the next retry is due, or -1, entries
+-- leased to any consumer of the group}) | backoff.
 -- Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
 --#include _cursor_keys.lua
 --#include _limits.lua
@@ -139,7 +140,8 @@ if #out == 0 then
   local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
   local due_in = -1
   if due then due_in = math.max(0, tonumber(due) - now) end
-  return {'empty', {last and last[1] or '0-0', due_in}, {}}
+  local leased = redis.call('XPENDING', KEYS[K_STREAM], group)[1]
+  return {'empty', {last and last[1] or '0-0', due_in, leased}, {}}
 end
 limits_commit(now, now + lease, consumer, ids, limit, tokens, rate)
 return {'ok', 0, out}
