@@ -36,15 +36,16 @@ install_missing() {
 
 # Tools the tests run, built from Go modules and cached (seconds when cached). Built
 # here, alongside the servers, so that a cold build (minutes) never runs inside a
-# test fixture under pytest's per-test timeout.
-TOOLS=(helm promtool)
+# test fixture under pytest's per-test timeout. hack/build-promtool.sh also builds
+# the Prometheus server (the same Go module), which the dashboard's tests query.
 
 # All at once: the control plane dominates, the others start while it does.
 each() {
   local pids=() c failed=0
   for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" "$1" >/dev/null & pids+=($!); done
   if [[ $1 == up ]]; then
-    for c in "${TOOLS[@]}"; do bash "$HACK/build-$c.sh" >/dev/null & pids+=($!); done
+    bash "$HACK/build-helm.sh" >/dev/null & pids+=($!)
+    bash "$HACK/build-promtool.sh" promtool prometheus >/dev/null & pids+=($!)
   fi
   for c in "${pids[@]}"; do wait "$c" || failed=1; done
   return "$failed"
@@ -52,7 +53,9 @@ each() {
 
 print_env() {
   for c in "${COMPONENTS[@]}"; do bash "$HACK/$c.sh" env; done
-  echo "export HELM=$(bash "$HACK/build-helm.sh" | tail -1) PROMTOOL=$(bash "$HACK/build-promtool.sh" | tail -1)"
+  local prom
+  prom="$(bash "$HACK/build-promtool.sh" promtool prometheus)"
+  echo "export HELM=$(bash "$HACK/build-helm.sh" | tail -1) PROMTOOL=$(sed -n 1p <<<"$prom") PROMETHEUS=$(sed -n 2p <<<"$prom")"
 }
 
 case "${1:-}" in
