@@ -80,6 +80,7 @@ from tidings.dispatcher.routing import TableWatcher
 from tidings.dispatcher.streams import AppendResult
 from tidings.sources import adapters
 from tidings.sources.adapters import Adapter
+from tidings.sources.metrics import SourceMetrics, SourceSeries, attach
 
 if TYPE_CHECKING:
     from tidings.sources.objectstore import Credentials as S3Credentials
@@ -362,6 +363,7 @@ class RunningAdapter:
     fingerprint: str  # the spec (and DSN) it was built from
     adapter: Adapter
     task: asyncio.Task[None]
+    series: SourceSeries | None
 
 
 def s3_credentials(
@@ -388,10 +390,13 @@ def s3_credentials(
 
 class SourceAdapters:
     """The adapters of the loaded non-http EventSources, in this process, as
-    `tidings source` runs them in a cluster; restarted when their spec changes."""
+    `tidings source` runs them in a cluster; restarted when their spec changes.
+    Their series (tidings_source_*, tidings.sources.metrics) go into `registry`,
+    which dev serves on /metrics, as each adapter's pod serves its own."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, registry: CollectorRegistry | None = None) -> None:
         self.redis = redis
+        self.metrics = SourceMetrics(registry) if registry is not None else None
         self.running: dict[str, RunningAdapter] = {}
 
     async def sync(self, manifests: Manifests, compiled: Compiled) -> None:
@@ -424,14 +429,20 @@ class SourceAdapters:
             except Exception as error:  # kubeconfig, DSN …: say why, keep the rest running
                 say(f"tidings dev: the {spec.kind} adapter of {source_id} cannot start: {error}")
                 continue
+            series = None
+            if self.metrics is not None:
+                series = self.metrics.of(source_id)
+                attach(adapter, series)
             task = asyncio.create_task(adapter.run(), name=f"adapter {source_id}")
-            self.running[source_id] = RunningAdapter(fingerprint, adapter, task)
+            self.running[source_id] = RunningAdapter(fingerprint, adapter, task, series)
             say(f"tidings dev: started the {spec.kind} adapter of EventSource {source_id}")
 
     async def stop_one(self, source_id: str) -> None:
         running = self.running.pop(source_id)
         await running.adapter.stop()
         await _bounded(running.task, 10, f"the adapter of {source_id}")
+        if running.series is not None:
+            running.series.set_state("Stopped")
         say(f"tidings dev: stopped the {running.adapter.kind} adapter of EventSource {source_id}")
 
     async def stop(self) -> None:
@@ -509,7 +520,7 @@ class DevSession:
         self.engine_stop = await start_engine(
             self.redis, self.watcher, registry, self.sealer, options.destinations
         )
-        self.adapters = SourceAdapters(self.redis)
+        self.adapters = SourceAdapters(self.redis, registry)
         if self.manifests is not None and self.compiled is not None:
             await self.adapters.sync(self.manifests, self.compiled)
         self._write_session()
