@@ -119,6 +119,9 @@ class SourceSettings(CommonSettings):
         "the EventSource's spec as JSON (the operator sets it in adapter Deployments)",
         metavar="JSON",
     )
+    redis_cluster: bool = setting(
+        "--redis-cluster", "TIDINGS_REDIS_CLUSTER", False, "--redis-url points at a Redis Cluster"
+    )
     # Environment only: the operator injects it from the Secret (secretKeyRef).
     pg_dsn: str = setting(None, DSN_ENV, "", "the Postgres DSN")
     s3_access_key_id: str = setting(
@@ -379,7 +382,7 @@ async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
     still_wanted = None
     if api is not None and args.kind == "postgres":
         still_wanted = eventsource_still_wanted(api, namespace, name)
-    redis = connect_redis(settings.redis_connection())
+    redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
