@@ -161,3 +161,26 @@ def test_the_operators_otel_variables_reach_every_adapter() -> None:
     assert env["OTEL_TRACES_SAMPLER"] == "x"
     plain = adapters.adapter_deployment("shop", "users-db", "u", POSTGRES, SETTINGS)
     assert adapters.template_hash(plain) != adapters.template_hash(deployment)
+
+
+def test_an_operator_on_a_redis_cluster_tells_its_adapters_so() -> None:
+    """TIDINGS_REDIS_CLUSTER travels in the adapter's config Secret (envFrom), and
+    `tidings source` reads it from there: in-cluster adapters use a cluster client."""
+    from tidings.api.settings import load
+    from tidings.operator.main import OperatorSettings, settings_from
+    from tidings.sources.cli import SourceSettings
+
+    def secret_of(environ: dict[str, str]) -> dict[str, str]:
+        operator = load(OperatorSettings, environ=environ)
+        adapter = settings_from(operator).adapters
+        secret = adapters.adapter_config_secret("shop", "users-db", "u", adapter)
+        data: dict[str, str] = secret["stringData"]
+        return data
+
+    url = {"REDIS_URL": "redis://redis-0.data:6379/0"}
+    on_cluster = secret_of({**url, "TIDINGS_REDIS_CLUSTER": "true"})
+    assert on_cluster["TIDINGS_REDIS_CLUSTER"] == "true"
+    assert load(SourceSettings, environ=on_cluster).redis_cluster
+    # Not on a cluster: the Secret is as before (no roll of existing adapters).
+    assert secret_of(url) == {"REDIS_URL": "redis://redis-0.data:6379/0"}
+    assert not load(SourceSettings, environ=secret_of(url)).redis_cluster

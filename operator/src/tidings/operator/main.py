@@ -48,6 +48,8 @@ DEFAULT_IMAGE = "tidings:latest"
 # Redis connections shared by all controllers: enough for bursts at start,
 # bounded so a thousand daemons cannot open a thousand connections.
 REDIS_CONNECTIONS = 32
+# Also put in adapters' config Secret (adapter_redis_env): the adapters read it too.
+CLUSTER_ENV = "TIDINGS_REDIS_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class OperatorSettings(CommonSettings, DestinationSettings):
         "TIDINGS_ADAPTER_REDIS_URL",
         "",
         "Redis URL adapters use (empty: --redis-url)",
+    )
+    redis_cluster: bool = setting(
+        "--redis-cluster",
+        CLUSTER_ENV,
+        False,
+        "--redis-url points at a Redis Cluster (adapters are told so too)",
     )
     ingest_service: str = setting(
         "--ingest-service",
@@ -243,7 +251,7 @@ def settings_from(options: OperatorSettings) -> Settings:
         adapters=AdapterSettings(
             image=options.image,
             redis_url=options.adapter_redis_url or options.require_redis_url(),
-            redis_env=adapter_redis_env(options.redis_connection()),
+            redis_env=adapter_redis_env(options.redis_connection(), cluster=options.redis_cluster),
             service_account=options.adapter_service_account or None,
             image_pull_policy=options.adapter_image_pull_policy,
             resources=(
@@ -269,10 +277,13 @@ def settings_from(options: OperatorSettings) -> Settings:
     )
 
 
-def adapter_redis_env(connection: RedisConnection) -> dict[str, str]:
+def adapter_redis_env(connection: RedisConnection, *, cluster: bool = False) -> dict[str, str]:
     """What source adapters need of the operator's own Redis settings (their
-    config Secret's keys): the ACL user, the password, the CA bundle as PEM."""
+    config Secret's keys): the ACL user, the password, the CA bundle as PEM,
+    and whether the URL is a Redis Cluster's."""
     env = {"REDIS_USERNAME": connection.username, "REDIS_PASSWORD": connection.password}
+    if cluster:
+        env[CLUSTER_ENV] = "true"
     ca = connection.ca_data
     if connection.ca_file:
         ca = Path(connection.ca_file).read_text()
@@ -309,9 +320,10 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     # wait, do not crash into a restart loop.
     await wait_until_reachable("the Kubernetes API", lambda: _api_version(configuration))
     kube = Kube(configuration)
-    redis = connect_redis(
-        options.redis_connection(), max_connections=REDIS_CONNECTIONS, timeout=None
-    )
+    # A cluster client's per-node pool raises when full instead of waiting:
+    # it keeps redis-py's default bound (100 a node) rather than ours.
+    pool = {} if options.redis_cluster else {"max_connections": REDIS_CONNECTIONS, "timeout": None}
+    redis = connect_redis(options.redis_connection(), cluster=options.redis_cluster, **pool)
     namespaces: list[str] = options.namespaces
     priority = options.priority if options.priority is not None else random.randint(1, 2**31 - 1)
     if not options.standalone:
