@@ -53,6 +53,20 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real 3-master Redis Cluster on loopback (hack/redis-cluster.sh), for this
+    session: any node's URL, as `--redis-cluster` processes are given it."""
+    script = Path(__file__).resolve().parents[1] / "hack" / "redis-cluster.sh"
+    env = {**os.environ, "TIDINGS_STATE_DIR": str(tmp_path_factory.mktemp("redis-cluster"))}
+    up = subprocess.run(
+        ["bash", str(script), "up"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert up.returncode == 0, up.stderr
+    yield up.stdout.strip().split("=", 1)[1]
+    subprocess.run(["bash", str(script), "down"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
 def tls_redis() -> TlsRedis:
     def env(name: str) -> str:
         value = os.environ.get(name)
