@@ -148,10 +148,12 @@ async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_t
     await start_replay(plane, route, "slow", **{"from": {"stream": {}}, "rate": {"perSecond": 20}})
 
     async def halfway() -> bool:
+        # Killed between pages (all sent so far settled): what repeats is then the
+        # runner's doing, not a delivery that was in flight at the kill.
         progress = await read_progress(plane.redis, plane.namespace, "src", "t", "slow")
-        return progress is not None and progress.sent >= 20
+        return progress is not None and progress.sent >= 20 and progress.delivered >= progress.sent
 
-    await wait_until(halfway, 20, "the replay under way")
+    await wait_until(halfway, 20, "the replay under way, between pages")
     first.kill()  # SIGKILL mid-run
     first.wait()
     await plane.dispatcher()
@@ -159,7 +161,13 @@ async def test_a_replay_resumes_after_its_dispatcher_is_killed_without_sending_t
     assert (progress.total, progress.sent, progress.delivered) == (80, 80, 80)
     replayed = Counter(r.id for r in subscriber.received if r.headers.get("ce-tidingsreplay"))
     assert sorted(replayed) == sorted(e.id for e in events)
-    assert set(replayed.values()) == {1}, "an event replayed twice"
+    # A delivery answered but not yet settled when the process died is sent again
+    # (at-least-once, as for any event); handing a page over twice would repeat up
+    # to 20 (one page at this rate). At most the few in flight at the kill repeat.
+    repeated = {event_id: n for event_id, n in replayed.items() if n > 1}
+    assert len(repeated) <= 2 and set(repeated.values()) <= {2}, (
+        f"events replayed twice beyond what was in flight at the kill: {repeated}"
+    )
 
 
 async def dead_letters_of(plane: Plane, trigger: str, count: int) -> list[deadletter.DeadLetter]:
