@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from dataclasses import dataclass
 
 import pytest
 
-from tidings.api.process import parse_listen
+from tidings.api.process import event_loop_choice, parse_listen, run_event_loop
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
 
 
@@ -80,3 +81,24 @@ def test_listen_addresses_are_host_and_port(text: str, address: tuple[str, int])
 def test_a_bad_listen_address_names_the_flag_and_an_example(text: str) -> None:
     with pytest.raises(ValueError, match=r"--listen .*: write HOST:PORT, e\.g\. 0\.0\.0\.0:8080"):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "loop"), [("", "uvloop"), ("uvloop", "uvloop"), (" AsyncIO ", "asyncio")]
+)
+def test_the_event_loop_is_uvloop_unless_asked_for_asyncio(value: str, loop: str) -> None:
+    assert event_loop_choice({"TIDINGS_EVENT_LOOP": value}) == loop
+
+
+def test_an_unknown_event_loop_names_the_variable_and_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"TIDINGS_EVENT_LOOP: 'trio' .*use uvloop .* or asyncio"):
+        event_loop_choice({"TIDINGS_EVENT_LOOP": "trio"})
+
+
+@pytest.mark.parametrize("value", ["uvloop", "asyncio"])
+def test_the_chosen_event_loop_runs_the_process(value: str) -> None:
+    async def loop_class() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    module = run_event_loop(loop_class(), {"TIDINGS_EVENT_LOOP": value})
+    assert module.startswith("uvloop" if value == "uvloop" else "asyncio")

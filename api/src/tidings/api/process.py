@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
@@ -17,6 +18,33 @@ from tidings.api.settings import RedisConnection, SettingsError
 from tidings.api.tracing import trace_id_of
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The data plane's event loop: uvloop (libuv) unless TIDINGS_EVENT_LOOP=asyncio.
+# Measured in hack/bench_dispatch.py and hack/bench_latency.py (docs/benchmarks.md).
+ENV_EVENT_LOOP = "TIDINGS_EVENT_LOOP"
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def event_loop_choice(env: Mapping[str, str] = os.environ) -> str:
+    """`uvloop` (the default) or `asyncio`; SettingsError naming the variable otherwise."""
+    chosen = env.get(ENV_EVENT_LOOP, "").strip().lower() or "uvloop"
+    if chosen not in EVENT_LOOPS:
+        raise SettingsError(
+            f"{ENV_EVENT_LOOP}: {chosen!r} is not an event loop Tidings runs on; "
+            "use uvloop (the default) or asyncio"
+        )
+    return chosen
+
+
+def run_event_loop(main: Coroutine[Any, Any, T], env: Mapping[str, str] = os.environ) -> T:
+    """asyncio.run(main) on the chosen event loop (event_loop_choice)."""
+    if event_loop_choice(env) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 class JsonFormatter(logging.Formatter):

@@ -49,7 +49,7 @@ from tidings.api.destinations import LOCAL, DestinationPolicy
 from tidings.api.events import CloudEvent
 from tidings.api.groups import ensure_group
 from tidings.api.manifests import Compiled, LocalServices, ManifestError, Manifests
-from tidings.api.process import connect_redis, parse_listen
+from tidings.api.process import connect_redis, event_loop_choice, parse_listen, run_event_loop
 from tidings.api.replays import cancel_run, read_progress
 from tidings.api.routes import (
     DEAD_LETTER_MAX_EVENTS,
@@ -740,6 +740,7 @@ def run(args: argparse.Namespace) -> int:
         services = LocalServices.parse(settings.services)
         redis = settings.redis_connection() if settings.redis_url else None
         destinations = settings.destination_policy()
+        event_loop_choice()
     except ValueError as bad:
         print(f"tidings dev: {bad}", file=sys.stderr)
         return 2
@@ -757,7 +758,7 @@ def run(args: argparse.Namespace) -> int:
         services=services,
         destinations=destinations,
     )
-    return asyncio.run(run_dev(options))
+    return run_event_loop(run_dev(options))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from tidings.api.process import connect_redis, parse_listen, wait_until_reachable
+from tidings.api.process import (
+    connect_redis,
+    event_loop_choice,
+    parse_listen,
+    run_event_loop,
+    wait_until_reachable,
+)
 from tidings.api.sealing import ENV_KEY, ENV_KEY_FILE, Sealer, SealError, load_sealer
 from tidings.api.settings import (
     DestinationSettings,
@@ -108,12 +114,13 @@ def run(args: argparse.Namespace) -> int:
         settings.redis_connection()
         host, port = parse_listen(settings.listen)
         settings.destination_policy()  # a bad entry stops the start, naming its flag
+        event_loop_choice()
         # Refused at start, not at the first sealed value: without the operator's
         # key every ingest token and signing key would fail at run time.
         sealer: Sealer = load_sealer(settings.seal_key_file or None)
     except (SettingsError, SealError) as error:
         raise SystemExit(f"tidings dispatcher: {error}") from None
-    return asyncio.run(serve(settings, host, port, sealer))
+    return run_event_loop(serve(settings, host, port, sealer))
 
 
 async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Sealer) -> int:
