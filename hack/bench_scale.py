@@ -54,9 +54,15 @@ from tidings.api import keys, table
 from tidings.api.process import connect_redis
 from tidings.api.routes import Route
 from tidings.api.sealing import ENV_KEY, Sealer, new_key
-from tidings.cli.redis_server import RedisServer, free_port
+from tidings.cli.redis_server import free_port
 
 HACK = Path(__file__).resolve().parent
+# Linux's autogroup scheduling (kernel.sched_autogroup_enabled) shares the CPU
+# fairly between sessions, not processes: on a loaded machine every process of
+# one session together gets one session's share, so a second dispatcher in the
+# same session would gain nothing. Each server here gets its own session, as
+# each pod gets its own cgroup.
+SESSIONS = "dispatchers, Redis and the subscriber each run in a session of their own"
 TIDINGS = Path(sys.executable).parent / "tidings"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -68,6 +74,21 @@ def process_cpu(pid: int) -> float:
     """CPU seconds (user + system, all threads) of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def autogroup() -> str:
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return "unknown"
+    return "on" if on else "off"
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -111,28 +132,31 @@ class Target:
         await self.client.aclose()
 
 
-async def single_target(server: RedisServer) -> Target:
-    client = connect_redis(server.url)
-    return Target("single", server.url, False, client, {f"127.0.0.1:{server.port}": client})
-
-
-def cluster_up(state: Path) -> str:
-    """A private 3-master cluster (hack/redis-cluster.sh under `state`): its URL."""
+def redis_up(script: str, state: Path) -> str:
+    """A private Redis (hack/redis.sh) or 3-master cluster (hack/redis-cluster.sh)
+    under `state`: its URL. Both daemonize, so each server has its own session."""
     env = {**os.environ, "TIDINGS_STATE_DIR": str(state)}
     up = subprocess.run(
-        ["bash", str(HACK / "redis-cluster.sh"), "up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        ["bash", str(HACK / script), "up"], env=env, capture_output=True, text=True, timeout=120
     )
     if up.returncode != 0:
-        raise SystemExit(f"hack/redis-cluster.sh up failed:\n{up.stderr}")
-    return up.stdout.strip().split("=", 1)[1]
+        raise SystemExit(f"hack/{script} up failed:\n{up.stderr}")
+    return up.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+
+def redis_down(script: str, state: Path) -> None:
+    env = {**os.environ, "TIDINGS_STATE_DIR": str(state)}
+    subprocess.run(["bash", str(HACK / script), "down"], env=env, capture_output=True, timeout=60)
+
+
+async def single_target(state: Path) -> Target:
+    url = await asyncio.to_thread(redis_up, "redis.sh", state)
+    client = connect_redis(url)
+    return Target("single", url, False, client, {url.split("/")[2]: client})
 
 
 async def cluster_target(state: Path) -> Target:
-    url = await asyncio.to_thread(cluster_up, state)
+    url = await asyncio.to_thread(redis_up, "redis-cluster.sh", state)
     client = connect_redis(url, cluster=True)
     await client.initialize()
     nodes = {
@@ -140,13 +164,6 @@ async def cluster_target(state: Path) -> Target:
         for node in client.get_primaries()  # type: ignore[attr-defined]
     }
     return Target("cluster", url, True, client, nodes)
-
-
-def cluster_down(state: Path) -> None:
-    env = {**os.environ, "TIDINGS_STATE_DIR": str(state)}
-    subprocess.run(
-        ["bash", str(HACK / "redis-cluster.sh"), "down"], env=env, capture_output=True, timeout=60
-    )
 
 
 # --- the subscriber ------------------------------------------------------------------
@@ -169,14 +186,16 @@ def start_subscriber(kind: str) -> Subscriber:
             raise SystemExit(
                 f"hack/build-receiver.sh failed (or use --receiver python):\n{built.stderr}"
             )
-        process = subprocess.Popen([built.stdout.strip(), "-listen", f"127.0.0.1:{port}"])
+        process = subprocess.Popen(
+            [built.stdout.strip(), "-listen", f"127.0.0.1:{port}"], start_new_session=True
+        )
 
         def stop_go() -> None:
             process.terminate()
             process.wait()
 
         return Subscriber(process.pid, f"http://127.0.0.1:{port}", stop_go)
-    child = multiprocessing.get_context("spawn").Process(target=subscriber_main, args=(port,))
+    child = multiprocessing.get_context("spawn").Process(target=own_session, args=(port,))
     child.start()
 
     def stop_python() -> None:
@@ -185,6 +204,11 @@ def start_subscriber(kind: str) -> Subscriber:
 
     assert child.pid is not None
     return Subscriber(child.pid, f"http://127.0.0.1:{port}", stop_python)
+
+
+def own_session(port: int) -> None:
+    os.setsid()  # its own scheduling group (see SESSIONS)
+    subscriber_main(port)
 
 
 async def wait_http(url: str, what: str, limit: float = 60) -> None:
@@ -242,7 +266,13 @@ class Dispatchers:
                 command.append("--redis-cluster")
             with open(self.logs / f"dispatcher-{self.target.name}-{i}.log", "ab") as log:
                 self.processes.append(
-                    subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
                 )
             ports.append(port)
         return ports
@@ -322,11 +352,12 @@ async def run_case(
     on_masters = await placement(target, streams, per_source)
     total = per_source * len(names)
 
+    # This process's pool grows to its size in the run before the count starts.
+    await asyncio.gather(*(delivered(redis, r) for r in routes))
     clients_before = {n: await redis_clients(c) for n, c in target.nodes.items()}
     dispatchers = Dispatchers(processes, target, seal_key, logs)
     await dispatchers.start()
     await asyncio.sleep(1.0)  # start-up work done before the clock starts
-    clients = {n: await redis_clients(c) - clients_before[n] for n, c in target.nodes.items()}
     try:
         disp0 = [process_cpu(pid) for pid in dispatchers.pids]
         sub0 = process_cpu(subscriber.pid)
@@ -349,6 +380,9 @@ async def run_case(
         disp_used = [
             process_cpu(pid) - before for pid, before in zip(dispatchers.pids, disp0, strict=True)
         ]
+        rss = [rss_mib(pid) for pid in dispatchers.pids]
+        # Pools keep their connections: what the processes hold after the run.
+        clients = {n: await redis_clients(c) - clients_before[n] for n, c in target.nodes.items()}
     finally:
         dispatchers.stop()
     for route in routes:
@@ -379,6 +413,7 @@ async def run_case(
         },
         "streams_per_master": on_masters,
         "redis_connections_per_process": sum(clients.values()) / processes,
+        "dispatcher_rss_mib": rss,
         "load_average": os.getloadavg(),
     }
 
@@ -397,22 +432,22 @@ def describe(case: dict[str, Any]) -> str:
         f"{us['bench']:.0f} = {ours:.0f}; cores busy: ours {ours_cores:.2f} "
         f"(dispatchers {' + '.join(f'{c:.2f}' for c in cores['dispatchers'])}), machine "
         f"{cores['machine_busy']:.2f} of {cores['machine_cores']:.1f} (others "
-        f"{max(0.0, cores['machine_busy'] - ours_cores):.2f}); "
+        f"{max(0.0, cores['machine_busy'] - ours_cores):.2f}); Redis connections per process "
+        f"{case['redis_connections_per_process']:.0f}, RSS "
+        f"{'/'.join(f'{m:.0f}' for m in case['dispatcher_rss_mib'])} MiB; "
         f"load {case['load_average'][0]:.1f}"
     )
 
 
 async def main(options: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    server = RedisServer(work / "redis")
-    server.start()
     subscriber = start_subscriber(options.receiver)
     targets: list[Target] = []
     seal_key = new_key()
     cases: list[dict[str, Any]] = []
     try:
         await wait_http(f"{subscriber.base}/stats", "the subscriber")
-        targets.append(await single_target(server))
+        targets.append(await single_target(work / "redis-state"))
         if options.redis_cluster:
             targets.append(await cluster_target(work / "cluster-state"))
         for round_ in range(options.rounds):
@@ -435,10 +470,10 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
     finally:
         for target in targets:
             await target.close()
+        redis_down("redis.sh", work / "redis-state")
         if options.redis_cluster:
-            cluster_down(work / "cluster-state")
+            redis_down("redis-cluster.sh", work / "cluster-state")
         subscriber.stop()
-        server.stop()
     return {"cases": cases, "summary": summary}
 
 
@@ -492,6 +527,7 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     options = parser.parse_args()
     print(f"machine      {machine()}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"scheduling   autogroup {autogroup()}; {SESSIONS}")
     outcome = asyncio.run(main(options))
     if options.json:
         print(json.dumps(outcome, indent=2))
