@@ -418,6 +418,52 @@ async def run_case(
     }
 
 
+async def table_cost(target: Target, routes: int, base: str, seal_key: str) -> dict[str, float]:
+    """What one reload of a routing table of `routes` Triggers costs a dispatcher: every
+    process reads the whole table on each change and every 10 s (TableWatcher)."""
+    world, sealer = World(), Sealer(seal_key)
+    sources = max(1, routes // 10)
+    model = trigger("t", "s0", f"{base}/hook", world, sealer)
+    async with target.client.pipeline(transaction=False) as pipe:
+        for i in range(routes):
+            name, source = f"t{i}", f"s{i % sources}"
+            route = model.model_copy(
+                update={
+                    "name": name,
+                    "source": source,
+                    "stream": keys.stream("bench", source),
+                    "group": keys.group(name),
+                }
+            )
+            pipe.hset(keys.ROUTES, route.id, route.model_dump_json())
+        await pipe.execute()
+    stored = int(await target.client.memory_usage(keys.ROUTES) or 0)
+    master = target.nodes[target.master_of(keys.ROUTES)]
+    seconds, own, theirs = [], [], []
+    for _ in range(3):
+        redis0, own0, started = await redis_cpu(master), time.process_time(), time.perf_counter()
+        loaded = await table.load(target.client)
+        seconds.append(time.perf_counter() - started)
+        own.append(time.process_time() - own0)
+        theirs.append(await redis_cpu(master) - redis0)
+    assert len(loaded.routes) == routes, f"loaded {len(loaded.routes)} of {routes} routes"
+    await target.client.delete(keys.ROUTES)
+    result = {
+        "routes": routes,
+        "bytes_per_route": stored / routes,
+        "seconds": min(seconds),
+        "process_cpu_s": min(own),
+        "redis_cpu_s": min(theirs),
+    }
+    print(
+        f"table        {target.name}: {routes} routes, {stored / routes:.0f} B each in Redis; "
+        f"one reload {min(seconds):.2f} s, {min(own):.2f} s CPU in the dispatcher, "
+        f"{min(theirs) * 1000:.0f} ms on the master holding {{routing}} (best of 3)",
+        flush=True,
+    )
+    return result
+
+
 def describe(case: dict[str, Any]) -> str:
     us, cores = case["us_per_delivery"], case["cores_used"]
     dispatchers = sum(us["dispatchers"])
@@ -466,7 +512,12 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
                     )
                     cases.append(case)
                     print(f"round {round_ + 1}  {describe(case)}", flush=True)
-        summary = summarize(cases, targets)
+        summary = summarize(cases, targets) if cases else {}
+        if options.table_routes:
+            summary["table"] = [
+                await table_cost(t, options.table_routes, subscriber.base, seal_key)
+                for t in targets
+            ]
     finally:
         for target in targets:
             await target.close()
@@ -524,6 +575,12 @@ if __name__ == "__main__":
         "--redis-cluster", action="store_true", help="also run on a 3-master Redis Cluster"
     )
     parser.add_argument("--receiver", choices=("go", "python"), default="go")
+    parser.add_argument(
+        "--table-routes",
+        type=int,
+        default=10_000,
+        help="then time one routing table reload of this many Triggers (0: skip)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     options = parser.parse_args()
     print(f"machine      {machine()}, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
