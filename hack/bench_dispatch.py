@@ -19,6 +19,8 @@ answering 200, with a /slow path that never answers in time), then measures:
 6. the attempt log: the dispatcher as in (2), against itself with no attempt
    records built or written (the baseline), rounds interleaved (target: costs <= 5%).
    `--only attempt-log` runs this part alone.
+7. `--only gc`: the collector's pauses while the dispatcher delivers, with Python's
+   defaults and after freeze_startup_heap (what the dispatcher process does).
 
 Everything runs in this process except Redis and the subscriber, so the
 dispatcher and the ceiling get the same CPU. Takes about a minute and a half.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import multiprocessing
 import os
@@ -47,6 +50,7 @@ from redis.asyncio import Redis
 
 from tidings.api import keys, table
 from tidings.api.events import CloudEvent, encode
+from tidings.api.process import freeze_startup_heap
 from tidings.api.routes import Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec, TriggerSpec
@@ -63,6 +67,7 @@ except ImportError:
     LOOPBACK = {}
 
 NAMESPACE = "bench"
+DEFAULT_GC_THRESHOLD = gc.get_threshold()
 SECRET = "whsec_" + base64.b64encode(b"b" * 32).decode()
 
 
@@ -283,6 +288,75 @@ async def throughput(
     }
 
 
+class GCPauses:
+    """The collector's pauses while inside (gc.callbacks), per generation."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"gen{g} {len(p)}x max {max(p, default=0) * 1000:.1f} ms total {sum(p) * 1000:.0f} ms"
+            for g, p in self.pauses.items()
+        )
+
+
+async def gc_pauses(
+    redis: Redis, base: str, world: World, sealer: Sealer, events: int
+) -> dict[str, Any]:
+    """(7): the collector's pauses while the dispatcher delivers `events`, with Python's
+    defaults, then after tidings.api.process.freeze_startup_heap (what the dispatcher
+    process does once started)."""
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    dispatcher = Dispatcher(
+        redis,
+        watcher,
+        sealer=sealer,
+        registry=CollectorRegistry(),
+        consumer="bench-gc",
+        **LOOPBACK,
+    )
+    await dispatcher.start()
+    out: dict[str, Any] = {}
+    try:
+        for mode in ("defaults", "frozen"):
+            if mode == "frozen":
+                freeze_startup_heap()
+            name = f"gc-{mode}"
+            stream = await add_source(redis, name, world, sealer)
+            await fill(redis, stream, events)
+            route = trigger(name, name, f"{base}/hook", world, sealer)
+            await redis.xgroup_create(route.stream, route.group, id="0")
+            with GCPauses() as pauses:
+                await table.put_route(redis, route)
+                await run_until(redis, [route], events)
+            await table.delete_route(redis, route.namespace, route.name)
+            await redis.delete(stream)
+            print(f"gc {mode:9} {len(gc.get_objects()):7d} objects tracked; {pauses.summary()}")
+            out[mode] = {g: p for g, p in pauses.pauses.items()}
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC_THRESHOLD)
+        await dispatcher.stop(grace=0.5)
+        await watcher.stop()
+    return out
+
+
 async def attempt_log_cost(
     redis: Redis, base: str, world: World, sealer: Sealer, events: int, rounds: int = 3
 ) -> dict[str, Any]:
@@ -372,6 +446,9 @@ async def main(events: int, only: str | None = None) -> dict[str, Any]:
         world = World()
         if only == "attempt-log":
             results["attempt_log"] = await attempt_log_cost(redis, base, world, sealer, events)
+            return results
+        if only == "gc":
+            results["gc"] = await gc_pauses(redis, base, world, sealer, events)
             return results
         if only == "throughput":
             results.update(await throughput(redis, base, world, sealer, events))
@@ -540,7 +617,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--only", choices=("attempt-log", "throughput"), help="run one part alone")
+    parser.add_argument(
+        "--only", choices=("attempt-log", "throughput", "gc"), help="run one part alone"
+    )
     parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop", "both"),

@@ -87,11 +87,18 @@ async def wait_http(session: aiohttp.ClientSession, url: str, seconds: float = 3
 
 
 async def send_at_rate(
-    session: aiohttp.ClientSession, url: str, rate: float, seconds: float, tag: str
+    session: aiohttp.ClientSession,
+    url: str,
+    rate: float,
+    seconds: float,
+    tag: str,
+    answers: list[float] | None = None,
 ) -> tuple[int, int]:
-    """POST one event every 1/rate s for `seconds` (open loop); (sent, refused)."""
+    """POST one event every 1/rate s for `seconds` (open loop); (sent, refused).
+    Each 202's time from the send is appended to `answers`: ingest's share."""
     count = int(rate * seconds)
     refused = 0
+    reasons: dict[str, int] = {}
     tasks: set[asyncio.Task[None]] = set()
 
     async def post(i: int) -> None:
@@ -103,14 +110,21 @@ async def send_at_rate(
             "ce-source": "/bench",
             "ce-type": "com.example.order.created",
         }
-        body = json.dumps({"plan": "pro", "n": i, "sent": time.time()})
+        sent = time.time()
+        body = json.dumps({"plan": "pro", "n": i, "sent": sent})
         try:
             async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 if response.status != 202:
                     refused += 1
-        except aiohttp.ClientError:
+                    reasons[f"HTTP {response.status}"] = (
+                        reasons.get(f"HTTP {response.status}", 0) + 1
+                    )
+                elif answers is not None:
+                    answers.append(time.time() - sent)
+        except aiohttp.ClientError as error:
             refused += 1
+            reasons[type(error).__name__] = reasons.get(type(error).__name__, 0) + 1
 
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
@@ -123,6 +137,8 @@ async def send_at_rate(
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks)
+    if reasons:
+        print(f"  not accepted: {reasons}")
     return count, refused
 
 
@@ -210,9 +226,11 @@ async def measure(
             for rate in rates:
                 load_before = os.getloadavg()[0]
                 cpu_before = _cpu_of(dispatcher.pid)
+                answers: list[float] = []
                 sent, refused = await send_at_rate(
-                    session, ingest, rate, seconds, f"{loop_name}-{rate:g}"
+                    session, ingest, rate, seconds, f"{loop_name}-{rate:g}", answers
                 )
+                answers.sort()
                 await asyncio.sleep(2.0)  # the stragglers
                 cpu = _cpu_of(dispatcher.pid) - cpu_before
                 async with session.get(stats_url) as response:
@@ -231,6 +249,8 @@ async def measure(
                     "p99_ms": percentile(latencies, 0.99) * 1000,
                     "p999_ms": percentile(latencies, 0.999) * 1000,
                     "max_ms": latencies[-1] * 1000,
+                    "ingest_p50_ms": percentile(answers, 0.50) * 1000 if answers else None,
+                    "ingest_p99_ms": percentile(answers, 0.99) * 1000 if answers else None,
                     "dispatcher_cpu_us_per_event": cpu / sent * 1e6,
                     "load": load_before,
                 }
@@ -239,7 +259,8 @@ async def measure(
                     f"{loop_name:8} {rate:6g}/s  sent {sent}, arrived {len(latencies)}, "
                     f"refused {refused}; p50 {row['p50_ms']:.1f} ms, p90 {row['p90_ms']:.1f}, "
                     f"p99 {row['p99_ms']:.1f}, p99.9 {row['p999_ms']:.1f}, "
-                    f"max {row['max_ms']:.1f}; dispatcher process "
+                    f"max {row['max_ms']:.1f}; ingest's 202 p50 {row['ingest_p50_ms'] or 0:.1f}, "
+                    f"p99 {row['ingest_p99_ms'] or 0:.1f} ms; dispatcher process "
                     f"{row['dispatcher_cpu_us_per_event']:.0f} µs CPU per event "
                     f"(load average {load_before:.1f})"
                 )

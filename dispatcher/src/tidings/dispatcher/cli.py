@@ -32,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from tidings.api.process import (
     connect_redis,
     event_loop_choice,
+    freeze_startup_heap,
     parse_listen,
     run_event_loop,
     wait_until_reachable,
@@ -158,6 +159,7 @@ async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Seal
     if started:
         await watcher.start()
         await dispatcher.start()
+        freeze_startup_heap()
         await stop.wait()
     if INGEST in app and settings.drain_connections > 0:
         log.info(
