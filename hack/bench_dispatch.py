@@ -420,7 +420,7 @@ async def attempt_log_cost(
     }
 
 
-async def main(events: int, only: str | None = None) -> dict[str, Any]:
+async def main(events: int, only: str | None = None, gc_defaults: bool = False) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-dispatch-"))
     server = RedisServer(work / "redis")
     server.start()
@@ -443,6 +443,9 @@ async def main(events: int, only: str | None = None) -> dict[str, Any]:
         await redis.delete(keys.stream(NAMESPACE, "ceiling"))
 
         sealer = Sealer(new_key())
+        if not gc_defaults and only != "gc":
+            # As the dispatcher process does once started (the ceiling gets it too).
+            freeze_startup_heap()
         world = World()
         if only == "attempt-log":
             results["attempt_log"] = await attempt_log_cost(redis, base, world, sealer, events)
@@ -626,12 +629,19 @@ if __name__ == "__main__":
         default="both",
         help="the event loop(s): both runs everything under each, one after the other",
     )
+    parser.add_argument(
+        "--gc-defaults",
+        action="store_true",
+        help="keep Python's collector settings (default: freeze_startup_heap, as the process)",
+    )
     options = parser.parse_args()
     print(f"machine      {machine()}, load average {os.getloadavg()[0]:.1f}")
     outcomes: dict[str, Any] = {}
     for loop in ("asyncio", "uvloop") if options.loop == "both" else (options.loop,):
         print(f"--- event loop: {loop}")
-        outcomes[loop] = run_with(loop, main(options.events, options.only))
+        outcomes[loop] = run_with(loop, main(options.events, options.only, options.gc_defaults))
+        gc.unfreeze()
+        gc.set_threshold(*DEFAULT_GC_THRESHOLD)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     if options.json:
         print(json.dumps(outcomes, indent=2))
