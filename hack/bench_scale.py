@@ -49,6 +49,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_dispatch import World, add_source, delivered, fill, machine, subscriber_main, trigger
+from redis.crc import key_slot
 
 from tidings.api import keys, table
 from tidings.api.process import connect_redis
@@ -464,6 +465,60 @@ async def table_cost(target: Target, routes: int, base: str, seal_key: str) -> d
     return result
 
 
+async def idle_connections(
+    target: Target, sources: int, base: str, seal_key: str, logs: Path, seconds: float = 10
+) -> dict[str, float]:
+    """One dispatcher process with `sources` idle sources (a Trigger each): the Redis
+    connections it holds and its CPU, once every worker waits in the StreamWaker."""
+    world, sealer = World(), Sealer(seal_key)
+    redis = target.client
+    names = spread_sources(target, "idle", sources)
+    routes = []
+    for name in names:
+        await add_source(redis, name, world, sealer)
+        route = trigger(name, name, f"{base}/hook", world, sealer)
+        await redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+        await table.put_route(redis, route)
+        routes.append(route)
+    clients_before = {n: await redis_clients(c) for n, c in target.nodes.items()}
+    dispatchers = Dispatchers(1, target, seal_key, logs)
+    await dispatchers.start()
+    try:
+        await asyncio.sleep(5)  # every worker has looked once and waits
+        pid = dispatchers.pids[0]
+        own0, redis0, started = process_cpu(pid), await redis_cpu_all(target), time.monotonic()
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - started
+        cpu_pct = (process_cpu(pid) - own0) / elapsed * 100
+        redis_pct = (await redis_cpu_all(target) - redis0) / elapsed * 100
+        clients = {n: await redis_clients(c) - clients_before[n] for n, c in target.nodes.items()}
+    finally:
+        dispatchers.stop()
+    for route, name in zip(routes, names, strict=True):
+        await table.delete_route(redis, route.namespace, route.name)
+        await table.delete_source(redis, "bench", name)
+        await redis.delete(route.stream)
+    slots = len({key_slot(r.stream.encode()) for r in routes})
+    print(
+        f"idle         {target.name}: 1 process, {sources} idle sources ({slots} hash slots): "
+        f"Redis connections {sum(clients.values())} ("
+        + ", ".join(str(v) for v in clients.values())
+        + f" per node); process {cpu_pct:.1f}% of a core, Redis {redis_pct:.1f}%",
+        flush=True,
+    )
+    return {
+        "sources": sources,
+        "slots": slots,
+        "connections": sum(clients.values()),
+        "process_pct": cpu_pct,
+        "redis_pct": redis_pct,
+    }
+
+
+async def redis_cpu_all(target: Target) -> float:
+    return sum([await redis_cpu(c) for c in target.nodes.values()])
+
+
 def describe(case: dict[str, Any]) -> str:
     us, cores = case["us_per_delivery"], case["cores_used"]
     dispatchers = sum(us["dispatchers"])
@@ -513,6 +568,11 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
                     cases.append(case)
                     print(f"round {round_ + 1}  {describe(case)}", flush=True)
         summary = summarize(cases, targets) if cases else {}
+        if options.idle_sources:
+            summary["idle"] = [
+                await idle_connections(t, options.idle_sources, subscriber.base, seal_key, work)
+                for t in targets
+            ]
         if options.table_routes:
             summary["table"] = [
                 await table_cost(t, options.table_routes, subscriber.base, seal_key)
@@ -575,6 +635,12 @@ if __name__ == "__main__":
         "--redis-cluster", action="store_true", help="also run on a 3-master Redis Cluster"
     )
     parser.add_argument("--receiver", choices=("go", "python"), default="go")
+    parser.add_argument(
+        "--idle-sources",
+        type=int,
+        default=300,
+        help="then count one process's Redis connections with this many idle sources (0: skip)",
+    )
     parser.add_argument(
         "--table-routes",
         type=int,
