@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from dispatch_harness import Plane, Subscriber, wait_until
 
 from tidings.api import keys, table
@@ -59,6 +60,41 @@ async def test_unread_events_beyond_max_events_are_trimmed_and_counted(
     await plane.add_trigger("paused", subscriber.url, paused=False, wait=False)
     await wait_until(lambda: len(subscriber.received) >= 50, 10, "50 deliveries")
     assert sorted(subscriber.ids()) == sorted(f"e-{i}" for i in range(150, 200))
+
+
+async def test_a_source_far_over_max_events_is_trimmed_to_it_in_one_pass(
+    plane: Plane, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One script call trims TRIM_STEP entries; a pass goes on until the stream is
+    # back at maxEvents, so a source ingesting more than TRIM_STEP per retention
+    # interval does not grow without bound.
+    monkeypatch.setattr(retention, "TRIM_STEP", 20)
+    source = await plane.add_source(maxEvents=50)
+    await plane.dispatcher()
+    route = await plane.add_trigger("paused", subscriber.url, paused=True)
+    await plane.publish(200)
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    assert await retention.trim(plane.redis, source, routes) == (150, {route.id: 150})
+    assert await plane.redis.xlen(plane.stream()) == 50
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "150"
+
+
+async def test_every_unread_event_past_max_age_is_counted_as_expired(
+    plane: Plane, subscriber: Subscriber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # maxAge may put the cut far more than TRIM_STEP entries in (a backlog older
+    # than maxAge): each call still trims at most TRIM_STEP, so every lost event
+    # is counted, none silently.
+    monkeypatch.setattr(retention, "TRIM_STEP", 20)
+    source = await plane.add_source(maxAge="1ms")
+    await plane.dispatcher()
+    route = await plane.add_trigger("paused", subscriber.url, paused=True)
+    await plane.publish(200)
+    await asyncio.sleep(0.01)
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    assert await retention.trim(plane.redis, source, routes) == (200, {route.id: 200})
+    assert await plane.redis.xlen(plane.stream()) == 0
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "200"
 
 
 async def test_delivered_events_past_max_age_are_trimmed_without_counting(

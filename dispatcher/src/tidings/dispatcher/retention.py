@@ -9,10 +9,12 @@ source. Entries a Trigger has not even read yet (its backlog, e.g. during a
 long Backoff) may fall out: those are counted in the Trigger's state HASH
 (`expired`), reported in its status and metrics, never silently lost.
 
-One Lua call per source (tidings/api/lua/retention_trim.lua), over that
-source's keys only; every replica may run it, and running it twice does no
-harm. Work per call is bounded (TRIM_STEP entries), so a huge backlog is
-trimmed over several runs.
+Lua calls per source (tidings/api/lua/retention_trim.lua), over that source's
+keys only; every replica may run them, and running them twice does no harm.
+Each call trims at most TRIM_STEP entries, so Redis is never blocked for long
+and the counts of what each Trigger loses stay exact; `trim` calls again until
+a call trims less, so a source ingesting faster than TRIM_STEP per retention
+interval is still held at its maxEvents.
 
 `trim_dead_letters` bounds the Triggers' DLQ streams by age in the same pass:
 entries older than their Trigger's deadLetterRetention.maxAge (by Redis's
@@ -35,7 +37,22 @@ TRIM_STEP = 10_000
 async def trim(
     redis: Redis, source: CompiledSource, routes: list[Route]
 ) -> tuple[int, dict[str, int]]:
-    """Trim `source`'s stream once; returns (entries trimmed, {trigger id: expired now})."""
+    """Trim `source`'s stream down to its retention, TRIM_STEP entries per call;
+    returns (entries trimmed, {trigger id: expired now})."""
+    total = 0
+    expired: dict[str, int] = {}
+    while True:
+        trimmed, lost = await _trim_step(redis, source, routes)
+        total += trimmed
+        for trigger, count in lost.items():
+            expired[trigger] = expired.get(trigger, 0) + count
+        if trimmed < TRIM_STEP:
+            return total, expired
+
+
+async def _trim_step(
+    redis: Redis, source: CompiledSource, routes: list[Route]
+) -> tuple[int, dict[str, int]]:
     keys_: list[str] = [source.stream]
     for route in routes:
         keys_ += [

@@ -5,7 +5,7 @@
 --   [2i + 1] trigger state HASH; last, the source's event index ZSET (trimmed with
 --   the stream).
 -- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
---   entries looked at per call), then [4 + i] the Triggers' group names.
+--   entries trimmed per call), then [4 + i] the Triggers' group names.
 -- Returns {entries trimmed, then per Trigger: expired now}.
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -61,6 +61,10 @@ end
 
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 if not first or not less(first[1], cut) then return {0} end
+-- At most `step` entries per call, whichever rule set the cut (maxAge can put it
+-- millions of entries in): the counts of what each Trigger loses below stay exact.
+local head = redis.call('XRANGE', KEYS[1], '-', '(' .. cut, 'COUNT', step + 1)
+if #head > step then cut = head[step + 1][1] end
 
 -- What each Trigger had not read yet and is about to lose.
 local out = {0}
