@@ -51,6 +51,7 @@ SOURCE = "latency"
 
 def subscriber_main(port: int) -> None:
     """Answers 200 and keeps each event's latency (arrival - the `sent` in its data)."""
+    os.setsid()  # a scheduling group of its own (see measure)
     latencies: list[float] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -209,6 +210,9 @@ async def measure(
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        # A session of its own: with autogroup scheduling a loaded machine is shared
+        # per session, as a pod gets a cgroup of its own (bench_scale.py does the same).
+        start_new_session=True,
     )
     results: dict[str, Any] = {}
     base = f"http://127.0.0.1:{port}"
