@@ -17,6 +17,7 @@ A Trigger in Backoff gets nothing: it only probes (backoff_state.py).
 
 `settle` applies a batch of outcomes atomically per entry:
   ok      delivered (or filtered out): XACK, drop retry bookkeeping, release the key
+          (the key's next event is leased and returned, to start without a fetch)
   retry   XACK, schedule in the retry ZSET with the attempt count (the entry
           leaves the PEL; the retry ZSET owns it, and `held` keeps retention off it)
   dead    XACK, drop bookkeeping, XADD to the DLQ stream (deadletter.py)
@@ -126,6 +127,14 @@ class Outcome:
 
 
 @dataclass(slots=True)
+class Settled:
+    failures: int  # consecutive failed attempts, across replicas
+    down: bool  # the subscriber now looks down (delivery.backoff's rule)
+    started: list[Entry]  # next of their ordering key, leased here: deliver them now
+    released: int  # more entries passed their key and due now, for a fetch
+
+
+@dataclass(slots=True)
 class FailureNote:
     time: str
     status: str
@@ -191,10 +200,12 @@ class Cursor:
         failed: int = 0,
         failure: FailureNote | None = None,
         logged: list[Attempt] | None = None,
-    ) -> tuple[int, bool]:
-        """Apply outcomes and append `logged` to the attempt log, in one script call;
-        returns the consecutive failure count across replicas, and whether the
-        subscriber now looks down (delivery.backoff's rule)."""
+        hand_on: int = 0,
+        lease_ms: int = 0,
+    ) -> Settled:
+        """Apply outcomes and append `logged` to the attempt log, in one script call.
+        Up to `hand_on` entries an outcome passed its ordering key to come back
+        leased for `lease_ms`, to start at once (as fetch would return them)."""
         delivery = self.route.delivery
         args: list[Any] = [
             self.route.group,
@@ -215,6 +226,10 @@ class Cursor:
             int(delivery.attempt_log_max_age * 1000),
             attempts.pack(logged or []),
             " ".join(o.entry.id for o in outcomes if _plain_ack(o)),
+            hand_on,
+            lease_ms,
+            self.limits.concurrency,
+            self.limits.rate,
         ]
         for o in outcomes:
             if _plain_ack(o):
@@ -229,8 +244,10 @@ class Cursor:
                 o.status,
                 o.message,
             ]
-        failures, down = await scripts.CURSOR_SETTLE(self.redis, keys=self.keys, args=args)
-        return int(failures), bool(int(down))
+        failures, down, started, released = await scripts.CURSOR_SETTLE(
+            self.redis, keys=self.keys, args=args
+        )
+        return Settled(int(failures), bool(int(down)), [_entry(item) for item in started], released)
 
 
 def _plain_ack(outcome: Outcome) -> bool:

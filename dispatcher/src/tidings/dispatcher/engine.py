@@ -546,6 +546,13 @@ class TriggerWorker:
                 log.exception("Trigger %s: unexpected error; retrying in 1s", self.route.id)
                 await self._sleep(1.0)
 
+    def _room(self) -> int:
+        """How many more deliveries this worker may start now."""
+        if self.stopping or self.route.paused or self._config_error:
+            return 0
+        limit = self.local_limit if self.ramp is None else self.ramp
+        return max(0, limit - len(self.in_flight))
+
     def _start(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
         self.in_flight.add(task)
@@ -762,8 +769,10 @@ class TriggerWorker:
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_wake.wait()
-            # Let a few more deliveries finish: one settle call per ~ms, not per answer.
-            await asyncio.sleep(FLUSH_DELAY)
+            # Let a few more deliveries finish: one settle call per ~ms, not per answer;
+            # unless none is left running (one event of a key at a time, or a trickle).
+            if len(self.in_flight) > len(self.done):
+                await asyncio.sleep(FLUSH_DELAY)
             self._flush_wake.clear()
             if self.done:
                 batch, self.done = self.done, []
@@ -792,15 +801,22 @@ class TriggerWorker:
                 now_rfc3339(), str(last_failure.status or ""), last_failure.message[:500]
             )
         replica = self.dispatcher.replica
-        failures, down = await self.cursor.settle(
+        settled = await self.cursor.settle(
             [d.outcome for d in batch],
             refunds=counts.filtered,
             answered=counts.answered,
             failed=counts.failed,
             failure=note,
             logged=[r for r in (attempt_record(d, replica) for d in batch) if r],
+            hand_on=0 if probe else self._room(),
+            lease_ms=self.lease_ms,
         )
-        if counts.retried or any(d.outcome.entry.order_key for d in batch):
+        failures, down = settled.failures, settled.down
+        # The next event of a key settled here starts now: no fetch round trip, and
+        # no wait for the fetch loop to wake (ordering.py).
+        for entry in settled.started:
+            self._start(self._deliver(entry))
+        if counts.retried or settled.released:
             # A retry may be due before the fetch loop's idle block ends, and a
             # settled ordered event may have made the next one of its key due now.
             self._wake.set()

@@ -3,7 +3,8 @@
 -- functions take their arguments:
 --   order_path(path): "data.customer" -> {"data", "customer"};
 --   order_key(fields, parts): the ordering key of an entry's stored event, or nil;
---   order_acquire(key, id), order_park(key, id), order_release(key, id, now);
+--   order_acquire(key, id), order_park(key, id), order_release(key, id, now) (the
+--   id of the entry the key passed to, or nil);
 --   id_ms(id): the ms part of a stream id.
 --#include _entry_event.lua
 local function order_path(path)
@@ -57,8 +58,9 @@ local function order_park(key, id)
 end
 
 -- `id` is done with `key`: hand the key to the next parked entry, due at `now`.
+-- Returns that entry's id (the settle script may start it at once), or nil.
 local function order_release(key, id, now)
-  if redis.call('HGET', KEYS[K_ORDER], key) ~= id then return end
+  if redis.call('HGET', KEYS[K_ORDER], key) ~= id then return nil end
   local nxt = redis.call('ZRANGEBYLEX', KEYS[K_PARKED], '[' .. key .. '\0', '(' .. key .. '\1',
     'LIMIT', 0, 1)
   if nxt[1] then
@@ -66,7 +68,8 @@ local function order_release(key, id, now)
     local next_id = unpadded(string.sub(nxt[1], #key + 2))
     redis.call('HSET', KEYS[K_ORDER], key, next_id)
     redis.call('ZADD', KEYS[K_RETRY], now, next_id)
-  else
-    redis.call('HDEL', KEYS[K_ORDER], key)
+    return next_id
   end
+  redis.call('HDEL', KEYS[K_ORDER], key)
+  return nil
 end

@@ -10,12 +10,17 @@
 --   ids of plain acks (new entries
 --   delivered, no ordering key), space-separated (the common case, packed in one
 --   argument: packing 8 per entry costs more client CPU than the script);
+--   [19] how many entries an ordering key passes to this call may start at once
+--   (0: none), [20] their lease ms, [21] concurrency, [22] rate per second;
 --   then per other entry, 8 each: op ok|retry|dead, id, origin r|c|n, key ("k"..key
 --   or ""), delay ms (retry: from now on Redis's clock), attempts, status, message.
--- Returns {consecutive failures, 1 if the subscriber looks down else 0}: down when
--- for a whole window either every attempt failed (at least minAttempts in a row) or
--- at least failureRatio of the window's attempts (at least minAttempts) did
--- (tidings.dispatcher.backoff_state).
+-- Returns {consecutive failures, 1 if the subscriber looks down else 0, started,
+-- released}: down when for a whole window either every attempt failed (at least
+-- minAttempts in a row) or at least failureRatio of the window's attempts (at least
+-- minAttempts) did (tidings.dispatcher.backoff_state). started: the entries whose
+-- ordering key an outcome passed on, leased to this consumer as cursor_fetch.lua
+-- leases a due retry (same format), so the next of a key goes out without waiting
+-- for a fetch; released: how many more were passed a key and are due now.
 --#include _cursor_keys.lua
 --#include _limits.lua
 --#include _ordering.lua
@@ -26,13 +31,22 @@ local group, consumer, burst = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local dlq_max = tonumber(ARGV[3])
 local refunds, answered, failed = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local trigger = ARGV[11]
+local hand_on, lease = tonumber(ARGV[19]), tonumber(ARGV[20])
+local limit, rate = tonumber(ARGV[21]), tonumber(ARGV[22])
+-- {key, id} of the entries an outcome passed an ordering key to.
+local passed = {}
+local function release(key, id)
+  local key_name = string.sub(key, 2)
+  local next_id = order_release(key_name, id, now)
+  if next_id then passed[#passed + 1] = {key, next_id} end
+end
 
 local acks = {}
 for id in string.gmatch(ARGV[18], '%S+') do
   limits_release(consumer, id)
   acks[#acks + 1] = id
 end
-for i = 19, #ARGV, 8 do
+for i = 23, #ARGV, 8 do
   local op, id, origin, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   limits_release(consumer, id)
   if origin ~= 'r' then acks[#acks + 1] = id end
@@ -42,7 +56,7 @@ for i = 19, #ARGV, 8 do
     -- Its Replay was deleted during this attempt (replay_cancel.lua): not retried,
     -- and a dead letter goes back to the DLQ as it was.
     replay_withdraw(id, dlq_max)
-    if key ~= '' then order_release(string.sub(key, 2), id, now) end
+    if key ~= '' then release(key, id) end
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)
     -- A replayed event has its own copy: retention need not keep the source's entry.
@@ -74,7 +88,7 @@ for i = 19, #ARGV, 8 do
         end
       end
     end
-    if key ~= '' then order_release(string.sub(key, 2), id, now) end
+    if key ~= '' then release(key, id) end
   end
 end
 for i = 1, #acks, 1000 do
@@ -82,6 +96,29 @@ for i = 1, #acks, 1000 do
 end
 limits_release_all()
 limits_refund(refunds, burst)
+
+-- The next event of a settled key starts now, from here, within the limits and not
+-- in Backoff; the rest stay due in the retry ZSET for any replica's fetch.
+local started = {}
+if hand_on > 0 and #passed > 0
+    and redis.call('HGET', KEYS[K_STATE], {{STATE_STATE}}) ~= {{BACKOFF}} then
+  local want, tokens = limits_take(math.min(hand_on, #passed), now, limit, rate, burst)
+  local ids = {}
+  for _, item in ipairs(passed) do
+    if #ids >= want then break end
+    local id = item[2]
+    -- A replayed copy or a vanished entry is left to cursor_fetch.lua, which knows both.
+    local entry = redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0
+      and redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+    if entry then
+      redis.call('ZADD', KEYS[K_RETRY], now + lease, id)
+      local attempts = redis.call('HGET', KEYS[K_ATTEMPTS], id) or '0'
+      started[#started + 1] = {'r', id, entry[2], attempts, item[1]}
+      ids[#ids + 1] = id
+    end
+  end
+  if #ids > 0 then limits_commit(now, now + lease, consumer, ids, limit, tokens, rate) end
+end
 
 -- The attempt log rides along: one round trip per batch for both
 -- (tidings.api.attempts). Both trims are approximate (whole stream nodes), as
@@ -154,4 +191,4 @@ if window > 0 and answered + failed > 0 then
     redis.call('HDEL', state, {{STATE_RATIO_SINCE}})
   end
 end
-return {failures, down}
+return {failures, down, started, #passed - #started}
