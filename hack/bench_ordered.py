@@ -35,6 +35,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,8 @@ def subscriber_main(port: int) -> None:
 
 
 def events_of(keys: list[str]) -> list[CloudEvent]:
-    """One event per item of `keys`, numbered per key in stream order."""
+    """One event per item of `keys`, numbered per key in stream order (the id is
+    "<key>/<n>"; Bench.deliver puts the run before it)."""
     seq: dict[str, int] = {}
     out = []
     for key in keys:
@@ -137,7 +139,8 @@ class Bench:
         self.runs += 1
         name = f"run{self.runs}"
         stream = await add_source(self.redis, name, self.world, self.sealer)
-        await store(self.redis, stream, events)
+        # Late arrivals of an earlier run (one that timed out) are told apart by the run.
+        await store(self.redis, stream, [replace(e, id=f"{name}|{e.id}") for e in events])
         route: Route = trigger(
             name,
             name,
@@ -154,7 +157,12 @@ class Bench:
             if await self.count() >= len(events):
                 break
             await asyncio.sleep(0.005)
-        arrivals = await self.arrivals()
+        mine = f"{name}|"
+        arrivals = [
+            (t, key.removeprefix(mine), n)
+            for t, key, n in await self.arrivals()
+            if key.startswith(mine)
+        ]
         # The stream stays: deleting it under a worker still stopping makes noise.
         await table.delete_route(self.redis, route.namespace, route.name)
         if len(arrivals) < len(events):
