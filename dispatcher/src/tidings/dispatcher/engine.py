@@ -214,6 +214,7 @@ class Tally:
     unreadable: int = 0  # dead-lettered too, but never deliverable: counted apart
     answered: int = 0
     failed: int = 0
+    ordered: int = 0  # outcomes of events with an ordering key: they may release it
     last_failure: Failure | None = None
 
 
@@ -221,6 +222,8 @@ def tally(batch: list[Done]) -> Tally:
     counts = Tally()
     for done in batch:
         verdict = done.verdict
+        if done.outcome.entry.order_key:
+            counts.ordered += 1
         if verdict in ANSWERED:
             counts.answered += 1
         elif verdict in FAILED:
@@ -547,11 +550,12 @@ class TriggerWorker:
                 await self._sleep(1.0)
 
     def _room(self) -> int:
-        """How many more deliveries this worker may start now."""
+        """How many more deliveries this worker may start now (a task that just
+        finished may not have left `in_flight` yet: its callback runs next)."""
         if self.stopping or self.route.paused or self._config_error:
             return 0
         limit = self.local_limit if self.ramp is None else self.ramp
-        return max(0, limit - len(self.in_flight))
+        return max(0, limit - sum(not task.done() for task in self.in_flight))
 
     def _start(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
@@ -808,7 +812,7 @@ class TriggerWorker:
             failed=counts.failed,
             failure=note,
             logged=[r for r in (attempt_record(d, replica) for d in batch) if r],
-            hand_on=0 if probe else self._room(),
+            hand_on=self._room() if not probe and counts.ordered else 0,
             lease_ms=self.lease_ms,
         )
         failures, down = settled.failures, settled.down
