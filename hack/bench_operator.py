@@ -11,11 +11,15 @@ redis-server, with the real `tidings operator` as a subprocess:
 3. cold start: the operator restarted with everything in place — time until
    it has re-reconciled all of them, and how many writes that caused (should
    be none: table version and resourceVersions unchanged);
-4. deletion: every object deleted, time until all finalizers are released;
-and the operator's memory (RSS, peak). Prints ratios against the baseline.
+4. stopping: SIGTERM with everything in place, with Redis up (after part 2) and
+   with Redis stopped under it (after part 3), time until the process exits
+   (a pod's grace period is 30 s);
+5. deletion: every object deleted, time until all finalizers are released;
+and the operator's memory (RSS, peak) and CPU. Prints ratios against the baseline.
 
     eval "$(bash hack/control-plane.sh env)"
     .venv/bin/python hack/bench_operator.py [--triggers 1000] [--sources 100]
+        [--skip-baseline] [--skip-delete]
 """
 
 from __future__ import annotations
@@ -145,11 +149,21 @@ class Operator:
                 self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
             )
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(60)
-            self.process = None
+    def stop(self, timeout: float = 60) -> float:
+        """SIGTERM; seconds until the process exited (SIGKILL after `timeout`: inf)."""
+        if self.process is None:
+            return 0.0
+        started = time.monotonic()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+            took = time.monotonic() - started
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            took = float("inf")
+        self.process = None
+        return took
 
 
 def main() -> int:
@@ -157,6 +171,10 @@ def main() -> int:
     parser.add_argument("--sources", type=int, default=100)
     parser.add_argument("--triggers", type=int, default=1000)
     parser.add_argument("--limit", type=float, default=300, help="give up after this many s")
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="no apply without the operator (no ratio)"
+    )
+    parser.add_argument("--skip-delete", action="store_true", help="leave out part 5")
     args = parser.parse_args()
     if not os.environ.get("KUBECONFIG"):
         raise SystemExit('no cluster: eval "$(bash hack/control-plane.sh env)" first')
@@ -176,9 +194,10 @@ def main() -> int:
         # 1. Baseline: the API server stores the objects, no operator running.
         baseline_ns = f"{namespace}-baseline"
         kubectl("create", "namespace", baseline_ns)
-        started = time.monotonic()
-        kubectl("apply", "-n", baseline_ns, "-f", "-", input=text)
-        results["baseline_apply_s"] = time.monotonic() - started
+        if not args.skip_baseline:
+            started = time.monotonic()
+            kubectl("apply", "-n", baseline_ns, "-f", "-", input=text)
+            results["baseline_apply_s"] = time.monotonic() - started
 
         # 2. The operator running while the same objects arrive.
         operator.start()
@@ -193,13 +212,13 @@ def main() -> int:
         assert operator.process is not None
         results["rss_kib"], results["peak_rss_kib"] = rss_kib(operator.process.pid)
         results["cpu_s"] = cpu_seconds(operator.process.pid)
-        routes = client.hlen(keys.ROUTES)
+        results["routes_published"] = client.hlen(keys.ROUTES)
         time.sleep(3)  # let the last status writes land
         version = int(client.get(keys.TABLE_VERSION) or 0)
         versions = resource_versions(namespace)
 
         # 3. Cold start: everything exists; the restarted operator must change nothing.
-        operator.stop()
+        results["sigterm_s"] = operator.stop()
         operator.start()
         started = time.monotonic()
         marker = f"late-{uuid.uuid4().hex[:4]}"
@@ -223,19 +242,27 @@ def main() -> int:
         results["restart_table_changes"] = int(client.get(keys.TABLE_VERSION) or 0) - version - 1
         assert operator.process is not None
         results["restart_rss_kib"], results["restart_peak_rss_kib"] = rss_kib(operator.process.pid)
+        results["restart_cpu_s"] = cpu_seconds(operator.process.pid)
         print(f"partial: {results}", flush=True)
 
-        # 4. Deletion of everything: finalizers clean up routes, cursors, streams.
-        started = time.monotonic()
-        # --wait=false and poll: kubectl's own wait goes object by object (minutes).
-        kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=false")
-        while kubectl("get", "triggers,eventsources", "-n", namespace, "-o", "name").strip():
-            if time.monotonic() - started > args.limit:
-                raise SystemExit("objects left after deletion")
-            time.sleep(0.5)
-        results["delete_all_s"] = time.monotonic() - started
-        results["routes_left"] = client.hlen(keys.ROUTES)
-        results["routes_published"] = routes
+        # 4. SIGTERM while Redis is unreachable: every controller's next call fails.
+        server.stop()
+        time.sleep(5)
+        results["sigterm_redis_down_s"] = operator.stop()
+        server.start()
+        print(f"partial: {results}", flush=True)
+        if not args.skip_delete:
+            # 5. Deletion of everything: finalizers clean up routes, cursors, streams.
+            operator.start()
+            started = time.monotonic()
+            # --wait=false and poll: kubectl's own wait goes object by object (minutes).
+            kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=false")
+            while kubectl("get", "triggers,eventsources", "-n", namespace, "-o", "name").strip():
+                if time.monotonic() - started > args.limit:
+                    raise SystemExit("objects left after deletion")
+                time.sleep(0.5)
+            results["delete_all_s"] = time.monotonic() - started
+            results["routes_left"] = client.hlen(keys.ROUTES)
     finally:
         operator.stop()
         server.stop()
@@ -247,11 +274,13 @@ def main() -> int:
           f"Python {platform.python_version()}, load average at the end "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     print(f"objects: {args.sources} EventSources, {args.triggers} Triggers, 1 Service")
-    print(f"baseline  kubectl apply of {objects} objects (no operator): "
-          f"{results['baseline_apply_s']:.1f} s")  # fmt: skip
+    baseline = results.get("baseline_apply_s")
+    if baseline:
+        print(f"baseline  kubectl apply of {objects} objects (no operator): {baseline:.1f} s")
+    ratio = (f" ({results['apply_s'] / baseline:.2f}x baseline; all Ready "
+             f"{results['all_ready_s'] / baseline:.2f}x)" if baseline else "")  # fmt: skip
     print(f"running   apply {results['apply_s']:.1f} s; all {args.triggers} Ready after "
-          f"{results['all_ready_s']:.1f} s "
-          f"({results['all_ready_s'] / results['baseline_apply_s']:.2f}x baseline); "
+          f"{results['all_ready_s']:.1f} s{ratio}; "
           f"routes in Redis: {results['routes_published']}")  # fmt: skip
     print(f"          operator RSS {results['rss_kib'] / 1024:.0f} MiB "
           f"(peak {results['peak_rss_kib'] / 1024:.0f} MiB; idle before: "
@@ -260,9 +289,15 @@ def main() -> int:
     print(f"restart   all Ready again (+1 new) after {results['restart_ready_s']:.1f} s; "
           f"objects rewritten: {results['restart_status_writes']}; "
           f"table changes besides the new route: {results['restart_table_changes']}; "
-          f"RSS {results['restart_rss_kib'] / 1024:.0f} MiB")  # fmt: skip
-    print(f"delete    all Triggers and EventSources gone after {results['delete_all_s']:.1f} s; "
-          f"routes left: {results['routes_left']}")  # fmt: skip
+          f"RSS {results['restart_rss_kib'] / 1024:.0f} MiB, "
+          f"CPU {results['restart_cpu_s']:.1f} s")  # fmt: skip
+    print(f"stop      SIGTERM to exit: {results['sigterm_s']:.1f} s with Redis up, "
+          f"{results['sigterm_redis_down_s']:.1f} s with Redis stopped (inf: SIGKILLed "
+          f"after 60 s)")  # fmt: skip
+    if "delete_all_s" in results:
+        print(f"delete    all Triggers and EventSources gone after "
+              f"{results['delete_all_s']:.1f} s; routes left: "
+              f"{results['routes_left']}")  # fmt: skip
     print(json.dumps(results))
     return 0
 

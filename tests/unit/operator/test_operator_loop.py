@@ -1,5 +1,6 @@
-"""The reconcile loop: woken at once by what an object depends on, resynced slowly,
-backing off on errors, and returning as soon as Kopf asks it to stop."""
+"""The reconcile loop on the work queue: woken at once by what an object depends on,
+resynced slowly, backing off on errors, and returning as soon as Kopf asks it to stop;
+a few workers drive many controllers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tidings.operator.adapters import AdapterSettings
 from tidings.operator.context import ObjectLog, Settings
-from tidings.operator.loop import keep_reconciling
+from tidings.operator.loop import WorkQueue
 from tidings.operator.world import Key, Wakeups
 
 OWN: Key = ("Trigger", "shop", "welcome")
@@ -39,9 +40,11 @@ class Flag:
 class Recorder:
     """A controller that records what the loop asks of it."""
 
-    def __init__(self, *, look_again: float | None = None, failures: int = 0) -> None:
-        self.key = OWN
-        self.log = ObjectLog(logging.getLogger(__name__), *OWN)
+    def __init__(
+        self, *, look_again: float | None = None, failures: int = 0, key: Key = OWN
+    ) -> None:
+        self.key = key
+        self.log = ObjectLog(logging.getLogger(__name__), *key)
         self.gen = 1
         self.look_again = look_again
         self.failures_left = failures
@@ -53,7 +56,7 @@ class Recorder:
         return self.gen
 
     def dependencies(self) -> set[Key]:
-        return {OWN, SERVICE}
+        return {self.key, SERVICE}
 
     async def reconcile(self) -> None:
         if self.failures_left:
@@ -90,11 +93,8 @@ def settings(resync_interval: float) -> Settings:
 async def running(
     controller: Recorder, wakeups: Wakeups, stopped: Flag, resync_interval: float = 300.0
 ) -> asyncio.Task[None]:
-    task = asyncio.create_task(
-        keep_reconciling(
-            controller, wakeups=wakeups, settings=settings(resync_interval), stopped=stopped
-        )
-    )
+    queue = WorkQueue(wakeups=wakeups, settings=settings(resync_interval), workers=2)
+    task = asyncio.create_task(queue.drive(controller, stopped))
     await controller.until(lambda: controller.observed >= 1)
     return task
 
@@ -160,3 +160,28 @@ async def test_the_loop_returns_when_asked_to_stop_and_unfollows_everything() ->
     await stop(task, stopped)
     assert time.monotonic() - started < 0.1
     assert len(wakeups) == 0
+
+
+async def test_two_workers_drive_many_controllers_and_each_stops_alone() -> None:
+    wakeups = Wakeups()
+    queue = WorkQueue(wakeups=wakeups, settings=settings(300.0), workers=2)
+    controllers = [Recorder(look_again=0.02, key=("Trigger", "shop", f"t{n}")) for n in range(50)]
+    flags = [Flag() for _ in controllers]
+    tasks = [
+        asyncio.create_task(queue.drive(c, f)) for c, f in zip(controllers, flags, strict=True)
+    ]
+    for controller in controllers:
+        await controller.until(lambda c=controller: c.observed >= 3)  # type: ignore[misc]
+    assert all(c.reconciled == [1] for c in controllers)
+    await stop(tasks[0], flags[0])
+    assert len(queue) == 49
+    seen = controllers[0].observed
+    await controllers[1].until(lambda: controllers[1].observed >= 6)
+    assert controllers[0].observed == seen  # off the queue: never driven again
+    wakeups.notify(SERVICE)  # every remaining controller depends on it
+    for controller in controllers[1:]:
+        await controller.until(lambda c=controller: len(c.reconciled) == 2)  # type: ignore[misc]
+    await queue.close()
+    for task, flag in zip(tasks[1:], flags[1:], strict=True):
+        await stop(task, flag)
+    assert len(queue) == 0 and len(wakeups) == 0

@@ -4,9 +4,10 @@
   Services, Secrets, and the adapter Deployments this operator manages.
 - Every watch event on one of those kinds, and on Triggers, wakes the
   controllers that depend on that object (tidings.operator.world).
-- One daemon per Trigger, EventSource and Replay runs its controller
-  (tidings.operator.triggers, .sources, .replays) in the reconcile loop
-  (tidings.operator.loop).
+- One daemon per Trigger, EventSource and Replay puts its controller
+  (tidings.operator.triggers, .sources, .replays) on the shared work queue
+  (tidings.operator.loop) until Kopf asks it to stop; the queue's workers are
+  stopped at the operator's cleanup.
 - Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
   succeed) remove the object's data-plane state (tidings.operator.publishing).
 """
@@ -28,16 +29,17 @@ from tidings.api.types import GROUP, VERSION
 from tidings.operator import adapters, publishing, replays, replication, world
 from tidings.operator.context import Context
 from tidings.operator.health import Transition
-from tidings.operator.loop import Controller, keep_reconciling
+from tidings.operator.loop import Controller, WorkQueue
 from tidings.operator.sources import SourceController
 from tidings.operator.triggers import TriggerController
 
 FINALIZER = "tidings.dev/cleanup"
 ANNOTATIONS_PREFIX = "tidings.dev"
 MANAGED = {"app.kubernetes.io/managed-by": adapters.MANAGED_BY}
-# A stopped daemon (deletion, peering pause, exit) is asked to return first (its
-# loop wakes on `stopped`), and cancelled only if it has not within this time.
-GRACE = 2.0
+# A stopped daemon (deletion, peering pause, exit) is asked to return first (it
+# returns at once, waiting at most loop.WITHDRAW_GRACE for a round in flight),
+# and cancelled only if it has not within this time.
+GRACE = 3.0
 CANCEL_AFTER = 2.0
 
 # A deleted Trigger's keys are deleted again this long after its delivery timeout.
@@ -46,9 +48,14 @@ SWEEP_MARGIN = 5.0
 log = logging.getLogger(__name__)
 
 
-def build_registry(ctx: Context) -> kopf.OperatorRegistry:
+def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_queue(**_: Any) -> None:
+        # Before Kopf's wait for leftover tasks: the workers would be 5 s of it.
+        await queue.close()
 
     # --- indexes and wake-ups ----------------------------------------------------------
 
@@ -119,9 +126,7 @@ def build_registry(ctx: Context) -> kopf.OperatorRegistry:
 
     async def drive(controller: Controller, stopped: kopf.DaemonStopped) -> None:
         with ctx.running(controller.key):
-            await keep_reconciling(
-                controller, wakeups=ctx.wakeups, settings=ctx.settings, stopped=stopped
-            )
+            await queue.drive(controller, stopped)
 
     def daemon(plural: str) -> kopf.on.DaemonDecorator:
         return kopf.daemon(

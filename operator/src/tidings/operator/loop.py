@@ -1,4 +1,4 @@
-"""The reconcile loop every controller runs (one Kopf daemon per object).
+"""The reconcile loop every controller runs, on a shared work queue.
 
 A controller reconciles (compiles and publishes what the object wants) when
 woken — by a watch event on the object or on anything it depends on
@@ -8,25 +8,45 @@ safety net for a Redis that lost its data. In between it observes: reads
 what the data plane reports and writes status when that changed.
 
 A Redis or API error ends the round; the next one comes after a doubling
-delay (Settings.retry_after) and reconciles in full. The loop returns when
-Kopf asks the daemon to stop (deletion, peering pause, exit), so the daemon
-is stopped gracefully, not cancelled.
+delay (Settings.retry_after) and reconciles in full.
+
+Rounds run on a fixed pool of workers (`WorkQueue`), not on a task per
+object: with 10,000 objects, one task each sleeping between rounds cost
+memory, and stopping them all took longer than a pod's grace period. Each
+object's Kopf daemon only puts its controller on the queue and waits for
+Kopf to ask it to stop (deletion, peering pause, exit) — returning at once,
+so Kopf never has to cancel it — and takes it off again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
 import random
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from redis.exceptions import RedisError
 
 from tidings.operator.context import ObjectLog, Settings
-from tidings.operator.world import Key, Stopped, Wakeups, worth_reconciling
+from tidings.operator.world import Key, Stopped, Subscription, Wakeups, worth_reconciling
 
-# Errors a later round may not meet again; anything else is a bug for Kopf to log.
+# Errors a later round may not meet again; anything else is a bug, logged with
+# its traceback and retried like them.
 RETRYABLE = (RedisError, OSError, ApiException)
+# Rounds in flight at once: as many as the shared Redis pool has connections
+# (tidings.operator.main.REDIS_CONNECTIONS), so none waits long for one.
+WORKERS = 32
+# A controller taken off the queue in the middle of a round (deletion, exit)
+# waits this long for that round to end; a hung Redis call is left to its worker.
+WITHDRAW_GRACE = 2.0
+
+log = logging.getLogger(__name__)
 
 
 class Controller(Protocol):
@@ -56,39 +76,209 @@ class Controller(Protocol):
         ...
 
 
-async def keep_reconciling(
-    controller: Controller, *, wakeups: Wakeups, settings: Settings, stopped: Stopped
-) -> None:
-    """Reconcile and observe `controller` until `stopped`."""
-    clock = asyncio.get_running_loop().time
-    subscription = wakeups.subscribe()
-    subscription.follow({controller.key})
-    fired: set[Key] = set()
+@dataclass(eq=False)
+class _Slot:
+    """One controller on the queue, and what the loop remembers between rounds."""
+
+    controller: Controller
+    subscription: Subscription
     reconciled: int | None = None  # the generation last reconciled; None: reconcile now
-    next_resync, failures = 0.0, 0
-    try:
-        while not stopped:
+    next_resync: float = 0.0
+    failures: int = 0
+    due: float = 0.0  # loop time of the next round (when not queued or running)
+    queued: bool = False
+    running: bool = False
+    removed: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorkQueue:
+    """Runs the rounds of every controller on `workers` tasks: a controller is
+    due when woken, when its observe asked to look again, at its resync, or
+    after a failure's backoff."""
+
+    def __init__(self, *, wakeups: Wakeups, settings: Settings, workers: int = WORKERS) -> None:
+        self._wakeups = wakeups
+        self._settings = settings
+        self._workers = workers
+        self._slots: dict[Key, _Slot] = {}
+        self._ready: deque[_Slot] = deque()
+        self._has_ready = asyncio.Event()
+        self._timers: list[tuple[float, int, _Slot]] = []  # (due, tiebreak, slot)
+        self._timer_changed = asyncio.Event()
+        self._order = itertools.count()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._halted: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    async def drive(self, controller: Controller, stopped: Stopped) -> None:
+        """A Kopf daemon's body: put `controller` on the queue until `stopped`, or
+        until the queue halts (the operator is exiting: Kopf may still spawn a
+        daemon after it stopped the others, and would wait 5 s for it)."""
+        if self._closed:
+            return
+        self.add(controller)
+        asked: asyncio.Future[object] = asyncio.ensure_future(stopped.wait())
+        halted: asyncio.Future[object] = self._halted
+        try:
+            await asyncio.wait({asked, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+            await self.withdraw(controller.key)
+
+    def add(self, controller: Controller) -> None:
+        """Put `controller` on the queue, due at once (replacing one of its key)."""
+        self._start()
+        old = self._slots.pop(controller.key, None)
+        if old is not None:
+            self._retire(old)
+        slot = _Slot(controller, self._wakeups.subscribe())
+        slot.subscription.on_fire = lambda: self._woken(slot)
+        slot.subscription.follow({controller.key})
+        slot.idle.set()
+        self._slots[controller.key] = slot
+        self._enqueue(slot)
+
+    async def withdraw(self, key: Key, grace: float = WITHDRAW_GRACE) -> None:
+        """Take the controller of `key` off the queue; wait (at most `grace`) for
+        a round in flight to end."""
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        self._retire(slot)
+        if slot.running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.idle.wait(), grace)
+
+    def halt(self) -> None:
+        """Stop at once (the operator is exiting): cancel the rounds in flight, start
+        no more, forget every controller — so each daemon returns without waiting."""
+        self._closed = True
+        if not self._halted.done():
+            self._halted.set_result(None)
+        for slot in list(self._slots.values()):
+            self._retire(slot)
+        self._slots.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    async def close(self) -> None:
+        """`halt`, and wait until the workers have ended."""
+        self.halt()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        # Started from the first daemon, so the workers run in Kopf's context
+        # (kopf.event finds its posting queue there).
+        if self._tasks or self._closed:
+            return
+        self._tasks.append(asyncio.create_task(self._timer(), name="work queue timer"))
+        for n in range(self._workers):
+            self._tasks.append(asyncio.create_task(self._work(), name=f"work queue worker {n}"))
+
+    def _retire(self, slot: _Slot) -> None:
+        slot.removed = True
+        slot.subscription.close()
+
+    def _woken(self, slot: _Slot) -> None:
+        # While running, the round's end sees the fired keys and goes again at once.
+        if not slot.running:
+            self._enqueue(slot)
+
+    def _enqueue(self, slot: _Slot) -> None:
+        if slot.queued or slot.running or slot.removed:
+            return
+        slot.queued = True
+        self._ready.append(slot)
+        self._has_ready.set()
+
+    def _schedule(self, slot: _Slot, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        slot.due = loop.time() + max(0.0, delay)
+        if not self._timers or slot.due < self._timers[0][0]:
+            self._timer_changed.set()
+        heapq.heappush(self._timers, (slot.due, next(self._order), slot))
+
+    async def _timer(self) -> None:
+        """Moves controllers whose time has come to the ready queue."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._timers and self._timers[0][0] <= now:
+                due, _, slot = heapq.heappop(self._timers)
+                # An entry is stale if the slot was woken and rescheduled since.
+                if due == slot.due and not slot.queued and not slot.running:
+                    self._enqueue(slot)
+            self._timer_changed.clear()
+            wait = self._timers[0][0] - now if self._timers else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_changed.wait(), wait)
+
+    async def _work(self) -> None:
+        while True:
+            while not self._ready:
+                self._has_ready.clear()
+                await self._has_ready.wait()
+            slot = self._ready.popleft()
+            slot.queued = False
+            if slot.removed:
+                continue
+            slot.running = True
+            slot.idle.clear()
             try:
-                generation = controller.generation()
-                if (
-                    reconciled is None
-                    or clock() >= next_resync
-                    or worth_reconciling(fired, controller.key, generation, reconciled)
-                ):
-                    # Follow first, then read: a change after the read still wakes us.
-                    subscription.follow(controller.dependencies())
-                    await controller.reconcile()
-                    reconciled = generation
-                    next_resync = clock() + settings.resync_interval * random.uniform(0.8, 1.2)
-                look_again = await controller.observe()
-                failures = 0
-                delay = next_resync - clock()
-                if look_again is not None:
-                    delay = min(delay, look_again)
-            except RETRYABLE as error:
-                failures += 1
-                reconciled, delay = None, settings.retry_after(failures)
-                controller.log.warning("will retry in %.1fs: %s", delay, error)
-            fired = await subscription.wait(max(0.0, delay), stopped)
-    finally:
-        subscription.close()
+                delay = await self._round(slot)
+            finally:
+                slot.running = False
+                slot.idle.set()
+            if slot.removed:
+                continue
+            if slot.subscription.pending():
+                self._enqueue(slot)
+            else:
+                self._schedule(slot, delay)
+
+    async def _round(self, slot: _Slot) -> float:
+        """Reconcile if due, then observe; seconds until the next round."""
+        controller = slot.controller
+        clock = asyncio.get_running_loop().time
+        fired = slot.subscription.take()
+        try:
+            generation = controller.generation()
+            if (
+                slot.reconciled is None
+                or clock() >= slot.next_resync
+                or worth_reconciling(fired, controller.key, generation, slot.reconciled)
+            ):
+                # Follow first, then read: a change after the read still wakes us.
+                slot.subscription.follow(controller.dependencies())
+                await controller.reconcile()
+                slot.reconciled = generation
+                slot.next_resync = clock() + self._settings.resync_interval * random.uniform(
+                    0.8, 1.2
+                )
+            if slot.removed:
+                return 0.0
+            look_again = await controller.observe()
+            slot.failures = 0
+            delay = slot.next_resync - clock()
+            if look_again is not None:
+                delay = min(delay, look_again)
+            return delay
+        except RETRYABLE as error:
+            return self._failed(slot, error)
+        except Exception as error:  # a bug: keep its traceback, and the other controllers going
+            controller.log.exception("reconcile failed")
+            return self._failed(slot, error)
+
+    def _failed(self, slot: _Slot, error: Exception) -> float:
+        slot.failures += 1
+        slot.reconciled = None
+        delay = self._settings.retry_after(slot.failures)
+        slot.controller.log.warning("will retry in %.1fs: %s", delay, error)
+        return delay

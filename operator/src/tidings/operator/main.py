@@ -16,7 +16,9 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from tidings.operator import handlers, orphans, peering
 from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
 from tidings.operator.context import Context, Settings
 from tidings.operator.kube import Kube, connection_info, load_config
+from tidings.operator.loop import WorkQueue
 from tidings.operator.publishing import StableSealer
 
 log = logging.getLogger("tidings.operator")
@@ -48,6 +51,9 @@ DEFAULT_IMAGE = "tidings:latest"
 # Redis connections shared by all controllers: enough for bursts at start,
 # bounded so a thousand daemons cannot open a thousand connections.
 REDIS_CONNECTIONS = 32
+# After SIGTERM, exit by force if the graceful stop has not ended by then (an API
+# call in flight to a slow API server; a pod's default grace period is 30 s).
+EXIT_DEADLINE = 8.0
 # Also put in adapters' config Secret (adapter_redis_env): the adapters read it too.
 CLUSTER_ENV = "TIDINGS_REDIS_CLUSTER"
 
@@ -329,7 +335,8 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     if not options.standalone:
         await ensure_peering(kube, options.peering_name, namespaces)
     ctx = Context(settings=settings_from(options), redis=redis, kube=kube, sealer=sealer)
-    registry = handlers.build_registry(ctx)
+    queue = WorkQueue(wakeups=ctx.wakeups, settings=ctx.settings)
+    registry = handlers.build_registry(ctx, queue)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -354,6 +361,8 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
         orphans.keep_collecting(redis, kube, namespaces, options.resync_interval),
         name="orphan collector",
     )
+    ready, stop = asyncio.Event(), asyncio.Event()
+    signals = asyncio.create_task(take_signals(ready, stop, queue), name="signals")
     try:
         await kopf.operator(
             registry=registry,
@@ -363,13 +372,46 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
             peering_name=None if options.standalone else options.peering_name,
             priority=priority,
             liveness_endpoint=f"http://{options.liveness}/healthz" if options.liveness else None,
+            ready_flag=ready,
+            stop_flag=stop,
         )
     finally:
-        collector.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await collector
+        for task in (collector, signals):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await queue.close()
         await redis.aclose()
         kube.close()
+
+
+async def take_signals(ready: asyncio.Event, stop: asyncio.Event, queue: WorkQueue) -> None:
+    """Once Kopf has started (and set its own handlers), SIGTERM and SIGINT halt
+    the work queue before Kopf stops: no round starts or logs a retry while
+    Kopf stops its watches and daemons, and every daemon returns at once."""
+    await ready.wait()
+    loop = asyncio.get_running_loop()
+
+    def stopping(signum: signal.Signals) -> None:
+        log.info("%s received: the operator is stopping", signum.name)
+        queue.halt()
+        stop.set()
+        # A thread, not the loop: it fires even if the loop is stuck. A daemon
+        # thread: a graceful exit does not wait for it.
+        deadline = threading.Timer(EXIT_DEADLINE, exit_now)
+        deadline.daemon = True
+        deadline.start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping, signum)
+
+
+def exit_now() -> None:
+    """The graceful stop took too long: leave what is in flight (every round is
+    redone by the next operator) rather than be SIGKILLed."""
+    log.error("not stopped %.0f s after the signal: exiting now", EXIT_DEADLINE)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _api_version(configuration: Any) -> None:

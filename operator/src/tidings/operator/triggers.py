@@ -1,6 +1,6 @@
 """One Trigger's controller: compile it, publish its route, report its status.
 
-A Kopf daemon runs one `TriggerController` per Trigger in the reconcile loop
+One `TriggerController` per Trigger runs in the reconcile loop
 (tidings.operator.loop): it reconciles when woken by a watch event on the
 Trigger or on anything it depends on (its EventSource, Services, signing
 Secret; tidings.operator.world), and otherwise only reads the data plane's

@@ -19,7 +19,7 @@ import base64
 import binascii
 import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -306,13 +306,15 @@ class Stopped(Protocol):
 
 
 class Subscription:
-    """One controller's interest: the keys it follows, and those that fired."""
+    """One controller's interest: the keys it follows, and those that fired.
+    Either awaited (`wait`) or, on the work queue, called back (`on_fire`)."""
 
     def __init__(self, wakeups: Wakeups) -> None:
         self._wakeups = wakeups
         self._event = asyncio.Event()
         self._keys: set[Key] = set()
         self._fired: set[Key] = set()
+        self.on_fire: Callable[[], None] | None = None
 
     def follow(self, keys: set[Key]) -> None:
         """Depend on exactly `keys` from now on."""
@@ -323,6 +325,18 @@ class Subscription:
     def _fire(self, key: Key) -> None:
         self._fired.add(key)
         self._event.set()
+        if self.on_fire is not None:
+            self.on_fire()
+
+    def pending(self) -> bool:
+        """Whether keys fired since the last `take` or `wait`."""
+        return bool(self._fired)
+
+    def take(self) -> set[Key]:
+        """The keys that fired since the last `take` or `wait`."""
+        fired, self._fired = self._fired, set()
+        self._event.clear()
+        return fired
 
     async def wait(self, seconds: float, stopped: Stopped | None = None) -> set[Key]:
         """Wait for wake-ups, at most `seconds`, or until `stopped` is set; the keys
@@ -349,3 +363,4 @@ class Subscription:
     def close(self) -> None:
         self._wakeups._unfollow(self, self._keys)
         self._keys = set()
+        self.on_fire = None
