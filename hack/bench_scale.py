@@ -565,6 +565,7 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
                         seal_key,
                         work,
                     )
+                    case["round"] = round_ + 1
                     cases.append(case)
                     print(f"round {round_ + 1}  {describe(case)}", flush=True)
         summary = summarize(cases, targets) if cases else {}
@@ -604,6 +605,22 @@ def summarize(cases: list[dict[str, Any]], targets: list[Target]) -> dict[str, A
         f"scale out    single Redis: 2 processes {two['rate']:.0f}/s vs 1 process "
         f"{one['rate']:.0f}/s (best of each): {summary['scale_out']:.2f} x (target >= 1.7)"
     )
+    # The load drifts between rounds: ratios within one round (cases minutes apart at
+    # most) say more than best against best.
+    for t in targets:
+        per_round = []
+        for round_ in sorted({c["round"] for c in cases}):
+            rates = {
+                c["processes"]: c["rate"]
+                for c in cases
+                if c["round"] == round_ and c["target"] == t.name
+            }
+            per_round.append(rates[2] / rates[1])
+        summary[f"scale_out_per_round_{t.name}"] = per_round
+        print(
+            f"per round    {t.name}: 2 processes / 1 process "
+            + ", ".join(f"{r:.2f}" for r in per_round)
+        )
     for n, case in ((1, one), (2, two)):
         us = case["us_per_delivery"]
         whole = sum(us["dispatchers"]) + sum(us["redis"].values()) + us["subscriber"]
