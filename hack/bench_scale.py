@@ -239,7 +239,9 @@ class Dispatchers:
 
     async def start(self) -> None:
         for port in self.launch():
-            await wait_http(f"http://127.0.0.1:{port}/readyz", "a dispatcher")
+            await wait_http(
+                f"http://127.0.0.1:{port}/readyz", f"a dispatcher (its log: {self.logs})"
+            )
 
     def launch(self) -> list[int]:
         env = {**os.environ, ENV_KEY: self.seal_key}
@@ -357,9 +359,9 @@ async def run_case(
     await asyncio.gather(*(delivered(redis, r) for r in routes))
     clients_before = {n: await redis_clients(c) for n, c in target.nodes.items()}
     dispatchers = Dispatchers(processes, target, seal_key, logs)
-    await dispatchers.start()
-    await asyncio.sleep(1.0)  # start-up work done before the clock starts
     try:
+        await dispatchers.start()
+        await asyncio.sleep(1.0)  # start-up work done before the clock starts
         disp0 = [process_cpu(pid) for pid in dispatchers.pids]
         sub0 = process_cpu(subscriber.pid)
         redis0 = {n: await redis_cpu(c) for n, c in target.nodes.items()}
@@ -482,8 +484,8 @@ async def idle_connections(
         routes.append(route)
     clients_before = {n: await redis_clients(c) for n, c in target.nodes.items()}
     dispatchers = Dispatchers(1, target, seal_key, logs)
-    await dispatchers.start()
     try:
+        await dispatchers.start()
         await asyncio.sleep(5)  # every worker has looked once and waits
         pid = dispatchers.pids[0]
         own0, redis0, started = process_cpu(pid), await redis_cpu_all(target), time.monotonic()
