@@ -1,6 +1,7 @@
 """Ingest throughput, single events and batches, against baselines from the same run.
 
     .venv/bin/python hack/bench_ingest.py [--seconds 2] [--rounds 3] [--concurrency 32]
+        [--loop asyncio|uvloop|both]
 
 Starts a private redis-server (AOF on, appendfsync everysec, as production),
 then measures, one after the other:
@@ -16,7 +17,8 @@ Servers run in a child process (one core), the load generator here (the other
 core), so "bare" and "ingest" share the same client cost and their ratio is
 the price of Tidings' parsing, auth, dedupe and metrics. The HTTP rows run in
 interleaved rounds and report medians, so other load on the machine hits both
-sides alike. Prints a table; results go in docs/benchmarks.md, "## Ingest".
+sides alike; server and Redis CPU per event come from /proc, the steadier figures
+under contention. Prints a table; results go in docs/benchmarks.md, "## Ingest".
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from tidings.api import keys, table
+from tidings.api.process import ENV_EVENT_LOOP, EVENT_LOOPS, run_event_loop
 from tidings.api.routes import compile_source
 from tidings.api.sealing import Sealer, new_key
 from tidings.api.types import EventSourceSpec
@@ -194,12 +197,13 @@ async def raw_xadd(redis: Redis, seconds: float, concurrency: int, batch: int) -
 
 
 class Child:
-    def __init__(self, kind: str, redis_url: str) -> None:
+    def __init__(self, kind: str, redis_url: str, loop: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, __file__, f"--serve-{kind}", redis_url, str(self.port)],
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, ENV_EVENT_LOOP: loop},
         )
         assert self.process.stdout is not None
         if self.process.stdout.readline().strip() != "serving":
@@ -209,13 +213,17 @@ class Child:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu(self) -> float:
-        """CPU seconds the server process used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds process `pid` used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ms(values: list[float], q: float) -> str:
@@ -224,17 +232,28 @@ def ms(values: list[float], q: float) -> str:
     return f"{statistics.quantiles(values, n=100)[int(q) - 1] * 1000:.1f}"
 
 
-async def bench(seconds: float, concurrency: int, batch: int, rounds: int) -> None:
+async def bench(
+    seconds: float, concurrency: int, batch: int, rounds: int, loops: list[str]
+) -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory))
         server.start()
         try:
-            await _bench(server.url, seconds, concurrency, batch, rounds)
+            assert server.process is not None
+            await _bench(server.url, server.process.pid, seconds, concurrency, batch, rounds, loops)
         finally:
             server.stop()
 
 
-async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, rounds: int) -> None:
+async def _bench(
+    redis_url: str,
+    redis_pid: int,
+    seconds: float,
+    concurrency: int,
+    batch: int,
+    rounds: int,
+    loops: list[str],
+) -> None:
     redis = Redis.from_url(redis_url)
     xadd = statistics.median(
         [await raw_xadd(redis, seconds, concurrency, 1) / seconds for _ in range(rounds)]
@@ -244,46 +263,52 @@ async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, r
     )
     await redis.aclose()
 
-    bare, ingest = Child("bare", redis_url), Child("ingest", redis_url)
+    children: list[Child] = []
+    cases: list[tuple[str, Child, str, object, int, int]] = []
+    for loop in loops:
+        bare, ingest = Child("bare", redis_url, loop), Child("ingest", redis_url, loop)
+        children += [bare, ingest]
+        cases += [
+            (f"{loop}: bare HTTP -> XADD", bare, bare.url("/single"), single_event, concurrency,
+             1),
+            (f"{loop}: ingest single (binary, token, dedupe)", ingest,
+             ingest.url("/sources/bench/orders"), single_event, concurrency, 1),
+            (f"{loop}: bare HTTP batch of {batch}", bare, bare.url("/batch"), batch_of(batch),
+             max(1, concurrency // 4), batch),
+            (f"{loop}: ingest batch of {batch}", ingest, ingest.url("/sources/bench/orders"),
+             batch_of(batch), max(1, concurrency // 4), batch),
+        ]  # fmt: skip
     # Interleaved rounds (bare, ingest, bare, ingest ...) and medians, so load from
     # anything else on the machine hits both sides alike.
     runs: dict[str, list[tuple[float, list[float]]]] = {}
     cpu: dict[str, list[float]] = {}  # server CPU µs per event
-    cases = [
-        ("bare HTTP -> XADD", bare, bare.url("/single"), single_event, concurrency, 1),
-        ("ingest single (binary, token, dedupe)", ingest, ingest.url("/sources/bench/orders"),
-         single_event, concurrency, 1),
-        (f"bare HTTP batch of {batch}", bare, bare.url("/batch"), batch_of(batch),
-         max(1, concurrency // 4), batch),
-        (f"ingest batch of {batch}", ingest, ingest.url("/sources/bench/orders"),
-         batch_of(batch), max(1, concurrency // 4), batch),
-    ]  # fmt: skip
+    redis_cpu: dict[str, list[float]] = {}  # redis-server CPU µs per event
     try:
         for _ in range(rounds):
             for name, child, url, make, workers, size in cases:
-                before = child.cpu()
+                before, redis_before = child.cpu(), cpu_seconds(redis_pid)
                 count, lat = await load(url, make, seconds, workers)
                 runs.setdefault(name, []).append((count * size / seconds, lat))
                 cpu.setdefault(name, []).append((child.cpu() - before) / (count * size) * 1e6)
+                redis_spent = cpu_seconds(redis_pid) - redis_before
+                redis_cpu.setdefault(name, []).append(redis_spent / (count * size) * 1e6)
     finally:
-        bare.stop()
-        ingest.stop()
+        for child in children:
+            child.stop()
 
     def median_run(name: str) -> tuple[float, list[float]]:
         ordered = sorted(runs[name], key=lambda run: run[0])
         return ordered[len(ordered) // 2]
 
-    rows: list[tuple[str, float, str, str, str]] = [
-        ("redis XADD (no HTTP)", xadd, "-", "-", "-"),
-        (f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-", "-"),
+    rows: list[tuple[str, float, str, str, str, str]] = [
+        ("redis XADD (no HTTP)", xadd, "-", "-", "-", "-"),
+        (f"redis XADD x{batch} pipelined (no HTTP)", pipelined, "-", "-", "-", "-"),
     ]
     for name, *_ in cases:
         rate, lat = median_run(name)
         used = f"{statistics.median(cpu[name]):.0f}"
-        rows.append((name, rate, ms(lat, 50), ms(lat, 99), used))
-    rate = {name: median_run(name)[0] for name, *_ in cases}
-    bare_single, ingest_single = rate[cases[0][0]], rate[cases[1][0]]
-    bare_batch, ingest_batch = rate[cases[2][0]], rate[cases[3][0]]
+        redis_used = f"{statistics.median(redis_cpu[name]):.0f}"
+        rows.append((name, rate, ms(lat, 50), ms(lat, 99), used, redis_used))
 
     print(
         f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
@@ -294,19 +319,32 @@ async def _bench(redis_url: str, seconds: float, concurrency: int, batch: int, r
         f"median of {rounds} interleaved rounds of {seconds:g} s; {concurrency} concurrent "
         f"single requests, {max(1, concurrency // 4)} concurrent batches\n"
     )
-    print("| measurement | events/s | p50 ms | p99 ms | server CPU µs/event |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, value, p50, p99, used in rows:
-        print(f"| {name} | {value:,.0f} | {p50} | {p99} | {used} |")
-    print()
-    print(f"ingest single / bare HTTP -> XADD:   {ingest_single / bare_single:.2f}")
-    print(f"ingest single / raw XADD:            {ingest_single / xadd:.2f}")
-    print(f"ingest batch / bare HTTP batch:      {ingest_batch / bare_batch:.2f}")
-    print(f"ingest batch / raw pipelined XADD:   {ingest_batch / pipelined:.2f}")
-    print(f"ingest batch / ingest single:        {ingest_batch / ingest_single:.1f}x")
-    cpu_single = statistics.median(cpu[cases[1][0]]) / statistics.median(cpu[cases[0][0]])
-    cpu_batch = statistics.median(cpu[cases[3][0]]) / statistics.median(cpu[cases[2][0]])
-    print(f"server CPU per event, ingest / bare: single {cpu_single:.2f}x, batch {cpu_batch:.2f}x")
+    print("| measurement | events/s | p50 ms | p99 ms | server CPU µs/event | Redis CPU µs/event |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, value, p50, p99, used, redis_used in rows:
+        print(f"| {name} | {value:,.0f} | {p50} | {p99} | {used} | {redis_used} |")
+    for index, loop in enumerate(loops):
+        bare_single, ingest_single, bare_batch, ingest_batch = (
+            name for name, *_ in cases[4 * index : 4 * index + 4]
+        )
+        rates = {name: median_run(name)[0] for name, *_ in cases}
+        cpu_used = {name: statistics.median(cpu[name]) for name, *_ in cases}
+        print(f"\n{loop}:")
+        print(
+            f"ingest single / bare HTTP -> XADD:   {rates[ingest_single] / rates[bare_single]:.2f}"
+        )
+        print(f"ingest single / raw XADD:            {rates[ingest_single] / xadd:.2f}")
+        print(f"ingest batch / bare HTTP batch:      {rates[ingest_batch] / rates[bare_batch]:.2f}")
+        print(f"ingest batch / raw pipelined XADD:   {rates[ingest_batch] / pipelined:.2f}")
+        print(
+            "ingest batch / ingest single:        "
+            f"{rates[ingest_batch] / rates[ingest_single]:.1f}x"
+        )
+        print(
+            "server CPU per event, ingest / bare: "
+            f"single {cpu_used[ingest_single] / cpu_used[bare_single]:.2f}x, "
+            f"batch {cpu_used[ingest_batch] / cpu_used[bare_batch]:.2f}x"
+        )
 
 
 async def _redis_version(url: str) -> str:
@@ -322,15 +360,22 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--loop",
+        choices=(*EVENT_LOOPS, "both"),
+        default="both",
+        help="the servers' event loop (both: each, in the same interleaved rounds)",
+    )
     parser.add_argument("--serve-bare", nargs=2, metavar=("REDIS_URL", "PORT"))
     parser.add_argument("--serve-ingest", nargs=2, metavar=("REDIS_URL", "PORT"))
     args = parser.parse_args()
     if args.serve_bare:
-        asyncio.run(serve_bare(args.serve_bare[0], int(args.serve_bare[1])))
+        run_event_loop(serve_bare(args.serve_bare[0], int(args.serve_bare[1])))
     elif args.serve_ingest:
-        asyncio.run(serve_ingest(args.serve_ingest[0], int(args.serve_ingest[1])))
+        run_event_loop(serve_ingest(args.serve_ingest[0], int(args.serve_ingest[1])))
     else:
-        asyncio.run(bench(args.seconds, args.concurrency, args.batch, args.rounds))
+        loops = list(EVENT_LOOPS) if args.loop == "both" else [args.loop]
+        asyncio.run(bench(args.seconds, args.concurrency, args.batch, args.rounds, loops))
 
 
 if __name__ == "__main__":
