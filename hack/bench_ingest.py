@@ -51,6 +51,7 @@ from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.routing import TableWatcher
 
 TOKEN = "bench-token"
+SEAL_KEY = "BENCH_INGEST_SEAL_KEY"
 
 
 class OneSecret:
@@ -92,7 +93,8 @@ async def serve_bare(redis_url: str, port: int) -> None:
 
 async def serve_ingest(redis_url: str, port: int) -> None:
     redis = Redis.from_url(redis_url)
-    sealer = Sealer(new_key())
+    # One key for every ingest server of the run: they share the routing table.
+    sealer = Sealer(os.environ[SEAL_KEY])
     spec = EventSourceSpec.model_validate(
         {"http": {"auth": {"tokenSecretRef": {"name": "t", "key": "token"}}}}
     )
@@ -263,6 +265,7 @@ async def _bench(
     )
     await redis.aclose()
 
+    os.environ[SEAL_KEY] = new_key()
     children: list[Child] = []
     cases: list[tuple[str, Child, str, object, int, int]] = []
     for loop in loops:

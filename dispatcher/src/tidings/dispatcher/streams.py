@@ -105,29 +105,33 @@ async def append(
         raise ValueError(CLUSTER_WAIT)
     window_ms = str(max(1, round(dedupe_window(source) * 1000)))
     now_ms = int(time.time() * 1000)
+    index = keys.event_index(source.namespace, source.name)
     calls: list[tuple[list[str], list[str]]] = []
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
+        call_keys = [source.stream, index]
         args = [window_ms]
         for event in chunk:
             fields = encode(event, now_ms)
-            args += [
+            call_keys.append(dedupe_key(source, event))
+            args += (
                 fields[keys.FIELD_EVENT],
                 fields[keys.FIELD_TIME],
                 event.id,
                 fields.get(keys.FIELD_DUE, ""),
-            ]
-        index = keys.event_index(source.namespace, source.name)
-        calls.append(([source.stream, index, *(dedupe_key(source, e) for e in chunk)], args))
+            )
+        calls.append((call_keys, args))
     replies = await _run(redis, calls, wait_replicas, wait_timeout)
     replicas: int | None = None
     if wait_replicas > 0:
         replicas = int(replies.pop())
     results: list[Appended] = []
-    ids = [text(stream_id) for reply in replies for stream_id in reply]
+    ids = (text(stream_id) for reply in replies for stream_id in reply)
     for event, stream_id in zip(events, ids, strict=True):
-        duplicate = stream_id.startswith("=")
-        results.append(Appended(event.id, stream_id.lstrip("="), duplicate))
+        if stream_id[0] == "=":
+            results.append(Appended(event.id, stream_id[1:], True))
+        else:
+            results.append(Appended(event.id, stream_id, False))
     return AppendResult(events=results, replicas=replicas)
 
 
