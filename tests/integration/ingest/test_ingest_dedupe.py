@@ -83,3 +83,33 @@ async def test_append_returns_the_stream_id_of_the_first_copy_for_a_duplicate(
     ttl = await ingest.redis.pttl(streams.dedupe_key(source, one))
     assert 0 < ttl <= 300_000
     assert await ingest.redis.xlen(keys.stream(ingest.namespace, "orders")) == 1
+
+
+async def test_concurrent_requests_share_script_calls_and_each_id_is_accepted_once(
+    ingest: IngestUnderTest,
+) -> None:
+    """Requests arriving while an append is on its way gather into the next one
+    (streams.Coalescer): every request still gets its own answer, each id is
+    accepted by exactly one of the requests that sent it, and fewer script calls
+    than requests reach Redis."""
+    await ingest.add_source("orders")
+    await ingest.redis.config_resetstat()
+    ids = [f"c-{n}" for n in range(10)]
+    sends = [(id, copy) for copy in range(4) for id in ids]
+
+    async def post(id: str, copy: int) -> dict[str, list[str]]:
+        response = await ingest.client.post(
+            ingest.url("orders"), data=json.dumps(event(id, data=copy)), headers=STRUCTURED
+        )
+        assert response.status == 202, await response.text()
+        answer: dict[str, list[str]] = await response.json()
+        return answer
+
+    answers = await asyncio.gather(*(post(id, copy) for id, copy in sends))
+    for (id, _), answer in zip(sends, answers, strict=True):
+        assert answer["accepted"] + answer["duplicates"] == [id]
+    accepted = sorted(id for answer in answers for id in answer["accepted"])
+    assert accepted == sorted(ids)
+    assert sorted(e.id for e in await ingest.stored("orders")) == sorted(ids)
+    calls = (await ingest.redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert calls < len(sends), f"{calls} script calls for {len(sends)} concurrent requests"

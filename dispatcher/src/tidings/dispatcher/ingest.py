@@ -506,6 +506,10 @@ class Ingest:
         self.redis_timeout = redis_timeout
         self.on_append = on_append
         self.metrics = IngestMetrics(registry)
+        # Concurrent requests to one source share script calls (streams.Coalescer).
+        self.appender = streams.Coalescer(
+            redis, wait_replicas=wait_replicas, wait_timeout=wait_timeout
+        )
         self._opened = OpenedSecrets(sealer)
         self.draining = False
 
@@ -638,13 +642,7 @@ class Ingest:
         try:
             waiting = self.wait_timeout if self.wait_replicas > 0 else 0.0
             async with asyncio.timeout(self.redis_timeout + waiting):
-                result = await streams.append(
-                    self.redis,
-                    source,
-                    events,
-                    wait_replicas=self.wait_replicas,
-                    wait_timeout=self.wait_timeout,
-                )
+                result = await self.appender.append(source, events)
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("ingest into %s failed: Redis: %s", source.id, error or type(error))
             raise IngestError(
