@@ -283,6 +283,11 @@ class TriggerWorker:
         # batch settled with mostly answers until it reaches local_limit (then None).
         self.ramp: int | None = None
         self.idle_block = IDLE_BLOCK
+        # The last look stopped short of what it might have read (no room here, the
+        # limits, a full batch): a finished delivery makes room to look again. After
+        # an empty look only what wakes it (new entries, a due retry, a released key)
+        # can bring something; a finished one of a key that holds the rest cannot.
+        self.room_bound = True
         # For publishing a quiet Trigger's state less often (Dispatcher._publish_loop).
         self.active = True  # something was fetched or settled since the last publish
         self.published: Published | None = None
@@ -513,6 +518,7 @@ class TriggerWorker:
                 # Fetch in batches: waking for every freed slot would make many tiny
                 # round trips, each paying the per-call overhead.
                 if free <= 0 or (self.in_flight and free < min(self.refill, limit)):
+                    self.room_bound = True
                     await self._sleep(1.0)
                     continue
                 reclaim_ms = 0
@@ -522,6 +528,7 @@ class TriggerWorker:
                 fetched = await self.cursor.fetch(
                     min(free, self.dispatcher.batch), self.lease_ms, reclaim_ms
                 )
+                self.room_bound = fetched.status is not FetchStatus.EMPTY
                 if fetched.status is FetchStatus.OK:
                     self.idle_block = IDLE_BLOCK
                     self.active = True
@@ -568,7 +575,7 @@ class TriggerWorker:
             log.error("Trigger %s: delivery task failed", self.route.id, exc_info=task.exception())
         # Wake the fetch loop only when a batch worth of slots is free: waking it
         # for every finished delivery costs more than the delivery's own bookkeeping.
-        if len(self.in_flight) <= self.local_limit - self.refill:
+        if self.room_bound and len(self.in_flight) <= self.local_limit - self.refill:
             self._wake.set()
         if self.stopping:
             self._flush_wake.set()  # the flusher exits once nothing is in flight
