@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Dispatcher throughput against its own bare ceiling, in one run on this machine.
 
-    .venv/bin/python hack/bench_dispatch.py [--events 20000]
+    .venv/bin/python hack/bench_dispatch.py [--events 20000] [--loop asyncio|uvloop|both]
+        [--only attempt-log|throughput|gc] [--gc-defaults]
+
+`--loop both` (the default) runs everything on asyncio's event loop, then on
+uvloop's (what the dispatcher process runs on), one after the other. The
+collector is set as the dispatcher process sets it (freeze_startup_heap)
+unless `--gc-defaults`.
 
 Starts a private redis-server and a subscriber (a separate aiohttp process
 answering 200, with a /slow path that never answers in time), then measures:
