@@ -9,9 +9,10 @@ EventSources and `--routes` Triggers spread over them (no traffic), starts the
 real Dispatcher in this process, then measures over `--seconds`:
 
 1. idle: CPU of this process and of Redis (% of one core), Redis's connected
-   clients, this process's RSS, and Redis's memory per route; first with every
-   idle Trigger looking and publishing each second (as before the idle back-off:
-   engine.IDLE_BLOCK_MAX = IDLE_BLOCK, QUIET_PUBLISH = 0), then as shipped;
+   clients, this process's RSS, and Redis's memory per route; first as before
+   Triggers at rest went silent (each idle Trigger looking every 8 s at most,
+   publishing every 15 s, every source trimmed every retention interval: the old
+   rules patched back in below), then as shipped;
 2. traffic on 1 % of the routes: deliveries/s, against the same number of events
    through 100 routes alone (the baseline, measured in the same run).
 
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,45 @@ from tidings.cli.redis_server import RedisServer, free_port
 from tidings.dispatcher import engine
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
+
+
+@contextlib.contextmanager
+def previous_idle_rules() -> Iterator[None]:
+    """The idle rules before Triggers at rest went silent (2026-11-30)."""
+    saved = (
+        engine.TriggerWorker._wait_for_entries,
+        engine.TriggerWorker.quiet,
+        engine.Dispatcher._retention_wanted,
+    )
+
+    async def wait_for_entries(worker: engine.TriggerWorker, fetched: Any) -> None:
+        block = worker.idle_block
+        if fetched.due_in_ms >= 0:
+            block = min(block, max(0.001, fetched.due_in_ms / 1000))
+        stream = worker.route.stream
+        with worker.dispatcher.waker.waiting_for(stream, fetched.last_id, worker._wake):
+            await worker._sleep(block)
+        # From 1 s, doubling per empty look up to 8 s; 1 s while anything is leased.
+        worker.idle_block = min(worker.idle_block * 2, 8.0) if not fetched.leased else 1.0
+
+    def quiet(worker: engine.TriggerWorker) -> bool:
+        return (
+            not worker.active
+            and worker.published is not None
+            and time.monotonic() - worker.published_at < engine.QUIET_PUBLISH
+        )
+
+    engine.TriggerWorker._wait_for_entries = wait_for_entries  # type: ignore[method-assign]
+    engine.TriggerWorker.quiet = quiet  # type: ignore[method-assign]
+    engine.Dispatcher._retention_wanted = lambda self, source, now: True  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        (
+            engine.TriggerWorker._wait_for_entries,  # type: ignore[method-assign]
+            engine.TriggerWorker.quiet,  # type: ignore[method-assign]
+            engine.Dispatcher._retention_wanted,  # type: ignore[method-assign]
+        ) = saved
 
 
 async def redis_cpu(redis: Redis) -> float:
@@ -116,20 +158,19 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
         await dispatcher.start()
         print(f"dispatcher started in {time.monotonic() - started:.1f}s")
         memory = int((await redis.info("memory"))["used_memory"]) - before
-        shipped = (engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH)
-        engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH = engine.IDLE_BLOCK, 0.0
-        every_second = await idle_cost(redis, seconds)
-        engine.IDLE_BLOCK_MAX, engine.QUIET_PUBLISH = shipped
-        # Long enough for every worker's block to reach IDLE_BLOCK_MAX.
-        idle = await idle_cost(redis, seconds, settle=2 * engine.IDLE_BLOCK_MAX)
-        for what, cost in (("idle, each Trigger every second", every_second), ("idle", idle)):
+        with previous_idle_rules():
+            # Long enough for every worker's block to reach 8 s.
+            previous = await idle_cost(redis, seconds, settle=16)
+        # Each worker looks once more (within 8 s) and then rests.
+        idle = await idle_cost(redis, seconds, settle=10)
+        for what, cost in (("idle, the previous rules", previous), ("idle", idle)):
             print(
                 f"{what}: this process {cost['process_pct']:.1f}% of a core, Redis "
                 f"{cost['redis_pct']:.1f}%; Redis clients {cost['clients']:.0f}"
             )
         print(
-            f"idle back-off: this process {idle['process_pct'] / every_second['process_pct']:.2f}"
-            f", Redis {idle['redis_pct'] / every_second['redis_pct']:.2f} of every second; RSS "
+            f"at rest: this process {idle['process_pct'] / previous['process_pct']:.2f}"
+            f", Redis {idle['redis_pct'] / previous['redis_pct']:.2f} of the previous rules; RSS "
             f"{idle['rss_mib']:.0f} MiB; Redis memory {table_bytes / routes_n:.0f} B per route "
             f"in the table, {memory / routes_n:.0f} B per route with the Trigger state"
         )

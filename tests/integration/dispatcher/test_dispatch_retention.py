@@ -36,7 +36,8 @@ async def test_retention_never_trims_pending_or_scheduled_entries(
 
     await wait_until(all_scheduled, 20, "200 retries scheduled")
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    result = await retention.trim(plane.redis, source, routes)
+    trimmed, expired = result.trimmed, result.lost
     assert trimmed == 0 and expired == {}
     assert await plane.redis.xlen(plane.stream()) == 200
     for stream_id in await plane.redis.zrange(retries, 0, -1):
@@ -51,7 +52,8 @@ async def test_unread_events_beyond_max_events_are_trimmed_and_counted(
     route = await plane.add_trigger("paused", subscriber.url, paused=True)
     await plane.publish(200)
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    result = await retention.trim(plane.redis, source, routes)
+    trimmed, expired = result.trimmed, result.lost
     assert trimmed == 150
     assert expired == {route.id: 150}
     assert await plane.redis.xlen(plane.stream()) == 50
@@ -111,7 +113,8 @@ async def test_delivered_events_past_max_age_are_trimmed_without_counting(
 
     await wait_until(nothing_pending, 5, "all acknowledged")
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    trimmed, expired = await retention.trim(plane.redis, source, routes)
+    result = await retention.trim(plane.redis, source, routes)
+    trimmed, expired = result.trimmed, result.lost
     assert trimmed == 30 and expired == {}
 
 
@@ -125,7 +128,7 @@ async def test_the_event_id_index_is_trimmed_with_the_stream(
         await asyncio.sleep(0.005)
     index = keys.event_index(plane.namespace, "src")
     assert await plane.redis.zcard(index) == 30
-    trimmed, _ = await retention.trim(plane.redis, source, [])
+    trimmed = (await retention.trim(plane.redis, source, [])).trimmed
     assert trimmed == 20 and await plane.redis.xlen(plane.stream()) == 10
     # What the stream no longer holds cannot be found by id; the rest still can. (The
     # index is cut by millisecond: ids that shared the cut's ms would stay, and
@@ -148,5 +151,6 @@ async def test_entries_being_delivered_are_not_trimmed(
 
     await wait_until(all_pending, 5, "20 deliveries in flight")
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    assert await retention.trim(plane.redis, source, routes) == (0, {})
+    result = await retention.trim(plane.redis, source, routes)
+    assert (result.trimmed, result.lost) == (0, {})
     await wait_until(lambda: len(subscriber.received) >= 20, 10, "20 deliveries")

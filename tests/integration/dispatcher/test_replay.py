@@ -168,7 +168,7 @@ async def test_replay_delivers_events_the_source_retention_already_trimmed(
     try:
         source = (await table.load(plane.redis)).sources[f"{plane.namespace}/src"]
         await wait_until(lambda: plane.nothing_pending(audit), 5, "audit settled")
-        trimmed, _ = await retention.trim(plane.redis, source, [welcome, audit])
+        trimmed = (await retention.trim(plane.redis, source, [welcome, audit])).trimmed
         assert trimmed == 5 and await plane.redis.xlen(plane.stream()) == 0
         code, out, err = await replay(plane, "welcome", "--all")
         assert code == 0, err
@@ -334,7 +334,7 @@ async def test_a_replayed_event_awaiting_a_retry_does_not_hold_back_source_reten
         )
         assert await plane.redis.zcard(keys.held(plane.namespace, "src", "welcome")) == 0
         source = (await table.load(plane.redis)).sources[f"{plane.namespace}/src"]
-        trimmed, _ = await retention.trim(plane.redis, source, [welcome, audit])
+        trimmed = (await retention.trim(plane.redis, source, [welcome, audit])).trimmed
         assert trimmed == 5
         subscriber.behaviour = answer(200)
         await wait_until(lambda: len(subscriber.received) >= 5, 10, "5 retried deliveries")

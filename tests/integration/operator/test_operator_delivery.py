@@ -20,7 +20,7 @@ from operator_harness import (
 )
 from redis.asyncio import Redis
 
-from tidings.api import keys
+from tidings.api import heartbeat, keys
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +150,7 @@ async def test_a_stale_report_is_shown_as_unknown(
         keys.STATE_UPDATED,
         int(time.time() * 1000) - 3_600_000,
     )
+    await redis.delete(keys.DISPATCHERS)  # no dispatcher alive to vouch for it
     condition = await eventually(
         lambda: (
             (cluster.condition("trigger", "t", "Delivering") or {}).get("reason") == "ReportStale"
@@ -157,6 +158,16 @@ async def test_a_stale_report_is_shown_as_unknown(
         )
     )
     assert condition["status"] == "Unknown"
+    # A Trigger at rest is not rewritten by the dispatchers: a live one's heartbeat
+    # says the old report is still true.
+    await heartbeat.beat(redis, "dispatcher-0")
+    condition = await eventually(
+        lambda: (
+            (cluster.condition("trigger", "t", "Delivering") or {}).get("reason") != "ReportStale"
+            and cluster.condition("trigger", "t", "Delivering")
+        )
+    )
+    assert condition["status"] == "True"
 
 
 async def test_pausing_stops_delivery_keeps_the_cursor_and_unpausing_resumes(

@@ -20,6 +20,10 @@ TABLE_CHANGED = f"{PREFIX}:routing:changed"  # pub/sub channel; message = new ve
 # pub/sub channel; message = a Trigger id ("ns/name") whose retries another process
 # made due (a replay's hand-back): its workers look now, not after their idle block.
 TRIGGER_WAKE = f"{PREFIX}:trigger:wake"
+# ZSET dispatcher replica name -> ms of its last heartbeat (tidings.api.heartbeat).
+# Every dispatcher routes every Trigger, so a live one vouches for the delivery
+# state of the Triggers at rest, which it does not rewrite.
+DISPATCHERS = f"{PREFIX}:{{routing}}:dispatchers"
 # Operator bookkeeping: HASH "ns/trigger" -> the source whose stream holds its consumer
 # group, so a Trigger moved to another source (or deleted) has its old cursor removed.
 CURSORS = f"{PREFIX}:{{routing}}:cursors"

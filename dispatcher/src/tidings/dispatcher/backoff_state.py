@@ -59,6 +59,13 @@ class Published:
     oldest_ms: int  # when the oldest undelivered event was stored; 0: none
     expires_ms: int  # when it will hit maxAge or the source's retention; 0: none
 
+    def at_rest(self) -> bool:
+        """Delivering with nothing waiting: the state stays true until an event comes
+        (which wakes the Trigger), so it need not be rewritten meanwhile."""
+        return self.state == keys.DELIVERING and not (
+            self.lag or self.pending or self.retries or self.parked or self.oldest_ms
+        )
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import ssl
 import time
@@ -46,7 +47,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tidings.api import groups, keys, tracing
+from tidings.api import groups, heartbeat, keys, tracing
 from tidings.api.attempts import Attempt, AttemptOutcome, clip_body
 from tidings.api.destinations import CLUSTER, DestinationPolicy
 from tidings.api.events import now_rfc3339
@@ -92,16 +93,29 @@ CONSUMER_IDLE_FORGET = 3600.0
 CONSUMER_CLEANUP_EVERY = 300.0
 # How long finished deliveries wait to be settled together.
 FLUSH_DELAY = 0.001
-# How long an idle worker blocks before looking again: from IDLE_BLOCK, doubling
-# per empty look up to IDLE_BLOCK_MAX. New entries wake it at once (the waker),
-# and a retry at its due time; the look itself is for what other replicas left:
-# retries of a replica that died, Replays handed back, abandoned entries.
+# How long an idle worker waits before looking again. While entries of its group
+# are leased to any consumer: IDLE_BLOCK (they may be a dead replica's, to reclaim
+# in time). Otherwise it is at rest until woken, and nothing it must see needs a
+# look: new entries wake it (the waker); retries are in the shared retry ZSET,
+# whose next due time every look returns (a retry in flight is scheduled there at
+# its lease's end), and it wakes then; retries another process makes due are
+# announced (keys.TRIGGER_WAKE), and every worker looks when that subscription is
+# made again, as messages may have been missed meanwhile. IDLE_REST (spread by
+# ±REST_JITTER) is a safety net only, cheap at 10,000 Triggers.
 IDLE_BLOCK = 1.0
-IDLE_BLOCK_MAX = 8.0
-# A quiet Trigger (nothing delivered or settled here, its state unchanged) has its
-# state published this often instead of every publish interval; the operator
-# calls a state stale after 120 s (TIDINGS_STALE_AFTER).
+IDLE_REST = 300.0
+REST_JITTER = 0.2
+# A quiet Trigger (nothing delivered or settled here, its state unchanged) that is
+# not at rest (events waiting, paused, in Backoff, its filter failing lately) has
+# its state published this often instead of every publish interval; one at rest
+# is not published at all while quiet: the process's heartbeat (tidings.api.heartbeat)
+# tells the operator its state is current. The operator calls a state stale after
+# 120 s (TIDINGS_STALE_AFTER).
 QUIET_PUBLISH = 15.0
+# A source whose oldest entry is young and whose Triggers fetched nothing since its
+# last trim has nothing to trim: its retention pass waits, up to this long (new
+# entries of a source no Trigger here reads count toward maxEvents unseen).
+RETENTION_IDLE_EVERY = 300.0
 
 # Called after every attempt: (route, event, result, op) where op is what
 # happened to the event. `tidings dev` prints from it.
@@ -292,12 +306,15 @@ class TriggerWorker:
         self.active = True  # something was fetched or settled since the last publish
         self.published: Published | None = None
         self.published_at = 0.0  # monotonic
+        self.filter_failed_at = -math.inf  # monotonic: the last publish with filter errors
+        self.fetched = False  # anything fetched since the last consumer cleanup
         self.update(route)
 
     # --- configuration ------------------------------------------------------------------
 
     def update(self, route: Route) -> None:
         self.route = route
+        self.source_id = keys.source_id(route.namespace, route.source)
         self.active = True  # publish the changed Trigger's state at once
         self.cursor.update(route)
         self.backoff.update(route)
@@ -345,19 +362,23 @@ class TriggerWorker:
             self._replaced_counts = (self.generation, counts)
 
     def nudge(self) -> None:
-        """Look now (and keep looking every IDLE_BLOCK while there is something)."""
-        self.idle_block = IDLE_BLOCK
+        """Look now."""
         self._wake.set()
 
     def quiet(self) -> bool:
         """Whether publishing can wait: nothing fetched or settled here since the last
-        publish, which changed nothing either, and that was under QUIET_PUBLISH ago.
-        (Idle Triggers then cost no Redis call per publish interval.)"""
-        return (
-            not self.active
-            and self.published is not None
-            and time.monotonic() - self.published_at < QUIET_PUBLISH
-        )
+        publish, which changed nothing either, and either the Trigger is at rest or
+        that publish was under QUIET_PUBLISH ago. (Idle Triggers then cost no Redis
+        call per publish interval.)"""
+        published = self.published
+        if self.active or published is None:
+            return False
+        since = time.monotonic()
+        # A failing filter's window must roll over in Redis for FilterErrors to clear.
+        filter_quiet = since - self.filter_failed_at > 2 * self.dispatcher.filter_span
+        if published.at_rest() and filter_quiet:
+            return True
+        return since - self.published_at < QUIET_PUBLISH
 
     def show(self, published: Published | None) -> None:
         """The published state as metrics; the ages from now."""
@@ -398,6 +419,8 @@ class TriggerWorker:
             self._replaced_counts = None
         else:
             generation, counts = self.generation, self.filter.take_counts()
+        if counts.failed:
+            self.filter_failed_at = time.monotonic()
         try:
             return await self.backoff.publish(
                 retention_max_age,
@@ -511,7 +534,7 @@ class TriggerWorker:
                     await self.ensure_group()
                     group_ready = True
                 if self.route.paused or self._config_error:
-                    await self._sleep(1.0)
+                    await self._sleep(IDLE_REST)  # until the route changes (update)
                     continue
                 limit = self.local_limit if self.ramp is None else self.ramp
                 free = limit - len(self.in_flight)
@@ -531,7 +554,8 @@ class TriggerWorker:
                 self.room_bound = fetched.status is not FetchStatus.EMPTY
                 if fetched.status is FetchStatus.OK:
                     self.idle_block = IDLE_BLOCK
-                    self.active = True
+                    self.active = self.fetched = True
+                    self.dispatcher.retention_due.add(self.source_id)
                     for entry in fetched.entries:
                         self._start(self._deliver(entry))
                 elif fetched.status is FetchStatus.BACKOFF:
@@ -544,9 +568,6 @@ class TriggerWorker:
                     await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
                 else:
                     await self._wait_for_entries(fetched)
-                    # Leased entries may be a dead replica's, to reclaim in time.
-                    grown = self.idle_block * 2 if not fetched.leased else IDLE_BLOCK
-                    self.idle_block = min(grown, IDLE_BLOCK_MAX)
             except (RedisError, OSError) as error:
                 log.warning("Trigger %s: Redis: %s; retrying in 1s", self.route.id, error)
                 group_ready = False
@@ -590,6 +611,10 @@ class TriggerWorker:
     async def _wait_for_entries(self, fetched: Fetched) -> None:
         """Block until the stream grows past what we saw, a retry comes due, or a
         wake-up. The process's one StreamWaker watches the stream for us (waker.py)."""
+        if fetched.leased:
+            self.idle_block = IDLE_BLOCK
+        else:
+            self.idle_block = IDLE_REST * random.uniform(1 - REST_JITTER, 1 + REST_JITTER)
         block = self.idle_block
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
@@ -991,6 +1016,10 @@ class Dispatcher:
         self.replays = Replays(redis, self.consumer)
         self.waker = StreamWaker(redis)
         self.replay_interval = replay_interval
+        # Retention: sources whose Triggers fetched since their last pass, and when
+        # each other source next has something to trim by age (monotonic).
+        self.retention_due: set[str] = set()
+        self._retention_next: dict[str, float] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -1014,6 +1043,7 @@ class Dispatcher:
         self.waker.start()
         self.watcher.on_change(self.apply)
         self.watcher.on_wake(self.wake)
+        self.watcher.on_resubscribe(self.wake_all)
         if self.watcher.loaded.is_set():
             await self.apply(self.watcher.current)
         self._tasks = [
@@ -1055,6 +1085,8 @@ class Dispatcher:
         await self.waker.stop()
         if self._session is not None:
             await self._session.close()
+        with contextlib.suppress(RedisError, OSError):
+            await heartbeat.leave(self.redis, self.consumer)
         log.info("dispatcher %s stopped", self.consumer)
 
     def wake(self, trigger_id: str) -> None:
@@ -1063,12 +1095,25 @@ class Dispatcher:
         if worker is not None:
             worker.nudge()
 
+    def wake_all(self) -> None:
+        """The wake channel was (re)subscribed: announcements may have been missed."""
+        for worker in self.workers.values():
+            worker.nudge()
+
     async def _publish_loop(self) -> None:
+        next_beat = 0.0
         while True:
+            if time.monotonic() >= next_beat:
+                try:
+                    await heartbeat.beat(self.redis, self.consumer)
+                    next_beat = time.monotonic() + heartbeat.BEAT_EVERY
+                except (RedisError, OSError) as error:
+                    log.debug("heartbeat failed: %s", error)
             sources = self.watcher.current.sources
             for worker in list(self.workers.values()):
                 if worker.quiet():
-                    worker.show(worker.published)  # the ages move on without Redis
+                    if worker.published is not None and worker.published.oldest_ms:
+                        worker.show(worker.published)  # the ages move on without Redis
                     continue
                 route = worker.route
                 source = sources.get(keys.source_id(route.namespace, route.source))
@@ -1083,6 +1128,11 @@ class Dispatcher:
             if time.monotonic() >= self._next_cleanup:
                 self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
                 for worker in list(self.workers.values()):
+                    # A group nobody fetched from since the last cleanup gained no
+                    # consumers (this process's fetch registers its own).
+                    if not worker.fetched:
+                        continue
+                    worker.fetched = False
                     try:
                         await worker.forget_idle_consumers()
                     except (RedisError, OSError) as error:
@@ -1098,35 +1148,66 @@ class Dispatcher:
             except (RedisError, OSError) as error:
                 log.debug("looking for Replays failed: %s", error)
 
+    def _retention_wanted(self, source_id: str, now: float) -> bool:
+        if source_id in self.retention_due:
+            self.retention_due.discard(source_id)
+            return True
+        return now >= self._retention_next.get(source_id, 0.0)
+
     async def _retention_loop(self) -> None:
+        version = -1
         while True:
             await asyncio.sleep(self.retention_interval)
             table = self.watcher.current
+            if table.version != version:  # Triggers or limits changed: look at all
+                version = table.version
+                self._retention_next.clear()
             for source in table.sources.values():
+                if not self._retention_wanted(source.id, time.monotonic()):
+                    continue
+                routes = table.routes_of(source.namespace, source.name)
                 try:
-                    trimmed, expired = await retention.trim(
-                        self.redis, source, table.routes_of(source.namespace, source.name)
-                    )
+                    kept = await retention.trim(self.redis, source, routes)
                 except (RedisError, OSError) as error:
                     log.debug("retention of %s failed: %s", source.id, error)
                     continue
-                for trigger, count in expired.items():
+                trimmed = kept.trimmed
+                for trigger, count in kept.lost.items():
                     log.warning(
                         "Trigger %s: %d events fell out of %s's retention before delivery",
                         trigger,
                         count,
                         source.id,
                     )
+                    self._changed(trigger)
                 if trimmed:
                     log.debug("retention trimmed %d entries of %s", trimmed, source.id)
                 try:
-                    old = await retention.trim_dead_letters(
-                        self.redis, table.routes_of(source.namespace, source.name)
-                    )
+                    old = await retention.trim_dead_letters(self.redis, routes)
                 except (RedisError, OSError) as error:
                     log.debug("dead-letter retention of %s failed: %s", source.id, error)
                     continue
-                for trigger, count in old.items():
+                for trigger, count in old.lost.items():
                     log.info(
                         "Trigger %s: %d dead letters past their max age dropped", trigger, count
                     )
+                    self._changed(trigger)
+                self._retention_next[source.id] = self._next_retention(
+                    retention.next_due_ms(kept, old)
+                )
+
+    def _changed(self, trigger_id: str) -> None:
+        """Retention changed a Trigger's counts: publish its state next time."""
+        worker = self.workers.get(trigger_id)
+        if worker is not None:
+            worker.active = True
+
+    @staticmethod
+    def _next_retention(due_ms: int) -> float:
+        """A monotonic time for the next pass: when the oldest entry comes of age
+        (a pass then may be held back by a Trigger's hold: then every interval),
+        and no later than RETENTION_IDLE_EVERY from now."""
+        now = time.monotonic()
+        if not due_ms:
+            return now + RETENTION_IDLE_EVERY
+        return now + min(max(0.0, due_ms / 1000 - time.time()), RETENTION_IDLE_EVERY)

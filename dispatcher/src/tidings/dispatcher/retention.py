@@ -20,11 +20,17 @@ interval is still held at its maxEvents.
 entries older than their Trigger's deadLetterRetention.maxAge (by Redis's
 clock) go, counted in each Trigger's state HASH (`deadLettersTrimmed`). Their
 count is bounded when they are written (deadletter.py).
+
+Both calls say when the next one can first have work (`Trimmed.next_due_ms`): when
+the oldest entry kept reaches the source's maxAge, or the oldest dead letter its
+Trigger's. Until then only new entries or released holds can give a trim
+anything to do, and the dispatcher skips an idle source (engine.py).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -34,25 +40,33 @@ from tidings.api.routes import CompiledSource, Route
 TRIM_STEP = 10_000
 
 
-async def trim(
-    redis: Redis, source: CompiledSource, routes: list[Route]
-) -> tuple[int, dict[str, int]]:
-    """Trim `source`'s stream down to its retention, TRIM_STEP entries per call;
-    returns (entries trimmed, {trigger id: expired now})."""
-    total = 0
-    expired: dict[str, int] = {}
+@dataclass
+class Trimmed:
+    trimmed: int = 0  # entries (or dead letters) removed
+    lost: dict[str, int] = field(default_factory=dict)  # trigger id -> expired or dropped
+    next_due_ms: int = 0  # when the oldest entry left comes of age (0: nothing left)
+
+
+def _sooner(a: int, b: int) -> int:
+    """The earlier of two due times, 0 meaning none."""
+    return min(a, b) if a and b else a or b
+
+
+async def trim(redis: Redis, source: CompiledSource, routes: list[Route]) -> Trimmed:
+    """Trim `source`'s stream down to its retention, TRIM_STEP entries per call:
+    entries trimmed, {trigger id: expired now}."""
+    total = Trimmed()
     while True:
-        trimmed, lost = await _trim_step(redis, source, routes)
-        total += trimmed
-        for trigger, count in lost.items():
-            expired[trigger] = expired.get(trigger, 0) + count
-        if trimmed < TRIM_STEP:
-            return total, expired
+        step = await _trim_step(redis, source, routes)
+        total.trimmed += step.trimmed
+        for trigger, count in step.lost.items():
+            total.lost[trigger] = total.lost.get(trigger, 0) + count
+        total.next_due_ms = step.next_due_ms
+        if step.trimmed < TRIM_STEP:
+            return total
 
 
-async def _trim_step(
-    redis: Redis, source: CompiledSource, routes: list[Route]
-) -> tuple[int, dict[str, int]]:
+async def _trim_step(redis: Redis, source: CompiledSource, routes: list[Route]) -> Trimmed:
     keys_: list[str] = [source.stream]
     for route in routes:
         keys_ += [
@@ -69,18 +83,20 @@ async def _trim_step(
     ]
     result = await scripts.RETENTION_TRIM(redis, keys=keys_, args=args)
     counts = [int(v) for v in result]
-    expired = {route.id: n for route, n in zip(routes, counts[1:], strict=False) if n}
-    return counts[0], expired
+    expired = {route.id: n for route, n in zip(routes, counts[2:], strict=False) if n}
+    oldest = counts[1]
+    due = oldest + int(source.retention_max_age * 1000) if oldest else 0
+    return Trimmed(counts[0], expired, due)
 
 
 async def trim_dead_letters(
     redis: Redis, routes: list[Route], max_age: float | None = None
-) -> dict[str, int]:
+) -> Trimmed:
     """Drop dead letters older than each Trigger's deadLetterRetention.maxAge (or
     `max_age` seconds for all) from the DLQs of `routes` (all of one source: one
-    script call); returns {trigger id: entries trimmed now}."""
+    script call): {trigger id: entries trimmed now}."""
     if not routes:
-        return {}
+        return Trimmed()
     keys_: list[str] = []
     for route in routes:
         keys_ += [
@@ -91,4 +107,11 @@ async def trim_dead_letters(
     result = await scripts.RETENTION_TRIM_DEAD_LETTERS(
         redis, keys=keys_, args=[int(age * 1000) for age in ages]
     )
-    return {route.id: int(n) for route, n in zip(routes, result, strict=True) if int(n)}
+    counts = [int(n) for n in result]
+    dropped = {route.id: n for route, n in zip(routes, counts, strict=False) if n}
+    return Trimmed(sum(dropped.values()), dropped, counts[-1])
+
+
+def next_due_ms(stream: Trimmed, dead_letters: Trimmed) -> int:
+    """When a source next has something to trim by age (0: nothing stored)."""
+    return _sooner(stream.next_due_ms, dead_letters.next_due_ms)

@@ -33,6 +33,7 @@ class TableWatcher:
         self.loaded = asyncio.Event()
         self._listeners: list[Listener] = []
         self._wake_listeners: list[WakeListener] = []
+        self._resubscribe_listeners: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -43,6 +44,11 @@ class TableWatcher:
     def on_wake(self, listener: WakeListener) -> None:
         """Call `listener(trigger id)` for each keys.TRIGGER_WAKE message."""
         self._wake_listeners.append(listener)
+
+    def on_resubscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever the subscription is made again after a loss:
+        wake messages published meanwhile were missed."""
+        self._resubscribe_listeners.append(listener)
 
     async def start(self) -> None:
         await self.refresh()
@@ -80,12 +86,17 @@ class TableWatcher:
                 await listener(loaded)
 
     async def _subscribe(self) -> None:
+        lost = False
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.TABLE_CHANGED, keys.TRIGGER_WAKE)
                     # Catch up on anything published before the subscription was live.
                     await self.refresh()
+                    if lost:
+                        lost = False
+                        for listener in self._resubscribe_listeners:
+                            listener()
                     async for message in pubsub.listen():
                         if message.get("type") != "message":
                             continue
@@ -95,6 +106,7 @@ class TableWatcher:
                         else:
                             await self.refresh()
             except (RedisError, OSError) as error:
+                lost = True
                 log.warning("routing table subscription lost (%s); retrying in 1s", error)
                 await asyncio.sleep(1)
 

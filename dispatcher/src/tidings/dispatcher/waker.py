@@ -128,10 +128,11 @@ class StreamWaker:
             try:
                 reply: Any = await self.redis.xread(ids, count=1, block=self.block_ms)
             except (RedisError, OSError) as error:
-                # The waiters time out by themselves and fetch again; so do we, later.
+                # Idle waiters may wait long: wake them all to look for themselves
+                # (their fetch fails and retries too, until Redis answers).
                 log.debug("waiting for %d streams failed: %s", len(ids), error)
                 await asyncio.sleep(min(1.0, self.block_ms / 1000))
-                reply = None
+                reply = [(stream, []) for stream in ids]
             for stream, _entries in _streams(reply):
                 for waiter in self.waiting.get(stream, ()):
                     waiter.event.set()

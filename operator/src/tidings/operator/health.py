@@ -17,13 +17,14 @@ Delivering=Unknown, ReportStale.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
 from redis.asyncio import Redis
 
-from tidings.api import keys
+from tidings.api import heartbeat, keys
 from tidings.api.text import text
 from tidings.api.types import DeliveryState, DeliveryStatus, LastFailure, LastFilterError
 
@@ -187,8 +188,37 @@ def from_status(delivery: DeliveryStatus | None) -> Reading | None:
 
 
 async def read(redis: Redis, namespace: str, source: str, trigger: str) -> Reading | None:
+    """The Trigger's report; written long ago, it is as fresh as the newest
+    dispatcher heartbeat (dispatchers leave a Trigger at rest unwritten)."""
     raw = await redis.hgetall(keys.trigger_state(namespace, source, trigger))  # type: ignore[misc]
-    return parse(raw)
+    reading = parse(raw)
+    if reading is not None and reading.updated_ms is not None:
+        alive = await _heartbeats.newest(redis)
+        if alive is not None and alive > reading.updated_ms:
+            reading = replace(reading, updated_ms=alive)
+    return reading
+
+
+class _Heartbeats:
+    """The newest dispatcher heartbeat, read at most every CACHE_FOR seconds (the
+    operator reads thousands of reports per pass)."""
+
+    CACHE_FOR = 2.0
+
+    def __init__(self) -> None:
+        self._read: dict[int, tuple[float, int | None]] = {}  # id(redis) -> (when, value)
+
+    async def newest(self, redis: Redis) -> int | None:
+        now = time.monotonic()
+        cached = self._read.get(id(redis))
+        if cached is not None and now - cached[0] < self.CACHE_FOR:
+            return cached[1]
+        value = await heartbeat.newest(redis)
+        self._read[id(redis)] = (now, value)
+        return value
+
+
+_heartbeats = _Heartbeats()
 
 
 def is_stale(reading: Reading | None, now_ms: int, stale_after: float) -> bool:

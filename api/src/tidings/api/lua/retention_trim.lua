@@ -6,7 +6,9 @@
 --   the stream).
 -- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
 --   entries trimmed per call), then [4 + i] the Triggers' group names.
--- Returns {entries trimmed, then per Trigger: expired now}.
+-- Returns {entries trimmed, the oldest entry kept (ms; 0: none), then per Trigger:
+--   expired now}: until that entry reaches maxAge, only new entries (maxEvents) or
+--   released holds give the next call anything to do.
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -23,7 +25,7 @@ end
 
 local now, max_age, max_events, step = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4])
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 
 local groups = {}
 local ok, infos = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
@@ -60,14 +62,15 @@ for i = 5, #ARGV do
 end
 
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-if not first or not less(first[1], cut) then return {0} end
+if not first then return {0, 0} end
+if not less(first[1], cut) then return {0, (parse(first[1]))} end
 -- At most `step` entries per call, whichever rule set the cut (maxAge can put it
 -- millions of entries in): the counts of what each Trigger loses below stay exact.
 local head = redis.call('XRANGE', KEYS[1], '-', '(' .. cut, 'COUNT', step + 1)
 if #head > step then cut = head[step + 1][1] end
 
 -- What each Trigger had not read yet and is about to lose.
-local out = {0}
+local out = {0, 0}
 for i = 5, #ARGV do
   local group, lost = ARGV[i], 0
   local last = groups[group]
@@ -91,4 +94,5 @@ else
   below = seq > 0 and tostring(ms) or '(' .. ms
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', below)
+out[2] = kept and parse(kept[1]) or 0
 return out

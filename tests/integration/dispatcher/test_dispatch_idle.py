@@ -1,0 +1,86 @@
+"""Triggers at rest cost nothing per Trigger: no look, no state write, no trim,
+until an event (or an announcement) wakes them; a live dispatcher's heartbeat
+stands in for the state writes (issue 17, item 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from dispatch_harness import Plane, Subscriber, wait_until
+from redis.asyncio import Redis
+
+from tidings.api import heartbeat, keys
+
+TRIGGERS = 20
+WATCH = 6.0  # seconds of watching Redis's command stream
+
+
+async def commands_about(redis_url: str, namespace: str, seconds: float) -> list[str]:
+    """Every command Redis executed for `namespace` during `seconds` (MONITOR),
+    except the process's one blocking XREAD that waits for all idle streams."""
+    seen: list[str] = []
+    client = Redis.from_url(redis_url)
+    try:
+        async with client.monitor() as monitor:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    async for entry in monitor.listen():
+                        command = str(entry.get("command", ""))
+                        if namespace in command and not command.upper().startswith("XREAD "):
+                            seen.append(command[:160])
+    finally:
+        await client.aclose()
+    return seen
+
+
+async def test_triggers_at_rest_make_no_redis_calls_until_an_event_comes(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    dispatcher = await plane.dispatcher(retention_interval=0.2)
+    routes = [await plane.add_trigger(f"t{i}", subscriber.url) for i in range(TRIGGERS)]
+    await plane.publish(1)
+    await wait_until(lambda: len(subscriber.received) >= TRIGGERS, 20, "the first event, to all")
+
+    async def all_at_rest() -> bool:
+        workers = [dispatcher.workers[r.id] for r in routes]
+        return all(w.published is not None and w.published.at_rest() and w.quiet() for w in workers)
+
+    await wait_until(all_at_rest, 20, "every Trigger's state published at rest")
+    await asyncio.sleep(1.0)  # the looks right after the delivery back off
+    seen = await commands_about(plane.redis_url, plane.namespace, WATCH)
+    assert seen == [], f"{len(seen)} Redis calls by {TRIGGERS} Triggers at rest: {seen[:10]}"
+
+    # An event still wakes them at once, without a look of their own.
+    started = time.monotonic()
+    await plane.publish(1, prefix="late")
+    await wait_until(lambda: len(subscriber.received) >= 2 * TRIGGERS, 10, "the late event, to all")
+    assert time.monotonic() - started < 5.0
+
+    # Their state is not rewritten, and the dispatcher's heartbeat vouches for it.
+    newest = await heartbeat.newest(plane.redis)
+    assert newest is not None and time.time() * 1000 - newest < (heartbeat.BEAT_EVERY + 5) * 1000
+    assert await plane.redis.zscore(keys.DISPATCHERS, dispatcher.consumer) is not None
+    await dispatcher.stop(grace=1.0)
+    assert await plane.redis.zscore(keys.DISPATCHERS, dispatcher.consumer) is None
+
+
+async def test_a_wake_announcement_reaches_a_trigger_at_rest(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A retry another process made due (a hand-back) is announced; the Trigger at
+    rest fetches it at once instead of after its safety-net look."""
+    await plane.add_source()
+    dispatcher = await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    await plane.publish(1)
+    await wait_until(lambda: len(subscriber.received) >= 1, 10, "the first event")
+    worker = dispatcher.workers[route.id]
+    await wait_until(lambda: worker.idle_block > 60, 30, "the worker at rest")
+    # As a hand-back does (deadletter.hand_back): due now in the retry ZSET, announced.
+    (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
+    await plane.redis.zadd(keys.retries(plane.namespace, "src", "t"), {entry_id: 0})
+    await plane.redis.publish(keys.TRIGGER_WAKE, route.id)
+    await wait_until(lambda: len(subscriber.received) >= 2, 3, "the handed-back event")
