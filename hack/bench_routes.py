@@ -137,6 +137,8 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
     redis = connect_redis(server.url)
     world, sealer = World(), Sealer(new_key())
     watcher = TableWatcher(redis)
+    # The measurements' own connection: the dispatcher's pool may be saturated.
+    probe = Redis.from_url(server.url)
     try:
         print(f"machine: {machine()}; {routes_n} routes over {sources_n} sources")
         sources = [f"s{i}" for i in range(sources_n)]
@@ -157,12 +159,12 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
         started = time.monotonic()
         await dispatcher.start()
         print(f"dispatcher started in {time.monotonic() - started:.1f}s")
-        memory = int((await redis.info("memory"))["used_memory"]) - before
+        memory = int((await probe.info("memory"))["used_memory"]) - before
         with previous_idle_rules():
             # Long enough for every worker's block to reach 8 s.
-            previous = await idle_cost(redis, seconds, settle=16)
+            previous = await idle_cost(probe, seconds, settle=16)
         # Each worker looks once more (within 8 s) and then rests.
-        idle = await idle_cost(redis, seconds, settle=10)
+        idle = await idle_cost(probe, seconds, settle=10)
         for what, cost in (("idle, the previous rules", previous), ("idle", idle)):
             print(
                 f"{what}: this process {cost['process_pct']:.1f}% of a core, Redis "
@@ -202,6 +204,7 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
     finally:
         await watcher.stop()
         await redis.aclose()
+        await probe.aclose()
         sub.terminate()
         server.stop()
 

@@ -154,3 +154,41 @@ async def test_entries_being_delivered_are_not_trimmed(
     result = await retention.trim(plane.redis, source, routes)
     assert (result.trimmed, result.lost) == (0, {})
     await wait_until(lambda: len(subscriber.received) >= 20, 10, "20 deliveries")
+
+
+async def test_a_trim_says_when_its_source_next_has_something_to_trim_by_age(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    source = await plane.add_source(maxAge="1h")
+    route = await plane.add_trigger("t", subscriber.url, wait=False)
+    empty = await retention.trim(plane.redis, source, [route])
+    assert (empty.trimmed, empty.next_due_ms) == (0, 0)
+    await plane.publish(3)
+    (first_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
+    first_ms = int(text(first_id).split("-")[0])
+    kept = await retention.trim(plane.redis, source, [route])
+    assert (kept.trimmed, kept.next_due_ms) == (0, first_ms + 3_600_000)
+    dlq = keys.dead_letters(plane.namespace, "src", "t")
+    assert (await retention.trim_dead_letters(plane.redis, [route])).next_due_ms == 0
+    await plane.redis.xadd(dlq, {"event": "{}"}, id=f"{first_ms}-0")
+    dead = await retention.trim_dead_letters(plane.redis, [route])
+    assert dead.next_due_ms == first_ms + int(route.delivery.dead_letter_max_age * 1000)
+    assert retention.next_due_ms(kept, dead) == first_ms + 3_600_000
+
+
+async def test_an_idle_source_is_trimmed_when_its_oldest_entry_comes_of_age(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """No Trigger fetches anything after the first events, yet the dispatcher's
+    retention pass comes back when they reach maxAge (retention.Trimmed.next_due_ms)."""
+    await plane.add_source(maxAge="3s")
+    await plane.dispatcher(retention_interval=0.2)
+    route = await plane.add_trigger("t", subscriber.url)
+    await plane.publish(5)
+    await wait_until(lambda: len(subscriber.received) >= 5, 10, "5 deliveries")
+    await wait_until(lambda: plane.nothing_pending(route), 10, "all settled")
+
+    async def trimmed() -> bool:
+        return int(await plane.redis.xlen(plane.stream())) == 0
+
+    await wait_until(trimmed, 10, "the delivered events trimmed once 3 s old")
