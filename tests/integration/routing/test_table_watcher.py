@@ -8,7 +8,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from tidings.api import table
+from tidings.api import keys, table
 from tidings.api.routes import CompiledSource
 from tidings.dispatcher.routing import TableWatcher
 
@@ -65,3 +65,32 @@ async def test_stop_returns_while_changes_keep_arriving(redis_client: aioredis.R
     states = [(task.get_name(), task.done()) for task in watcher._tasks]
     assert all(done for _, done in states), (stopped_in, states)
     assert stopped_in < 12.0, states
+
+
+async def test_the_resync_reads_the_table_only_when_its_version_moved(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A change whose notification was lost is found by the resync, through the
+    version every change bumps; an unchanged version costs one GET, not a reload."""
+    watcher = TableWatcher(redis_client, resync_interval=0.1)
+    await watcher.start()
+    try:
+        # Once subscribed, the watcher reloads in full (it may have missed changes).
+        for _ in range(100):
+            if (await redis_client.pubsub_numsub(keys.TABLE_CHANGED))[0][1]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        entry = _source("lost").model_dump_json()
+        # Written behind the table's back, version untouched: the resync skips it.
+        await redis_client.hset(keys.SOURCES, "shop/lost", entry)
+        await asyncio.sleep(0.5)
+        assert "shop/lost" not in watcher.current.sources
+        # The version moves without a notification (as if pub/sub lost it): reloaded.
+        await redis_client.incr(keys.TABLE_VERSION)
+        deadline = time.monotonic() + 5
+        while "shop/lost" not in watcher.current.sources:
+            assert time.monotonic() < deadline, "the resync did not reload the moved table"
+            await asyncio.sleep(0.05)
+    finally:
+        await watcher.stop()

@@ -116,6 +116,9 @@ QUIET_PUBLISH = 15.0
 # last trim has nothing to trim: its retention pass waits, up to this long (new
 # entries of a source no Trigger here reads count toward maxEvents unseen).
 RETENTION_IDLE_EVERY = 300.0
+# Workers setting up their consumer group at once, at most: 10,000 starting
+# together queued on the connection pool past its wait and failed, over and over.
+STARTING_AT_ONCE = 32
 
 # Called after every attempt: (route, event, result, op) where op is what
 # happened to the event. `tidings dev` prints from it.
@@ -531,7 +534,8 @@ class TriggerWorker:
         while not self.stopping:
             try:
                 if not group_ready:
-                    await self.ensure_group()
+                    async with self.dispatcher.starting:
+                        await self.ensure_group()
                     group_ready = True
                 if self.route.paused or self._config_error:
                     await self._sleep(IDLE_REST)  # until the route changes (update)
@@ -1019,6 +1023,7 @@ class Dispatcher:
         # Retention: sources whose Triggers fetched since their last pass, and when
         # each other source next has something to trim by age (monotonic).
         self.retention_due: set[str] = set()
+        self.starting = asyncio.Semaphore(STARTING_AT_ONCE)
         self._retention_next: dict[str, float] = {}
 
     @property
