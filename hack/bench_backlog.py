@@ -371,9 +371,8 @@ async def main(
         later = await trigger_keys(redis, routes)
         results["keys_after_outage"] = later
         show_keys(f"{outage:.0f}s later, still down", later, triggers)
-        trimmed, expired = await retention.trim(
-            redis, source, watcher.current.routes_of(NAMESPACE, "orders")
-        )
+        kept = await retention.trim(redis, source, watcher.current.routes_of(NAMESPACE, "orders"))
+        trimmed, expired = kept.trimmed, kept.lost
         length = int(await redis.xlen(stream))
         seen = await states(redis, routes)
         lags = [int(s.get(keys.STATE_LAG, "0")) for s in seen]

@@ -76,7 +76,8 @@ async def test_a_source_far_over_max_events_is_trimmed_to_it_in_one_pass(
     route = await plane.add_trigger("paused", subscriber.url, paused=True)
     await plane.publish(200)
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    assert await retention.trim(plane.redis, source, routes) == (150, {route.id: 150})
+    result = await retention.trim(plane.redis, source, routes)
+    assert (result.trimmed, result.lost) == (150, {route.id: 150})
     assert await plane.redis.xlen(plane.stream()) == 50
     assert (await plane.state(route))[keys.STATE_EXPIRED] == "150"
 
@@ -94,7 +95,8 @@ async def test_every_unread_event_past_max_age_is_counted_as_expired(
     await plane.publish(200)
     await asyncio.sleep(0.01)
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
-    assert await retention.trim(plane.redis, source, routes) == (200, {route.id: 200})
+    result = await retention.trim(plane.redis, source, routes)
+    assert (result.trimmed, result.lost) == (200, {route.id: 200})
     assert await plane.redis.xlen(plane.stream()) == 0
     assert (await plane.state(route))[keys.STATE_EXPIRED] == "200"
 
