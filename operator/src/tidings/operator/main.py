@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -51,6 +52,8 @@ DEFAULT_IMAGE = "tidings:latest"
 # Redis connections shared by all controllers: enough for bursts at start,
 # bounded so a thousand daemons cannot open a thousand connections.
 REDIS_CONNECTIONS = 32
+# mallopt(3) parameter.
+M_ARENA_MAX = -8
 # After SIGTERM, exit by force if the graceful stop has not ended by then (an API
 # call in flight to a slow API server; a pod's default grace period is 30 s).
 EXIT_DEADLINE = 8.0
@@ -240,12 +243,19 @@ def run(args: argparse.Namespace) -> int:
     except sealing.SealError as error:
         log.error("tidings operator: %s", error)
         return 2
+    limit_malloc_arenas()
     try:
         asyncio.run(serve(options, sealer))
     except PeeringError as error:
         log.error("%s", error)
         return 2
-    return 0
+    # Stopped gracefully (Kopf has left the peering, the work queue has halted).
+    # Skip the interpreter's teardown: it joins the API client's threads, whose
+    # calls in flight to a busy API server took seconds, and frees a heap of
+    # thousands of objects one by one. Every round is redone by the next operator.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 class PeeringError(RuntimeError):
@@ -404,6 +414,15 @@ async def take_signals(ready: asyncio.Event, stop: asyncio.Event, queue: WorkQue
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping, signum)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per
+    core): the API client's 16 threads then hold memory the event loop freed.
+    Two arenas cut the operator's RSS without slowing it (it is single-threaded
+    but for those blocking calls)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
 def exit_now() -> None:
