@@ -3,7 +3,7 @@
 memory per event, and the drain when it comes back (issue 17, item 6).
 
     .venv/bin/python hack/bench_backlog.py [--events 1000000] [--triggers 10]
-        [--data-bytes 200] [--outage 30] [--drain-seconds 60]
+        [--data-bytes 200] [--outage 30] [--drain-seconds 60] [--max-events 1000000] [--over 0]
 
 Starts a private redis-server, then in one run:
 
@@ -12,11 +12,13 @@ Starts a private redis-server, then in one run:
 2. backlog: one EventSource (default retention: 168h, 1,000,000 events) with
    `--triggers` Triggers whose subscriber is down (nothing listens on its port;
    every feature on, as hack/bench_dispatch.py, delivery.backoff.maxProbeInterval
-   5s), the real Dispatcher running (retention every 2 s), and the same events
-   appended through the ingest path (tidings.dispatcher.streams.append: dedupe
-   key, event-id index). Redis memory per event against (1), and what each
-   Trigger's keys hold, when all are in Backoff and again after `--outage`
-   seconds; the stream still holds every event (retention kept them);
+   5s), the real Dispatcher running (its retention loop at a 2 s interval), and
+   the same events appended through the ingest path
+   (tidings.dispatcher.streams.append: dedupe key, event-id index). Redis memory
+   per event against (1), and what each Trigger's keys hold, when all are in
+   Backoff and again after `--outage` seconds; whether the stream still holds
+   every event after a retention pass (maxEvents `--max-events`); with `--over N`,
+   N more events past that and what a retention pass then trims;
 3. drain: the subscriber comes up on that port; seconds until every Trigger left
    Backoff, then deliveries/s over `--drain-seconds` (all Triggers together), and
    CPU per delivery (this process + Redis);
@@ -76,11 +78,11 @@ CHUNK = 1000  # events per append call (streams.append pipelines them by 100)
 BACKOFF = {"maxProbeInterval": "5s"}  # so the subscriber's return is seen in seconds
 
 
-def events(count: int, data_bytes: int) -> Iterator[list[CloudEvent]]:
+def events(count: int, data_bytes: int, first: int = 0) -> Iterator[list[CloudEvent]]:
     """The same `count` events on every call, in chunks: UUID ids, a small JSON
     object padded to about `data_bytes`."""
     pad = "x" * max(0, data_bytes - 30)
-    for start in range(0, count, CHUNK):
+    for start in range(first, first + count, CHUNK):
         yield [
             CloudEvent(
                 id=str(uuid.UUID(int=(i * 0x9E3779B97F4A7C15 + 1) % 2**128, version=4)),
@@ -88,7 +90,7 @@ def events(count: int, data_bytes: int) -> Iterator[list[CloudEvent]]:
                 type="com.example.order.created",
                 data={"n": i, "plan": "pro", "note": pad},
             )
-            for i in range(start, min(count, start + CHUNK))
+            for i in range(start, min(first + count, start + CHUNK))
         ]
 
 
@@ -127,10 +129,15 @@ async def bare_baseline(redis: Redis, count: int, data_bytes: int) -> dict[str, 
 
 
 async def ingest(
-    redis: Redis, source: CompiledSource, count: int, data_bytes: int, concurrency: int = 4
+    redis: Redis,
+    source: CompiledSource,
+    count: int,
+    data_bytes: int,
+    concurrency: int = 4,
+    first: int = 0,
 ) -> float:
     """(2): append through the ingest path, `concurrency` callers at once; events/s."""
-    chunks = events(count, data_bytes)
+    chunks = events(count, data_bytes, first)
     lock = asyncio.Lock()
 
     async def appender() -> None:
@@ -280,7 +287,13 @@ class Counter:
 
 
 async def main(
-    count: int, triggers: int, data_bytes: int, outage: float, drain_seconds: float
+    count: int,
+    triggers: int,
+    data_bytes: int,
+    outage: float,
+    drain_seconds: float,
+    max_events: int,
+    over: int,
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
     server = RedisServer(work / "redis")
@@ -289,6 +302,9 @@ async def main(
     base = f"http://127.0.0.1:{port}"
     redis = connect_redis(server.url)  # as `tidings dispatch` connects
     world, sealer = World(), Sealer(new_key())
+    world.spec = world.spec.model_copy(
+        update={"retention": world.spec.retention.model_copy(update={"max_events": max_events})}
+    )
     watcher = TableWatcher(redis)
     session = aiohttp.ClientSession()
     sub: multiprocessing.process.BaseProcess | None = None
@@ -386,6 +402,19 @@ async def main(
             f"{min(lags):,d}-{max(lags):,d} (XINFO lag {min(true_lags):,d}-{max(true_lags):,d})"
         )
 
+        if over:
+            # Past maxEvents while the Triggers still lag: what a retention pass trims.
+            await ingest(redis, source, over, data_bytes, first=count)
+            routes_now = watcher.current.routes_of(NAMESPACE, "orders")
+            kept = await retention.trim(redis, source, routes_now)
+            length = int(await redis.xlen(stream))
+            results["over"] = {"trimmed": kept.trimmed, "lost": kept.lost, "length": length}
+            print(
+                f"over         {over:,d} more events (maxEvents {max_events:,d}): a retention "
+                f"pass trimmed {kept.trimmed:,d}, expired per Trigger "
+                f"{sorted(set(kept.lost.values())) or [0]}; the stream holds {length:,d}"
+            )
+
         # 3. the subscriber comes back
         sub = multiprocessing.get_context("spawn").Process(target=subscriber_main, args=(port,))
         sub.start()
@@ -460,6 +489,10 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--triggers", type=int, default=10)
     parser.add_argument("--data-bytes", type=int, default=200, help="size of each event's data")
+    parser.add_argument("--max-events", type=int, default=1_000_000, help="retention.maxEvents")
+    parser.add_argument(
+        "--over", type=int, default=0, help="events appended past the backlog before the drain"
+    )
     parser.add_argument(
         "--outage", type=float, default=30, help="seconds the subscriber stays down"
     )
@@ -473,6 +506,8 @@ if __name__ == "__main__":
             options.data_bytes,
             options.outage,
             options.drain_seconds,
+            options.max_events,
+            options.over,
         )
     )
     if options.json:
