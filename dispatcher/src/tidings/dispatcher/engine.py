@@ -581,13 +581,16 @@ class TriggerWorker:
                 log.exception("Trigger %s: unexpected error; retrying in 1s", self.route.id)
                 await self._sleep(1.0)
 
-    def _room(self) -> int:
-        """How many more deliveries this worker may start now (a task that just
-        finished may not have left `in_flight` yet: its callback runs next)."""
+    def _room(self, passed: int) -> int:
+        """How many deliveries a settle may start here: the room left (a task that
+        just finished may not have left `in_flight` yet: its callback runs next), and
+        at least the `passed` slots of settled ordered events for their keys' next
+        ones (the fetch loop may have refilled the room already, and a hot key would
+        then wait a fetch cycle per event; the Trigger's concurrency limit still holds)."""
         if self.stopping or self.route.paused or self._config_error:
             return 0
         limit = self.local_limit if self.ramp is None else self.ramp
-        return max(0, limit - sum(not task.done() for task in self.in_flight))
+        return max(passed, limit - sum(not task.done() for task in self.in_flight))
 
     def _start(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
@@ -848,7 +851,7 @@ class TriggerWorker:
             failed=counts.failed,
             failure=note,
             logged=[r for r in (attempt_record(d, replica) for d in batch) if r],
-            hand_on=self._room() if not probe and counts.ordered else 0,
+            hand_on=self._room(counts.ordered) if not probe and counts.ordered else 0,
             lease_ms=self.lease_ms,
         )
         failures, down = settled.failures, settled.down

@@ -11,7 +11,11 @@ in Redis, so the order holds across replicas and restarts:
   "<key>\\0<zero-padded id>" so ZRANGEBYLEX yields a key's events in stream
   order, and to the held ZSET so retention keeps it;
 - when the holder is settled (delivered or dead-lettered), the next parked
-  event of its key takes the key and is scheduled as due at once.
+  event of its key takes the key and is scheduled as due at once; the settle
+  script leases it to the settling replica and returns it, which starts it
+  right away (no fetch round trip; so a hot key runs at the subscriber's
+  latency plus one settle), unless that replica has no room, the limits say
+  no or the Trigger is in Backoff: then any replica's fetch takes it.
 
 Acquiring happens inside the script that reads the entries (cursor.py), so
 two replicas reading consecutive events of one key cannot swap them. Events
