@@ -143,3 +143,16 @@ async def test_two_dispatchers_deliver_each_next_event_from_the_settle_in_order(
         per_key[key].append(int(index))
     assert per_key == {k: list(range(20)) for k in ("a", "b", "c")}
     assert sorted(fetched_ids) == ["a-0", "b-0", "c-0"]
+
+
+async def test_a_hot_key_longer_than_a_batch_is_read_on_and_delivered_in_order(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    # Each read of 10 parks behind the key's head; the worker reads on (status
+    # "more") rather than waiting for new entries that never come.
+    await plane.add_source()
+    await plane.dispatcher(batch=10)
+    await plane.add_trigger("t", subscriber.url, delivery=ORDERED)
+    await plane.publish(50, subject="k")
+    await wait_until(lambda: len(subscriber.received) >= 50, 30, "50 deliveries")
+    assert subscriber.ids() == [f"e-{i}" for i in range(50)]

@@ -83,6 +83,7 @@ class FetchStatus(StrEnum):
     OK = "ok"  # entries to deliver
     LIMITED = "limited"  # the concurrency or rate limit allows none now
     EMPTY = "empty"  # nothing to deliver
+    MORE = "more"  # nothing to start yet: what was read waits (its key, its delay); read on
     BACKOFF = "backoff"  # the Trigger is in Backoff: probe instead
 
 

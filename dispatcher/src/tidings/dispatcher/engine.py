@@ -570,6 +570,8 @@ class TriggerWorker:
                     await self._probe()
                 elif fetched.status is FetchStatus.LIMITED:
                     await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
+                elif fetched.status is FetchStatus.MORE:
+                    continue  # read on: later entries may be of other keys
                 else:
                     await self._wait_for_entries(fetched)
             except (RedisError, OSError) as error:
@@ -933,6 +935,8 @@ class TriggerWorker:
             fetched = await self.cursor.fetch(1, self.lease_ms, probe=True)
             if fetched.status is FetchStatus.LIMITED:
                 await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
+                continue
+            if fetched.status is FetchStatus.MORE:
                 continue
             if not fetched.entries:
                 if fetched.due_in_ms >= 0:

@@ -11,7 +11,8 @@
 -- back as a due retry with no attempt spent, taking its ordering key then.
 -- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
 -- empty (info: {last stream id, ms until the next retry is due, or -1, entries
--- leased to any consumer of the group}) | backoff.
+-- leased to any consumer of the group}) | more (nothing to start: what it read
+-- waits, and more is unread; look again now) | backoff.
 -- Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
 --#include _cursor_keys.lua
 --#include _limits.lua
@@ -105,13 +106,16 @@ local function due_of(fields)
   return due
 end
 
--- Entries set aside as delayed free their place: read again, a few rounds at most.
-local rounds = 0
+-- Entries set aside as delayed or parked behind their key free their place: read
+-- again, a few rounds at most.
+local rounds, full = 0, false
 while #out < want and rounds < 4 do
   rounds = rounds + 1
-  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want - #out,
+  local count = want - #out
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
     'STREAMS', KEYS[K_STREAM], '>')
-  if not read then break end
+  if not read then full = false break end
+  full = #read[1][2] >= count
   local aside = 0
   for _, entry in ipairs(read[1][2]) do
     local id, fields = entry[1], entry[2]
@@ -127,6 +131,7 @@ while #out < want and rounds < 4 do
       if key and not order_acquire(key, id) then
         redis.call('XACK', KEYS[K_STREAM], group, id)
         order_park(key, id)
+        aside = aside + 1
       else
         take('n', id, fields)
       end
@@ -136,6 +141,8 @@ while #out < want and rounds < 4 do
 end
 
 if #out == 0 then
+  -- All it read waits (parked or delayed), and there may be more to read.
+  if full then return {'more', 0, {}} end
   local last = redis.call('XREVRANGE', KEYS[K_STREAM], '+', '-', 'COUNT', 1)[1]
   local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
   local due_in = -1
