@@ -191,7 +191,17 @@ async def test_with_redis_hanging_ingest_answers_503_after_its_timeout(
                 response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
                 assert response.status == 503
                 assert time.monotonic() - started < 3
+            # Concurrent ones too: all but the first gather behind it (streams.Coalescer).
+            started = time.monotonic()
+            burst = await asyncio.gather(
+                *(client.post(under_test.url("orders"), json={}, headers=AUTH) for _ in range(5))
+            )
+            assert [r.status for r in burst] == [503] * 5
+            assert time.monotonic() - started < 3
         finally:
             throwaway.process.send_signal(signal.SIGCONT)
+        # Nothing stays stuck behind the calls that hung.
+        response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
+        assert response.status == 202, await response.text()
     await watcher.stop()
     await redis.aclose()

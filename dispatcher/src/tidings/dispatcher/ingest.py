@@ -508,7 +508,10 @@ class Ingest:
         self.metrics = IngestMetrics(registry)
         # Concurrent requests to one source share script calls (streams.Coalescer).
         self.appender = streams.Coalescer(
-            redis, wait_replicas=wait_replicas, wait_timeout=wait_timeout
+            redis,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+            timeout=redis_timeout + (wait_timeout if wait_replicas > 0 else 0.0),
         )
         self._opened = OpenedSecrets(sealer)
         self.draining = False

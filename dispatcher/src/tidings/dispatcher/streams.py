@@ -201,10 +201,20 @@ class Coalescer:
     (docs/benchmarks.md, "Ingest").
     """
 
-    def __init__(self, redis: Redis, *, wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+        timeout: float | None = None,
+    ) -> None:
         self.redis = redis
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
+        # A gathered call's deadline (TimeoutError to its callers): nobody else
+        # bounds it, and a call that never returns would hold the source's next ones.
+        self.timeout = timeout
         self._busy: set[str] = set()  # sources with an append on its way
         self._gathering: dict[str, _Gathering] = {}
 
@@ -260,7 +270,8 @@ class Coalescer:
     async def _send(self, key: str, gathering: _Gathering) -> None:
         stored = gathering.stored
         try:
-            result = await self._append(gathering.source, gathering.events)
+            async with asyncio.timeout(self.timeout):
+                result = await self._append(gathering.source, gathering.events)
         except asyncio.CancelledError:
             stored.cancel()  # the loop is closing
             raise
