@@ -411,8 +411,10 @@ class TriggerWorker:
         except BaseException:
             self.active = active
             raise
-        # A change (lag growing while paused, say) keeps it publishing every interval.
-        self.active = published != self.published
+        # A change (lag growing while paused, say) keeps it publishing every interval;
+        # the first publish has nothing to compare with (10,000 Triggers starting
+        # would all publish twice).
+        self.active = self.published is not None and published != self.published
         self.published, self.published_at = published, time.monotonic()
         return published
 
