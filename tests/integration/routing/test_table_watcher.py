@@ -94,3 +94,44 @@ async def test_the_resync_reads_the_table_only_when_its_version_moved(
             await asyncio.sleep(0.05)
     finally:
         await watcher.stop()
+
+
+async def test_a_burst_of_changes_costs_a_few_reloads_not_one_each(
+    redis_client: aioredis.Redis,
+) -> None:
+    """A bulk apply publishes a notification per change; one reload reads all the
+    changes before it, so notifications of versions already loaded are skipped."""
+    watcher = TableWatcher(redis_client, resync_interval=3600)
+    await watcher.start()
+    reloads = 0
+    reload = watcher.refresh
+
+    async def counted() -> None:
+        nonlocal reloads
+        reloads += 1
+        await reload()
+
+    watcher.refresh = counted  # type: ignore[method-assign]
+    try:
+        for _ in range(100):
+            if (await redis_client.pubsub_numsub(keys.TABLE_CHANGED))[0][1]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        reloads = 0
+        for chunk in range(0, 200, 20):  # 20 at once: the client's pool has its limit
+            await asyncio.gather(
+                *(
+                    table.put_source(redis_client, _source(f"b{i}"))
+                    for i in range(chunk, chunk + 20)
+                )
+            )
+        deadline = time.monotonic() + 10
+        while len(watcher.current.sources) < 200:
+            assert time.monotonic() < deadline, "the 200 changes did not all arrive"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the rest of the notifications handled
+        # One each before (200); the bound leaves room for a loaded machine.
+        assert 1 <= reloads <= 50, f"{reloads} reloads for 200 changes"
+    finally:
+        await watcher.stop()
