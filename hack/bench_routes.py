@@ -86,7 +86,7 @@ def previous_idle_rules() -> Iterator[None]:
 
     engine.TriggerWorker._wait_for_entries = wait_for_entries  # type: ignore[method-assign]
     engine.TriggerWorker.quiet = quiet  # type: ignore[method-assign]
-    engine.Dispatcher._retention_wanted = lambda self, source, now: True  # type: ignore[method-assign]
+    engine.Dispatcher._retention_wanted = lambda self, *_: True  # type: ignore[method-assign]
     try:
         yield
     finally:

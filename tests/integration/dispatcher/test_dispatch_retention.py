@@ -194,3 +194,27 @@ async def test_an_idle_source_is_trimmed_when_its_oldest_entry_comes_of_age(
         return int(await plane.redis.xlen(plane.stream())) == 0
 
     await wait_until(trimmed, 10, "the delivered events trimmed once 3 s old")
+
+
+async def test_a_source_whose_trigger_is_not_at_rest_is_held_at_max_events(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """Nothing is fetched for a paused (or lagging) Trigger, yet its source keeps
+    being trimmed every retention interval, not only when its oldest entry ages."""
+    await plane.add_source(maxEvents=50)
+    dispatcher = await plane.dispatcher(retention_interval=0.2)
+    route = await plane.add_trigger("paused", subscriber.url, paused=True)
+
+    async def published() -> bool:
+        worker = dispatcher.workers.get(route.id)
+        return worker is not None and worker.published is not None
+
+    await wait_until(published, 10, "the paused Trigger's state published")
+    await asyncio.sleep(1.0)  # retention passes ran over the empty stream
+    await plane.publish(200)
+
+    async def held() -> bool:
+        return int(await plane.redis.xlen(plane.stream())) == 50
+
+    await wait_until(held, 10, "the dispatcher's retention pass held the stream at 50")
+    assert subscriber.received == []

@@ -112,9 +112,9 @@ REST_JITTER = 0.2
 # tells the operator its state is current. The operator calls a state stale after
 # 120 s (TIDINGS_STALE_AFTER).
 QUIET_PUBLISH = 15.0
-# A source whose oldest entry is young and whose Triggers fetched nothing since its
-# last trim has nothing to trim: its retention pass waits, up to this long (new
-# entries of a source no Trigger here reads count toward maxEvents unseen).
+# A source whose oldest entry is young and whose Triggers are at rest and fetched
+# nothing since its last trim has nothing to trim: its retention pass waits, up to
+# this long (new entries of a source no Trigger reads count toward maxEvents unseen).
 RETENTION_IDLE_EVERY = 300.0
 # Workers setting up their consumer group at once, at most: 10,000 starting
 # together queued on the connection pool past its wait and failed, over and over.
@@ -1162,8 +1162,8 @@ class Dispatcher:
             except (RedisError, OSError) as error:
                 log.debug("looking for Replays failed: %s", error)
 
-    def _retention_wanted(self, source_id: str, now: float) -> bool:
-        if source_id in self.retention_due:
+    def _retention_wanted(self, source_id: str, now: float, unsettled: set[str]) -> bool:
+        if source_id in self.retention_due or source_id in unsettled:
             self.retention_due.discard(source_id)
             return True
         return now >= self._retention_next.get(source_id, 0.0)
@@ -1176,8 +1176,15 @@ class Dispatcher:
             if table.version != version:  # Triggers or limits changed: look at all
                 version = table.version
                 self._retention_next.clear()
+            # Sources with a Trigger not at rest (lagging, paused, in Backoff) may grow
+            # past maxEvents with nothing fetched here: trimmed every interval.
+            unsettled = {
+                w.source_id
+                for w in self.workers.values()
+                if w.published is None or not w.published.at_rest()
+            }
             for source in table.sources.values():
-                if not self._retention_wanted(source.id, time.monotonic()):
+                if not self._retention_wanted(source.id, time.monotonic(), unsettled):
                     continue
                 routes = table.routes_of(source.namespace, source.name)
                 try:
