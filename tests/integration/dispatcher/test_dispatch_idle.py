@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 from dispatch_harness import Plane, Subscriber, wait_until
 from redis.asyncio import Redis
@@ -83,4 +84,36 @@ async def test_a_wake_announcement_reaches_a_trigger_at_rest(
     (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
     await plane.redis.zadd(keys.retries(plane.namespace, "src", "t"), {entry_id: 0})
     await plane.redis.publish(keys.TRIGGER_WAKE, route.id)
+    await wait_until(lambda: len(subscriber.received) >= 2, 3, "the handed-back event")
+
+
+async def test_an_announcement_during_a_look_is_not_lost(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A hand-back announced while the worker's look is on its way to Redis (the look
+    saw nothing yet) still cuts the rest that follows short."""
+    await plane.add_source()
+    dispatcher = await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    await plane.publish(1)
+    await wait_until(lambda: len(subscriber.received) >= 1, 10, "the first event")
+    worker = dispatcher.workers[route.id]
+    await wait_until(lambda: worker.idle_block > 60, 30, "the worker at rest")
+    (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
+    look = worker.cursor.fetch
+    announced = asyncio.Event()
+
+    async def look_then_announce(*args: Any, **kwargs: Any) -> Any:
+        fetched = await look(*args, **kwargs)
+        if not announced.is_set():
+            # The hand-back lands, and its announcement arrives, just after this
+            # look read the (still empty) retry ZSET.
+            announced.set()
+            await plane.redis.zadd(keys.retries(plane.namespace, "src", "t"), {entry_id: 0})
+            worker.nudge()
+        return fetched
+
+    worker.cursor.fetch = look_then_announce  # type: ignore[method-assign]
+    worker.nudge()  # look now
+    await wait_until(lambda: announced.is_set(), 5, "a look")
     await wait_until(lambda: len(subscriber.received) >= 2, 3, "the handed-back event")

@@ -534,6 +534,10 @@ class TriggerWorker:
         next_reclaim = 0.0
         group_ready = False
         while not self.stopping:
+            # Cleared here, not when sleeping: a wake-up that comes during this
+            # round's fetch (a hand-back announced, a route change) must cut the
+            # sleep after it short, or the worker would rest through it.
+            self._wake.clear()
             try:
                 if not group_ready:
                     async with self.dispatcher.starting:
@@ -613,8 +617,8 @@ class TriggerWorker:
             self._flush_wake.set()  # the flusher exits once nothing is in flight
 
     async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake early for a stop, a route change or a free slot."""
-        self._wake.clear()
+        """Sleep, but wake early for a stop, a route change or a free slot (also one
+        since the round began: its loop clears `_wake`)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, seconds)):
                 await self._wake.wait()
@@ -629,7 +633,6 @@ class TriggerWorker:
         block = self.idle_block
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
-        # _sleep clears _wake before its first await: the waker cannot have set it yet.
         with self.dispatcher.waker.waiting_for(self.route.stream, fetched.last_id, self._wake):
             await self._sleep(block)
 
@@ -923,6 +926,7 @@ class TriggerWorker:
 
     async def _probe(self) -> None:
         """In Backoff: probe with the head event when it is our turn, else wait."""
+        self._wake.clear()
         claim = await self.backoff.claim_probe(self.timeout + RECLAIM_MARGIN)
         if claim < 0:
             return  # another replica recovered the Trigger
@@ -934,6 +938,7 @@ class TriggerWorker:
         for _ in range(self.dispatcher.batch):
             if self.stopping:
                 return
+            self._wake.clear()
             fetched = await self.cursor.fetch(1, self.lease_ms, probe=True)
             if fetched.status is FetchStatus.LIMITED:
                 await self._sleep(min(fetched.wait_ms / 1000, IDLE_BLOCK))
