@@ -13,6 +13,9 @@ from dispatch_harness import Plane, Subscriber, wait_until
 from redis.asyncio import Redis
 
 from tidings.api import heartbeat, keys
+from tidings.api.routes import Route
+from tidings.api.text import text
+from tidings.dispatcher.engine import TriggerWorker
 
 TRIGGERS = 20
 WATCH = 6.0  # seconds of watching Redis's command stream
@@ -34,6 +37,20 @@ async def commands_about(redis_url: str, namespace: str, seconds: float) -> list
     finally:
         await client.aclose()
     return seen
+
+
+async def trigger_at_rest(plane: Plane, subscriber: Subscriber) -> tuple[Route, TriggerWorker, str]:
+    """One Trigger "t" that delivered one event and rests: its route, its worker,
+    and the stream id of that event (to hand back)."""
+    await plane.add_source()
+    dispatcher = await plane.dispatcher()
+    route = await plane.add_trigger("t", subscriber.url)
+    await plane.publish(1)
+    await wait_until(lambda: len(subscriber.received) >= 1, 10, "the first event")
+    worker = dispatcher.workers[route.id]
+    await wait_until(lambda: worker.idle_block > 60, 30, "the worker at rest")
+    (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
+    return route, worker, text(entry_id)
 
 
 async def test_triggers_at_rest_make_no_redis_calls_until_an_event_comes(
@@ -73,15 +90,8 @@ async def test_a_wake_announcement_reaches_a_trigger_at_rest(
 ) -> None:
     """A retry another process made due (a hand-back) is announced; the Trigger at
     rest fetches it at once instead of after its safety-net look."""
-    await plane.add_source()
-    dispatcher = await plane.dispatcher()
-    route = await plane.add_trigger("t", subscriber.url)
-    await plane.publish(1)
-    await wait_until(lambda: len(subscriber.received) >= 1, 10, "the first event")
-    worker = dispatcher.workers[route.id]
-    await wait_until(lambda: worker.idle_block > 60, 30, "the worker at rest")
+    route, _, entry_id = await trigger_at_rest(plane, subscriber)
     # As a hand-back does (deadletter.hand_back): due now in the retry ZSET, announced.
-    (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
     await plane.redis.zadd(keys.retries(plane.namespace, "src", "t"), {entry_id: 0})
     await plane.redis.publish(keys.TRIGGER_WAKE, route.id)
     await wait_until(lambda: len(subscriber.received) >= 2, 3, "the handed-back event")
@@ -92,14 +102,7 @@ async def test_an_announcement_during_a_look_is_not_lost(
 ) -> None:
     """A hand-back announced while the worker's look is on its way to Redis (the look
     saw nothing yet) still cuts the rest that follows short."""
-    await plane.add_source()
-    dispatcher = await plane.dispatcher()
-    route = await plane.add_trigger("t", subscriber.url)
-    await plane.publish(1)
-    await wait_until(lambda: len(subscriber.received) >= 1, 10, "the first event")
-    worker = dispatcher.workers[route.id]
-    await wait_until(lambda: worker.idle_block > 60, 30, "the worker at rest")
-    (entry_id, _), *_ = await plane.redis.xrange(plane.stream(), count=1)
+    _, worker, entry_id = await trigger_at_rest(plane, subscriber)
     look = worker.cursor.fetch
     announced = asyncio.Event()
 

@@ -67,6 +67,16 @@ async def test_stop_returns_while_changes_keep_arriving(redis_client: aioredis.R
     assert stopped_in < 12.0, states
 
 
+async def subscribed(redis_client: aioredis.Redis) -> None:
+    """Until the watcher's subscription is live and its catch-up reload done (once
+    subscribed, it reloads in full: it may have missed changes)."""
+    for _ in range(100):
+        if (await redis_client.pubsub_numsub(keys.TABLE_CHANGED))[0][1]:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+
+
 async def test_the_resync_reads_the_table_only_when_its_version_moved(
     redis_client: aioredis.Redis,
 ) -> None:
@@ -75,12 +85,7 @@ async def test_the_resync_reads_the_table_only_when_its_version_moved(
     watcher = TableWatcher(redis_client, resync_interval=0.1)
     await watcher.start()
     try:
-        # Once subscribed, the watcher reloads in full (it may have missed changes).
-        for _ in range(100):
-            if (await redis_client.pubsub_numsub(keys.TABLE_CHANGED))[0][1]:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await subscribed(redis_client)
         entry = _source("lost").model_dump_json()
         # Written behind the table's back, version untouched: the resync skips it.
         await redis_client.hset(keys.SOURCES, "shop/lost", entry)
@@ -113,11 +118,7 @@ async def test_a_burst_of_changes_costs_a_few_reloads_not_one_each(
 
     watcher.refresh = counted  # type: ignore[method-assign]
     try:
-        for _ in range(100):
-            if (await redis_client.pubsub_numsub(keys.TABLE_CHANGED))[0][1]:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
+        await subscribed(redis_client)
         reloads = 0
         for chunk in range(0, 200, 20):  # 20 at once: the client's pool has its limit
             await asyncio.gather(
