@@ -11,12 +11,13 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
-
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tidings.api.settings import RedisConnection, SettingsError
 from tidings.api.tracing import trace_id_of
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,9 @@ def connect_redis(target: str | RedisConnection, *, cluster: bool = False, **opt
     password and TLS files of the process's settings): a Redis Cluster client
     when `cluster` (any node's URL). `options` go to the connection pool (e.g.
     socket_timeout)."""
+    # Here, not at the top: `tidings --help` and argument errors need no Redis client.
+    from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+
     connection = target if isinstance(target, RedisConnection) else RedisConnection(target)
     options = {**connection.options(), **options}
     if cluster:

@@ -17,7 +17,6 @@ import binascii
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
-import cel
 from pydantic import BaseModel, ConfigDict, Field
 
 from tidings.api import keys
@@ -342,6 +341,10 @@ class World(Protocol):
 
 def check_expression(expression: str, field: str = "spec.filter.expression") -> None:
     """Compile a CEL filter once to reject it early; raises CompileError(InvalidFilter)."""
+    # Imported on first use: the `cel` package loads its command-line tool (typer,
+    # rich, prompt_toolkit), a fifth of a second no process should pay at start.
+    import cel
+
     try:
         program = cel.compile(expression)
     except ValueError as error:

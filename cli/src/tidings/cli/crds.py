@@ -8,10 +8,8 @@ from typing import Any
 from tidings.api.crd import crds, main, render
 
 
-def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "crds", help="print the CRDs as YAML (tidings crds | kubectl apply -f -)"
-    )
+def register(subparsers: Any, summary: str) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser("crds", help=summary)
     action = parser.add_mutually_exclusive_group()
     action.add_argument(
         "--write", action="store_true", help="regenerate crds/ and helm/tidings/crds/ in the repo"

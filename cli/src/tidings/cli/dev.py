@@ -761,10 +761,10 @@ def run(args: argparse.Namespace) -> int:
     return run_event_loop(run_dev(options))
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], summary: str) -> None:
     parser = subparsers.add_parser(
         "dev",
-        help="run manifests locally: ingest + delivery in one process, no cluster",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

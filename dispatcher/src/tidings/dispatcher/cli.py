@@ -25,9 +25,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
-
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from typing import TYPE_CHECKING
 
 from tidings.api.process import (
     connect_redis,
@@ -46,9 +44,12 @@ from tidings.api.settings import (
     load,
     setting,
 )
-from tidings.dispatcher.engine import Dispatcher, default_consumer_name
-from tidings.dispatcher.ingest import INGEST, build_app
-from tidings.dispatcher.routing import TableWatcher
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from tidings.dispatcher.routing import TableWatcher
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ class DispatcherSettings(ServeSettings, DestinationSettings):
     )
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], summary: str) -> None:
     parser = subparsers.add_parser(
         "dispatcher",
-        help="Serve ingest and deliver events to subscribers (the data plane).",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -125,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Sealer) -> int:
+    # The data plane is imported here, once the settings are good: `--help` and a
+    # bad flag answer without loading aiohttp, the engine and the compiled formats.
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from tidings.dispatcher.engine import Dispatcher, default_consumer_name
+    from tidings.dispatcher.ingest import INGEST, build_app
+    from tidings.dispatcher.routing import TableWatcher
+
     consumer_name = settings.consumer_name or default_consumer_name()
     redis = connect_redis(settings.redis_connection(), cluster=settings.redis_cluster)
     watcher = TableWatcher(redis)
@@ -180,10 +190,14 @@ async def serve(settings: DispatcherSettings, host: str, port: int, sealer: Seal
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    from aiohttp import web
+
     return web.json_response({"ok": True})
 
 
 async def _readyz(watcher: TableWatcher) -> web.Response:
+    from aiohttp import web
+
     if watcher.loaded.is_set():
         return web.json_response({"ready": True})
     return web.json_response(
@@ -192,6 +206,9 @@ async def _readyz(watcher: TableWatcher) -> web.Response:
 
 
 async def _metrics(registry: CollectorRegistry) -> web.Response:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

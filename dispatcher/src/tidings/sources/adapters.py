@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
-
-from tidings.api.routes import CompiledSource
-from tidings.api.types import EventSourceSpec
-
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from tidings.api.routes import CompiledSource
+    from tidings.api.types import EventSourceSpec
     from tidings.sources.objectstore import Credentials
 
 

@@ -37,7 +37,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -58,7 +58,9 @@ from tidings.sources.errors import Forbidden
 from tidings.sources.kubeapi import ApiError, KubeApi
 from tidings.sources.lease import LeaseElector, default_identity, lease_name
 from tidings.sources.metrics import SourceMetrics, SourceSeries, attach
-from tidings.sources.objectstore import Credentials
+
+if TYPE_CHECKING:
+    from tidings.sources.objectstore import Credentials  # minio: imported only by that kind
 
 log = logging.getLogger("tidings.source")
 
@@ -136,10 +138,10 @@ class SourceSettings(CommonSettings):
     )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "source",
-        help="run the adapter of one EventSource (postgres, kubernetes, schedule)",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -321,6 +323,8 @@ async def resolve_s3_credentials(
     environment (the operator injects the keys with secretKeyRef and mounts the
     CA as a file), else the Secrets; None when one of them or a key is missing
     (the adapter reports SecretNotFound and waits for a new spec)."""
+    from tidings.sources.objectstore import Credentials
+
     spec = loaded.eventsource.spec.object_store
     assert spec is not None
     namespace = loaded.eventsource.metadata.namespace

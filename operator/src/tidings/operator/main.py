@@ -22,14 +22,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import kopf
-import kubernetes.client  # type: ignore[import-untyped]
-from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+from typing import TYPE_CHECKING, Any
 
 from tidings.api import sealing
 from tidings.api.process import connect_redis, wait_until_reachable
+from tidings.api.sealing import StableSealer
 from tidings.api.settings import (
     CommonSettings,
     DestinationSettings,
@@ -39,12 +36,15 @@ from tidings.api.settings import (
     load,
     setting,
 )
-from tidings.operator import handlers, orphans, peering
-from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
-from tidings.operator.context import Context, Settings
-from tidings.operator.kube import Kube, connection_info, load_config
-from tidings.operator.loop import WorkQueue
-from tidings.operator.publishing import StableSealer
+from tidings.operator import peering
+
+# Kopf, the Kubernetes client and the controllers are imported where the
+# operator starts (serve), not here: `tidings operator --help` and a bad flag
+# answer without them.
+if TYPE_CHECKING:
+    from tidings.operator.context import Settings
+    from tidings.operator.kube import Kube
+    from tidings.operator.loop import WorkQueue
 
 log = logging.getLogger("tidings.operator")
 
@@ -194,10 +194,10 @@ class OperatorSettings(CommonSettings, DestinationSettings):
     )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, summary: str) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "operator",
-        help="run the operator: EventSources and Triggers into the routing table, with status",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     if options.adapter_resources:
+        from tidings.operator.adapters import parse_resources
+
         try:
             parse_resources(options.adapter_resources)
         except ValueError as error:
@@ -263,6 +265,9 @@ class PeeringError(RuntimeError):
 
 
 def settings_from(options: OperatorSettings) -> Settings:
+    from tidings.operator.adapters import DEFAULT_RESOURCES, AdapterSettings, parse_resources
+    from tidings.operator.context import Settings
+
     return Settings(
         adapters=AdapterSettings(
             image=options.image,
@@ -310,6 +315,8 @@ def adapter_redis_env(connection: RedisConnection, *, cluster: bool = False) -> 
 
 async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
     """The peering objects must exist before Kopf starts, or peering silently does nothing."""
+    from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
+
     plural = peering.NAMESPACED_PLURAL if namespaces else peering.CLUSTER_PLURAL
     for namespace in namespaces or [""]:
         manifest = peering.peering_object(name, namespace)
@@ -331,6 +338,13 @@ async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
 
 
 async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
+    import kopf
+
+    from tidings.operator import handlers, orphans
+    from tidings.operator.context import Context
+    from tidings.operator.kube import Kube, connection_info, load_config
+    from tidings.operator.loop import WorkQueue
+
     configuration = load_config(options.kubeconfig)
     # Started before its API server (a fresh cluster, a control-plane restart):
     # wait, do not crash into a restart loop.
@@ -434,6 +448,8 @@ def exit_now() -> None:
 
 
 async def _api_version(configuration: Any) -> None:
+    import kubernetes.client  # type: ignore[import-untyped]
+
     def call() -> None:
         with kubernetes.client.ApiClient(configuration) as client:
             kubernetes.client.VersionApi(client).get_code(_request_timeout=5)
