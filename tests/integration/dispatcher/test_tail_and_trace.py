@@ -126,6 +126,23 @@ async def test_trace_of_a_trigger_in_backoff(plane: Plane, subscriber: Subscribe
     assert detail.startswith("in Backoff; next probe ")
 
 
+async def test_trace_of_a_delayed_event_says_scheduled_until_when(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    await plane.add_source()
+    await plane.dispatcher()
+    await plane.add_trigger("later", subscriber.url, delivery={"delay": "2h"})
+    await store(plane, CloudEvent("reminder", "/shop", "t"))
+
+    async def scheduled() -> bool:
+        return states(await trace(plane, "reminder")) == {"later": "scheduled"}
+
+    await wait_until(scheduled, 20, "the event set aside for two hours")
+    detail = (await trace(plane, "reminder"))["triggers"][0]["detail"]
+    assert detail.startswith("scheduled: delayed until ") and detail.endswith(", not late")
+    assert subscriber.attempts == []
+
+
 async def test_trace_of_expired_delivering_and_waiting_events(
     plane: Plane, subscriber: Subscriber
 ) -> None:

@@ -10,15 +10,21 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from operator_harness import REPO, Cluster, OperatorProcess, eventually, http_source, secret
+from redis.asyncio import Redis
 
+from tidings.api import keys
+from tidings.api.events import CloudEvent, encode
 from tidings.cli.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -32,11 +38,13 @@ class Subscriber:
     def __init__(self) -> None:
         self.status = 200
         self.received: list[dict[str, str]] = []
+        self.attempts: list[str] = []  # the path of every request
         self.port = free_port()
         self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
+        self.attempts.append(request.path)
         if self.status < 300:
             self.received.append(dict(request.headers))
         return web.Response(status=self.status)
@@ -95,6 +103,11 @@ def dispatcher(
         process.wait()
     print("----- dispatcher log (tail) -----")
     print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
+
+
+def seconds(stamp: str) -> int:
+    """An RFC 3339 time of status (whole seconds, UTC) as seconds since the epoch."""
+    return int(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
 
 
 async def post_event(base: str, namespace: str, token: str) -> int:
@@ -244,3 +257,72 @@ async def test_a_failing_filter_expression_is_counted_in_status_and_raises_filte
     assert await post_event(base, ns, token) == 202
     await eventually(lambda: len(subscriber.received) == 1, within=20)
     assert delivery()["filterErrors"] == 4  # the total stays
+
+
+async def test_a_trigger_delay_is_not_lateness_in_status(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    subscriber: Subscriber,
+    dispatcher: tuple[str, Path],
+    redis: Redis,
+) -> None:
+    """Two Triggers with a 2 h delivery.delay: one has only events waiting for their
+    time (delayed, no oldestUndelivered), the other one due 10 minutes ago and failing
+    (oldestUndelivered from its due time, not from when it was stored 130 minutes ago)."""
+    ns = cluster.namespace
+    subscriber.status = 503
+
+    def delayed_trigger(name: str, event_type: str) -> dict[str, object]:
+        return {
+            "apiVersion": "tidings.dev/v1alpha1",
+            "kind": "Trigger",
+            "metadata": {"name": name},
+            "spec": {
+                "source": "users",
+                "filter": {"types": [event_type]},
+                "subscriber": {"uri": f"http://127.0.0.1:{subscriber.port}/{name}"},
+                "delivery": {"delay": "2h", "retry": {"initialDelay": "1h"}},
+            },
+        }
+
+    cluster.apply(
+        http_source("users"),
+        delayed_trigger("waiting", "com.shop.later"),
+        delayed_trigger("late", "com.shop.due"),
+    )
+    for name in ("waiting", "late"):
+        await eventually(  # generous: the operator starts in ~15 s on a loaded 2-core machine
+            lambda name=name: (
+                (cluster.condition("trigger", name, "Ready") or {}).get("status") == "True"
+            ),
+            within=90,
+        )
+    # Stored as ingest stores them, 130 and 90 minutes ago: due 10 minutes ago, and
+    # in 30 minutes.
+    now_ms = int(time.time() * 1000)
+    due_ms = now_ms - 10 * 60_000
+    for event_id, event_type, stored_ms in (
+        ("due", "com.shop.due", now_ms - 130 * 60_000),
+        ("early", "com.shop.later", now_ms - 90 * 60_000),
+    ):
+        fields = encode(CloudEvent(event_id, "/test", event_type), stored_ms)
+        await redis.xadd(keys.stream(ns, "users"), fields, id=f"{stored_ms}-0")  # type: ignore[arg-type]
+
+    def delivery(name: str) -> dict[str, Any]:
+        status = (cluster.get("trigger", name) or {}).get("status") or {}
+        return status.get("delivery") or {}
+
+    late = await eventually(lambda: delivery("late").get("oldestUndelivered"), within=60)
+    assert abs(seconds(late) - due_ms // 1000) <= 2, (late, "due 10 minutes ago")
+    assert delivery("late").get("delayed") == 1  # "early" waits on this Trigger too
+    assert [a for a in subscriber.attempts if a.endswith("/late")] == ["/late"]
+
+    # Either field tells that the dispatcher's report reached status.
+    waiting = await eventually(
+        lambda: {
+            k: v for k, v in delivery("waiting").items() if k in ("delayed", "oldestUndelivered")
+        },
+        within=60,
+    )
+    assert waiting == {"delayed": 1}, "an event waiting for its delay is not late"
+    assert delivery("waiting").get("lag") == 0

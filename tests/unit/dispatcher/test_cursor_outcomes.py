@@ -42,6 +42,7 @@ def test_script_keys_come_in_the_order_the_lua_names_them() -> None:
         "K_LOG": ":log",
         "K_REPLAY_DLQ": ":replay-dlq",
         "K_LEASED": ":replay-leased",
+        "K_DELAYED_HELD": ":delayed-held",
     }
     order = names.group(1).split(", ")
     assert sorted(order) == sorted(suffixes)

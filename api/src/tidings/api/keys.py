@@ -145,6 +145,7 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
         parked(namespace, source, trigger),
         replays(namespace, source, trigger),
         delayed(namespace, source, trigger),
+        delayed_held(namespace, source, trigger),
         replay_owners(namespace, source, trigger),
         replay_runs(namespace, source, trigger),
         attempt_log(namespace, source, trigger),
@@ -169,8 +170,17 @@ def parked(namespace: str, source: str, trigger: str) -> str:
 def delayed(namespace: str, source: str, trigger: str) -> str:
     """ZSET of stream ids set aside until their due time (ms, the score): events with
     a deliverafter or under delivery.delay. Each is also in the retry ZSET (which
-    makes it due) and in `held`; this set only tells them from retries (lag, ordering)."""
+    makes it due) and in `delayed_held`; this set only tells them from retries (lag,
+    ordering, the oldest undelivered event's age)."""
     return _trigger_key(namespace, source, trigger, "delayed")
+
+
+def delayed_held(namespace: str, source: str, trigger: str) -> str:
+    """ZSET of the ids in `delayed`, scored by the id's time part (ms) as `held` is:
+    retention reads its lowest score too. Kept apart from `held` so that everything
+    in `held` is due (the oldest undelivered event is found at its low end without
+    stepping over events not due yet); a delayed event moves to `held` when fetched."""
+    return _trigger_key(namespace, source, trigger, "delayed-held")
 
 
 def replay_owners(namespace: str, source: str, trigger: str) -> str:
@@ -222,7 +232,7 @@ STATE_STATE = "state"  # DELIVERING | BACKOFF | PAUSED
 STATE_LAG = "lag"  # events not yet delivered: unread + scheduled retries + parked
 STATE_PENDING = "pending"  # entries being delivered right now (the group's PEL)
 STATE_RETRIES = "retries"  # entries scheduled for another attempt
-STATE_DELAYED = "delayed"  # delayed events not due yet (not in lag)
+STATE_DELAYED = "delayed"  # delayed events not due yet (not in lag, not in the oldest's age)
 STATE_DEAD_LETTERED = "deadLettered"  # total dead letters (counter)
 STATE_EXPIRED = "expired"  # trimmed by retention before delivery (counter)
 STATE_DEAD_LETTERS_TRIMMED = "deadLettersTrimmed"  # DLQ entries dropped by its cap (counter)
@@ -242,7 +252,9 @@ STATE_LAST_FAILURE_MESSAGE = "lastFailureMessage"
 STATE_PROBE_DUE = "probeDue"  # Backoff: ms since epoch of the next probe
 STATE_PROBE_INTERVAL = "probeInterval"  # Backoff: current probe interval, ms
 STATE_UPDATED = "updated"  # ms since epoch of the last publish
-STATE_OLDEST = "oldestUndelivered"  # ms since epoch the oldest undelivered event was stored; 0
+# ms since epoch the oldest undelivered event became due (stored, or a delayed event's
+# due time); 0: none. Events not due yet are not undelivered.
+STATE_OLDEST = "oldestUndelivered"
 STATE_EXPIRES = "expiresAt"  # ms since epoch it hits maxAge or retention; 0: nothing undelivered
 # The filter expression (tidings.dispatcher.filtering, docs/filters.md): evaluations and
 # failures (counters), the last failure, and a sliding window of two spans for the

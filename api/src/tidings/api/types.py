@@ -927,10 +927,16 @@ class DeliveryStatus(ApiModel):
         "dead-lettered, see docs/filters.md.",
     )
     last_filter_error: LastFilterError | None = None
+    delayed: int | None = Field(
+        None,
+        description="Delayed events not due yet (deliverafter, delivery.delay): scheduled, "
+        "not late; in neither lag nor oldestUndelivered.",
+    )
     oldest_undelivered: str | None = Field(
         None,
-        description="When the oldest event not yet delivered was stored (RFC 3339); shown "
-        "while it is older than a minute.",
+        description="When the oldest event not yet delivered became due (RFC 3339): when it "
+        "was stored, a delayed event when its delay ended; shown while that is over a "
+        "minute ago.",
     )
     expires_at: str | None = Field(
         None,

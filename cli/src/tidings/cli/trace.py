@@ -10,6 +10,7 @@ of the stream), says when it was stored, and for each Trigger of the source:
     pending        not read yet (and how many events are ahead of it)
     delivering     an attempt is under way (at which replica, for how long)
     waiting        parked behind an earlier event of its ordering key
+    scheduled      a delayed event (deliverafter, delivery.delay) not due yet: when
     retrying       the next attempt's time and the last error
     in Backoff     the Trigger stopped pulling; the next probe's time, the last error
     delivered      when, after how many attempts, the latency from stored
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,8 +63,8 @@ class Stored:
 @dataclass
 class Verdict:
     trigger: str
-    state: str  # filtered | pending | delivering | waiting | retrying | backoff | delivered
-    #             | dead-lettered | expired | unknown
+    state: str  # filtered | pending | delivering | waiting | scheduled | retrying | backoff
+    #             | delivered | dead-lettered | expired | unknown
     detail: str
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
@@ -187,6 +189,10 @@ async def verdict(redis: Redis, route: Route, stored: Stored) -> Verdict:
         probe = f"; next probe {timestamp(int(state[keys.STATE_PROBE_DUE]))}"
     stream_id = stored.stream_id
     if stream_id:
+        scheduled = await redis.zscore(keys.delayed(ns, src, name), stream_id)
+        if scheduled is not None and scheduled > time.time() * 1000:
+            detail = f"scheduled: delayed until {timestamp(int(scheduled))}, not late"
+            return Verdict(route.id, "scheduled", detail, records)
         due = await redis.zscore(keys.retries(ns, src, name), stream_id)
         if due is not None:
             done = await redis.hget(keys.attempts(ns, src, name), stream_id)  # type: ignore[misc]

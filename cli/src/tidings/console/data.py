@@ -100,7 +100,9 @@ class DeliveryState:
     last_failure_message: str = ""
     dead_letters: int = 0  # in the DLQ now
     oldest_dead_letter_ms: int = 0
-    oldest_undelivered_ms: int = 0  # when the oldest undelivered event was stored
+    # When the oldest undelivered event became due (stored, or its delay ended).
+    oldest_undelivered_ms: int = 0
+    delayed: int = 0  # delayed events not due yet: scheduled, not late
     expires_at_ms: int = 0  # when it hits maxAge or the source's retention
 
     def expires_in(self, now_ms: int | None = None) -> float | None:
@@ -134,6 +136,7 @@ async def delivery_state(redis: Redis, route: Route) -> DeliveryState:
         dead_letters=int(dlq_len or 0),
         oldest_dead_letter_ms=oldest_ms,
         oldest_undelivered_ms=_int(f.get(keys.STATE_OLDEST, "0")),
+        delayed=_int(f.get(keys.STATE_DELAYED, "0")),
         expires_at_ms=_int(f.get(keys.STATE_EXPIRES, "0")),
     )
 

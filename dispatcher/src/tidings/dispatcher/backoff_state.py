@@ -56,8 +56,11 @@ class Published:
     dlq_size: int
     dead_lettered: int
     expired: int
-    oldest_ms: int  # when the oldest undelivered event was stored; 0: none
+    # When the oldest undelivered event became due (stored, or a delayed event's due
+    # time); 0: none. An event not due yet is not undelivered: it is in `delayed`.
+    oldest_ms: int
     expires_ms: int  # when it will hit maxAge or the source's retention; 0: none
+    delayed: int = 0  # delayed events not due yet (deliverafter, delivery.delay)
 
     def at_rest(self) -> bool:
         """Delivering with nothing waiting: the state stays true until an event comes
@@ -158,6 +161,7 @@ class BackoffState:
                 counts.last_reason,
                 counts.last_message,
                 _ms(filter_span),
+                int(self.route.delay * 1000),
             ],
         )
         return Published(text(raw[0]), *(int(v) for v in raw[1:]))

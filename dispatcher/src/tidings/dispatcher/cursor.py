@@ -68,6 +68,7 @@ def script_keys(route: Route) -> list[str]:
         keys.attempt_log(ns, source, name),
         keys.replay_dead_letters(ns, source, name),
         keys.replay_leased(ns, source, name),
+        keys.delayed_held(ns, source, name),
     ]
 
 

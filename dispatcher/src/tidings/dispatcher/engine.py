@@ -393,13 +393,13 @@ class TriggerWorker:
         metrics.expired.set(published.expired)
         metrics.set_state(published.state)
         metrics.backlog.set(published.lag + published.pending)
+        metrics.delayed.set(published.delayed)
         now = time.time()
-        if published.oldest_ms:
-            metrics.oldest_age.set(max(0.0, now - published.oldest_ms / 1000))
-            metrics.time_to_expiry.set(published.expires_ms / 1000 - now)
-        else:
-            metrics.oldest_age.set(0)
-            metrics.time_to_expiry.set(math.inf)
+        # Not due yet is not late: a Trigger whose events all wait for their delay
+        # shows no age, though an unread one may still be lost to retention.
+        oldest, expires = published.oldest_ms, published.expires_ms
+        metrics.oldest_age.set(max(0.0, now - oldest / 1000) if oldest else 0)
+        metrics.time_to_expiry.set(expires / 1000 - now if expires else math.inf)
 
     async def publish(self, retention_max_age: float) -> Published:
         """Publish the Trigger's state and the filter's counts since the last publish
@@ -1131,7 +1131,9 @@ class Dispatcher:
             sources = self.watcher.current.sources
             for worker in list(self.workers.values()):
                 if worker.quiet():
-                    if worker.published is not None and worker.published.oldest_ms:
+                    if worker.published is not None and (
+                        worker.published.oldest_ms or worker.published.expires_ms
+                    ):
                         worker.show(worker.published)  # the ages move on without Redis
                     continue
                 route = worker.route

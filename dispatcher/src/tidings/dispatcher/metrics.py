@@ -20,9 +20,14 @@
                                                 (whatever its outcome: how soon events are
                                                 tried), attempt="final" the attempt that
                                                 delivered it (retries and Backoff included)
-    tidings_oldest_undelivered_age_seconds{trigger}  age of the oldest event not yet
+    tidings_oldest_undelivered_age_seconds{trigger}  how long the oldest event not yet
                                                 delivered (in flight, retrying, parked or
-                                                unread); 0 when there is none
+                                                unread) has been due: from when it was
+                                                stored, a delayed event from its due time;
+                                                0 when there is none
+    tidings_delayed_events{trigger}             delayed events not due yet (deliverafter,
+                                                delivery.delay): scheduled, not late, in
+                                                neither the lag nor the oldest's age
     tidings_backlog_events{trigger}             events not yet settled: the lag plus those
                                                 in flight
     tidings_time_to_expiry_seconds{trigger}     until the oldest undelivered event hits the
@@ -118,7 +123,14 @@ class DispatchMetrics:
         )
         self.oldest_age = Gauge(
             "tidings_oldest_undelivered_age_seconds",
-            "Age of the oldest event the Trigger has not delivered yet (0: none).",
+            "How long the oldest event the Trigger has not delivered yet has been due "
+            "(a delayed event counts from its due time; 0: none).",
+            ["trigger"],
+            registry=registry,
+        )
+        self.delayed = Gauge(
+            "tidings_delayed_events",
+            "Delayed events not due yet (deliverafter, delivery.delay): scheduled, not late.",
             ["trigger"],
             registry=registry,
         )
@@ -161,6 +173,7 @@ class DispatchMetrics:
             latency_first=self.latency.labels(trigger, "first"),
             latency_final=self.latency.labels(trigger, "final"),
             oldest_age=self.oldest_age.labels(trigger),
+            delayed=self.delayed.labels(trigger),
             backlog=self.backlog.labels(trigger),
             time_to_expiry=self.time_to_expiry.labels(trigger),
         )
@@ -187,6 +200,7 @@ class DispatchMetrics:
             self.dead_letters,
             self.expired,
             self.oldest_age,
+            self.delayed,
             self.backlog,
             self.time_to_expiry,
         ):
@@ -212,6 +226,7 @@ class TriggerMetrics:
     latency_first: Histogram
     latency_final: Histogram
     oldest_age: Gauge
+    delayed: Gauge
     backlog: Gauge
     time_to_expiry: Gauge
 

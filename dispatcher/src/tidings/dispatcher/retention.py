@@ -71,6 +71,7 @@ async def _trim_step(redis: Redis, source: CompiledSource, routes: list[Route]) 
     for route in routes:
         keys_ += [
             keys.held(route.namespace, route.source, route.name),
+            keys.delayed_held(route.namespace, route.source, route.name),
             keys.trigger_state(route.namespace, route.source, route.name),
         ]
     keys_.append(keys.event_index(source.namespace, source.name))

@@ -1,8 +1,9 @@
 """Delivery health: the data plane's per-Trigger report, read for status.
 
 Dispatchers publish a HASH per Trigger (`tidings.api.keys.trigger_state`, fields
-`keys.STATE_*`): state (Delivering | Backoff | Paused), lag, dead-lettered and
-expired counters, the last failure, and when they last wrote it. The operator
+`keys.STATE_*`): state (Delivering | Backoff | Paused), lag, delayed events not
+due yet, dead-lettered and expired counters, the last failure, the oldest
+undelivered event's due time, and when they last wrote it. The operator
 reads it on a timer and surfaces it in `status.delivery` and the STATE / LAG
 columns — but only when it changed meaningfully (`settle`), so a busy Trigger
 whose lag wobbles costs no API writes: a state change is written at once; new
@@ -70,8 +71,11 @@ class Reading:
             return None
         return errors > 0 and 2 * errors > checked
 
-    oldest_undelivered: str | None = None  # RFC 3339, when older than OLDEST_SHOWN_AFTER
+    # RFC 3339: when the oldest undelivered event became due (a delayed one when its
+    # delay ended), once that is OLDEST_SHOWN_AFTER ago.
+    oldest_undelivered: str | None = None
     expires_at: str | None = None  # RFC 3339: when that event hits maxAge or retention
+    delayed: int | None = None  # delayed events not due yet; None: none
 
     def as_status(self) -> DeliveryStatus:
         """The `status.delivery` object (without lastFailure when none is recorded)."""
@@ -94,6 +98,7 @@ class Reading:
                 if self.filter_error_message
                 else None
             ),
+            delayed=self.delayed,
             oldest_undelivered=self.oldest_undelivered,
             expires_at=self.expires_at,
         )
@@ -140,6 +145,7 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
         updated_ms=updated_ms,
         oldest_undelivered=_rfc3339(oldest_ms) if shown and oldest_ms else None,
         expires_at=_rfc3339(expires_ms) if shown and expires_ms else None,
+        delayed=_int(fields.get(keys.STATE_DELAYED)) or None,
         filter_errors=_int(fields.get(keys.STATE_FILTER_ERRORS)),
         filter_error_time=fields.get(keys.STATE_FILTER_LAST_TIME) or None,
         filter_error_reason=fields.get(keys.STATE_FILTER_LAST_REASON) or None,
@@ -182,6 +188,7 @@ def from_status(delivery: DeliveryStatus | None) -> Reading | None:
         filter_error_time=filter_error.time,
         filter_error_reason=filter_error.reason,
         filter_error_message=filter_error.message,
+        delayed=delivery.delayed,
         oldest_undelivered=delivery.oldest_undelivered,
         expires_at=delivery.expires_at,
     )
@@ -256,6 +263,12 @@ def settle(previous: Reading | None, fresh: Reading | None, since_write: float) 
     if since_write >= FAILURE_TIME_INTERVAL and previous.failure_time != fresh.failure_time:
         return fresh
     if since_write >= LAG_INTERVAL and _lag_moved(previous.lag, fresh.lag):
+        return fresh
+    # Delayed events: at once when the first is set aside or the last comes due, else
+    # at the lag's pace.
+    if (previous.delayed is None) != (fresh.delayed is None):
+        return fresh
+    if since_write >= LAG_INTERVAL and _lag_moved(previous.delayed, fresh.delayed):
         return fresh
     # The loss forecast: at once when it appears or goes, else at the lag's pace.
     if (previous.expires_at is None) != (fresh.expires_at is None):

@@ -6,6 +6,7 @@
 --   HASH, K_PARKED parked ZSET, K_HELD held ZSET, K_DLQ dead-letter stream,
 --   K_STATE trigger state HASH, K_REPLAY replay HASH, K_DELAYED delayed ZSET,
 --   K_OWNERS replay owners HASH, K_RUNS replay runs HASH, K_LOG attempt log STREAM,
---   K_REPLAY_DLQ replayed dead letters HASH, K_LEASED replay leased SET.
+--   K_REPLAY_DLQ replayed dead letters HASH, K_LEASED replay leased SET, K_DELAYED_HELD
+--   delayed events' holds against retention ZSET.
 -- ARGV: none.
-local K_STREAM, K_RETRY, K_ATTEMPTS, K_INFLIGHT, K_RATE, K_ORDER, K_PARKED, K_HELD, K_DLQ, K_STATE, K_REPLAY, K_DELAYED, K_OWNERS, K_RUNS, K_LOG, K_REPLAY_DLQ, K_LEASED = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17
+local K_STREAM, K_RETRY, K_ATTEMPTS, K_INFLIGHT, K_RATE, K_ORDER, K_PARKED, K_HELD, K_DLQ, K_STATE, K_REPLAY, K_DELAYED, K_OWNERS, K_RUNS, K_LOG, K_REPLAY_DLQ, K_LEASED, K_DELAYED_HELD = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18

@@ -8,15 +8,18 @@
 --   [6] the route generation the filter counts are of, [7] events the filter
 --   expression evaluated since the last publish, [8] of those, failures, [9] the last
 --   failure's time (RFC 3339), [10] its reason, [11] its message, [12] the span of the
---   filter window, ms.
+--   filter window, ms, [13] the Trigger's delivery.delay ms (0: none).
 -- The filter window: failures and evaluations of the current span and the one
 -- before it (Redis's clock); the operator's FilterErrors condition reads both. A
 -- newer generation (the filter changed) starts the window afresh; counts of an
 -- older one (a replica not yet updated) go into the totals only.
 -- Returns {state, lag, pending, retries, parked, dlq length, deadLettered, expired,
---   oldest undelivered ms (0: none), when it will be lost ms (0: none)}: the oldest of
---   the Trigger's pending, held (retries, parked) and first unread entries, and the
---   earlier of its maxAge and, for an unread entry, the source's retention.
+--   oldest undelivered ms (0: none), when it will be lost ms (0: none), delayed}:
+--   the oldest undelivered is the earliest due time (the time stored, or a delayed
+--   event's due time) of the Trigger's pending, held (retries, parked), delayed-and-due
+--   and unread entries; an event not due yet is not undelivered. When it will be lost:
+--   the earliest due time + maxAge and, for an unread entry (due or not), its time
+--   stored + the source's retention.
 --#include _now.lua
 local lag, pending, last = 0, 0, nil
 local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
@@ -50,22 +53,78 @@ local total = lag + retries + parked
 
 -- The oldest undelivered entry, and when it will be lost.
 local max_age, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+local delay = tonumber(ARGV[13] or '0')
+local now_ms = tonumber(ARGV[3])
 local oldest, expires = 0, 0
-local function consider(ms, unread)
-  if not ms or ms <= 0 then return end
-  local lost = ms + max_age
-  if unread and retention > 0 and ms + retention < lost then lost = ms + retention end
-  if oldest == 0 or ms < oldest then oldest = ms end
-  if expires == 0 or lost < expires then expires = lost end
+local function lose_at(ms)
+  if ms > 0 and (expires == 0 or ms < expires) then expires = ms end
+end
+-- An entry's due time, as cursor_fetch.lua decides it: its FIELD_DUE or its ingest
+-- time + the Trigger's delay, whichever is later; never before it was stored.
+local function due_of(id, fields)
+  local due, ingested = id_ms(id), 0
+  for i = 1, #fields, 2 do
+    if fields[i] == {{FIELD_DUE}} then
+      local d = tonumber(fields[i + 1]) or 0
+      if d > due then due = d end
+    elseif fields[i] == {{FIELD_TIME}} then ingested = tonumber(fields[i + 1]) or 0 end
+  end
+  if delay > 0 and ingested + delay > due then due = ingested + delay end
+  return due
+end
+local function fields_of(id)
+  local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+  return entry and entry[2] or {}
+end
+-- Due at `due` and not delivered: a candidate for the oldest (only once due).
+local function consider(due)
+  if due <= 0 or due > now_ms then return end
+  if oldest == 0 or due < oldest then oldest = due end
+  lose_at(due + max_age)
+end
+-- The earliest due time among entries in stream order, each {id, fields or nil} as
+-- `nxt` returns them (nil: no more), SCAN of them at most: a due time is never before
+-- the entry's time + delay, so the walk ends once that passes the best so far (at
+-- the second entry without deliverafter).
+local SCAN = 32
+local function earliest(nxt, unread)
+  local best = 0
+  for _ = 1, SCAN do
+    local entry = nxt()
+    if not entry then break end
+    local id = entry[1]
+    local ms = id_ms(id)
+    if best > 0 and ms + delay >= best then break end
+    local due = due_of(id, entry[2] or fields_of(id))
+    if unread then
+      -- Unread, it can be trimmed by retention, due or not.
+      if retention > 0 then lose_at(ms + retention) end
+      if due > now_ms then lose_at(due + max_age) end
+    end
+    if due <= now_ms and (best == 0 or due < best) then best = due end
+  end
+  consider(best)
 end
 if last then
   local pel = redis.call('XPENDING', KEYS[1], ARGV[1])
-  if pel[1] > 0 then consider(id_ms(pel[2]), false) end
-  local unread = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
-  if unread then consider(id_ms(unread[1]), true) end
+  if pel[1] > 0 then consider(due_of(pel[2], fields_of(pel[2]))) end
+  -- One entry at a time: stored events can be large.
+  local after = last
+  earliest(function()
+    local entry = redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', 1)[1]
+    if entry then after = entry[1] end
+    return entry
+  end, true)
 end
-local held = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-if held[2] then consider(tonumber(held[2]), false) end
+-- Held entries (retries, parked, delayed events fetched once) are all due.
+local held, at = redis.call('ZRANGE', KEYS[6], 0, SCAN - 1), 0
+earliest(function()
+  at = at + 1
+  return held[at] and {held[at]}
+end, false)
+-- Delayed events due and not fetched yet (a Trigger in Backoff fetches nothing).
+local due_delayed = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1)
+if due_delayed[2] then consider(tonumber(due_delayed[2])) end
 
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
   {{STATE_RETRIES}}, retries, {{STATE_DELAYED}}, delayed, {{STATE_UPDATED}}, ARGV[3],
@@ -106,4 +165,4 @@ end
 
 local counts = redis.call('HMGET', KEYS[2], {{STATE_DEAD_LETTERED}}, {{STATE_EXPIRED}})
 return {state, total, pending, retries, parked, redis.call('XLEN', KEYS[5]),
-  tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires}
+  tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires, delayed}

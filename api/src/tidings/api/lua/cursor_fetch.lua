@@ -7,8 +7,9 @@
 --   (a replayed dead letter whose Replay was deleted goes back there).
 -- A new entry not due yet (its FIELD_DUE, or its ingest time + the delay, is
 -- ahead) is set aside, not delivered: acked, scheduled in the retry ZSET at its
--- due time, held against retention and marked in the delayed ZSET; it comes
--- back as a due retry with no attempt spent, taking its ordering key then.
+-- due time, held against retention (in the delayed-held ZSET) and marked in the
+-- delayed ZSET; it comes back as a due retry with no attempt spent, taking its
+-- ordering key then, and moves to the held ZSET (everything there is due).
 -- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
 -- empty (info: {last stream id, ms until the next retry is due, or -1, entries
 -- leased to any consumer of the group}) | more (nothing to start: what it read
@@ -66,9 +67,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIM
     end
     if fields then
       local key = nil
-      if redis.call('ZREM', KEYS[K_DELAYED], id) == 1 and parts then
-        -- A delayed event's first attempt: it takes its ordering key only now.
-        key = order_key(fields, parts)
+      if redis.call('ZREM', KEYS[K_DELAYED], id) == 1 then
+        -- A delayed event's first attempt: it is due, and takes its ordering key only now.
+        redis.call('ZREM', KEYS[K_DELAYED_HELD], id)
+        redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
+        if parts then key = order_key(fields, parts) end
       end
       if key and not order_acquire(key, id) then
         redis.call('ZREM', KEYS[K_RETRY], id)
@@ -82,6 +85,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIM
     else  -- gone from the stream (deleted by hand): nothing left to deliver
       redis.call('ZREM', KEYS[K_RETRY], id)
       redis.call('ZREM', KEYS[K_HELD], id)
+      redis.call('ZREM', KEYS[K_DELAYED], id)
+      redis.call('ZREM', KEYS[K_DELAYED_HELD], id)
       redis.call('HDEL', KEYS[K_ATTEMPTS], id)
     end
   end
@@ -123,7 +128,7 @@ while #out < want and rounds < 4 do
     if due > now then
       redis.call('XACK', KEYS[K_STREAM], group, id)
       redis.call('ZADD', KEYS[K_RETRY], due, id)
-      redis.call('ZADD', KEYS[K_HELD], id_ms(id), id)
+      redis.call('ZADD', KEYS[K_DELAYED_HELD], id_ms(id), id)
       redis.call('ZADD', KEYS[K_DELAYED], due, id)
       aside = aside + 1
     else

@@ -1,9 +1,9 @@
 -- retention_trim: trim a source's stream by maxAge / maxEvents, never past an entry
 -- a Trigger holds, counting what each Trigger loses unread
 -- (tidings.dispatcher.retention).
--- KEYS: [1] the source's stream, then per Trigger i (1, 2, ...): [2i] held ZSET,
---   [2i + 1] trigger state HASH; last, the source's event index ZSET (trimmed with
---   the stream).
+-- KEYS: [1] the source's stream, then per Trigger i (1, 2, ...): [3i - 1] held ZSET,
+--   [3i] delayed-held ZSET (delayed events not due yet), [3i + 1] trigger state
+--   HASH; last, the source's event index ZSET (trimmed with the stream).
 -- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
 --   entries trimmed per call), then [4 + i] the Triggers' group names.
 -- Returns {entries trimmed, the oldest entry kept (ms; 0: none), then per Trigger:
@@ -54,10 +54,12 @@ for i = 5, #ARGV do
     local pending = redis.call('XPENDING', KEYS[1], group)
     if pending[1] > 0 and less(pending[2], cut) then cut = pending[2] end
   end
-  local held = redis.call('ZRANGE', KEYS[2 * (i - 4)], 0, 0, 'WITHSCORES')
-  if held[2] then
-    local floor = string.format('%d-0', tonumber(held[2]))
-    if less(floor, cut) then cut = floor end
+  for _, key in ipairs({KEYS[3 * (i - 4) - 1], KEYS[3 * (i - 4)]}) do
+    local held = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if held[2] then
+      local floor = string.format('%d-0', tonumber(held[2]))
+      if less(floor, cut) then cut = floor end
+    end
   end
 end
 
@@ -78,7 +80,7 @@ for i = 5, #ARGV do
     local start = after(last)
     if less(start, first[1]) then start = first[1] end
     lost = #redis.call('XRANGE', KEYS[1], start, '(' .. cut, 'COUNT', step)
-    if lost > 0 then redis.call('HINCRBY', KEYS[2 * (i - 4) + 1], {{STATE_EXPIRED}}, lost) end
+    if lost > 0 then redis.call('HINCRBY', KEYS[3 * (i - 4) + 1], {{STATE_EXPIRED}}, lost) end
   end
   out[#out + 1] = lost
 end

@@ -1,0 +1,149 @@
+"""The oldest undelivered event's age counts an event from when it became due: a
+delayed event (delivery.delay, deliverafter) waiting for its time is scheduled, not
+late — counted in `tidings_delayed_events`, not in the age (which the
+TidingsOldestUndeliveredTooOld alert watches) — and once due and undelivered it
+counts from its due time, not from when it was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from dispatch_harness import Plane, Subscriber, wait_until
+from prometheus_client import CollectorRegistry
+
+from tidings.api import keys
+from tidings.api.events import CloudEvent, encode
+from tidings.api.routes import Route
+
+MINUTE = 60_000  # ms
+
+
+def down(request: web.Request) -> tuple[int, dict[str, str], float]:
+    return 503, {}, 0.0
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+async def store(plane: Plane, event_id: str, stored_ms: int, seq: int = 0, **ext: str) -> None:
+    """XADD an event as ingest stored it at `stored_ms` (stream id and all)."""
+    event = CloudEvent(event_id, "/t", "t", extensions=dict(ext))
+    fields = encode(event, stored_ms)
+    await plane.redis.xadd(plane.stream(), fields, id=f"{stored_ms}-{seq}")  # type: ignore[arg-type]
+
+
+class Gauges:
+    def __init__(self, registry: CollectorRegistry, route: Route) -> None:
+        self.registry, self.route = registry, route
+
+    def __call__(self, name: str) -> float | None:
+        return self.registry.get_sample_value(name, {"trigger": self.route.id})
+
+    def age(self) -> float:
+        return self("tidings_oldest_undelivered_age_seconds") or 0.0
+
+
+async def start(plane: Plane, subscriber: Subscriber, *, failing: bool, **delivery: Any) -> Gauges:
+    """A dispatcher publishing every 0.2 s and a Trigger "t" with `delivery`; its
+    subscriber answers 503 when `failing`."""
+    if failing:
+        subscriber.behaviour = down
+    registry = CollectorRegistry()
+    await plane.add_source()
+    await plane.dispatcher(registry=registry, publish_interval=0.2)
+    return Gauges(registry, await plane.add_trigger("t", subscriber.url, delivery=delivery))
+
+
+def retrying(
+    plane: Plane, gauges: Gauges, route: Route, retries: int, delayed: int
+) -> Callable[[], Awaitable[bool]]:
+    """Published: `retries` retrying (the backlog) and `delayed` set aside."""
+
+    async def check() -> bool:
+        state = await plane.state(route)
+        return gauges("tidings_backlog_events") == retries and state.get(keys.STATE_DELAYED) == str(
+            delayed
+        )
+
+    return check
+
+
+async def test_events_waiting_for_a_two_hour_delay_are_not_late(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    gauges = await start(plane, subscriber, failing=False, delay="2h")
+    route = gauges.route
+    now = int(time.time() * 1000)
+    # Stored 90 minutes ago: due in 30 minutes. And three stored now.
+    await store(plane, "early", now - 90 * MINUTE)
+    await plane.publish(3)
+
+    async def published() -> bool:
+        return (
+            gauges("tidings_trigger_lag") == 0
+            and (await plane.state(route)).get(keys.STATE_DELAYED) == "4"
+        )
+
+    await wait_until(published, 10, "4 delayed published")
+    await asyncio.sleep(0.5)  # a publish or two later: the gauges are set after the write
+    assert gauges.age() == 0  # not 90 minutes: nothing is late
+    assert gauges("tidings_delayed_events") == 4
+    assert gauges("tidings_time_to_expiry_seconds") == float("inf")
+    assert gauges("tidings_trigger_lag") == 0
+    state = await plane.state(route)
+    assert (state[keys.STATE_OLDEST], state[keys.STATE_DELAYED]) == ("0", "4")
+    assert subscriber.received == []
+
+
+async def test_a_delayed_event_due_and_undelivered_counts_from_its_due_time(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    gauges = await start(plane, subscriber, failing=True, delay="2h", retry={"initialDelay": "1h"})
+    route = gauges.route
+    now = int(time.time() * 1000)
+    # Stored 130 minutes ago: due 10 minutes ago, tried once and retrying in an hour.
+    await store(plane, "due", now - 130 * MINUTE)
+    await store(plane, "early", now - 90 * MINUTE)  # due in 30 minutes
+    await plane.publish(2)
+
+    await wait_until(lambda: len(subscriber.attempts) == 1, 10, "the due event's attempt")
+    assert [a.id for a in subscriber.attempts] == ["due"]
+
+    await wait_until(retrying(plane, gauges, route, 1, 3), 10, "3 delayed, 1 retrying")
+    assert 600 <= gauges.age() < 620  # 10 minutes, not 130
+    assert gauges("tidings_delayed_events") == 3
+    expiry = gauges("tidings_time_to_expiry_seconds") or 0.0
+    assert abs(expiry - (72 * 3600 - gauges.age())) < 5  # maxAge (72h) from its due time
+    state = await plane.state(route)
+    assert abs(int(state[keys.STATE_OLDEST]) - (now - 10 * MINUTE)) < 1000
+
+
+async def test_deliverafter_events_not_due_hide_no_late_event_behind_them(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    gauges = await start(plane, subscriber, failing=True, retry={"initialDelay": "1h"})
+    route = gauges.route
+    now = int(time.time() * 1000)
+    # Stored two hours ago for five minutes ago: late by 5 minutes, not by 2 hours.
+    await store(plane, "reminder", now - 120 * MINUTE, deliverafter=rfc3339(now - 5 * MINUTE))
+    # 40 stored 100 minutes ago for an hour from now: scheduled (more than the
+    # publish script looks at in one walk).
+    for seq in range(40):
+        await store(
+            plane, f"later-{seq}", now - 100 * MINUTE, seq, deliverafter=rfc3339(now + 60 * MINUTE)
+        )
+    # Stored 20 minutes ago, no deliverafter: the oldest undelivered, 20 minutes late.
+    await store(plane, "plain", now - 20 * MINUTE)
+
+    await wait_until(lambda: len(subscriber.attempts) == 2, 10, "the two due events' attempts")
+    assert sorted(a.id for a in subscriber.attempts) == ["plain", "reminder"]
+
+    await wait_until(retrying(plane, gauges, route, 2, 40), 10, "40 delayed, 2 retrying")
+    assert 1200 <= gauges.age() < 1220  # "plain": 20 minutes, not "reminder"'s stored 2 h
+    assert gauges("tidings_delayed_events") == 40
