@@ -96,6 +96,8 @@ def test_cel_loads_with_the_first_expression() -> None:
         "    assert Filter(CompiledFilter(expression='event.type == \"a\"'))({'type': 'a'})"
     )
     assert "cel" in loaded
+    # ...but not the binding's own command-line tool (tidings.api.expressions).
+    assert loaded.isdisjoint(("typer", "prompt_toolkit", "rich")), loaded & {"typer", "rich"}
 
 
 def test_a_source_adapter_loads_only_its_kinds_client() -> None:
@@ -104,3 +106,27 @@ def test_a_source_adapter_loads_only_its_kinds_client() -> None:
         main_with("source", "--help") + "\n    import tidings.sources.cli, tidings.sources.schedule"
     )
     assert loaded.isdisjoint(("minio", "psycopg", "kopf")), loaded & {"minio", "psycopg"}
+
+
+def test_the_running_operator_loads_no_database_or_object_store_client() -> None:
+    """What `tidings operator` imports before Kopf starts (tidings.operator.main.serve):
+    psycopg only with a Postgres source, MinIO never, nor the adapter command."""
+    loaded = imported_after(
+        "import tidings.cli.main, tidings.operator.main, kopf\n"
+        "    from tidings.operator import handlers, orphans, context, kube, loop"
+    )
+    unwanted = {"psycopg", "minio", "cel", "tidings.sources.cli", "tidings.console", "jinja2"}
+    assert loaded.isdisjoint(unwanted), loaded & unwanted
+
+
+def test_the_operator_builds_the_core_and_apps_clients_on_first_use() -> None:
+    """The generated CoreV1Api and AppsV1Api (about a second of CPU) wait for the
+    first Secret or Deployment the operator writes."""
+    before = (
+        "import kubernetes.client\n"
+        "    from tidings.operator.kube import Kube\n"
+        "    kube = Kube(kubernetes.client.Configuration())\n"
+    )
+    clients = {"kubernetes.client.api.core_v1_api", "kubernetes.client.api.apps_v1_api"}
+    assert imported_after(before).isdisjoint(clients)
+    assert clients <= imported_after(before + "    kube._core, kube._apps")

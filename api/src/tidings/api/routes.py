@@ -23,6 +23,7 @@ from tidings.api import keys
 from tidings.api.destinations import CLUSTER, DestinationPolicy
 from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
 from tidings.api.durations import parse_duration
+from tidings.api.expressions import compile_expression
 from tidings.api.sealing import Sealer
 from tidings.api.tls import TLSConfigError, client_context
 from tidings.api.types import (
@@ -341,12 +342,8 @@ class World(Protocol):
 
 def check_expression(expression: str, field: str = "spec.filter.expression") -> None:
     """Compile a CEL filter once to reject it early; raises CompileError(InvalidFilter)."""
-    # Imported on first use: the `cel` package loads its command-line tool (typer,
-    # rich, prompt_toolkit), a fifth of a second no process should pay at start.
-    import cel
-
     try:
-        program = cel.compile(expression)
+        program = compile_expression(expression)
     except ValueError as error:
         raise CompileError("InvalidFilter", f"{field}: {error}") from None
     unknown = sorted(set(program.variables()) - {"event"})

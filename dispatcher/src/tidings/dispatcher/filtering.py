@@ -27,13 +27,11 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tidings.api.events import now_rfc3339
+from tidings.api.expressions import compile_expression
 from tidings.api.routes import CompiledFilter
-
-if TYPE_CHECKING:
-    import cel
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +72,13 @@ class FilterCounts:
     last_message: str = ""
 
 
-def _compile(expression: str) -> cel.Program:
-    import cel  # on first use (tidings.api.routes.check_expression says why)
-
-    return cel.compile(expression)
-
-
 class Filter:
     def __init__(self, spec: CompiledFilter) -> None:
         self.types = frozenset(spec.types)
         self.attributes = dict(spec.attributes)
         self.prefix = dict(spec.prefix)
         self.expression = spec.expression
-        self._program = _compile(spec.expression) if spec.expression else None
+        self._program = compile_expression(spec.expression) if spec.expression else None
         # The binding converts the whole context on every call (~1 µs per field):
         # hand it only the attributes the expression names, when that is clear.
         self._needs = _referenced_attributes(spec.expression) if spec.expression else None

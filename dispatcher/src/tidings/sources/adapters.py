@@ -28,6 +28,13 @@ class Adapter(Protocol):
 
 ADAPTER_KINDS = ("postgres", "kubernetes", "schedule", "objectStore")  # objectStore: poll mode
 
+# The object store's credentials in an adapter's environment (`tidings source`
+# reads them, the operator injects them with secretKeyRef): named here, where
+# the operator can import them without the adapter command's libraries.
+S3_ACCESS_ENV = "TIDINGS_S3_ACCESS_KEY_ID"
+S3_SECRET_ENV = "TIDINGS_S3_SECRET_ACCESS_KEY"
+S3_CA_ENV = "TIDINGS_S3_CA_FILE"
+
 
 def build(
     source: CompiledSource,

@@ -54,6 +54,7 @@ from tidings.api.types import (
     TriggerGrantSpec,
 )
 from tidings.sources import adapters, health
+from tidings.sources.adapters import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
 from tidings.sources.errors import Forbidden
 from tidings.sources.kubeapi import ApiError, KubeApi
 from tidings.sources.lease import LeaseElector, default_identity, lease_name
@@ -65,9 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.source")
 
 DSN_ENV = "TIDINGS_PG_DSN"
-S3_ACCESS_ENV = "TIDINGS_S3_ACCESS_KEY_ID"
-S3_SECRET_ENV = "TIDINGS_S3_SECRET_ACCESS_KEY"
-S3_CA_ENV = "TIDINGS_S3_CA_FILE"
 SPEC_ENV = "TIDINGS_EVENTSOURCE_SPEC"
 SPEC_POLL_SECONDS = 15.0
 WANTED_CHECK_SECONDS = 10.0  # a hung API must not hold up a reconnect for long

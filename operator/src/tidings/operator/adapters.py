@@ -42,7 +42,7 @@ from typing import Any
 
 from tidings.api.routes import CLUSTER_DOMAIN, ingest_token_secret_name
 from tidings.api.types import API_VERSION, EventSourceSpec
-from tidings.sources.cli import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
+from tidings.sources.adapters import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
 
 MANAGED_BY = "tidings-operator"
 SOURCE_LABEL = "tidings.dev/eventsource"

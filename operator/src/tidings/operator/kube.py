@@ -13,6 +13,7 @@ a field it stops sending (subscriberURI of a broken Trigger) is removed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,9 +81,18 @@ class Kube:
         configuration.connection_pool_maxsize = WORKERS
         self._client = kubernetes.client.ApiClient(configuration)
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
-        self._core = kubernetes.client.CoreV1Api(self._client)
-        self._apps = kubernetes.client.AppsV1Api(self._client)
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kube")
+
+    # Built on first use: the client's generated CoreV1Api and AppsV1Api take about
+    # a second of CPU to build (their models and validators), which Kopf's start
+    # and Triggers' status writes need not wait for.
+    @functools.cached_property
+    def _core(self) -> Any:
+        return kubernetes.client.CoreV1Api(self._client)
+
+    @functools.cached_property
+    def _apps(self) -> Any:
+        return kubernetes.client.AppsV1Api(self._client)
 
     async def _run(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)

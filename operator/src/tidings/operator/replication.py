@@ -21,9 +21,10 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from tidings.api.types import EventSourceSpec, PostgresSource
-from tidings.sources import pgsetup
 from tidings.sources.errors import SourceError
-from tidings.sources.replication import quote_ident
+
+# tidings.sources.pgsetup and .replication (psycopg) are imported by the functions
+# that reach a database: an operator without Postgres sources never loads them.
 
 # One attempt may not hang the deletion (a DSN pointing at a black hole).
 ATTEMPT_TIMEOUT = 30.0
@@ -56,6 +57,9 @@ def postgres_spec(spec: Mapping[str, Any]) -> PostgresSource | None:
 
 def by_hand(spec: PostgresSource, namespace: str, name: str) -> str:
     """The SQL a user runs when Tidings could not."""
+    from tidings.sources import pgsetup
+    from tidings.sources.replication import quote_ident
+
     owned = pgsetup.names(spec, namespace, name)
     drop_slot = f"SELECT pg_drop_replication_slot('{owned.slot}');"
     drop_publication = f"DROP PUBLICATION IF EXISTS {quote_ident(owned.publication)};"
@@ -81,6 +85,8 @@ async def drop(
     known_dsn: str | None = None,
 ) -> Outcome:
     """One attempt at dropping the slot and the publication."""
+    from tidings.sources import pgsetup
+
     ref = spec.connection_secret_ref
     dsn = secrets.secret(namespace, ref.name, ref.key) or known_dsn
     failure: str

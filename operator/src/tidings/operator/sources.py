@@ -20,7 +20,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 from pydantic import ValidationError
 
 from tidings.api.routes import (
@@ -39,7 +38,6 @@ from tidings.operator import adapters, health, publishing, status
 from tidings.operator.context import ObjectController
 from tidings.operator.health import Transition
 from tidings.operator.world import IndexWorld, Key, source_dependencies
-from tidings.sources import pgsetup
 from tidings.sources import status as adapter_status
 from tidings.sources.errors import SourceError
 
@@ -204,6 +202,10 @@ class SourceController(ObjectController[EventSourceStatus]):
 
     async def check_wal(self, spec: PostgresSource) -> None:
         """Read the slot's retained WAL, at most every wal_check_interval."""
+        import psycopg  # with pgsetup: only an operator with Postgres sources loads them
+
+        from tidings.sources import pgsetup
+
         loop = asyncio.get_running_loop()
         if loop.time() < self.next_wal_check:
             return
