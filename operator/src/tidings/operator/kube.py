@@ -272,8 +272,10 @@ class StatusWriter(Generic[Status]):
     def known(self, body: Mapping[str, Any]) -> Status:
         """The status this operator owns, as it stands now."""
         version = (body.get("metadata") or {}).get("resourceVersion")
-        if self._applied is not None and version == self._applied_over:
-            return self._applied
+        if self._applied is not None:
+            if version == self._applied_over:
+                return self._applied
+            self._applied = None  # the watch brought our write (or a newer one): not needed
         return owned(body.get("status"), self._model, self._types)
 
     async def write(self, body: Mapping[str, Any], desired: Status) -> bool:
