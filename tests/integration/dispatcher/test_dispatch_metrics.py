@@ -55,7 +55,7 @@ async def test_latency_age_backlog_and_time_to_expiry_have_the_right_values(
 
     subscriber.behaviour = behaviour
     registry = CollectorRegistry()
-    await plane.add_source()
+    await plane.add_source(maxAge="1h")  # sooner than stuck's maxAge: it bounds the expiry
     await plane.dispatcher(registry=registry, publish_interval=0.2)
     base = f"http://127.0.0.1:{subscriber.port}"
     fast = {"initialDelay": "200ms", "jitter": 0}
@@ -92,8 +92,9 @@ async def test_latency_age_backlog_and_time_to_expiry_have_the_right_values(
     await wait_until(published, 10, "stuck's backlog of 4 published")
     age = value(stuck, "tidings_oldest_undelivered_age_seconds") or 0.0
     assert 5.0 <= age < 15.0
+    # Retries too fall out of the source's retention (maxAge 1h), before their 2h.
     expiry = value(stuck, "tidings_time_to_expiry_seconds") or 0.0
-    assert abs(expiry - (7200 - age)) < 2.0
+    assert abs(expiry - (3600 - age)) < 2.0
     # Nothing waits on ok: no age, no backlog, no forecast of loss.
     await wait_until(lambda: value(ok, "tidings_backlog_events") == 0, 10, "ok's backlog 0")
     assert value(ok, "tidings_oldest_undelivered_age_seconds") == 0

@@ -1,22 +1,28 @@
-"""Retention trims by maxEvents / maxAge, never an entry a Trigger still holds,
-and counts what falls out undelivered per Trigger."""
+"""Retention trims by maxEvents / maxAge, never under a delivery in progress, and
+counts what falls out undelivered per Trigger: unread, scheduled for a retry,
+parked behind its ordering key, or pending at a consumer whose lease ran out."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from dispatch_harness import Plane, Subscriber, wait_until
+from prometheus_client import CollectorRegistry
 
 from tidings.api import keys, table
 from tidings.api.events import CloudEvent
 from tidings.api.text import text
 from tidings.dispatcher import retention, streams
+from tidings.dispatcher.cursor import Cursor, Op, Origin, Outcome
 
 
-async def test_retention_never_trims_pending_or_scheduled_entries(
+async def test_scheduled_retries_beyond_max_events_are_trimmed_and_counted(
     plane: Plane, subscriber: Subscriber
 ) -> None:
+    """Retention wins over a retry that is not under way (DESIGN.md, guarantee 5):
+    the backlog is bounded by maxEvents, and what it takes is counted, once."""
     subscriber.behaviour = lambda request: (503, {}, 0.0)
     source = await plane.add_source(maxEvents=50)
     await plane.dispatcher()
@@ -29,19 +35,169 @@ async def test_retention_never_trims_pending_or_scheduled_entries(
         },
     )
     await plane.publish(200)
-    retries = keys.retries(route.namespace, route.source, route.name)
+    ns, src, name = route.namespace, route.source, route.name
+    retries, held = keys.retries(ns, src, name), keys.held(ns, src, name)
 
     async def all_scheduled() -> bool:
         return int(await plane.redis.zcard(retries)) == 200
 
     await wait_until(all_scheduled, 20, "200 retries scheduled")
+    await wait_until(lambda: plane.nothing_pending(route), 10, "all settled")
     routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
     result = await retention.trim(plane.redis, source, routes)
-    trimmed, expired = result.trimmed, result.lost
-    assert trimmed == 0 and expired == {}
-    assert await plane.redis.xlen(plane.stream()) == 200
+    assert (result.trimmed, result.lost) == (150, {route.id: 150})
+    assert await plane.redis.xlen(plane.stream()) == 50
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "150"
+    # The bookkeeping of what went goes with it; the newest 50 keep their retries.
+    assert await plane.redis.zcard(retries) == 50
+    assert await plane.redis.zcard(held) == 50
+    assert await plane.redis.hlen(keys.attempts(ns, src, name)) == 50
     for stream_id in await plane.redis.zrange(retries, 0, -1):
         assert await plane.redis.xrange(plane.stream(), stream_id, stream_id)
+    again = await retention.trim(plane.redis, source, routes)
+    assert (again.trimmed, again.lost) == (0, {})
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "150"
+
+
+async def test_entries_leased_now_are_kept_and_a_lease_run_out_is_not(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """In flight (a live lease, a retry's too) pins the trim point; a consumer whose
+    lease ran out (dead, or stuck past timeout + margin) pins nothing, and its late
+    outcomes neither bring the events back nor count them again."""
+    source = await plane.add_source(maxEvents=1)
+    route = await plane.add_trigger("t", subscriber.url, wait=False)
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    await plane.publish(10)
+    stuck, alive = Cursor(plane.redis, route, "stuck"), Cursor(plane.redis, route, "alive")
+    late = (await stuck.fetch(4, 100)).entries  # e-0..e-3, leased 100 ms
+    assert [e.id for e in late] == (await _stream_ids(plane))[:4]
+    fresh = (await alive.fetch(6, 60_000)).entries  # e-4..e-9, leased a minute
+    # e-4 failed and is retried at once: a retry under way, leased here.
+    await alive.settle([Outcome(Op.RETRY, fresh[0], delay_ms=0, attempts=1)])
+    retried = (await alive.fetch(1, 60_000)).entries
+    assert [(e.id, e.origin) for e in retried] == [(fresh[0].id, Origin.RETRY)]
+    await asyncio.sleep(0.3)  # the stuck consumer's leases run out
+
+    routes = [route]
+    result = await retention.trim(plane.redis, source, routes)
+    assert (result.trimmed, result.lost) == (4, {route.id: 4})
+    assert await _stream_ids(plane) == [e.id for e in fresh]  # from the retry under way on
+    pending = await plane.redis.xpending(route.stream, route.group)
+    assert int(pending["pending"]) == 5  # e-5..e-9; the stuck ones were let go
+
+    # The stuck consumer wakes up and settles: nothing is retried, dead-lettered
+    # or counted again for events retention took.
+    await stuck.settle(
+        [
+            Outcome(Op.RETRY, late[0], delay_ms=0, attempts=1),
+            Outcome(Op.DEAD, late[1], attempts=1, message="refused"),
+            Outcome(Op.OK, late[2]),
+        ]
+    )
+    ns, src, name = route.namespace, route.source, route.name
+    assert await plane.redis.zscore(keys.retries(ns, src, name), late[0].id) is None
+    assert await plane.redis.zscore(keys.held(ns, src, name), late[0].id) is None
+    assert await plane.redis.xlen(keys.dead_letters(ns, src, name)) == 0
+    state = await plane.state(route)
+    assert state[keys.STATE_EXPIRED] == "4"
+    assert keys.STATE_DEAD_LETTERED not in state
+    # Nothing of them is reclaimed either.
+    reclaimed = await Cursor(plane.redis, route, "other").fetch(10, 60_000, 50)
+    assert [e.id for e in reclaimed.entries if e.id in {x.id for x in late}] == []
+
+
+async def test_a_trigger_in_backoff_is_held_at_max_events_and_delivers_what_is_left(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """The outage case: retries scheduled before Backoff plus the backlog behind them
+    go past maxEvents; a retention pass brings the stream back to it and counts
+    every event taken exactly; after the subscriber returns the Trigger delivers
+    the survivors, and nothing expired, nothing twice."""
+    subscriber.behaviour = lambda request: (503, {}, 0.0)
+    source = await plane.add_source(maxEvents=50)
+    # (No retention pass of its own: the test runs the one it looks at.)
+    first = await plane.dispatcher(retention_interval=3600.0)
+    retry = {"maxAttempts": 12, "initialDelay": "500ms", "maxDelay": "1s", "jitter": 0}
+    route = await plane.add_trigger("t", subscriber.url, delivery={"retry": retry})
+    ns, src, name = route.namespace, route.source, route.name
+    await plane.publish(100, prefix="before")
+    await wait_until(lambda: state_is(plane, route, "Backoff"), 20, "Backoff entered")
+    await plane.publish(200, prefix="during")
+    # Stopped, so no probe is under way while the trim looks.
+    await first.stop(grace=5.0)
+    plane.dispatchers.remove(first)
+    held = int(await plane.redis.zcard(keys.held(ns, src, name)))
+    assert held > 0, "retries were scheduled before Backoff"
+    assert await plane.redis.xlen(plane.stream()) == 300
+
+    routes = (await table.load(plane.redis)).routes_of(plane.namespace, "src")
+    result = await retention.trim(plane.redis, source, routes)
+    assert (result.trimmed, result.lost) == (250, {route.id: 250})
+    assert await plane.redis.xlen(plane.stream()) == 50
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "250"
+
+    subscriber.behaviour = lambda request: (200, {}, 0.0)
+    before = len(subscriber.attempts)
+    registry = CollectorRegistry()
+    await plane.dispatcher(registry=registry, retention_interval=3600.0)
+    survivors = {f"during-{i}" for i in range(150, 200)}
+    delivered = lambda: {a.id for a in subscriber.attempts[before:]}  # noqa: E731
+    await wait_until(lambda: delivered() >= survivors, 30, "the 50 survivors delivered")
+    await wait_until(lambda: plane.nothing_pending(route), 10, "all settled")
+    await asyncio.sleep(0.5)
+    assert delivered() == survivors  # nothing that expired
+    assert len(subscriber.attempts) - before == 50  # each once
+
+    def expired_metric() -> float:
+        return registry.get_sample_value("tidings_trigger_expired", {"trigger": route.id}) or 0
+
+    await wait_until(lambda: expired_metric() == 250, 30, "the expired metric at 250")
+    state = await plane.state(route)
+    assert state[keys.STATE_EXPIRED] == "250"
+    assert state[keys.STATE_STATE] == "Delivering"
+    assert keys.STATE_DEAD_LETTERED not in state
+    assert await plane.redis.zcard(keys.retries(ns, src, name)) == 0
+    assert await plane.redis.zcard(keys.held(ns, src, name)) == 0
+    assert await plane.redis.hlen(keys.attempts(ns, src, name)) == 0
+
+
+async def test_an_ordered_key_whose_head_retry_expired_moves_on(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    source = await plane.add_source(maxEvents=5)
+    ordered = {"ordering": {"key": "event.subject"}}
+    route = await plane.add_trigger("t", subscriber.url, wait=False, delivery=ordered)
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    await plane.publish(10, subject="k")
+    cursor = Cursor(plane.redis, route, "a")
+    head = (await cursor.fetch(10, 60_000)).entries
+    assert [e.order_key for e in head] == ["kk"]  # e-1..e-9 parked behind e-0
+    await cursor.settle([Outcome(Op.RETRY, head[0], delay_ms=3_600_000, attempts=1)])
+
+    result = await retention.trim(plane.redis, source, [route])
+    # e-0 (its head, retrying in an hour) and e-1..e-4 (parked) went, counted.
+    assert (result.trimmed, result.lost) == (5, {route.id: 5})
+    ns, src, name = route.namespace, route.source, route.name
+    assert await plane.redis.zcard(keys.parked(ns, src, name)) == 4  # e-6..e-9
+
+    # The key passed to e-5, due now; the rest follow in order.
+    order = []
+    entries = (await cursor.fetch(10, 60_000)).entries
+    while entries:
+        [entry] = entries
+        order.append(json.loads(entry.event_json)["id"])
+        settled = await cursor.settle([Outcome(Op.OK, entry)], hand_on=10, lease_ms=60_000)
+        entries = settled.started
+    assert order == [f"e-{i}" for i in range(5, 10)]
+    assert await plane.redis.hlen(keys.ordering(ns, src, name)) == 0
+    assert await plane.redis.zcard(keys.parked(ns, src, name)) == 0
+    assert await plane.redis.zcard(keys.retries(ns, src, name)) == 0
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "5"
+
+
+async def _stream_ids(plane: Plane) -> list[str]:
+    return [text(stream_id) for stream_id, _ in await plane.redis.xrange(plane.stream())]
 
 
 async def test_unread_events_beyond_max_events_are_trimmed_and_counted(
@@ -218,3 +374,7 @@ async def test_a_source_whose_trigger_is_not_at_rest_is_held_at_max_events(
 
     await wait_until(held, 10, "the dispatcher's retention pass held the stream at 50")
     assert subscriber.received == []
+
+
+async def state_is(plane: Plane, route: object, state: str) -> bool:
+    return (await plane.state(route)).get(keys.STATE_STATE) == state  # type: ignore[arg-type]

@@ -155,9 +155,10 @@ def trigger_keys(namespace: str, source: str, trigger: str) -> list[str]:
 
 
 def held(namespace: str, source: str, trigger: str) -> str:
-    """ZSET of stream ids a Trigger holds outside its PEL (scheduled retries and
-    entries parked behind an ordering key), scored by the id's time part (ms):
-    retention reads its lowest score so it never trims them."""
+    """ZSET of stream ids a Trigger holds outside its PEL (scheduled retries,
+    entries parked behind an ordering key, delayed events once fetched), scored by
+    the id's time part (ms): retention reads the ones below its trim point, to
+    count them expired and drop their bookkeeping (retention_trim.lua)."""
     return _trigger_key(namespace, source, trigger, "held")
 
 

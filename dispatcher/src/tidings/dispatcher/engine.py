@@ -1208,6 +1208,12 @@ class Dispatcher:
                         source.id,
                     )
                     self._changed(trigger)
+                    route = table.routes.get(trigger)
+                    if route is not None and route.delivery.ordering_key:
+                        # An ordering key an expired entry held passed on, due now:
+                        # whichever replica rests on it looks.
+                        with contextlib.suppress(RedisError, OSError):
+                            await self.redis.publish(keys.TRIGGER_WAKE, trigger)
                 if trimmed:
                     log.debug("retention trimmed %d entries of %s", trimmed, source.id)
                 try:

@@ -1,13 +1,23 @@
-"""Retention: trim a source's stream by maxAge / maxEvents, never an entry a
-Trigger still holds, and count what falls out undelivered.
+"""Retention: trim a source's stream by maxAge / maxEvents, and count what each
+Trigger loses undelivered.
 
-An entry is *held* by a Trigger while it is being delivered (in the group's
-PEL), scheduled for a retry or parked behind its ordering key (the `held`
-ZSET). The trim point is the later of "older than maxAge" and "beyond
-maxEvents", pulled back to the oldest held entry of any Trigger of the
-source. Entries a Trigger has not even read yet (its backlog, e.g. during a
-long Backoff) may fall out: those are counted in the Trigger's state HASH
-(`expired`), reported in its status and metrics, never silently lost.
+Retention wins over everything but a delivery in progress (DESIGN.md,
+guarantee 5: the backlog is bounded by the source's retention). Per Trigger,
+an entry below the trim point is *expired* — counted once, here, in the
+Trigger's state HASH (`expired`), reported in its status and metrics, never
+silently lost — when it is unread (its backlog, e.g. during a long Backoff),
+scheduled for a retry or parked behind its ordering key (the `held` ZSET), or
+pending at a consumer whose lease has run out (a dead or stuck replica: the
+lease is the Trigger's timeout + RECLAIM_MARGIN, the same time after which
+XAUTOCLAIM would hand it to another). The trim removes its bookkeeping too
+(retry, attempts, the ordering key it held passes on), so the scripts that
+later meet a vanished entry only have to let go of it, never count it.
+
+Two kinds of entry pull the trim point back: an entry leased to a consumer now
+(the in-flight ZSET; at most `concurrency` per Trigger, and only until the
+lease ends), and a delayed event before its first attempt (the `delayed-held`
+ZSET; docs/replay.md: a delay may outlast the retention; ingest bounds it by
+`maxDelay`).
 
 Lua calls per source (tidings/api/lua/retention_trim.lua), over that source's
 keys only; every replica may run them, and running them twice does no harm.
@@ -23,7 +33,7 @@ count is bounded when they are written (deadletter.py).
 
 Both calls say when the next one can first have work (`Trimmed.next_due_ms`): when
 the oldest entry kept reaches the source's maxAge, or the oldest dead letter its
-Trigger's. Until then only new entries or released holds can give a trim
+Trigger's. Until then only new entries or ended leases can give a trim
 anything to do, and the dispatcher skips an idle source (engine.py).
 """
 
@@ -36,6 +46,8 @@ from redis.asyncio import Redis
 
 from tidings.api import keys, scripts
 from tidings.api.routes import CompiledSource, Route
+from tidings.dispatcher import ordering
+from tidings.dispatcher.cursor import script_keys
 
 TRIM_STEP = 10_000
 
@@ -67,21 +79,16 @@ async def trim(redis: Redis, source: CompiledSource, routes: list[Route]) -> Tri
 
 
 async def _trim_step(redis: Redis, source: CompiledSource, routes: list[Route]) -> Trimmed:
-    keys_: list[str] = [source.stream]
-    for route in routes:
-        keys_ += [
-            keys.held(route.namespace, route.source, route.name),
-            keys.delayed_held(route.namespace, route.source, route.name),
-            keys.trigger_state(route.namespace, route.source, route.name),
-        ]
-    keys_.append(keys.event_index(source.namespace, source.name))
+    keys_: list[str] = [source.stream, keys.event_index(source.namespace, source.name)]
     args: list[str | int | float] = [
         int(time.time() * 1000),
         int(source.retention_max_age * 1000),
         source.retention_max_events,
         TRIM_STEP,
-        *(route.group for route in routes),
     ]
+    for route in routes:
+        keys_ += script_keys(route)
+        args += [route.group, ordering.path_of(route.delivery.ordering_key)]
     result = await scripts.RETENTION_TRIM(redis, keys=keys_, args=args)
     counts = [int(v) for v in result]
     expired = {route.id: n for route, n in zip(routes, counts[2:], strict=False) if n}

@@ -18,8 +18,8 @@
 --   the oldest undelivered is the earliest due time (the time stored, or a delayed
 --   event's due time) of the Trigger's pending, held (retries, parked), delayed-and-due
 --   and unread entries; an event not due yet is not undelivered. When it will be lost:
---   the earliest due time + maxAge and, for an unread entry (due or not), its time
---   stored + the source's retention.
+--   the earliest due time + maxAge and, for an unread (due or not) or held entry, its
+--   time stored + the source's retention (retention_trim.lua takes both).
 --#include _now.lua
 local lag, pending, last = 0, 0, nil
 local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
@@ -96,11 +96,10 @@ local function earliest(nxt, unread)
     local ms = id_ms(id)
     if best > 0 and ms + delay >= best then break end
     local due = due_of(id, entry[2] or fields_of(id))
-    if unread then
-      -- Unread, it can be trimmed by retention, due or not.
-      if retention > 0 then lose_at(ms + retention) end
-      if due > now_ms then lose_at(due + max_age) end
-    end
+    -- Unread, retrying or parked, retention can trim it (retention_trim.lua); unread,
+    -- due or not.
+    if retention > 0 then lose_at(ms + retention) end
+    if unread and due > now_ms then lose_at(due + max_age) end
     if due <= now_ms and (best == 0 or due < best) then best = due end
   end
   consider(best)

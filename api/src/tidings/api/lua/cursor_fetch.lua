@@ -82,7 +82,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_RETRY], '-inf', now, 'LIM
         if owner then redis.call('SADD', KEYS[K_LEASED], id) end
         take('r', id, fields)
       end
-    else  -- gone from the stream (deleted by hand): nothing left to deliver
+    else
+      -- Gone from the stream: retention took it and counted it expired (it also
+      -- passed on the ordering key it held; retention_trim.lua), or it was deleted
+      -- by hand. Nothing left to deliver.
       redis.call('ZREM', KEYS[K_RETRY], id)
       redis.call('ZREM', KEYS[K_HELD], id)
       redis.call('ZREM', KEYS[K_DELAYED], id)

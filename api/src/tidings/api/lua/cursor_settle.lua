@@ -41,6 +41,12 @@ local function release(key, id)
   if next_id then passed[#passed + 1] = {key, next_id} end
 end
 
+-- Neither in the source's stream nor a replayed copy: nothing left to deliver.
+local function gone(id)
+  return redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0
+    and not redis.call('XRANGE', KEYS[K_STREAM], id, id)[1]
+end
+
 local acks = {}
 for id in string.gmatch(ARGV[18], '%S+') do
   limits_release(consumer, id)
@@ -56,6 +62,13 @@ for i = 23, #ARGV, 8 do
     -- Its Replay was deleted during this attempt (replay_cancel.lua): not retried,
     -- and a dead letter goes back to the DLQ as it was.
     replay_withdraw(id, dlq_max)
+    if key ~= '' then release(key, id) end
+  elseif op ~= 'ok' and gone(id) then
+    -- Retention took it while this attempt's lease had run out, and counted it
+    -- expired then (retention_trim.lua): no retry, no dead letter of nothing.
+    redis.call('ZREM', KEYS[K_RETRY], id)
+    redis.call('ZREM', KEYS[K_HELD], id)
+    redis.call('HDEL', KEYS[K_ATTEMPTS], id)
     if key ~= '' then release(key, id) end
   elseif op == 'retry' then
     redis.call('ZADD', KEYS[K_RETRY], now + tonumber(ARGV[i + 4]), id)

@@ -1,14 +1,36 @@
 -- retention_trim: trim a source's stream by maxAge / maxEvents, never past an entry
--- a Trigger holds, counting what each Trigger loses unread
--- (tidings.dispatcher.retention).
--- KEYS: [1] the source's stream, then per Trigger i (1, 2, ...): [3i - 1] held ZSET,
---   [3i] delayed-held ZSET (delayed events not due yet), [3i + 1] trigger state
---   HASH; last, the source's event index ZSET (trimmed with the stream).
--- ARGV: [1] now ms (the caller's clock), [2] maxAge ms, [3] maxEvents, [4] step (most
---   entries trimmed per call), then [4 + i] the Triggers' group names.
+-- being delivered right now (or a delayed event before its first attempt), counting
+-- what each Trigger loses undelivered (tidings.dispatcher.retention).
+-- KEYS: [1] the source's stream, [2] its event index ZSET (trimmed with the
+--   stream), then per Trigger i (1, 2, ...) the n keys of _cursor_keys.lua, in its
+--   order, at [2 + n (i - 1) + 1 .. 2 + n i].
+-- ARGV: [1] now ms (the caller's clock, for maxAge; leases are on Redis's), [2] maxAge
+--   ms, [3] maxEvents, [4] step (most entries trimmed per call), then per Trigger i:
+--   [3 + 2i] its group name, [4 + 2i] its ordering path ("": unordered).
+-- Per Trigger, an entry below the trim point it has not settled is lost, counted
+-- once here in its state HASH (expired), and its bookkeeping goes with it: unread;
+-- a retry scheduled or an entry parked behind its ordering key (the held ZSET:
+-- retention wins over a retry that is not under way); an entry pending at a
+-- consumer whose lease (timeout + margin, the reclaim time) has run out. An
+-- ordering key such an entry held passes to the key's next event. Protected (the
+-- trim point is pulled back to them): entries leased now (the in-flight ZSET,
+-- bounded by concurrency), and delayed events before their first attempt (the
+-- delayed-held ZSET; docs/replay.md).
 -- Returns {entries trimmed, the oldest entry kept (ms; 0: none), then per Trigger:
 --   expired now}: until that entry reaches maxAge, only new entries (maxEvents) or
---   released holds give the next call anything to do.
+--   ended leases give the next call anything to do.
+local ALL = KEYS
+local KEYS = {}  -- one Trigger's view, as the cursor scripts see it (view(i))
+--#include _cursor_keys.lua
+--#include _ordering.lua
+--#include _now.lua
+local SOURCE_STREAM, INDEX = ALL[1], ALL[2]
+local triggers = (#ARGV - 4) / 2
+local PER_TRIGGER = triggers > 0 and (#ALL - 2) / triggers or 0
+local function view(i)
+  for j = 1, PER_TRIGGER do KEYS[j] = ALL[2 + PER_TRIGGER * (i - 1) + j] end
+end
+
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -23,12 +45,15 @@ local function after(id)  -- the smallest id greater than `id`
   return string.format('%d-%d', ms, seq + 1)
 end
 
-local now, max_age, max_events, step = tonumber(ARGV[1]), tonumber(ARGV[2]),
+local caller_now, max_age, max_events, step = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4])
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+if redis.call('EXISTS', SOURCE_STREAM) == 0 then return {0, 0} end
+local first = redis.call('XRANGE', SOURCE_STREAM, '-', '+', 'COUNT', 1)[1]
+if not first then return {0, 0} end
+first = first[1]
 
 local groups = {}
-local ok, infos = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+local ok, infos = pcall(redis.call, 'XINFO', 'GROUPS', SOURCE_STREAM)
 if ok then
   for _, g in ipairs(infos) do
     local info = {}
@@ -38,56 +63,108 @@ if ok then
 end
 
 -- The trim point: entries with a smaller id go.
-local cut = string.format('%d-0', math.max(0, now - max_age))
-local length = redis.call('XLEN', KEYS[1])
+local cut = string.format('%d-0', math.max(0, caller_now - max_age))
+local length = redis.call('XLEN', SOURCE_STREAM)
 if length > max_events then
-  local over = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(length - max_events, step))
+  local over = redis.call('XRANGE', SOURCE_STREAM, '-', '+', 'COUNT', math.min(length - max_events, step))
   if #over > 0 then
     local by_count = after(over[#over][1])
     if less(cut, by_count) then cut = by_count end
   end
 end
--- Never past an entry a Trigger holds.
-for i = 5, #ARGV do
-  local group = ARGV[i]
-  if groups[group] then
-    local pending = redis.call('XPENDING', KEYS[1], group)
-    if pending[1] > 0 and less(pending[2], cut) then cut = pending[2] end
-  end
-  for _, key in ipairs({KEYS[3 * (i - 4) - 1], KEYS[3 * (i - 4)]}) do
-    local held = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    if held[2] then
-      local floor = string.format('%d-0', tonumber(held[2]))
-      if less(floor, cut) then cut = floor end
-    end
+-- Never under a delivery in progress: a live lease "consumer:id" (an id below the
+-- stream's first entry is a replayed copy's, or gone already: nothing to keep).
+for i = 1, triggers do
+  view(i)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_INFLIGHT], '(' .. now, '+inf')) do
+    local id = string.match(member, ':(%d+%-%d+)$')
+    if id and not less(id, first) and less(id, cut) then cut = id end
   end
 end
-
-local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-if not first then return {0, 0} end
-if not less(first[1], cut) then return {0, (parse(first[1]))} end
+if not less(first, cut) then return {0, (parse(first))} end
 -- At most `step` entries per call, whichever rule set the cut (maxAge can put it
 -- millions of entries in): the counts of what each Trigger loses below stay exact.
-local head = redis.call('XRANGE', KEYS[1], '-', '(' .. cut, 'COUNT', step + 1)
+local head = redis.call('XRANGE', SOURCE_STREAM, '-', '(' .. cut, 'COUNT', step + 1)
 if #head > step then cut = head[step + 1][1] end
 
--- What each Trigger had not read yet and is about to lose.
+-- Nor under a delayed event before its first attempt: the point of a delay longer
+-- than the retention (docs/replay.md); ingest bounds it by maxDelay.
+for i = 1, triggers do
+  view(i)
+  local delayed = redis.call('ZRANGE', KEYS[K_DELAYED_HELD], 0, 0, 'WITHSCORES')
+  if delayed[2] then
+    local floor = string.format('%d-0', tonumber(delayed[2]))
+    if less(floor, cut) then cut = floor end
+  end
+end
+if not less(first, cut) then return {0, (parse(first))} end
+
+local function fields_of(id)
+  local entry = redis.call('XRANGE', SOURCE_STREAM, id, id)[1]
+  return entry and entry[2]
+end
+-- The ordering key `id` may hold passes to the key's next event (due now), and an
+-- entry parked behind its key leaves the queue.
+local function unorder(id, parts)
+  if not parts then return end
+  local fields = fields_of(id)
+  local key = fields and order_key(fields, parts)
+  if not key then return end
+  redis.call('ZREM', KEYS[K_PARKED], key .. '\0' .. padded(id))
+  order_release(key, id, now)
+end
+
 local out = {0, 0}
-for i = 5, #ARGV do
-  local group, lost = ARGV[i], 0
+for i = 1, triggers do
+  view(i)
+  local group, path = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local parts = nil
+  if path ~= '' then parts = order_path(path) end
+  local lost = 0
+  -- Not read yet.
   local last = groups[group]
   if last and less(last, cut) then
     local start = after(last)
-    if less(start, first[1]) then start = first[1] end
-    lost = #redis.call('XRANGE', KEYS[1], start, '(' .. cut, 'COUNT', step)
-    if lost > 0 then redis.call('HINCRBY', KEYS[3 * (i - 4) + 1], {{STATE_EXPIRED}}, lost) end
+    if less(start, first) then start = first end
+    lost = lost + #redis.call('XRANGE', SOURCE_STREAM, start, '(' .. cut, 'COUNT', step)
   end
+  -- Pending at a consumer whose lease ran out (live ones are above the cut).
+  local stale = {}
+  if last then
+    local ids = {}
+    for _, p in ipairs(redis.call('XPENDING', SOURCE_STREAM, group, first, '(' .. cut, step)) do
+      ids[#ids + 1] = p[1]
+      stale[p[1]] = true
+      unorder(p[1], parts)
+    end
+    for j = 1, #ids, 1000 do
+      redis.call('XACK', SOURCE_STREAM, group, unpack(ids, j, math.min(j + 999, #ids)))
+    end
+    lost = lost + #ids
+  end
+  -- Scheduled for a retry, or parked behind its key (a replayed copy keeps its own),
+  -- oldest first; one already gone is the fetch's to drop (cursor_fetch.lua).
+  local held = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_HELD], (parse(first)), (parse(cut)))) do
+    if not less(id, first) and less(id, cut) then held[#held + 1] = id end
+  end
+  table.sort(held, less)
+  for _, id in ipairs(held) do
+    redis.call('ZREM', KEYS[K_HELD], id)
+    if redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0 and not stale[id] then
+      unorder(id, parts)
+      redis.call('ZREM', KEYS[K_RETRY], id)
+      redis.call('HDEL', KEYS[K_ATTEMPTS], id)
+      lost = lost + 1
+    end
+  end
+  if lost > 0 then redis.call('HINCRBY', KEYS[K_STATE], {{STATE_EXPIRED}}, lost) end
   out[#out + 1] = lost
 end
-out[1] = redis.call('XTRIM', KEYS[1], 'MINID', cut)
+out[1] = redis.call('XTRIM', SOURCE_STREAM, 'MINID', cut)
 -- The index by millisecond: below the first entry kept (with none kept, through the
 -- last one trimmed), so an id that shared a trimmed entry's ms does not linger.
-local kept = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local kept = redis.call('XRANGE', SOURCE_STREAM, '-', '+', 'COUNT', 1)[1]
 local below
 if kept then
   below = '(' .. parse(kept[1])
@@ -95,6 +172,6 @@ else
   local ms, seq = parse(cut)
   below = seq > 0 and tostring(ms) or '(' .. ms
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[#KEYS], '-inf', below)
+redis.call('ZREMRANGEBYSCORE', INDEX, '-inf', below)
 out[2] = kept and parse(kept[1]) or 0
 return out
