@@ -44,6 +44,9 @@ from tidings.api.sealing import new_key
 from tidings.cli.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
+# One list, not pages: at 10,000 objects on a loaded machine, paging took longer
+# than the API server keeps a continue token (its etcd compaction interval).
+WHOLE = ("--chunk-size=0",)
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
@@ -104,7 +107,7 @@ def manifests(sources: int, triggers: int) -> str:
 
 def ready_counts(namespace: str) -> tuple[int, int]:
     """(Triggers Ready, Triggers total)."""
-    items = json.loads(kubectl("get", "triggers", "-n", namespace, "-o", "json"))["items"]
+    items = json.loads(kubectl("get", "triggers", "-n", namespace, "-o", "json", *WHOLE))["items"]
     ready = sum(
         1
         for item in items
@@ -117,7 +120,7 @@ def ready_counts(namespace: str) -> tuple[int, int]:
 def resource_versions(namespace: str) -> dict[str, str]:
     out = {}
     for kind in ("triggers", "eventsources", "secrets"):
-        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json"))["items"]
+        items = json.loads(kubectl("get", kind, "-n", namespace, "-o", "json", *WHOLE))["items"]
         for item in items:
             out[f"{kind}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
     return out
@@ -257,7 +260,9 @@ def main() -> int:
             started = time.monotonic()
             # --wait=false and poll: kubectl's own wait goes object by object (minutes).
             kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=false")
-            while kubectl("get", "triggers,eventsources", "-n", namespace, "-o", "name").strip():
+            while kubectl(
+                "get", "triggers,eventsources", "-n", namespace, "-o", "name", *WHOLE
+            ).strip():
                 if time.monotonic() - started > args.limit:
                     raise SystemExit("objects left after deletion")
                 time.sleep(0.5)
