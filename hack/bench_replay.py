@@ -40,7 +40,7 @@ from tidings.api.events import CloudEvent, encode
 from tidings.api.replays import read_progress
 from tidings.api.routes import compile_replay, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import EventSourceSpec, ReplaySpec, TriggerSpec
+from tidings.api.types import EventSourceSpec, ReplaySpec, TriggerGrantSpec, TriggerSpec
 from tidings.cli.redis_server import RedisServer
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
@@ -60,6 +60,9 @@ class World:
 
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return None
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return []  # one namespace: no cross-namespace Triggers
 
 
 class Counter:
@@ -163,7 +166,7 @@ async def main(events: int, delayed: int) -> dict[str, Any]:
             "delivered_early": counter.by_path.get("/live", 0) - 2 * n,
         }
         await redis.delete(keys.retries(NS, "src", "live"), keys.delayed(NS, "src", "live"))
-        await redis.delete(keys.held(NS, "src", "live"))
+        await redis.delete(keys.held(NS, "src", "live"), keys.delayed_held(NS, "src", "live"))
 
         # 2. a Replay of a stream window
         await redis.xtrim(source.stream, maxlen=0)

@@ -70,6 +70,7 @@ async def test_delayed_events_arrive_on_time_in_due_order_across_a_restart(
     assert await plane.redis.zcard(keys.retries(ns, src, name)) == 0
     assert await plane.redis.zcard(keys.held(ns, src, name)) == 0
     assert await plane.redis.zcard(keys.delayed(ns, src, name)) == 0
+    assert await plane.redis.zcard(keys.delayed_held(ns, src, name)) == 0
 
 
 async def test_a_trigger_delay_holds_every_event_that_long(
