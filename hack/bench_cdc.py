@@ -51,7 +51,7 @@ from tidings.api.destinations import LOCAL
 from tidings.api.events import decode
 from tidings.api.routes import compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec, TriggerSpec
 from tidings.cli.redis_server import RedisServer
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
@@ -72,6 +72,9 @@ class World:
 
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return None
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return []  # one namespace: no cross-namespace Triggers
 
 
 def cpu_seconds(pid: int) -> float:
@@ -269,7 +272,8 @@ class Bench:
                 break
             await asyncio.sleep(0.05)
         start_len = await self.redis.xlen(self.source.stream)
-        last_id = (await self.redis.xrevrange(self.source.stream, count=1))[0][0]
+        newest: Any = await self.redis.xrevrange(self.source.stream, count=1)
+        last_id: bytes = newest[0][0]
         arrived: dict[bytes, float] = {}
 
         async def read_stream() -> None:
@@ -278,7 +282,7 @@ class Bench:
             cursor = last_id
             try:
                 while True:
-                    reply = await reader.xread({self.source.stream: cursor}, block=1000)
+                    reply: Any = await reader.xread({self.source.stream: cursor}, block=1000)
                     now = time.time()
                     for _, entries in reply:
                         for entry_id, _ in entries:
@@ -314,7 +318,7 @@ class Bench:
             await watcher.stop()
             await dispatcher_redis.aclose()
             await runner.cleanup()
-        entries = await self.redis.xrange(self.source.stream, min=f"({last_id.decode()}")
+        entries: Any = await self.redis.xrange(self.source.stream, min=f"({last_id.decode()}")
         to_stream = []
         for entry_id, fields in entries:
             event, _ = decode(fields)
@@ -343,6 +347,8 @@ async def main() -> None:
     conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
     await conn.execute(f"CREATE TABLE {bench.table} (id bigint PRIMARY KEY, note text)")
     pg_version = (await (await conn.execute("SHOW server_version")).fetchone())[0]  # type: ignore[index]
+    postgres = bench.spec.postgres
+    assert postgres is not None  # the bench's source is a postgres one
     try:
         # Create the slot and publication, then stop: the backlogs pile up behind it.
         process = bench.start_adapter()
@@ -352,12 +358,7 @@ async def main() -> None:
         pg_single, cdc_single, cpu_single = await bench.drain(bench.insert_single, args.single_rows)
         to_stream, to_subscriber, live_count = await bench.live()
     finally:
-        await pgsetup.cleanup(
-            bench.spec.postgres,
-            dsn,
-            namespace=NAMESPACE,
-            name=bench.name,  # type: ignore[arg-type]
-        )
+        await pgsetup.cleanup(postgres, dsn, namespace=NAMESPACE, name=bench.name)
         await conn.execute(f"DROP TABLE IF EXISTS {bench.table}")
         await conn.close()
         await redis.aclose()

@@ -59,7 +59,7 @@ from tidings.api.events import CloudEvent, encode
 from tidings.api.process import freeze_startup_heap
 from tidings.api.routes import Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec, TriggerSpec
 from tidings.cli.redis_server import RedisServer, free_port
 from tidings.dispatcher import engine
 from tidings.dispatcher.engine import Dispatcher
@@ -128,6 +128,9 @@ class World:
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return SECRET
 
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return []  # one namespace: no cross-namespace Triggers
+
 
 async def fill(redis: Redis, stream: str, count: int, *, data: Any = None) -> None:
     for start in range(0, count, 1000):
@@ -165,7 +168,7 @@ async def bare_ceiling(redis: Redis, url: str, count: int) -> float:
         started = time.perf_counter()
         done = 0
         while done < count:
-            reply = await redis.xreadgroup("bare", "c", {stream: ">"}, count=100)
+            reply: Any = await redis.xreadgroup("bare", "c", {stream: ">"}, count=100)
             entries = reply[0][1]
             await asyncio.gather(*(post(fields) for _, fields in entries))
             await redis.xack(stream, "bare", *(entry_id for entry_id, _ in entries))

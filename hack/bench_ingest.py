@@ -40,12 +40,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.typing import EncodableT
 
 from tidings.api import keys, table
 from tidings.api.process import ENV_EVENT_LOOP, EVENT_LOOPS, run_event_loop
 from tidings.api.routes import compile_source
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import EventSourceSpec
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec
 from tidings.cli.redis_server import RedisServer, free_port
 from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.routing import TableWatcher
@@ -63,6 +64,9 @@ class OneSecret:
 
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return TOKEN
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return []  # one namespace: no cross-namespace Triggers
 
 
 # --- servers (run in the child process) -------------------------------------------------
@@ -178,7 +182,7 @@ def batch_of(size: int) -> object:
 
 async def raw_xadd(redis: Redis, seconds: float, concurrency: int, batch: int) -> int:
     stream = keys.stream("bench", "raw")
-    fields = {"e": json.dumps({"id": "x", "data": {"order": 12345}})}
+    fields: dict[EncodableT, EncodableT] = {"e": json.dumps({"id": "x", "data": {"order": 12345}})}
     done = 0
     deadline = time.perf_counter() + seconds
 

@@ -57,7 +57,7 @@ from tidings.api import table
 from tidings.api.process import connect_redis
 from tidings.api.routes import compile_source
 from tidings.api.sealing import Sealer, new_key
-from tidings.api.types import EventSourceSpec
+from tidings.api.types import EventSourceSpec, TriggerGrantSpec
 from tidings.cli.redis_server import RedisServer, free_port
 from tidings.dispatcher.ingest import build_app
 from tidings.dispatcher.routing import TableWatcher
@@ -77,6 +77,9 @@ class World:
 
     def secret(self, namespace: str, name: str, key: str) -> str | None:
         return TOKEN if key == "token" else None
+
+    def grants(self, namespace: str) -> list[TriggerGrantSpec]:
+        return []  # one namespace: no cross-namespace Triggers
 
 
 class PrivateS3:

@@ -54,6 +54,7 @@ from tidings.api.routes import Route
 from tidings.api.sealing import Sealer, new_key
 from tidings.cli.redis_server import RedisServer, free_port
 from tidings.dispatcher import engine
+from tidings.dispatcher.cursor import Fetched
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -67,21 +68,21 @@ def previous_idle_rules() -> Iterator[None]:
         engine.Dispatcher._retention_wanted,
     )
 
-    async def wait_for_entries(worker: engine.TriggerWorker, fetched: Any) -> None:
-        block = worker.idle_block
+    async def wait_for_entries(self: engine.TriggerWorker, fetched: Fetched) -> None:
+        block = self.idle_block
         if fetched.due_in_ms >= 0:
             block = min(block, max(0.001, fetched.due_in_ms / 1000))
-        stream = worker.route.stream
-        with worker.dispatcher.waker.waiting_for(stream, fetched.last_id, worker._wake):
-            await worker._sleep(block)
+        stream = self.route.stream
+        with self.dispatcher.waker.waiting_for(stream, fetched.last_id, self._wake):
+            await self._sleep(block)
         # From 1 s, doubling per empty look up to 8 s; 1 s while anything is leased.
-        worker.idle_block = min(worker.idle_block * 2, 8.0) if not fetched.leased else 1.0
+        self.idle_block = min(self.idle_block * 2, 8.0) if not fetched.leased else 1.0
 
-    def quiet(worker: engine.TriggerWorker) -> bool:
+    def quiet(self: engine.TriggerWorker) -> bool:
         return (
-            not worker.active
-            and worker.published is not None
-            and time.monotonic() - worker.published_at < engine.QUIET_PUBLISH
+            not self.active
+            and self.published is not None
+            and time.monotonic() - self.published_at < engine.QUIET_PUBLISH
         )
 
     engine.TriggerWorker._wait_for_entries = wait_for_entries  # type: ignore[method-assign]
