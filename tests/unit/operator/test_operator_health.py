@@ -157,3 +157,26 @@ def test_a_filter_turning_failing_is_shown_at_once_new_errors_within_seconds() -
     )
     assert health.settle(failing, more, since_write=0.1) == failing
     assert health.settle(failing, more, since_write=health.COUNTERS_INTERVAL) == more
+
+
+def test_delayed_events_are_parsed_and_none_is_no_field() -> None:
+    reading = health.parse({keys.STATE_STATE: "Delivering", keys.STATE_DELAYED: "1250"})
+    assert reading is not None and reading.delayed == 1250
+    assert reading.as_status().to_wire() == {"state": "Delivering", "delayed": 1250}
+    assert health.from_status(reading.as_status()) == reading
+    none = health.parse({keys.STATE_STATE: "Delivering", keys.STATE_DELAYED: "0"})
+    assert none is not None and "delayed" not in none.as_status().to_wire()
+
+
+def test_delayed_events_appear_and_go_at_once_and_move_at_the_lags_pace() -> None:
+    first = Reading(state="Delivering", lag=100, dead_lettered=0, expired=0, delayed=3)
+    shown = health.settle(BASE, first, since_write=0.0)  # the first one set aside
+    assert shown is not None and shown.delayed == 3
+    gone = health.settle(first, BASE, since_write=0.0)  # the last one came due
+    assert gone is not None and gone.delayed is None
+    more = Reading(state="Delivering", lag=100, dead_lettered=0, expired=0, delayed=2000)
+    assert health.settle(first, more, since_write=10.0) == first
+    moved = health.settle(first, more, since_write=31.0)
+    assert moved is not None and moved.delayed == 2000
+    wobble = Reading(state="Delivering", lag=100, dead_lettered=0, expired=0, delayed=5)
+    assert health.settle(first, wobble, since_write=math.inf) == first
