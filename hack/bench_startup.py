@@ -21,7 +21,7 @@ Wall clock and CPU (user + system of the process, until that moment) are
 printed, with CPU as a multiple of `python -c pass`, and each tree against the
 first. Not a pass/fail test.
 
-    .venv/bin/python hack/bench_startup.py [--runs 7] [--tree before=../old] [--only help]
+    .venv/bin/python hack/bench_startup.py [--runs 5] [--tree before=../old] [--only help]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--tree",
         action="append",
@@ -189,6 +190,8 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=("help", "start"), help="one half of the cases")
     args = parser.parse_args()
+    # SIGTERM unwinds like an error: the process under test and Redis are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     trees = [Tree(*(spec.split("=", 1) if "=" in spec else (spec, spec))) for spec in args.tree]
     trees = [Tree(t.label, Path(t.path).resolve()) for t in trees] + [Tree("this", REPO)]
     operator = bool(os.environ.get("KUBECONFIG")) and args.only != "help"
@@ -233,8 +236,9 @@ def main() -> int:
                 base = f"http://127.0.0.1:{port}"
                 env = tree.env(seal)
                 command = tidings(
-                    "dispatcher", "--listen", f"127.0.0.1:{port}", "--redis-url", server.url
-                )
+                    "dispatcher", "--listen", f"127.0.0.1:{port}", "--redis-url", server.url,
+                    "--drain-connections", "0",
+                )  # fmt: skip
                 record(
                     "dispatcher until /healthz",
                     tree,

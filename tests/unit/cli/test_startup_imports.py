@@ -74,12 +74,14 @@ def test_a_command_loads_only_its_own_module() -> None:
 
 
 def test_the_running_dispatcher_loads_neither_the_control_plane_nor_optional_kinds() -> None:
-    """What `tidings dispatcher` imports to serve (tidings.dispatcher.cli.serve)."""
+    """What `tidings dispatcher` imports to serve (tidings.dispatcher.cli.serve): not
+    even the API types, whose pydantic models only the compiler reads."""
     loaded = imported_after(
         "import tidings.cli.main, tidings.dispatcher.cli, tidings.dispatcher.engine, "
         "tidings.dispatcher.ingest, tidings.dispatcher.routing"
     )
     unwanted = {"kopf", "kubernetes", "cel", "minio", "psycopg", "jinja2", "tidings.console"}
+    unwanted |= {"tidings.api.types"}
     assert loaded.isdisjoint(unwanted), loaded & unwanted
 
 

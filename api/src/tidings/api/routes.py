@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,17 +26,21 @@ from tidings.api.durations import parse_duration
 from tidings.api.expressions import compile_expression
 from tidings.api.sealing import Sealer
 from tidings.api.tls import TLSConfigError, client_context
-from tidings.api.types import (
-    DeliverySpec,
-    Destination,
-    EventSourceSpec,
-    Filter,
-    ReplaySpec,
-    SecretKeyRef,
-    TriggerGrantSpec,
-    TriggerSpec,
-    parse_time,
-)
+
+# The API types are the compiler's input: its functions import them, so a
+# dispatcher, which reads only the compiled formats, does not build their
+# pydantic models at start.
+if TYPE_CHECKING:
+    from tidings.api.types import (
+        DeliverySpec,
+        Destination,
+        EventSourceSpec,
+        Filter,
+        ReplaySpec,
+        SecretKeyRef,
+        TriggerGrantSpec,
+        TriggerSpec,
+    )
 
 FORMAT = 1
 CLUSTER_DOMAIN = "cluster.local"
@@ -173,6 +177,8 @@ class Route(Internal):
 def cursor_start(start_from: str) -> str:
     """XGROUP CREATE's id for spec.startFrom: `$`, `0`, or the last id before a
     time (ids are <ms>-<seq>; the group delivers those after it)."""
+    from tidings.api.types import parse_time
+
     if start_from == "now":
         return "$"
     if start_from == "beginning":
@@ -226,6 +232,8 @@ def compile_replay(
 ) -> CompiledReplay:
     """Compile a Replay against its Trigger's route; CompileError(InvalidFilter) for a
     stream filter whose expression does not compile."""
+    from tidings.api.types import parse_time
+
     window = spec.from_.stream
     dead = spec.from_.dead_letters
     compiled_filter = None
@@ -416,6 +424,8 @@ def secret_headers(
     world: World, namespace: str, delivery: DeliverySpec, sealer: Sealer
 ) -> dict[str, str]:
     """delivery.auth and delivery.headersFrom as request headers, values sealed."""
+    from tidings.api.types import SecretKeyRef
+
     headers: dict[str, str] = {}
     auth = delivery.auth
     if auth is not None and auth.bearer is not None:
@@ -446,6 +456,8 @@ def compile_tls(
     world: World, namespace: str, delivery: DeliverySpec, subscriber_url: str, sealer: Sealer
 ) -> CompiledTLS | None:
     """delivery.tls, checked (an https subscriber; PEM that loads) and sealed."""
+    from tidings.api.types import SecretKeyRef
+
     tls = delivery.tls
     if tls is None or (tls.ca_secret_ref is None and tls.client_cert_secret_ref is None):
         return None
@@ -699,6 +711,8 @@ def compile_source(
     generation: int = 0,
 ) -> CompiledSource:
     """Compile an EventSource, or raise CompileError with the condition reason to report."""
+    from tidings.api.types import SecretKeyRef
+
     ingest = None
     auth = spec.ingest_auth
     if auth is not None:
