@@ -1,5 +1,6 @@
 """The `tidings` command. Each subcommand lives next to the code it runs and
-exposes `register(subparsers)`; this file only lists them and sets up logging."""
+exposes `register(subparsers, summary)`; this file only lists them (importing only the
+one run) and sets up logging."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tidings.api import tracing
 from tidings.api.process import setup_logging
 from tidings.api.settings import LogSettings, SettingsError, load
 
-# name -> (module with `register(subparsers)`, its line in `tidings --help`).
+# name -> (module with `register(subparsers, summary)`, its line in `tidings --help`).
 # Only the module of the command given is imported: each pulls in its plane
 # (Kopf, the Kubernetes client, aiohttp...), which `tidings send` and `--help`
 # should not pay for.
