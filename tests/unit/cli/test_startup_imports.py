@@ -2,8 +2,8 @@
 
 `--help`, a bad flag and the commands that do not run a plane must not load
 the planes' libraries (Kopf and the Kubernetes client take seconds on a busy
-machine; the Redis tools `replay`, `tail`, `trace` and `console` load their
-client with their module, as every use of theirs needs it), and no process
+machine; `tidings dev` and the Redis tools `replay`, `tail`, `trace` and
+`console` still load theirs with their module), and no process
 loads a library only some of its inputs need (CEL, MinIO, psycopg) before it
 meets one. hack/bench_startup.py measures the time."""
 
@@ -48,6 +48,8 @@ def main_with(*argv: str) -> str:
         ("no-such-command",),
         ("operator", "--help"),
         ("dispatcher", "--help"),
+        ("source", "--help"),
+        ("source", "schedule", "--eventsource", "no-namespace"),
         ("send", "--help"),
     ],
 )

@@ -39,29 +39,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
 from tidings.api.process import connect_redis, parse_listen
-from tidings.api.routes import CompiledSource, compile_source
-from tidings.api.sealing import Sealer, new_key
 from tidings.api.settings import CommonSettings, SettingsError, add_arguments, load, setting
-from tidings.api.types import (
-    GROUP,
-    VERSION,
-    EventSource,
-    EventSourceSpec,
-    ObjectMeta,
-    TriggerGrantSpec,
-)
 from tidings.sources import adapters, health
 from tidings.sources.adapters import S3_ACCESS_ENV, S3_CA_ENV, S3_SECRET_ENV
 from tidings.sources.errors import Forbidden
-from tidings.sources.kubeapi import ApiError, KubeApi
-from tidings.sources.lease import LeaseElector, default_identity, lease_name
-from tidings.sources.metrics import SourceMetrics, SourceSeries, attach
 
+# What running an adapter needs (the API types, the compiler, the Kubernetes
+# client on aiohttp, the Lease, Prometheus) is imported by the functions that
+# use it: `--help` and a bad flag answer without it. MinIO comes only with an
+# objectStore source.
 if TYPE_CHECKING:
-    from tidings.sources.objectstore import Credentials  # minio: imported only by that kind
+    from tidings.api.routes import CompiledSource
+    from tidings.api.types import EventSource, EventSourceSpec, TriggerGrantSpec
+    from tidings.sources.kubeapi import KubeApi
+    from tidings.sources.lease import LeaseElector
+    from tidings.sources.metrics import SourceSeries
+    from tidings.sources.objectstore import Credentials
 
 log = logging.getLogger("tidings.source")
 
@@ -188,6 +182,8 @@ class Loaded:
 
 
 def eventsource_path(namespace: str, name: str) -> str:
+    from tidings.api.types import GROUP, VERSION
+
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/eventsources/{name}"
 
 
@@ -202,6 +198,8 @@ def eventsource_still_wanted(
 
     False only for a sure answer (404, a deletionTimestamp): any other error
     answers True, since a flaky API must not stop the capture."""
+    from tidings.sources.kubeapi import ApiError
+
     path = eventsource_path(namespace, name)
     warned = False
 
@@ -235,6 +233,9 @@ def eventsource_still_wanted(
 
 
 async def load_from_api(api: KubeApi, namespace: str, name: str) -> Loaded | None:
+    from tidings.api.types import EventSource
+    from tidings.sources.kubeapi import ApiError
+
     path = eventsource_path(namespace, name)
     try:
         body = await api.get(path)
@@ -264,6 +265,8 @@ def load_from_files(paths: list[str], namespace: str, name: str) -> Loaded:
 def compile_adapter_source(eventsource: EventSource) -> CompiledSource:
     """The compiled form adapters write with (stream key, retention). Adapter
     kinds use no Secrets or Services in compiling, so the World is empty."""
+    from tidings.api.routes import compile_source
+    from tidings.api.sealing import Sealer, new_key
 
     class _Empty:
         def source(self, namespace: str, name: str) -> EventSourceSpec | None:
@@ -292,6 +295,8 @@ def compile_adapter_source(eventsource: EventSource) -> CompiledSource:
 
 
 async def resolve_dsn(loaded: Loaded, api: KubeApi | None, given: str = "") -> str:
+    from tidings.sources.kubeapi import ApiError
+
     if given:
         return given
     spec = loaded.eventsource.spec.postgres
@@ -321,6 +326,7 @@ async def resolve_s3_credentials(
     environment (the operator injects the keys with secretKeyRef and mounts the
     CA as a file), else the Secrets; None when one of them or a key is missing
     (the adapter reports SecretNotFound and waits for a new spec)."""
+    from tidings.sources.kubeapi import ApiError
     from tidings.sources.objectstore import Credentials
 
     spec = loaded.eventsource.spec.object_store
@@ -377,6 +383,11 @@ async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
             listen = parse_listen(settings.listen)
         except ValueError as error:
             raise UsageError(f"{error} (or ${health.LISTEN_ENV})") from None
+    from prometheus_client import CollectorRegistry
+
+    from tidings.sources.lease import LeaseElector, default_identity, lease_name
+    from tidings.sources.metrics import SourceMetrics, attach
+
     api = None if args.manifest else _kube_api(settings.kubeconfig)
     # Postgres only: its adapter creates a slot and a publication that must not
     # outlive the EventSource (and only it is granted `get` on it with the spec
@@ -479,6 +490,8 @@ async def run(args: argparse.Namespace, settings: SourceSettings) -> int:
 
 
 def load_from_env(text: str, namespace: str, name: str) -> Loaded:
+    from tidings.api.types import EventSource, EventSourceSpec, ObjectMeta
+
     try:
         spec = EventSourceSpec.model_validate(json.loads(text))
     except ValueError as error:
@@ -488,6 +501,8 @@ def load_from_env(text: str, namespace: str, name: str) -> Loaded:
 
 
 def _kube_api(kubeconfig: str | None) -> KubeApi:
+    from tidings.sources.kubeapi import KubeApi
+
     try:
         return KubeApi.from_config(kubeconfig)
     except Exception as error:  # kubernetes.config raises its own ConfigException

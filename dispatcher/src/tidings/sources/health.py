@@ -10,10 +10,14 @@ GET /metrics   Prometheus text (tidings.sources.metrics)
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from typing import TYPE_CHECKING
 
-from tidings.sources.metrics import SourceSeries
+# aiohttp and Prometheus come with the server (`tidings source --help` reads LISTEN_ENV).
+if TYPE_CHECKING:
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry
+
+    from tidings.sources.metrics import SourceSeries
 
 LISTEN_ENV = "TIDINGS_SOURCE_LISTEN"
 
@@ -37,6 +41,9 @@ def readiness(series: SourceSeries) -> tuple[int, dict[str, object]]:
 
 
 def build_app(registry: CollectorRegistry, series: SourceSeries) -> web.Application:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -60,6 +67,8 @@ async def serve(
     registry: CollectorRegistry, series: SourceSeries, host: str, port: int
 ) -> web.AppRunner:
     """Start serving; the caller calls `cleanup()` on the runner returned."""
+    from aiohttp import web
+
     runner = web.AppRunner(build_app(registry, series), access_log=None, handle_signals=False)
     await runner.setup()
     try:
