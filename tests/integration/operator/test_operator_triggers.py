@@ -72,6 +72,11 @@ async def test_a_trigger_is_compiled_into_the_routing_table_with_every_default(
         "FilterErrors": "Unknown",  # it has an expression; no dispatcher has evaluated it
     }
     assert "kopf" not in str(status)  # Kopf's bookkeeping stays in annotations
+    # ...and there is little of it: the finalizer, but no copy of the spec for change
+    # detection (a second write per object; nothing here reacts to creation or update).
+    meta = (cluster.get("trigger", "welcome") or {})["metadata"]
+    assert meta["finalizers"] == ["tidings.dev/cleanup"]
+    assert not [a for a in meta.get("annotations") or {} if "last-handled" in a]
 
 
 async def test_an_update_recompiles_the_route(

@@ -19,12 +19,12 @@ def test_kopf_keeps_its_bookkeeping_out_of_status_and_filters_on_the_server() ->
     import kopf
     from kopf._cogs.structs import references
 
-    from tidings.operator.handlers import configure
+    from tidings.operator.handlers import NoDiffBase, configure
 
     settings = kopf.OperatorSettings()
     configure(settings)
     assert isinstance(settings.persistence.progress_storage, kopf.AnnotationsProgressStorage)
-    assert isinstance(settings.persistence.diffbase_storage, kopf.AnnotationsDiffBaseStorage)
+    assert isinstance(settings.persistence.diffbase_storage, NoDiffBase)
     assert settings.persistence.finalizer == "tidings.dev/cleanup"
     assert settings.scanning.disabled  # no cluster-wide CRD / Namespace permissions needed
 

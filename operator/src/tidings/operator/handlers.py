@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -250,6 +250,27 @@ async def remove_owned(ctx: Context, namespace: str, source: str) -> None:
         await ctx.kube.delete("Secret", namespace, token)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No change detection: no handler here reacts to a creation or an update (the
+    work queue compiles from the live object), so the essence Kopf keeps for that
+    is never needed. Kopf's default deep-copied every object on every event
+    (13 % of a restart's CPU at 10,000 Triggers) and wrote it into an annotation
+    of each new object: a second write per object during an apply. Every object
+    now has the same, empty essence: no create or update causes, ever; deletion
+    (the finalizer) does not depend on it."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return {}
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 def configure(settings: kopf.OperatorSettings) -> None:
     """Kopf settings: our finalizer, and Kopf's bookkeeping in annotations (never in
     status, which users read)."""
@@ -257,9 +278,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=ANNOTATIONS_PREFIX
     )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATIONS_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.reporting_component = "tidings-operator"
     # No watching of CRDs and Namespaces (cluster-wide permissions for little gain):
     # the CRDs must be installed before the operator starts (Helm does), and
