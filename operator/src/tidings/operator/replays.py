@@ -201,7 +201,7 @@ class ReplayController(ObjectController[ReplayStatus]):
             known=known,
             now=now_rfc3339(),
         )
-        await self.writer.write(self.body, desired)
+        await self.writer.write(self.body, desired, known)
         if desired.phase in FINAL:
             await self.ctx.redis.hdel(keys.REPLAY_JOBS, keys.source_id(self.namespace, self.name))  # type: ignore[misc]
             self.log.info(

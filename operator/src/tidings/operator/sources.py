@@ -312,7 +312,7 @@ class SourceController(ObjectController[EventSourceStatus]):
         known = self.writer.known(self.body)
         wanted = status.source_conditions(facts)
         desired = status.source_status(facts, known, now=health.now_rfc3339())
-        if await self.writer.write(self.body, desired):
+        if await self.writer.write(self.body, desired, known):
             for warning in status.warnings(known.conditions, wanted):
                 self.log.warning("%s: %s", warning.reason, warning.message)
                 self.post_event(Transition("Warning", warning.reason, warning.message))
