@@ -640,11 +640,24 @@ print_env() {
   echo "export TIDINGS_E2E_S3_IMAGE=tidings.local/versitygw:${TIDINGS_VERSITYGW_VERSION:-v1.8.0}"
 }
 
+# Images, etcd and containerd's snapshots need room; near a full disk the kubelet
+# taints the node (disk-pressure, evictionHard above) and nothing schedules, which
+# otherwise shows only as CoreDNS never becoming ready.
+MIN_FREE_GIB="${TIDINGS_CLUSTER_MIN_FREE_GIB:-5}"
+check_disk() {
+  local free_kib
+  free_kib="$(df -Pk "$DIR" | awk 'NR == 2 {print $4}')"
+  (( free_kib >= MIN_FREE_GIB * 1024 * 1024 )) || fail "only $((free_kib / 1024 / 1024)) GiB free \
+on the filesystem of $DIR; the cluster needs $MIN_FREE_GIB GiB (images, etcd, containerd): free some \
+(old benchmark data in /tmp, ~/.cache/go-build) or set TIDINGS_CLUSTER_MIN_FREE_GIB"
+}
+
 up() {
   # Half a cluster (a component died, a run was killed, the machine rebooted):
   # clear what is left of it and start afresh.
   if [[ -d $DIR ]] && ! all_running; then log "not all up: clearing the rest first"; down; fi
   mkdir -p "$DIR"
+  check_disk
   step "install packages"; install_missing
   # The Debian and Tidings images (debootstrap, pip: mostly waiting on the
   # network) build while the Go builds use the cores.
@@ -665,7 +678,9 @@ up() {
   install_addons
   install_metrics_server
   recycle_volumes
-  kc -n kube-system rollout status deployment/coredns --timeout=120s >&2
+  kc -n kube-system rollout status deployment/coredns --timeout=120s >&2 ||
+    fail "CoreDNS did not become ready; the node's taints: \
+$(kc get node "$NODE_NAME" -o jsonpath='{.spec.taints}') (see $DIR/kubelet.log)"
   wait_for 60 "DNS answers through $DNS_VIP" dns_answers
   step ""
   write_values
