@@ -378,3 +378,35 @@ async def test_a_source_whose_trigger_is_not_at_rest_is_held_at_max_events(
 
 async def state_is(plane: Plane, route: object, state: str) -> bool:
     return (await plane.state(route)).get(keys.STATE_STATE) == state  # type: ignore[arg-type]
+
+
+async def test_delayed_events_pin_retention_only_until_they_are_due(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A delayed event before its first attempt holds the trim point while it is not
+    due; once due it waits only for a fetch, which a paused Trigger (or one in
+    Backoff) does not make, so beyond the bound it expires, counted once."""
+    source = await plane.add_source(maxEvents=5)
+    route = await plane.add_trigger("t", subscriber.url, wait=False, delivery={"delay": "1s"})
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    await plane.publish(10)
+    cursor = Cursor(plane.redis, route, "a")
+    assert (await cursor.fetch(10, 60_000)).entries == []  # all 10 set aside, due in 1 s
+    ns, src, name = route.namespace, route.source, route.name
+    assert await plane.redis.zcard(keys.delayed_held(ns, src, name)) == 10
+
+    pinned = await retention.trim(plane.redis, source, [route])
+    assert (pinned.trimmed, pinned.lost) == (0, {})
+    await asyncio.sleep(1.2)  # due now, and nothing fetches them
+    result = await retention.trim(plane.redis, source, [route])
+    assert (result.trimmed, result.lost) == (5, {route.id: 5})
+    assert await plane.redis.xlen(plane.stream()) == 5
+    again = await retention.trim(plane.redis, source, [route])
+    assert (again.trimmed, again.lost) == (0, {})
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "5"
+    # What went took its bookkeeping along; the newest 5 come out as due retries.
+    for key in (keys.delayed_held, keys.delayed, keys.retries):
+        assert await plane.redis.zcard(key(ns, src, name)) == 5
+    kept = await _stream_ids(plane)
+    fetched = (await cursor.fetch(10, 60_000)).entries
+    assert [(e.id, e.origin) for e in fetched] == [(i, Origin.RETRY) for i in kept]

@@ -6,7 +6,8 @@ guarantee 5: the backlog is bounded by the source's retention). Per Trigger,
 an entry below the trim point is *expired* — counted once, here, in the
 Trigger's state HASH (`expired`), reported in its status and metrics, never
 silently lost — when it is unread (its backlog, e.g. during a long Backoff),
-scheduled for a retry or parked behind its ordering key (the `held` ZSET), or
+scheduled for a retry or parked behind its ordering key (the `held` ZSET), a
+delayed event due but not fetched yet, or
 pending at a consumer whose lease has run out (a dead or stuck replica: the
 lease is the Trigger's timeout + RECLAIM_MARGIN, the same time after which
 XAUTOCLAIM would hand it to another). The trim removes its bookkeeping too
@@ -15,9 +16,11 @@ later meet a vanished entry only have to let go of it, never count it.
 
 Two kinds of entry pull the trim point back: an entry leased to a consumer now
 (the in-flight ZSET; at most `concurrency` per Trigger, and only until the
-lease ends), and a delayed event before its first attempt (the `delayed-held`
-ZSET; docs/replay.md: a delay may outlast the retention; ingest bounds it by
-`maxDelay`).
+lease ends), and a delayed event before its first attempt while it is not due
+(the `delayed-held` ZSET; docs/replay.md: a delay may outlast the retention;
+ingest bounds it by `maxDelay`). Once due it waits only for a fetch, which a
+paused Trigger or one in Backoff does not make: beyond the bound it expires like
+a retry, so one stopped Trigger does not pin its whole source.
 
 Lua calls per source (tidings/api/lua/retention_trim.lua), over that source's
 keys only; every replica may run them, and running them twice does no harm.

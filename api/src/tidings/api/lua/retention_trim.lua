@@ -1,5 +1,5 @@
 -- retention_trim: trim a source's stream by maxAge / maxEvents, never past an entry
--- being delivered right now (or a delayed event before its first attempt), counting
+-- being delivered right now (or a delayed event not due yet), counting
 -- what each Trigger loses undelivered (tidings.dispatcher.retention).
 -- KEYS: [1] the source's stream, [2] its event index ZSET (trimmed with the
 --   stream), then per Trigger i (1, 2, ...) the n keys of _cursor_keys.lua, in its
@@ -10,12 +10,14 @@
 -- Per Trigger, an entry below the trim point it has not settled is lost, counted
 -- once here in its state HASH (expired), and its bookkeeping goes with it: unread;
 -- a retry scheduled or an entry parked behind its ordering key (the held ZSET:
--- retention wins over a retry that is not under way); an entry pending at a
+-- retention wins over a retry that is not under way); a delayed event due and not
+-- fetched yet (the delayed-held ZSET); an entry pending at a
 -- consumer whose lease (timeout + margin, the reclaim time) has run out. An
 -- ordering key such an entry held passes to the key's next event. Protected (the
 -- trim point is pulled back to them): entries leased now (the in-flight ZSET,
--- bounded by concurrency), and delayed events before their first attempt (the
--- delayed-held ZSET; docs/replay.md).
+-- bounded by concurrency), and delayed events before their first attempt and not
+-- due yet (in the delayed-held ZSET, due in the future by the delayed ZSET's score;
+-- docs/replay.md).
 -- Returns {entries trimmed, the oldest entry kept (ms; 0: none), then per Trigger:
 --   expired now}: until that entry reaches maxAge, only new entries (maxEvents) or
 --   ended leases give the next call anything to do.
@@ -87,15 +89,31 @@ if not less(first, cut) then return {0, (parse(first))} end
 local head = redis.call('XRANGE', SOURCE_STREAM, '-', '(' .. cut, 'COUNT', step + 1)
 if #head > step then cut = head[step + 1][1] end
 
--- Nor under a delayed event before its first attempt: the point of a delay longer
--- than the retention (docs/replay.md); ingest bounds it by maxDelay.
+-- Nor under a delayed event before its first attempt that is not due yet: the point
+-- of a delay longer than the retention (docs/replay.md); ingest bounds it by
+-- maxDelay. One already due waits only for a fetch, which a paused Trigger or one in
+-- Backoff does not make: it pins nothing, and beyond the bound it expires like a
+-- retry (below). The delayed-held ZSET is in id order; its due time is the delayed
+-- ZSET's score.
+local due_delayed = {}  -- per Trigger: ids due, below the cut as it was
 for i = 1, triggers do
   view(i)
-  local delayed = redis.call('ZRANGE', KEYS[K_DELAYED_HELD], 0, 0, 'WITHSCORES')
-  if delayed[2] then
-    local floor = string.format('%d-0', tonumber(delayed[2]))
-    if less(floor, cut) then cut = floor end
-  end
+  local due, offset, top = {}, 0, (parse(cut))
+  repeat  -- (one millisecond's ids come in text order: each is looked at)
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[K_DELAYED_HELD], (parse(first)), top,
+      'LIMIT', offset, 100)
+    offset = offset + #ids
+    for _, id in ipairs(ids) do
+      if less(id, cut) and not less(id, first) then
+        if tonumber(redis.call('ZSCORE', KEYS[K_DELAYED], id) or '0') > now then
+          cut = id  -- not due: the trim stops under it
+        else
+          due[#due + 1] = id
+        end
+      end
+    end
+  until #ids < 100
+  due_delayed[i] = due
 end
 if not less(first, cut) then return {0, (parse(first))} end
 
@@ -156,6 +174,16 @@ for i = 1, triggers do
       redis.call('ZREM', KEYS[K_RETRY], id)
       redis.call('HDEL', KEYS[K_ATTEMPTS], id)
       lost = lost + 1
+    end
+  end
+  -- Delayed events due and never fetched (an id below the stream's first entry is
+  -- gone already, and the fetch's to drop).
+  for _, id in ipairs(due_delayed[i]) do
+    if less(id, cut) then
+      redis.call('ZREM', KEYS[K_DELAYED_HELD], id)
+      redis.call('ZREM', KEYS[K_DELAYED], id)
+      redis.call('ZREM', KEYS[K_RETRY], id)
+      if not less(id, first) then lost = lost + 1 end
     end
   end
   if lost > 0 then redis.call('HINCRBY', KEYS[K_STATE], {{STATE_EXPIRED}}, lost) end
