@@ -10,6 +10,7 @@
   stopped at the operator's cleanup.
 - Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
   succeed) remove the object's data-plane state (tidings.operator.publishing).
+- The bodies Kopf keeps (`keep_bodies_small`) lose `metadata.managedFields`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from redis.exceptions import RedisError
@@ -48,9 +49,14 @@ SWEEP_MARGIN = 5.0
 log = logging.getLogger(__name__)
 
 
+# The kinds with a daemon: Kopf keeps the newest body of each such object.
+DAEMON_PLURALS = ("triggers", "eventsources", "replays")
+
+
 def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
+    keep_bodies_small(registry)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_queue(**_: Any) -> None:
@@ -269,6 +275,27 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         pass
+
+
+def keep_bodies_small(registry: kopf.OperatorRegistry) -> None:
+    """Drop `metadata.managedFields` from every event of a kind with a daemon.
+
+    Kopf keeps the newest body of each such object for its daemon (the very dict
+    an event handler is given as `event["object"]`), and managedFields (who set
+    which field: kubectl's, Kopf's finalizer and our status apply) are ~57 % of a
+    Trigger's body as Python objects: 15 of 27 KiB, 150 MiB at 10,000. Nothing
+    here or in Kopf reads them.
+    """
+    for plural in DAEMON_PLURALS:
+        kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-trim", registry=registry)(
+            forget_field_owners
+        )
+
+
+def forget_field_owners(event: kopf.RawEvent, **_: Any) -> None:
+    """Remove the server's field-ownership bookkeeping from a watch event's object."""
+    metadata: dict[str, Any] = cast(dict[str, Any], event.get("object", {}).get("metadata", {}))
+    metadata.pop("managedFields", None)
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
