@@ -410,3 +410,45 @@ async def test_delayed_events_pin_retention_only_until_they_are_due(
     kept = await _stream_ids(plane)
     fetched = (await cursor.fetch(10, 60_000)).entries
     assert [(e.id, e.origin) for e in fetched] == [(i, Origin.RETRY) for i in kept]
+
+
+async def test_delayed_events_held_as_before_the_upgrade_move_to_their_own_hold(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """Before :delayed-held a delayed event waited in :held, where the trim would
+    take it before its first attempt and leave it in :delayed: once due, a leftover
+    never fetched and reported as the oldest undelivered forever. The trim moves
+    such ids to :delayed-held (once), so they pin while not due and expire cleanly
+    once due."""
+    source = await plane.add_source(maxEvents=5)
+    route = await plane.add_trigger("t", subscriber.url, wait=False, delivery={"delay": "1s"})
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    await plane.publish(10)
+    cursor = Cursor(plane.redis, route, "a")
+    assert (await cursor.fetch(10, 60_000)).entries == []
+    ns, src, name = route.namespace, route.source, route.name
+    held, delayed_held = keys.held(ns, src, name), keys.delayed_held(ns, src, name)
+    # As an older dispatcher left them: in :held, not :delayed-held.
+    for member, score in await plane.redis.zrange(delayed_held, 0, -1, withscores=True):
+        await plane.redis.zadd(held, {member: score})
+    await plane.redis.delete(delayed_held)
+
+    pinned = await retention.trim(plane.redis, source, [route])
+    assert (pinned.trimmed, pinned.lost) == (0, {})
+    # Those under the trim point moved (the rest move when they get there).
+    moved = {text(i) for i in await plane.redis.zrange(delayed_held, 0, -1)}
+    assert moved >= set((await _stream_ids(plane))[:5])
+    assert len(moved) + await plane.redis.zcard(held) == 10
+    again = await retention.trim(plane.redis, source, [route])
+    assert (again.trimmed, again.lost) == (0, {})  # moved once, nothing else to do
+
+    await asyncio.sleep(1.2)  # due, and nothing fetches them
+    result = await retention.trim(plane.redis, source, [route])
+    assert (result.trimmed, result.lost) == (5, {route.id: 5})
+    kept = await _stream_ids(plane)
+    delayed = keys.delayed(ns, src, name)
+    assert sorted(text(i) for i in await plane.redis.zrange(delayed, 0, -1)) == sorted(kept)
+    fetched = (await cursor.fetch(10, 60_000)).entries
+    assert sorted(e.id for e in fetched) == sorted(kept)
+    assert await plane.redis.zcard(delayed) == 0
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "5"

@@ -95,6 +95,19 @@ if #head > step then cut = head[step + 1][1] end
 -- Backoff does not make: it pins nothing, and beyond the bound it expires like a
 -- retry (below). The delayed-held ZSET is in id order; its due time is the delayed
 -- ZSET's score.
+-- Upgrade: before :delayed-held existed a delayed event waited in :held, where the
+-- loop below would take it before its first attempt. Such ids move over here, once
+-- (a moved id is no longer in :held): only those below the trim point matter to
+-- retention, the held loop looks at them anyway, and fetch and settle pay nothing.
+for i = 1, triggers do
+  view(i)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_HELD], (parse(first)), (parse(cut)))) do
+    if redis.call('ZSCORE', KEYS[K_DELAYED], id) then
+      redis.call('ZREM', KEYS[K_HELD], id)
+      redis.call('ZADD', KEYS[K_DELAYED_HELD], id_ms(id), id)
+    end
+  end
+end
 local due_delayed = {}  -- per Trigger: ids due, below the cut as it was
 for i = 1, triggers do
   view(i)
@@ -172,6 +185,7 @@ for i = 1, triggers do
     if redis.call('HEXISTS', KEYS[K_REPLAY], id) == 0 and not stale[id] then
       unorder(id, parts)
       redis.call('ZREM', KEYS[K_RETRY], id)
+      redis.call('ZREM', KEYS[K_DELAYED], id)  -- else reported undelivered forever once due
       redis.call('HDEL', KEYS[K_ATTEMPTS], id)
       lost = lost + 1
     end
