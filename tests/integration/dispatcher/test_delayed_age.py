@@ -147,3 +147,29 @@ async def test_deliverafter_events_not_due_hide_no_late_event_behind_them(
     await wait_until(retrying(plane, gauges, route, 2, 40), 10, "40 delayed, 2 retrying")
     assert 1200 <= gauges.age() < 1220  # "plain": 20 minutes, not "reminder"'s stored 2 h
     assert gauges("tidings_delayed_events") == 40
+
+
+async def test_max_age_counts_from_the_due_time_the_fetch_uses(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """With both deliverafter and delivery.delay an event is due at the later of its
+    deliverafter and its time stored + the delay (cursor_fetch.lua), and maxAge
+    counts from that same time, not from deliverafter + the delay."""
+    gauges = await start(plane, subscriber, failing=False, delay="2h", maxAge="30m")
+    route = gauges.route
+    now = int(time.time() * 1000)
+    # Stored 5 hours ago (+ 2h: 3 hours ago), deliverafter later than that: due then.
+    await store(plane, "late", now - 300 * MINUTE, 0, deliverafter=rfc3339(now - 60 * MINUTE))
+    await store(plane, "fresh", now - 300 * MINUTE, 1, deliverafter=rfc3339(now - 10 * MINUTE))
+
+    dlq = keys.dead_letters(route.namespace, route.source, route.name)
+
+    async def settled() -> bool:
+        return bool(subscriber.received) and int(await plane.redis.xlen(dlq)) == 1
+
+    await wait_until(settled, 10, "one delivered, one dead-lettered")
+    assert [r.id for r in subscriber.received] == ["fresh"]  # due 10 minutes ago
+    [(_, fields)] = await plane.redis.xrange(dlq)
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    assert "late" in text.get("event", "")  # due an hour ago: past maxAge (30m)
+    assert "maxAge" in str(text)

@@ -18,7 +18,7 @@ ROUTE = Route.model_construct(
 
 
 def entry(event_json: bytes = b'{"id": "e-1"}') -> Entry:
-    return Entry(Origin.NEW, "1-0", event_json, ingested_ms=0, attempts=0, order_key="")
+    return Entry(Origin.NEW, "1-0", event_json, stored_ms=0, after_ms=0, attempts=0, order_key="")
 
 
 def test_script_keys_come_in_the_order_the_lua_names_them() -> None:

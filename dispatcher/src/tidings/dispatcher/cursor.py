@@ -103,9 +103,16 @@ class Entry:
     origin: Origin
     id: str
     event_json: bytes
-    ingested_ms: int  # when stored (a delayed event: when due); maxAge counts from it
+    stored_ms: int  # when ingest stored it
+    after_ms: int  # its deliverafter (0: none)
     attempts: int
     order_key: str  # "" when unordered, else "k" + key (as the scripts pass it)
+
+    def due_ms(self, delay_ms: int) -> int:
+        """When it became due, as cursor_fetch.lua and backoff_publish.lua decide it
+        (their due_of): its deliverafter or its time stored + the Trigger's delay,
+        whichever is later. maxAge counts from it."""
+        return max(self.after_ms, self.stored_ms + delay_ms)
 
 
 @dataclass(slots=True)
@@ -285,7 +292,8 @@ def _entry(item: list[Any]) -> Entry:
         origin=_ORIGINS[origin],
         id=text(stream_id),
         event_json=event_json,
-        ingested_ms=max(ingested, due),  # a delayed event's maxAge counts from when due
+        stored_ms=ingested,
+        after_ms=due,
         attempts=int(attempts),
         order_key=text(key),
     )

@@ -216,7 +216,7 @@ def attempt_record(done: Done, replica: str) -> Attempt | None:
         error=error,
         body=clip_body(result.body) if result is not None else "",
         replica=replica,
-        latency_ms=max(0, int(ended * 1000) - entry.ingested_ms) if entry.ingested_ms else 0,
+        latency_ms=max(0, int(ended * 1000) - entry.due_ms(0)) if entry.stored_ms else 0,
     )
 
 
@@ -654,7 +654,7 @@ class TriggerWorker:
                 return Done(Outcome(Op.OK, entry), Verdict.FILTERED)
         except FilterFailed as failure:
             return self._filter_failed(entry, event, failure)
-        age = time.time() - entry.ingested_ms / 1000 - route.delay
+        age = time.time() - entry.due_ms(int(route.delay * 1000)) / 1000
         if age > delivery.max_age:
             message = f"maxAge ({delivery.max_age:g}s) passed before delivery"
             log.warning(
@@ -712,7 +712,7 @@ class TriggerWorker:
             self.metrics.attempt_seconds.observe(result.seconds)
             if result.failure is not None and result.failure.kind == "destination":
                 self.metrics.refused(result.failure.rule).inc()
-            latency = max(0.0, ended - entry.ingested_ms / 1000)
+            latency = max(0.0, ended - entry.due_ms(0) / 1000)
             if entry.attempts == 0 and not probe:
                 self.metrics.latency_first.observe(latency)
             if result.failure is None:
