@@ -452,3 +452,64 @@ async def test_delayed_events_held_as_before_the_upgrade_move_to_their_own_hold(
     assert sorted(e.id for e in fetched) == sorted(kept)
     assert await plane.redis.zcard(delayed) == 0
     assert (await plane.state(route))[keys.STATE_EXPIRED] == "5"
+
+
+async def test_a_withdrawn_trigger_loses_entries_counted_and_its_key_passes_on(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A Trigger withdrawn from the routing table (not Ready) keeps its cursor. What
+    retention takes of it meanwhile is counted expired, once, and an ordering key a
+    trimmed entry held passes on, so when it comes back the events behind the key
+    are delivered, in order."""
+    subscriber.behaviour = lambda request: (503, {}, 0.0)
+    await plane.add_source(maxEvents=20)
+    dispatcher = await plane.dispatcher(retention_interval=0.2)
+    spec: dict[str, object] = {
+        "ordering": {"key": "event.subject"},
+        "retry": {"initialDelay": "1h", "jitter": 0},
+    }
+    route = await plane.add_trigger("t", subscriber.url, delivery=spec)
+    await plane.publish(10, prefix="a", subject="k")
+    ns, src, name = route.namespace, route.source, route.name
+
+    async def queued() -> bool:  # a-0 holds the key, retrying in an hour; the rest parked
+        return int(await plane.redis.zcard(keys.parked(ns, src, name))) == 9
+
+    await wait_until(queued, 10, "a-0 retrying, a-1..a-9 parked")
+    await table.delete_route(plane.redis, ns, name)
+    await wait_until(lambda: route.id not in dispatcher.workers, 10, "the Trigger withdrawn")
+
+    await plane.publish(15, prefix="b", subject="k")  # 25 > maxEvents: a-0..a-4 go
+
+    async def expired() -> bool:
+        return (await plane.state(route)).get(keys.STATE_EXPIRED) == "5"
+
+    await wait_until(expired, 10, "a-0..a-4 counted expired")
+    assert await plane.redis.xlen(plane.stream()) == 20
+
+    subscriber.behaviour = lambda request: (200, {}, 0.0)
+    await plane.add_trigger("t", subscriber.url, delivery=spec)
+    survivors = [f"a-{i}" for i in range(5, 10)] + [f"b-{i}" for i in range(15)]
+    await wait_until(lambda: len(subscriber.received) >= 20, 20, "the 20 survivors delivered")
+    await asyncio.sleep(0.5)
+    assert subscriber.ids() == survivors  # in order, each once
+    state = await plane.state(route)
+    assert state[keys.STATE_EXPIRED] == "5"
+    assert keys.STATE_DEAD_LETTERED not in state
+    assert await plane.redis.hlen(keys.ordering(ns, src, name)) == 0
+    assert await plane.redis.zcard(keys.parked(ns, src, name)) == 0
+
+
+async def test_unread_events_of_a_trigger_not_routed_are_counted(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """The trim covers every consumer group of the stream, not only the routed
+    Triggers it is given."""
+    source = await plane.add_source(maxEvents=5)
+    route = await plane.add_trigger("gone", subscriber.url, wait=False)
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    await table.delete_route(plane.redis, route.namespace, route.name)
+    await plane.publish(12)
+    result = await retention.trim(plane.redis, source, [])
+    assert (result.trimmed, result.lost) == (7, {route.id: 7})
+    assert (await plane.state(route))[keys.STATE_EXPIRED] == "7"

@@ -49,9 +49,13 @@ from tidings.dispatcher.limits import Limits
 
 def script_keys(route: Route) -> list[str]:
     """The KEYS of both scripts, in the order lua/_cursor_keys.lua names them."""
-    ns, source, name = route.namespace, route.source, route.name
+    return cursor_keys(route.stream, route.namespace, route.source, route.name)
+
+
+def cursor_keys(stream: str, ns: str, source: str, name: str) -> list[str]:
+    """script_keys of Trigger `name` on `source`'s `stream`, route or not."""
     return [
-        route.stream,
+        stream,
         keys.retries(ns, source, name),
         keys.attempts(ns, source, name),
         keys.in_flight(ns, source, name),

@@ -12,7 +12,10 @@ pending at a consumer whose lease has run out (a dead or stuck replica: the
 lease is the Trigger's timeout + RECLAIM_MARGIN, the same time after which
 XAUTOCLAIM would hand it to another). The trim removes its bookkeeping too
 (retry, attempts, the ordering key it held passes on), so the scripts that
-later meet a vanished entry only have to let go of it, never count it.
+later meet a vanished entry only have to let go of it, never count it. Every
+consumer group of the stream is covered, not only the routed Triggers: one
+withdrawn from the table (not Ready) keeps its cursor, and its losses and the
+ordering keys its trimmed entries held are handled the same way.
 
 Two kinds of entry pull the trim point back: an entry leased to a consumer now
 (the in-flight ZSET; at most `concurrency` per Trigger, and only until the
@@ -46,11 +49,13 @@ import time
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tidings.api import keys, scripts
 from tidings.api.routes import CompiledSource, Route
+from tidings.api.text import text
 from tidings.dispatcher import ordering
-from tidings.dispatcher.cursor import script_keys
+from tidings.dispatcher.cursor import cursor_keys, script_keys
 
 TRIM_STEP = 10_000
 
@@ -67,12 +72,58 @@ def _sooner(a: int, b: int) -> int:
     return min(a, b) if a and b else a or b
 
 
+@dataclass(frozen=True)
+class _Consumer:
+    """A Trigger's cursor on the source: what the trim script needs of it."""
+
+    id: str
+    keys: list[str]
+    group: str
+    path: str  # its ordering path; UNKNOWN when not routed now
+
+
+UNKNOWN = "?"  # retention_trim.lua: the path is not known, look the held keys up
+
+
+async def _consumers(redis: Redis, source: CompiledSource, routes: list[Route]) -> list[_Consumer]:
+    """The routed Triggers, and every other consumer group of the stream: a Trigger
+    withdrawn from the table (not Ready) keeps its cursor, and what it loses must
+    be counted, and an ordering key a trimmed entry held passed on, as for any."""
+    out = [
+        _Consumer(
+            route.id, script_keys(route), route.group, ordering.path_of(route.delivery.ordering_key)
+        )
+        for route in routes
+    ]
+    try:
+        infos = await redis.xinfo_groups(source.stream)
+    except ResponseError:  # no stream yet
+        return out
+    routed = {route.group for route in routes}
+    for info in infos:
+        group = text(info["name"])
+        if group in routed or group == keys.PLACEHOLDER_GROUP:
+            continue
+        name = group  # keys.group: a Trigger's group is its name
+        out.append(
+            _Consumer(
+                keys.source_id(source.namespace, name),
+                cursor_keys(source.stream, source.namespace, source.name, name),
+                group,
+                UNKNOWN,
+            )
+        )
+    return out
+
+
 async def trim(redis: Redis, source: CompiledSource, routes: list[Route]) -> Trimmed:
     """Trim `source`'s stream down to its retention, TRIM_STEP entries per call:
-    entries trimmed, {trigger id: expired now}."""
+    entries trimmed, {trigger id: expired now}. Besides `routes`, the stream's other
+    consumer groups (Triggers not routed now) are counted too."""
     total = Trimmed()
+    consumers = await _consumers(redis, source, routes)
     while True:
-        step = await _trim_step(redis, source, routes)
+        step = await _trim_step(redis, source, consumers)
         total.trimmed += step.trimmed
         for trigger, count in step.lost.items():
             total.lost[trigger] = total.lost.get(trigger, 0) + count
@@ -81,7 +132,7 @@ async def trim(redis: Redis, source: CompiledSource, routes: list[Route]) -> Tri
             return total
 
 
-async def _trim_step(redis: Redis, source: CompiledSource, routes: list[Route]) -> Trimmed:
+async def _trim_step(redis: Redis, source: CompiledSource, consumers: list[_Consumer]) -> Trimmed:
     keys_: list[str] = [source.stream, keys.event_index(source.namespace, source.name)]
     args: list[str | int | float] = [
         int(time.time() * 1000),
@@ -89,12 +140,12 @@ async def _trim_step(redis: Redis, source: CompiledSource, routes: list[Route]) 
         source.retention_max_events,
         TRIM_STEP,
     ]
-    for route in routes:
-        keys_ += script_keys(route)
-        args += [route.group, ordering.path_of(route.delivery.ordering_key)]
+    for consumer in consumers:
+        keys_ += consumer.keys
+        args += [consumer.group, consumer.path]
     result = await scripts.RETENTION_TRIM(redis, keys=keys_, args=args)
     counts = [int(v) for v in result]
-    expired = {route.id: n for route, n in zip(routes, counts[2:], strict=False) if n}
+    expired = {c.id: n for c, n in zip(consumers, counts[2:], strict=False) if n}
     oldest = counts[1]
     due = oldest + int(source.retention_max_age * 1000) if oldest else 0
     return Trimmed(counts[0], expired, due)

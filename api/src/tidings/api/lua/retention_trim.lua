@@ -6,7 +6,8 @@
 --   order, at [2 + n (i - 1) + 1 .. 2 + n i].
 -- ARGV: [1] now ms (the caller's clock, for maxAge; leases are on Redis's), [2] maxAge
 --   ms, [3] maxEvents, [4] step (most entries trimmed per call), then per Trigger i:
---   [3 + 2i] its group name, [4 + 2i] its ordering path ("": unordered).
+--   [3 + 2i] its group name, [4 + 2i] its ordering path ("": unordered; "?": not
+--   known, a Trigger not routed now, whose held keys are looked up instead).
 -- Per Trigger, an entry below the trim point it has not settled is lost, counted
 -- once here in its state HASH (expired), and its bookkeeping goes with it: unread;
 -- a retry scheduled or an entry parked behind its ordering key (the held ZSET:
@@ -134,10 +135,42 @@ local function fields_of(id)
   local entry = redis.call('XRANGE', SOURCE_STREAM, id, id)[1]
   return entry and entry[2]
 end
+-- A Trigger not routed now (withdrawn: not Ready) has no ordering path here: the
+-- keys its entries hold or wait behind are looked up, once per Trigger and call
+-- ({holders: id -> key, parked: id -> member}); only such a Trigger's trim pays it.
+local UNKNOWN = '?'
+local found = nil
+local function looked_up()
+  if found then return found end
+  found = {holders = {}, parked = {}}
+  local order = redis.call('HGETALL', KEYS[K_ORDER])
+  for j = 1, #order, 2 do found.holders[order[j + 1]] = order[j] end
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[K_PARKED], 0, -1)) do
+    found.parked[unpadded(string.sub(member, -41))] = member  -- key .. "\0" .. padded id
+  end
+  return found
+end
+
 -- The ordering key `id` may hold passes to the key's next event (due now), and an
 -- entry parked behind its key leaves the queue.
 local function unorder(id, parts)
   if not parts then return end
+  if parts == UNKNOWN then
+    local keys_of = looked_up()
+    local member, key = keys_of.parked[id], keys_of.holders[id]
+    if member then
+      redis.call('ZREM', KEYS[K_PARKED], member)
+      keys_of.parked[id] = nil
+    elseif key then
+      keys_of.holders[id] = nil
+      local next_id = order_release(key, id, now)
+      if next_id then
+        keys_of.holders[next_id] = key
+        keys_of.parked[next_id] = nil
+      end
+    end
+    return
+  end
   local fields = fields_of(id)
   local key = fields and order_key(fields, parts)
   if not key then return end
@@ -150,7 +183,8 @@ for i = 1, triggers do
   view(i)
   local group, path = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
   local parts = nil
-  if path ~= '' then parts = order_path(path) end
+  if path == UNKNOWN then parts = UNKNOWN elseif path ~= '' then parts = order_path(path) end
+  found = nil
   local lost = 0
   -- Not read yet.
   local last = groups[group]
