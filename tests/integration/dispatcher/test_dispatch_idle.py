@@ -120,3 +120,38 @@ async def test_an_announcement_during_a_look_is_not_lost(
     worker.nudge()  # look now
     await wait_until(lambda: announced.is_set(), 5, "a look")
     await wait_until(lambda: len(subscriber.received) >= 2, 3, "the handed-back event")
+
+
+async def test_news_for_status_is_announced_and_rest_is_not(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """The operator reads a report at rest only now and then: the dispatcher
+    announces (keys.REPORT_NEWS) when its Trigger leaves rest, and says nothing
+    while it delivers and rests."""
+    listener = Redis.from_url(plane.redis_url)
+    announced: list[str] = []
+
+    async def listen() -> None:
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(keys.REPORT_NEWS)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    announced.append(text(message.get("data")))
+
+    listening = asyncio.create_task(listen())
+    try:
+        route, worker, _ = await trigger_at_rest(plane, subscriber)
+        await wait_until(lambda: worker.quiet(), 10, "its state published at rest")
+        before = list(announced)
+        await asyncio.sleep(2.0)
+        assert announced == before, "a Trigger at rest has no news"
+
+        subscriber.behaviour = lambda request: (503, {}, 0.0)
+        await plane.publish(1, prefix="failing")
+        await wait_until(lambda: route.id in announced[len(before) :], 10, "news: a retry")
+        assert worker.published is not None and not worker.published.at_rest()
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await listener.aclose()

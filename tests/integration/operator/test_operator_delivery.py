@@ -25,10 +25,13 @@ from tidings.api import heartbeat, keys
 pytestmark = pytest.mark.integration
 
 
-async def report(redis: Redis, ns: str, **fields: Any) -> None:
-    """Write the Trigger's state HASH the way dispatchers publish it."""
+async def report(redis: Redis, ns: str, *, announce: bool = True, **fields: Any) -> None:
+    """Write the Trigger's state HASH the way dispatchers publish it, and announce
+    it as news (keys.REPORT_NEWS), as they do when status would change."""
     values = {keys.STATE_UPDATED: int(time.time() * 1000), **fields}
     await redis.hset(keys.trigger_state(ns, "users", "t"), mapping=values)
+    if announce:
+        await redis.publish(keys.REPORT_NEWS, f"{ns}/t")
 
 
 def delivery(cluster: Cluster) -> dict[str, Any]:
@@ -137,6 +140,29 @@ async def test_backoff_is_surfaced_with_an_event_into_it_and_one_out_of_it(
     await asyncio.sleep(1.0)  # several more health ticks: no repeated Events
     assert sorted(reasons()) == ["BackoffEnded", "BackoffStarted"]
     assert all(e.get("count", 1) == 1 for e in cluster.events("t"))
+
+
+async def test_a_report_at_rest_is_read_again_when_news_is_announced(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    """At rest, the operator reads a report only every health_rest_interval (60 s
+    here): a change nobody announces waits for it; an announced one shows at once."""
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await report(redis, ns, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 0})
+    await eventually(lambda: delivery(cluster).get("state") == "Delivering")
+    await asyncio.sleep(1.5)  # several health intervals (0.3 s): settled at rest
+
+    backoff = {keys.STATE_STATE: "Backoff", keys.STATE_LAG: 7}
+    await report(redis, ns, announce=False, **backoff)
+    await asyncio.sleep(3.0)  # ten health intervals
+    assert delivery(cluster).get("state") == "Delivering", "read although at rest"
+
+    await redis.publish(keys.REPORT_NEWS, f"{ns}/t")
+    await eventually(lambda: delivery(cluster).get("state") == "Backoff", within=5)
+    # No longer at rest: read every health interval again, announced or not.
+    await report(redis, ns, announce=False, **{keys.STATE_STATE: "Paused", keys.STATE_LAG: 7})
+    await eventually(lambda: delivery(cluster).get("state") == "Paused", within=5)
 
 
 async def test_a_stale_report_is_shown_as_unknown(

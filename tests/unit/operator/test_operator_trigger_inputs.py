@@ -47,3 +47,20 @@ def test_a_change_settle_holds_back_is_not_settled() -> None:
     assert held == shown  # within the counters' interval: not shown yet
     assert health.settle(held, grown, math.inf) != held  # so: held back
     assert health.settle(shown, replace(AT_REST, updated_ms=99), math.inf) == shown
+
+
+def test_only_a_fresh_delivering_report_with_nothing_waiting_is_at_rest() -> None:
+    """At rest, a report is read only every health_rest_interval (dispatchers announce
+    news); anything that may move without an announcement is read often."""
+    assert inputs(AT_REST).at_rest()
+    assert not inputs(None).at_rest()  # no dispatcher reported yet
+    assert not inputs(AT_REST, stale=True).at_rest()
+    for busy in (
+        replace(AT_REST, lag=3),
+        replace(AT_REST, delayed=2),
+        replace(AT_REST, oldest_undelivered="2026-11-30T10:00:00Z"),
+        replace(AT_REST, state="Backoff"),
+        replace(AT_REST, state="Paused"),
+        replace(AT_REST, filter_recent_checked=4, filter_recent_errors=3),
+    ):
+        assert not inputs(busy).at_rest(), busy

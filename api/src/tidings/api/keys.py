@@ -20,6 +20,10 @@ TABLE_CHANGED = f"{PREFIX}:routing:changed"  # pub/sub channel; message = new ve
 # pub/sub channel; message = a Trigger id ("ns/name") whose retries another process
 # made due (a replay's hand-back): its workers look now, not after their idle block.
 TRIGGER_WAKE = f"{PREFIX}:trigger:wake"
+# pub/sub channel; message = a Trigger id ("ns/name") whose delivery report has news
+# for status (it left rest, changed state, counted dead letters, expiries or filter
+# errors): the operator, which reads a report at rest only now and then, looks now.
+REPORT_NEWS = f"{PREFIX}:report:news"
 # ZSET dispatcher replica name -> ms of its last heartbeat (tidings.api.heartbeat).
 # Every dispatcher routes every Trigger, so a live one vouches for the delivery
 # state of the Triggers at rest, which it does not rewrite.

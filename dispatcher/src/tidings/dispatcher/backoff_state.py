@@ -70,6 +70,22 @@ class Published:
         )
 
 
+def news_for_status(before: Published | None, after: Published) -> bool:
+    """Whether the operator should read this report now (keys.REPORT_NEWS): it reads
+    a report at rest only now and then, so whatever status would show differently
+    is announced — leaving rest, a state change, new dead letters or expiries. A
+    report still not at rest needs no news: the operator looks at those often."""
+    if before is None:
+        return not after.at_rest()
+    if (before.state, before.dead_lettered, before.expired) != (
+        after.state,
+        after.dead_lettered,
+        after.expired,
+    ):
+        return True
+    return before.at_rest() and not after.at_rest()
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 

@@ -62,6 +62,7 @@ from tidings.dispatcher.backoff_state import (
     FILTER_SPAN,
     BackoffState,
     Published,
+    news_for_status,
 )
 from tidings.dispatcher.cursor import (
     Cursor,
@@ -407,7 +408,11 @@ class TriggerWorker:
         be published are kept for the next time."""
         active, self.active = self.active, False
         try:
-            published = await self._publish(retention_max_age)
+            published, filter_failed = await self._publish(retention_max_age)
+            if filter_failed or news_for_status(self.published, published):
+                # Before `self.published` moves on: an announcement that failed is
+                # made again by the next publish.
+                await self.redis.publish(keys.REPORT_NEWS, self.route.id)
         except BaseException:
             self.active = active
             raise
@@ -418,7 +423,9 @@ class TriggerWorker:
         self.published, self.published_at = published, time.monotonic()
         return published
 
-    async def _publish(self, retention_max_age: float) -> Published:
+    async def _publish(self, retention_max_age: float) -> tuple[Published, bool]:
+        """The state published, and whether the filter failed on events since the
+        last publish."""
         if self._replaced_counts is not None:
             generation, counts = self._replaced_counts
             self._replaced_counts = None
@@ -427,12 +434,13 @@ class TriggerWorker:
         if counts.failed:
             self.filter_failed_at = time.monotonic()
         try:
-            return await self.backoff.publish(
+            published = await self.backoff.publish(
                 retention_max_age,
                 counts,
                 generation=generation,
                 filter_span=self.dispatcher.filter_span,
             )
+            return published, bool(counts.failed)
         except BaseException:
             if generation == self.generation:
                 self.filter.add_counts(counts)

@@ -43,8 +43,11 @@ class Settings:
     adapters: AdapterSettings
     ingest_service: str = "tidings-ingest"
     ingest_namespace: str = "tidings"
-    # How often a Trigger's delivery report is read from Redis.
+    # How often a Trigger's delivery report is read from Redis; at rest (Delivering,
+    # nothing waiting, as the last look found it) only every health_rest_interval:
+    # dispatchers announce what status would show differently (keys.REPORT_NEWS).
     health_interval: float = 5.0
+    health_rest_interval: float = 60.0
     # A report older than this is shown as stale (Delivering=Unknown).
     stale_after: float = 120.0
     # Every object is fully re-reconciled this often even without events: the

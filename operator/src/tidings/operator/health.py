@@ -4,7 +4,8 @@ Dispatchers publish a HASH per Trigger (`tidings.api.keys.trigger_state`, fields
 `keys.STATE_*`): state (Delivering | Backoff | Paused), lag, delayed events not
 due yet, dead-lettered and expired counters, the last failure, the oldest
 undelivered event's due time, and when they last wrote it. The operator
-reads it on a timer and surfaces it in `status.delivery` and the STATE / LAG
+reads it on a timer (seldom at rest: dispatchers announce news, `follow_news`)
+and surfaces it in `status.delivery` and the STATE / LAG
 columns — but only when it changed meaningfully (`settle`), so a busy Trigger
 whose lag wobbles costs no API writes: a state change is written at once; new
 dead letters, expiries or a different failure within seconds; lag only when it
@@ -17,13 +18,16 @@ Delivering=Unknown, ReportStale.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tidings.api import heartbeat, keys
 from tidings.api.text import text
@@ -41,6 +45,8 @@ LAG_RELATIVE_CHANGE = 0.5
 OLDEST_SHOWN_AFTER = 60.0
 
 STATES: tuple[str, ...] = get_args(DeliveryState)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,34 @@ class _Heartbeats:
 
 
 _heartbeats = _Heartbeats()
+
+
+async def follow_news(
+    redis: Redis, news: Callable[[str, str], None], missed: Callable[[], None]
+) -> None:
+    """Call `news(namespace, trigger)` for each report a dispatcher announces has
+    news for status (keys.REPORT_NEWS), and `missed()` when the subscription is
+    made again after a loss (announcements were missed meanwhile). Runs until
+    cancelled."""
+    lost = False
+    while True:
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(keys.REPORT_NEWS)
+                if lost:
+                    lost = False
+                    missed()
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    namespace, _, trigger = text(message.get("data")).partition("/")
+                    if trigger:
+                        news(namespace, trigger)
+        except (RedisError, OSError) as error:
+            if not lost:
+                log.warning("report news subscription lost (%s); retrying every 1s", error)
+            lost = True
+            await asyncio.sleep(1)
 
 
 def is_stale(reading: Reading | None, now_ms: int, stale_after: float) -> bool:

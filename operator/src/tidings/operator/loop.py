@@ -88,6 +88,7 @@ class _Slot:
     due: float = 0.0  # loop time of the next round (when not queued or running)
     queued: bool = False
     running: bool = False
+    hurried: bool = False  # asked to look again while its round was running
     removed: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -152,6 +153,23 @@ class WorkQueue:
         if slot.running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.idle.wait(), grace)
+
+    def hurry(self, key: Key) -> None:
+        """Run a round of `key`'s controller now (its observe reads what changed),
+        or right after the one in flight; a key not on the queue is ignored."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        if slot.running:
+            slot.hurried = True
+        else:
+            self._enqueue(slot)
+
+    def hurry_all(self, kind: str) -> None:
+        """`hurry` every controller of `kind` (announcements may have been missed)."""
+        for key in list(self._slots):
+            if key[0] == kind:
+                self.hurry(key)
 
     def halt(self) -> None:
         """Stop at once (the operator is exiting): cancel the rounds in flight, start
@@ -230,6 +248,7 @@ class WorkQueue:
             if slot.removed:
                 continue
             slot.running = True
+            slot.hurried = False
             slot.idle.clear()
             try:
                 delay = await self._round(slot)
@@ -238,7 +257,7 @@ class WorkQueue:
                 slot.idle.set()
             if slot.removed:
                 continue
-            if slot.subscription.pending():
+            if slot.subscription.pending() or slot.hurried:
                 self._enqueue(slot)
             else:
                 self._schedule(slot, delay)

@@ -132,6 +132,13 @@ class OperatorSettings(CommonSettings, DestinationSettings):
         5.0,
         "seconds between reads of each Trigger's delivery report and each source adapter's report",
     )
+    health_rest_interval: float = setting(
+        "--health-rest-interval",
+        "TIDINGS_HEALTH_REST_INTERVAL",
+        60.0,
+        "seconds between reads of the delivery report of a Trigger at rest (dispatchers "
+        "announce news, so this is a safety net)",
+    )
     wal_check_interval: float = setting(
         "--wal-check-interval",
         "TIDINGS_WAL_CHECK_INTERVAL",
@@ -290,6 +297,7 @@ def settings_from(options: OperatorSettings) -> Settings:
         ingest_service=options.ingest_service,
         ingest_namespace=options.ingest_namespace,
         health_interval=options.health_interval,
+        health_rest_interval=options.health_rest_interval,
         stale_after=options.stale_after,
         resync_interval=options.resync_interval,
         cleanup_attempts=max(1, options.cleanup_attempts),
@@ -340,7 +348,7 @@ async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
 async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     import kopf
 
-    from tidings.operator import handlers, orphans
+    from tidings.operator import handlers, health, orphans
     from tidings.operator.context import Context
     from tidings.operator.kube import Kube, connection_info, load_config
     from tidings.operator.loop import WorkQueue
@@ -385,6 +393,15 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
         orphans.keep_collecting(redis, kube, namespaces, options.resync_interval),
         name="orphan collector",
     )
+    # Reports with news for status (a Trigger at rest is otherwise read seldom).
+    news = asyncio.create_task(
+        health.follow_news(
+            redis,
+            lambda namespace, name: queue.hurry(("Trigger", namespace, name)),
+            lambda: queue.hurry_all("Trigger"),
+        ),
+        name="report news",
+    )
     ready, stop = asyncio.Event(), asyncio.Event()
     signals = asyncio.create_task(take_signals(ready, stop, queue), name="signals")
     try:
@@ -400,7 +417,7 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
             stop_flag=stop,
         )
     finally:
-        for task in (collector, signals):
+        for task in (collector, news, signals):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

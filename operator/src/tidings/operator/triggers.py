@@ -4,7 +4,8 @@ One `TriggerController` per Trigger runs in the reconcile loop
 (tidings.operator.loop): it reconciles when woken by a watch event on the
 Trigger or on anything it depends on (its EventSource, Services, signing
 Secret; tidings.operator.world), and otherwise only reads the data plane's
-delivery report every `health_interval`. Nothing is written unless it
+delivery report every `health_interval` — at rest, every `health_rest_interval`
+and whenever a dispatcher announces news for it. Nothing is written unless it
 changed: the routing table skips identical routes, the status writer skips
 identical status, so a restarted operator re-derives everything and writes
 nothing.
@@ -177,8 +178,9 @@ class TriggerController(ObjectController[TriggerStatus]):
         )
         if self.settled is not None and self.settled.same_as(inputs):
             # Status would come out as it is: skip building and comparing it (most
-            # of a round's CPU; at 10,000 Triggers at rest, over a core).
-            return settings.health_interval
+            # of a round's CPU; at 10,000 Triggers at rest, over a core). At rest,
+            # look again only now and then: news is announced (keys.REPORT_NEWS).
+            return self.rest_interval(fresh) if inputs.at_rest() else settings.health_interval
         shown = health.settle(self.shown, fresh, loop.time() - self.delivery_written)
         facts = status.TriggerFacts(
             namespace=self.namespace,
@@ -216,6 +218,17 @@ class TriggerController(ObjectController[TriggerStatus]):
         self.settled = None if held_back else inputs
         return settings.health_interval
 
+    def rest_interval(self, fresh: Reading | None) -> float:
+        """When to look again at a report at rest: after `health_rest_interval`, but
+        not after it would go stale (dispatchers announce news; their silence is
+        seen here, from the newest heartbeat)."""
+        settings = self.ctx.settings
+        interval = settings.health_rest_interval
+        if fresh is not None and fresh.updated_ms is not None:
+            stale_in = fresh.updated_ms / 1000 + settings.stale_after - time.time()
+            interval = min(interval, max(settings.health_interval, stale_in + 0.5))
+        return interval
+
 
 def without_time(reading: Reading | None) -> Reading | None:
     """A report without its time (the dispatchers' heartbeat moves it; status shows
@@ -232,6 +245,19 @@ class Inputs:
     compiled: Compiled
     source_entry: SourceEntry | None
     resource_version: str | None
+
+    def at_rest(self) -> bool:
+        """Delivering with nothing waiting, reported fresh: what could change here is
+        announced by the dispatchers (or is the report going stale, seen a rest
+        interval late)."""
+        report = self.report
+        return (
+            report is not None
+            and not self.stale
+            and report.state == "Delivering"
+            and not (report.lag or report.delayed or report.oldest_undelivered)
+            and not report.filter_failing()
+        )
 
     def same_as(self, other: Inputs) -> bool:
         # The compile outcome and the index entry are replaced, never changed in place.
