@@ -43,13 +43,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from redis.asyncio import Redis
 
 from tidings.api import keys, scripts
 from tidings.api.routes import DEAD_LETTER_MAX_AGE, DEAD_LETTER_MAX_EVENTS, Route
 from tidings.api.text import text
 from tidings.dispatcher.delivery import Request, build_request, send
+from tidings.dispatcher.http_post import Client
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,8 @@ def sink_request(
     return build_request(event, raw, format=format, headers=headers, signing_keys=signing_keys)
 
 
-async def send_to_sink(
-    session: aiohttp.ClientSession, url: str, request: Request, seconds: float
-) -> None:
-    result = await send(session, url, request, seconds)
+async def send_to_sink(client: Client, url: str, request: Request, seconds: float) -> None:
+    result = await send(client, url, request, seconds)
     if not result.ok:
         assert result.failure is not None
         log.warning(

@@ -18,13 +18,14 @@ send the dispatcher anywhere the destination policy has not checked. A
 connection the policy refuses (tidings.dispatcher.guard) is a failure of kind
 `destination`, reported as `DestinationNotAllowed` with the rule.
 
-The HTTP client is aiohttp: on this kind of machine httpx's own pool was ~19x
-slower at 100 concurrent requests (DESIGN.md, docs/benchmarks.md).
+The HTTP client is tidings.dispatcher.http_post, pooled keep-alive HTTP/1.1
+with llhttp parsing: ~0.3x the CPU per POST of aiohttp's ClientSession
+(hack/bench_http_client.py, docs/benchmarks.md), which was ~19x faster than
+httpx's own pool at 100 concurrent requests (DESIGN.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -34,13 +35,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from tidings.api import codec, tracing
 from tidings.api.attempts import BODY_LIMIT
 from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
 from tidings.api.destinations import Refusal
 from tidings.dispatcher.guard import refusal_in
+from tidings.dispatcher.http_post import Client, HeaderError, ResponseError
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
@@ -121,43 +121,35 @@ class Result:
 
 
 async def send(
-    session: aiohttp.ClientSession,
+    client: Client,
     url: str,
     request: Request,
     seconds: float,
-    client_timeout: aiohttp.ClientTimeout | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> Result:
     """POST once; never raises for what the subscriber or the network does.
-    Pass `client_timeout` (= ClientTimeout(total=seconds)) to reuse one per Trigger,
-    `tls` for a Trigger's own CA or client certificate (delivery.tls)."""
+    `tls` is a Trigger's own CA or client certificate (delivery.tls)."""
     started = time.perf_counter()
     try:
-        async with session.post(
-            url,
-            data=request.body,
-            headers=request.headers,
-            timeout=client_timeout or aiohttp.ClientTimeout(total=seconds),
-            allow_redirects=False,
-            ssl=tls if tls is not None else True,
-        ) as response:
-            body = await response.read()
-            status = response.status
-            kept = body[:BODY_LIMIT]
-            if 200 <= status < 300:
-                return Result(status, time.perf_counter() - started, None, kept)
-            message = body[:200].decode(errors="replace") or (response.reason or "")
-            retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-            failure = Failure("status", status, f"HTTP {status}: {message}".strip(), retry_after)
-            return Result(status, time.perf_counter() - started, failure, kept)
+        response = await client.post(
+            url, request.headers, request.body, seconds, tls=tls, keep=BODY_LIMIT
+        )
     except TimeoutError:
         failure = Failure("timeout", None, f"no answer within {seconds:g}s")
-    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as error:
+    except (OSError, ResponseError, HeaderError) as error:
         refusal = refusal_in(error)
         if refusal is not None:
             failure = refused(refusal)
         else:
             failure = Failure("network", None, f"{type(error).__name__}: {error}"[:300])
+    else:
+        status = response.status
+        if 200 <= status < 300:
+            return Result(status, time.perf_counter() - started, None, response.body)
+        message = response.body[:200].decode(errors="replace") or response.reason
+        retry_after = parse_retry_after(response.retry_after, time.time())
+        failure = Failure("status", status, f"HTTP {status}: {message}".strip(), retry_after)
+        return Result(status, time.perf_counter() - started, failure, response.body)
     return Result(None, time.perf_counter() - started, failure)
 
 

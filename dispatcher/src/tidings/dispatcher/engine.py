@@ -41,7 +41,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-import aiohttp
 from aiohttp.abc import AbstractResolver
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -77,6 +76,7 @@ from tidings.dispatcher.cursor import (
 from tidings.dispatcher.delivery import Result, build_request, refused, send, signing_key
 from tidings.dispatcher.filtering import Filter, FilterCounts, FilterFailed
 from tidings.dispatcher.guard import Guard
+from tidings.dispatcher.http_post import Client
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
 from tidings.dispatcher.replays import Replays
 from tidings.dispatcher.retry import Failure, decide, is_retryable
@@ -349,7 +349,6 @@ class TriggerWorker:
         sink = route.delivery.dead_letter_url
         self.sink_refusal = guard.check_url(sink) if sink is not None else None
         self.timeout = route.delivery.timeout
-        self.client_timeout = aiohttp.ClientTimeout(total=route.delivery.timeout)
         self.lease_ms = int((route.delivery.timeout + RECLAIM_MARGIN) * 1000)
         self.local_limit = max(1, min(route.delivery.concurrency, self.dispatcher.max_in_flight))
         self.refill = max(1, min(self.dispatcher.batch, self.local_limit) // 2)
@@ -706,11 +705,10 @@ class TriggerWorker:
             result = Result(None, 0.0, refused(self.refusal))
         else:
             result = await send(
-                self.dispatcher.session,
+                self.dispatcher.client,
                 route.subscriber_url,
                 request,
                 self.timeout,
-                self.client_timeout,
                 self.tls,
             )
         ended = time.time()
@@ -928,7 +926,7 @@ class TriggerWorker:
             status=done.outcome.status,
             error=done.outcome.message,
         )
-        await deadletter.send_to_sink(self.dispatcher.session, url, request, self.timeout)
+        await deadletter.send_to_sink(self.dispatcher.client, url, request, self.timeout)
 
     # --- Backoff ------------------------------------------------------------------------
 
@@ -1035,7 +1033,7 @@ class Dispatcher:
         self.guard = Guard(destinations, resolver)
         self.workers: dict[str, TriggerWorker] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
         self._opened: OpenedSecrets | None = None
         self._stopping = False
         self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_EVERY
@@ -1049,9 +1047,9 @@ class Dispatcher:
         self._retention_next: dict[str, float] = {}
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "Dispatcher.start() first"
-        return self._session
+    def client(self) -> Client:
+        assert self._client is not None, "Dispatcher.start() first"
+        return self._client
 
     def unseal(self, sealed: str) -> str:
         if self.sealer is None:
@@ -1063,10 +1061,7 @@ class Dispatcher:
     async def start(self) -> None:
         # No pool limit: each Trigger's own concurrency bounds its connections, and a
         # shared cap would let one stalled subscriber starve every other Trigger.
-        self._session = aiohttp.ClientSession(
-            connector=self.guard.connector(limit=0, ttl_dns_cache=60),
-            auto_decompress=False,
-        )
+        self._client = Client(self.guard)
         self.waker.start()
         self.watcher.on_change(self.apply)
         self.watcher.on_wake(self.wake)
@@ -1110,8 +1105,8 @@ class Dispatcher:
         await self.replays.stop()
         await asyncio.gather(*(w.stop(grace) for w in self.workers.values()))
         await self.waker.stop()
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
         with contextlib.suppress(RedisError, OSError):
             await heartbeat.leave(self.redis, self.consumer)
         log.info("dispatcher %s stopped", self.consumer)

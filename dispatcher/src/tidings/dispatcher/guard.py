@@ -9,16 +9,17 @@ places that together leave no path around them:
 
 - once per route, the URL as written (`Guard.check_url`): literal addresses
   against every rule, names against the name rules;
-- in the resolver (`GuardedResolver`, given to aiohttp's TCPConnector): the
-  name and each address it resolves to, every rule — a name with any
-  forbidden address is refused whole;
+- in the resolver (`GuardedResolver`, which the HTTP client,
+  tidings.dispatcher.http_post, resolves every name with): the name and each
+  address it resolves to, every rule — a name with any forbidden address is
+  refused whole;
 - in the socket factory (`Guard.socket_factory`): every address a socket is
   about to connect to, against the rules an address alone decides (all but
   the allow-list's host suffixes, which need the name): the last line, should
   a path ever bypass the resolver.
 
-A refusal raises `DestinationRefused` (an OSError, so aiohttp wraps it as a
-connection error); `refusal_in` finds it in what aiohttp raised, and delivery
+A refusal raises `DestinationRefused` (an OSError, a connection error to the
+client); `refusal_in` finds it in what the client raised, and delivery
 reports the attempt as failed with `DestinationNotAllowed` and the rule.
 Redirects are never followed (tidings.dispatcher.delivery), so a subscriber
 cannot bounce a request elsewhere.
@@ -49,8 +50,8 @@ class DestinationRefused(OSError):
 
 
 def refusal_in(error: BaseException) -> Refusal | None:
-    """The policy's refusal inside an exception aiohttp raised (it wraps
-    OSErrors from resolving and connecting), or None."""
+    """The policy's refusal inside an exception the HTTP client raised (it may
+    wrap OSErrors from resolving and connecting), or None."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [error]
     while pending:
@@ -92,8 +93,8 @@ class GuardedResolver(AbstractResolver):
 
 
 class Guard:
-    """The policy as the dispatcher applies it: URL checks (cached per URL) and
-    the connector of its HTTP client."""
+    """The policy as the dispatcher applies it: URL checks (cached per URL), and
+    the resolver and socket factory of its HTTP client."""
 
     def __init__(self, policy: DestinationPolicy, resolver: AbstractResolver | None = None) -> None:
         self.policy = policy
@@ -104,6 +105,7 @@ class Guard:
         suffixes = any(entry.suffix is not None for entry in policy.allow)
         self._address_policy = replace(policy, allow=()) if suffixes else policy
         self._urls: OrderedDict[str, Refusal | None] = OrderedDict()
+        self._guarded: GuardedResolver | None = None
 
     def check_url(self, url: str) -> Refusal | None:
         """The URL as written, before any lookup (remembered: routes repeat)."""
@@ -127,11 +129,9 @@ class Guard:
         sock.setblocking(False)
         return sock
 
-    def connector(self, **options: Any) -> aiohttp.TCPConnector:
-        """A TCPConnector that resolves through the policy and creates sockets
-        only for addresses it allows."""
-        return aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.policy, self.resolver),
-            socket_factory=self.socket_factory,
-            **options,
-        )
+    def guarded_resolver(self) -> GuardedResolver:
+        """The resolver that refuses what the policy refuses (one per Guard,
+        made on first use: aiohttp's default resolver needs the running loop)."""
+        if self._guarded is None:
+            self._guarded = GuardedResolver(self.policy, self.resolver)
+        return self._guarded
