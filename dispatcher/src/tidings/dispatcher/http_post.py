@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohappyeyeballs
 import httptools
 
-from tidings.dispatcher.guard import Guard
+from tidings.dispatcher.guard import AddrInfo, DestinationRefused, Guard
 
 # An answer body beyond this is not read to its end: the connection is closed.
 DRAIN_LIMIT = 1 << 20
@@ -342,37 +343,36 @@ class Client:
     async def _open(
         self, target: Target, context: ssl.SSLContext | None, loop: asyncio.AbstractEventLoop
     ) -> _Connection:
-        last: OSError | None = None
+        infos: list[AddrInfo] = []
         for address in await self._resolve(target):
             family = address["family"]
+            sockaddr: tuple[Any, ...] = (address["host"], address["port"])
             if family == socket.AF_INET6:
-                sockaddr: tuple[Any, ...] = (address["host"], address["port"], 0, 0)
-            else:
-                sockaddr = (address["host"], address["port"])
-            sock = self.guard.socket_factory(
-                (family, socket.SOCK_STREAM, address.get("proto", 0) or 0, "", sockaddr)
+                sockaddr += (0, 0)
+            infos.append((family, socket.SOCK_STREAM, address.get("proto") or 0, "", sockaddr))
+        try:
+            # Happy Eyeballs as aiohttp connects (RFC 8305, 250 ms between families).
+            sock = await aiohappyeyeballs.start_connection(
+                infos, happy_eyeballs_delay=0.25, socket_factory=self.guard.socket_factory
             )
-            try:
-                await loop.sock_connect(sock, sockaddr)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                _, connection = await loop.create_connection(
-                    lambda: _Connection(loop),
-                    sock=sock,
-                    ssl=context,
-                    server_hostname=target.host if context is not None else None,
-                )
-                return connection
-            except ssl.SSLError:
-                sock.close()
-                raise
-            except OSError as error:
-                sock.close()
-                last = error
-        if last is None:
-            raise OSError(f"{target.host} resolved to no address")
-        raise ConnectionError(
-            f"cannot connect to {target.host}:{target.port}: {last.strerror or last}"
-        ) from last
+        except DestinationRefused:
+            raise
+        except OSError as error:
+            raise ConnectionError(
+                f"cannot connect to {target.host}:{target.port}: {error.strerror or error}"
+            ) from error
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _, connection = await loop.create_connection(
+                lambda: _Connection(loop),
+                sock=sock,
+                ssl=context,
+                server_hostname=target.host if context is not None else None,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return connection
 
     async def _resolve(self, target: Target) -> list[dict[str, Any]]:
         if target.literal:
