@@ -6,6 +6,7 @@ test CA (custom CA, client certificates)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import ssl
 import time
@@ -20,7 +21,7 @@ from tidings.api.destinations import CLUSTER, LOCAL
 from tidings.api.tls import client_context
 from tidings.dispatcher import delivery
 from tidings.dispatcher.guard import DestinationRefused, Guard
-from tidings.dispatcher.http_post import Client, HeaderError, ResponseError
+from tidings.dispatcher.http_post import Client, RequestError, ResponseError, Target
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 # An answer: the bytes to write and whether to close the connection after them;
@@ -266,7 +267,7 @@ async def test_nothing_listening_is_a_network_failure(client: Client) -> None:
 
 async def test_a_header_that_would_split_the_request_is_refused_unsent(client: Client) -> None:
     server = await serve()
-    with pytest.raises(HeaderError, match="X-Evil"):
+    with pytest.raises(RequestError, match="X-Evil"):
         await client.post(server.url(), {"X-Evil": "a\r\nHost: elsewhere"}, b"", 5)
     result = await delivery.send(client, server.url(), request(**{"X-Evil": "a\nb"}), 5)
     assert result.failure is not None and result.failure.kind == "network"
@@ -321,3 +322,29 @@ async def test_tls_with_a_custom_ca_and_a_client_certificate(
     assert mutual.connections == 1 and len(mutual.requests) == 1
     await plain.stop()
     await mutual.stop()
+
+
+def test_a_url_becomes_the_request_line_host_and_credentials_as_aiohttp_sent_them() -> None:
+    target = Target.parse("https://us%40er:pa:ss@[::1]:8443/a b?q=ä#fragment")
+    assert (target.host, target.port, target.tls, target.literal) == ("::1", 8443, True, True)
+    assert target.head.startswith(b"POST /a%20b?q=%C3%A4 HTTP/1.1\r\nHost: [::1]:8443\r\n")
+    assert target.authorization == "Basic " + base64.b64encode(b"us@er:pa:ss").decode()
+    named = Target.parse("http://b\u00fccher.example/x")
+    assert named.host == "xn--bcher-kva.example" and not named.literal and named.port == 80
+    assert b"Host: xn--bcher-kva.example\r\n" in named.head and named.authorization is None
+    for bad in ("ftp://example.com/", "http:///nohost", "http://example.com:99999/"):
+        with pytest.raises(RequestError, match="URL"):
+            Target.parse(bad)
+
+
+async def test_credentials_in_the_url_are_sent_unless_the_trigger_sets_authorization(
+    client: Client,
+) -> None:
+    server = await serve()
+    url = f"http://user:secret@127.0.0.1:{server.port}/hook"
+    await client.post(url, {}, b"", 5)
+    await client.post(url, {"authorization": "Bearer t"}, b"", 5)
+    first, second = (head.decode() for head, _ in server.requests)
+    assert "\r\nAuthorization: Basic " + base64.b64encode(b"user:secret").decode() in first
+    assert "\r\nauthorization: Bearer t\r\n" in second and "Basic" not in second
+    await server.stop()

@@ -40,7 +40,7 @@ from tidings.api.attempts import BODY_LIMIT
 from tidings.api.destinations import REASON as DESTINATION_NOT_ALLOWED
 from tidings.api.destinations import Refusal
 from tidings.dispatcher.guard import refusal_in
-from tidings.dispatcher.http_post import Client, HeaderError, ResponseError
+from tidings.dispatcher.http_post import Client, RequestError, ResponseError
 from tidings.dispatcher.retry import Failure, parse_retry_after
 
 # Headers Tidings sets itself; a Trigger's custom headers may not replace them.
@@ -136,7 +136,7 @@ async def send(
         )
     except TimeoutError:
         failure = Failure("timeout", None, f"no answer within {seconds:g}s")
-    except (OSError, ResponseError, HeaderError) as error:
+    except (OSError, ResponseError, RequestError) as error:
         refusal = refusal_in(error)
         if refusal is not None:
             failure = refused(refusal)

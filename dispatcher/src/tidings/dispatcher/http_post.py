@@ -26,13 +26,14 @@ client keeps what deliveries rely on:
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import socket
 import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohappyeyeballs
 import httptools
@@ -67,8 +68,9 @@ class Disconnected(ConnectionError):
     """The subscriber closed the connection before its answer ended."""
 
 
-class HeaderError(ValueError):
-    """A header name or value would break the request (CR, LF or NUL in it)."""
+class RequestError(ValueError):
+    """The request cannot be sent as asked: a header name or value with CR, LF
+    or NUL in it (it would smuggle a header or a request), or not an http(s) URL."""
 
 
 @dataclass(slots=True)
@@ -88,14 +90,26 @@ class Target:
     port: int
     literal: bool  # an IP address: not resolved (as aiohttp does)
     head: bytes  # request line and the fixed headers
+    authorization: str | None  # Basic, from credentials in the URL (as aiohttp sends them)
 
     @staticmethod
     def parse(url: str) -> Target:
+        try:
+            return Target._parse(url)
+        except RequestError:
+            raise
+        except ValueError as error:  # a port out of range, a name IDNA cannot encode
+            raise RequestError(f"not a URL to send to: {url!r} ({error})") from None
+
+    @staticmethod
+    def _parse(url: str) -> Target:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise RequestError(f"not an http(s) URL: {url!r}")
         tls = parts.scheme == "https"
         host = parts.hostname
+        if not host.isascii():
+            host = host.encode("idna").decode("ascii")
         port = parts.port or (443 if tls else 80)
         try:
             ipaddress.ip_address(host)
@@ -105,13 +119,18 @@ class Target:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        path = quote(path, safe="!#$%&'()*+,/:;=?@[]~")  # as written, but ASCII and no spaces
         authority = f"[{host}]" if ":" in host else host
         if port != (443 if tls else 80):
             authority += f":{port}"
         if any(c in path + authority for c in " \t\r\n\0"):
-            raise ValueError(f"the URL cannot be sent as a request line: {url!r}")
+            raise RequestError(f"the URL cannot be sent as a request line: {url!r}")
         head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {USER_AGENT}\r\n"
-        return Target(tls, host, port, literal, head.encode())
+        authorization = None
+        if parts.username is not None:
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(user.encode()).decode()
+        return Target(tls, host, port, literal, head.encode(), authorization)
 
 
 def encode_headers(headers: dict[str, str], length: int) -> bytes:
@@ -130,7 +149,7 @@ def encode_headers(headers: dict[str, str], length: int) -> bytes:
             (name for name, value in headers.items() if any(c in name + value for c in "\r\n\0")),
             "?",
         )
-        raise HeaderError(f"header {bad!r}: its name or value contains CR, LF or NUL")
+        raise RequestError(f"header {bad!r}: its name or value contains CR, LF or NUL")
     return text.encode()
 
 
@@ -201,6 +220,10 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if self.waiter is None or self.waiter.done():
+            self.close()  # a second answer to one request: the framing cannot be trusted
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -262,7 +285,9 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-Key = tuple[str, int, bool, int]  # host, port, TLS, id of the TLS context
+# host, port, TLS; the TLS context itself (compared by identity): a client
+# certificate is never presented to another Trigger's host.
+Key = tuple[str, int, bool, ssl.SSLContext | None]
 
 
 class Client:
@@ -277,7 +302,6 @@ class Client:
         self._targets: OrderedDict[str, Target] = OrderedDict()
         self._addresses: dict[tuple[str, int], tuple[float, list[dict[str, Any]]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
-        self._contexts: dict[int, ssl.SSLContext] = {}  # keeps pooled contexts' ids unique
         self._closed = False
 
     def target(self, url: str) -> Target:
@@ -300,19 +324,21 @@ class Client:
     ) -> Response:
         """POST `body`; the answer, or TimeoutError past `seconds`, or
         an OSError (connecting, the policy's DestinationRefused, Disconnected),
-        ResponseError, HeaderError."""
+        ResponseError, RequestError."""
         target = self.target(url)
+        if target.authorization is not None and not any(
+            name.lower() == "authorization" for name in headers
+        ):
+            headers = {**headers, "Authorization": target.authorization}
         data = [target.head, encode_headers(headers, len(body)), body]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         context = (tls or self.default_tls) if target.tls else None
-        key = (target.host, target.port, target.tls, id(context))
+        key = (target.host, target.port, target.tls, context)
         connection = self._take(key, loop.time())
         if connection is None:
             async with asyncio.timeout_at(deadline):
                 connection = await self._open(target, context, loop)
-            if context is not None:
-                self._contexts[id(context)] = context
         waiter = connection.send(data, keep)
         expiry = loop.call_at(deadline, _expire, connection)
         try:
