@@ -348,3 +348,12 @@ async def test_credentials_in_the_url_are_sent_unless_the_trigger_sets_authoriza
     assert "\r\nAuthorization: Basic " + base64.b64encode(b"user:secret").decode() in first
     assert "\r\nauthorization: Bearer t\r\n" in second and "Basic" not in second
     await server.stop()
+
+
+async def test_a_second_answer_to_one_request_retires_the_connection(client: Client) -> None:
+    server = await serve(lambda h, b: (OK + OK, False))
+    for _ in range(2):
+        result = await delivery.send(client, server.url(), request(), 5)
+        assert result.ok and result.body == b"ok"
+    assert server.connections == 2  # the first could no longer be trusted
+    await server.stop()
