@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 from tidings.api import keys
 from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import Route
+from tidings.dispatcher.backoff_state import BackoffState
+from tidings.dispatcher.cursor import Cursor
 
 MINUTE = 60_000  # ms
 
@@ -173,3 +175,22 @@ async def test_max_age_counts_from_the_due_time_the_fetch_uses(
     text = {k.decode(): v.decode() for k, v in fields.items()}
     assert "late" in text.get("event", "")  # due an hour ago: past maxAge (30m)
     assert "maxAge" in str(text)
+
+
+async def test_a_delayed_event_due_and_not_fetched_is_forecast_lost_to_retention(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """Once due, a delayed event no fetch has taken (its Trigger in Backoff) no longer
+    holds retention back (retention_trim.lua): the loss forecast counts the
+    source's retention from its time stored, as for a retry."""
+    await plane.add_source(maxAge="1h")
+    route = await plane.add_trigger("t", subscriber.url, wait=False, delivery={"delay": "1s"})
+    await plane.redis.xgroup_create(route.stream, route.group, id="0", mkstream=True)
+    stored = int(time.time() * 1000)
+    await store(plane, "soon", stored)
+    assert (await Cursor(plane.redis, route, "a").fetch(1, 60_000)).entries == []  # set aside
+    await asyncio.sleep(1.2)  # due, not fetched
+    published = await BackoffState(plane.redis, route).publish(retention_max_age=3600.0)
+    assert published.oldest_ms == stored + 1000
+    assert published.expires_ms == stored + 3_600_000  # not its due time + maxAge (72h)
+

@@ -18,8 +18,9 @@
 --   the oldest undelivered is the earliest due time (the time stored, or a delayed
 --   event's due time) of the Trigger's pending, held (retries, parked), delayed-and-due
 --   and unread entries; an event not due yet is not undelivered. When it will be lost:
---   the earliest due time + maxAge and, for an unread (due or not) or held entry, its
---   time stored + the source's retention (retention_trim.lua takes both).
+--   the earliest due time + maxAge and, for an unread (due or not), held or delayed
+--   and due entry, its time stored + the source's retention (retention_trim.lua
+--   takes them all).
 --#include _now.lua
 local lag, pending, last = 0, 0, nil
 local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
@@ -121,9 +122,14 @@ earliest(function()
   at = at + 1
   return held[at] and {held[at]}
 end, false)
--- Delayed events due and not fetched yet (a Trigger in Backoff fetches nothing).
+-- Delayed events due and not fetched yet (a Trigger in Backoff fetches nothing);
+-- retention can trim them too (retention_trim.lua): the earliest due one's time
+-- stored stands for theirs (the earliest stored may be older, with deliverafter).
 local due_delayed = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, 1)
-if due_delayed[2] then consider(tonumber(due_delayed[2])) end
+if due_delayed[2] then
+  consider(tonumber(due_delayed[2]))
+  if retention > 0 then lose_at(id_ms(due_delayed[1]) + retention) end
+end
 
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
   {{STATE_RETRIES}}, retries, {{STATE_DELAYED}}, delayed, {{STATE_UPDATED}}, ARGV[3],
