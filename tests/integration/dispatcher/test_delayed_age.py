@@ -194,3 +194,22 @@ async def test_a_delayed_event_due_and_not_fetched_is_forecast_lost_to_retention
     assert published.oldest_ms == stored + 1000
     assert published.expires_ms == stored + 3_600_000  # not its due time + maxAge (72h)
 
+
+async def test_events_set_aside_are_published_though_the_trigger_is_at_rest(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A Trigger whose events all wait for their delay is at rest (nothing late), and
+    an idle Trigger at rest skips its publishes; events set aside are a change all
+    the same: the delayed count follows them."""
+    gauges = await start(plane, subscriber, failing=False, delay="2h")
+    route = gauges.route
+
+    async def delayed(count: int) -> bool:
+        return (await plane.state(route)).get(keys.STATE_DELAYED) == str(count)
+
+    await plane.publish(1, prefix="first")
+    await wait_until(lambda: delayed(1), 10, "1 delayed published")
+    await asyncio.sleep(1.0)  # at rest: publishes are skipped from here on
+    await plane.publish(3, prefix="then")
+    await wait_until(lambda: delayed(4), 5, "4 delayed published")
+    assert subscriber.received == []

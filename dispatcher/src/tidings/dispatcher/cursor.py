@@ -127,6 +127,7 @@ class Fetched:
     last_id: str = "0-0"  # empty: the stream's newest id, to block on
     due_in_ms: int = -1  # empty: ms until the next retry comes due (-1: none)
     leased: int = 0  # empty: entries leased to any consumer (another's may be abandoned)
+    aside: int = 0  # empty, more: entries set aside now (delayed, parked): state changed
 
 
 @dataclass(slots=True)
@@ -201,7 +202,10 @@ class Cursor:
                 last_id=text(info[0]),
                 due_in_ms=int(float(info[1])),
                 leased=int(info[2]),
+                aside=int(info[3]),
             )
+        if status is FetchStatus.MORE:
+            return Fetched(status, [], aside=int(info))
         return Fetched(status, [])
 
     async def settle(

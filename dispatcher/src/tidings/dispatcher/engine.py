@@ -569,6 +569,10 @@ class TriggerWorker:
                     min(free, self.dispatcher.batch), self.lease_ms, reclaim_ms
                 )
                 self.room_bound = fetched.status is not FetchStatus.EMPTY
+                if fetched.aside:
+                    # Set aside until due, nothing to deliver: the delayed count moved,
+                    # and a Trigger at rest would not publish it otherwise.
+                    self.active = True
                 if fetched.status is FetchStatus.OK:
                     self.idle_block = IDLE_BLOCK
                     self.active = self.fetched = True

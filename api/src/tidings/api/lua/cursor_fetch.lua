@@ -12,8 +12,10 @@
 -- ordering key then, and moves to the held ZSET (everything there is due).
 -- Returns {status, info, entries}; status ok | limited (info: ms to wait) |
 -- empty (info: {last stream id, ms until the next retry is due, or -1, entries
--- leased to any consumer of the group}) | more (nothing to start: what it read
--- waits, and more is unread; look again now) | backoff.
+-- leased to any consumer of the group, entries set aside now}) | more (nothing to
+-- start: what it read waits, and more is unread; look again now; info: entries set
+-- aside now) | backoff. Set aside (delayed or parked) changes what the Trigger's
+-- state says without anything to deliver: the caller publishes it.
 -- Each entry: {origin r|c|n, stream id, fields, attempts so far, "k"..key or ""}.
 --#include _cursor_keys.lua
 --#include _limits.lua
@@ -116,7 +118,7 @@ end
 
 -- Entries set aside as delayed or parked behind their key free their place: read
 -- again, a few rounds at most.
-local rounds, full = 0, false
+local rounds, full, set_aside = 0, false, 0
 while #out < want and rounds < 4 do
   rounds = rounds + 1
   local count = want - #out
@@ -145,18 +147,19 @@ while #out < want and rounds < 4 do
       end
     end
   end
+  set_aside = set_aside + aside
   if aside == 0 then break end
 end
 
 if #out == 0 then
   -- All it read waits (parked or delayed), and there may be more to read.
-  if full then return {'more', 0, {}} end
+  if full then return {'more', set_aside, {}} end
   local last = redis.call('XREVRANGE', KEYS[K_STREAM], '+', '-', 'COUNT', 1)[1]
   local due = redis.call('ZRANGE', KEYS[K_RETRY], 0, 0, 'WITHSCORES')[2]
   local due_in = -1
   if due then due_in = math.max(0, tonumber(due) - now) end
   local leased = redis.call('XPENDING', KEYS[K_STREAM], group)[1]
-  return {'empty', {last and last[1] or '0-0', due_in, leased}, {}}
+  return {'empty', {last and last[1] or '0-0', due_in, leased, set_aside}, {}}
 end
 limits_commit(now, now + lease, consumer, ids, limit, tokens, rate)
 return {'ok', 0, out}
