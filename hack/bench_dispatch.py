@@ -13,7 +13,9 @@ Starts a private redis-server and a subscriber (a separate aiohttp process
 answering 200, with a /slow path that never answers in time), then measures:
 
 1. ceiling: XREADGROUP(100) -> 100 concurrent aiohttp POSTs -> one XACK of 100,
-   no features: the loop DESIGN.md measured;
+   no features: the loop DESIGN.md measured; then the same loop with the
+   dispatcher's own HTTP client (tidings.dispatcher.http_post, where the tree
+   has it), the bare ceiling of what the dispatcher runs;
 2. dispatcher: the real Dispatcher with every feature on (type + CEL filter,
    Standard Webhooks signing, Prometheus metrics, the fetch/settle scripts
    with retry bookkeeping, leases and a rate limit far above the rate), and
@@ -71,6 +73,11 @@ try:  # hack/bench_tracing.py also imports this file over trees older than the p
     LOOPBACK: dict[str, Any] = {"destinations": LOCAL}
 except ImportError:
     LOOPBACK = {}
+try:  # the dispatcher's own HTTP client, for a second ceiling (trees before it: none)
+    from tidings.dispatcher.guard import Guard
+    from tidings.dispatcher.http_post import Client as HTTPPost
+except ImportError:
+    HTTPPost = None  # type: ignore[assignment,misc]
 
 NAMESPACE = "bench"
 DEFAULT_GC_THRESHOLD = gc.get_threshold()
@@ -152,17 +159,22 @@ async def subscriber_count(session: aiohttp.ClientSession, base: str) -> dict[st
         return result
 
 
-async def bare_ceiling(redis: Redis, url: str, count: int) -> float:
-    """XREADGROUP(100) -> POST each -> one XACK: events/s."""
+async def bare_ceiling(redis: Redis, url: str, count: int, *, lean: bool = False) -> float:
+    """XREADGROUP(100) -> POST each -> one XACK: events/s. The POSTs go through
+    aiohttp's ClientSession, or with `lean` through the dispatcher's own client
+    (tidings.dispatcher.http_post, where the tree has it)."""
     stream = keys.stream(NAMESPACE, "ceiling")
     await fill(redis, stream, count)
     await redis.xgroup_create(stream, "bare", id="0")
+    json_type = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        client = HTTPPost(Guard(LOCAL)) if lean and HTTPPost is not None else None
 
         async def post(fields: dict[bytes, bytes]) -> None:
-            async with session.post(
-                url, data=fields[b"e"], headers={"Content-Type": "application/json"}
-            ) as response:
+            if client is not None:
+                await client.post(url, json_type, fields[b"e"], 10)
+                return
+            async with session.post(url, data=fields[b"e"], headers=json_type) as response:
                 await response.read()
 
         started = time.perf_counter()
@@ -173,7 +185,10 @@ async def bare_ceiling(redis: Redis, url: str, count: int) -> float:
             await asyncio.gather(*(post(fields) for _, fields in entries))
             await redis.xack(stream, "bare", *(entry_id for entry_id, _ in entries))
             done += len(entries)
-        return count / (time.perf_counter() - started)
+        rate = count / (time.perf_counter() - started)
+        if client is not None:
+            await client.close()
+        return rate
 
 
 def trigger(
@@ -244,6 +259,8 @@ async def throughput(
     ceilings: list[float] = []
     rates: list[float] = []
     cpu_bare: list[float] = []
+    lean_ceilings: list[float] = []
+    cpu_lean: list[float] = []
     cpu_full: list[float] = []
     redis_full: list[float] = []
     try:
@@ -252,6 +269,12 @@ async def throughput(
             before = await cpu(redis)
             ceilings.append(await bare_ceiling(redis, f"{base}/hook", events))
             cpu_bare.append((await cpu(redis) - before) / events)
+            lean = ""
+            if HTTPPost is not None:
+                await redis.delete(keys.stream(NAMESPACE, "ceiling"))
+                before = await cpu(redis)
+                lean_ceilings.append(await bare_ceiling(redis, f"{base}/hook", events, lean=True))
+                cpu_lean.append((await cpu(redis) - before) / events)
             name = f"full{round_}"
             stream = await add_source(redis, name, world, sealer)
             await fill(redis, stream, events)
@@ -264,11 +287,16 @@ async def throughput(
             redis_full.append((await redis_cpu(redis) - redis_before) / events)
             await table.delete_route(redis, route.namespace, route.name)
             await redis.delete(stream)
+            if cpu_lean:
+                lean = (
+                    f"; ceiling with http_post {lean_ceilings[-1]:6.0f}/s, "
+                    f"{cpu_lean[-1] * 1e6:.0f} µs: {cpu_lean[-1] / cpu_full[-1]:.2f}"
+                )
             print(
                 f"round {round_ + 1}      ceiling {ceilings[-1]:6.0f}/s, dispatcher "
                 f"{rates[-1]:6.0f}/s: {rates[-1] / ceilings[-1]:.2f}; CPU per delivery "
                 f"(this process + Redis) {cpu_bare[-1] * 1e6:.0f} vs {cpu_full[-1] * 1e6:.0f} µs "
-                f"(Redis {redis_full[-1] * 1e6:.0f}): {cpu_bare[-1] / cpu_full[-1]:.2f}"
+                f"(Redis {redis_full[-1] * 1e6:.0f}): {cpu_bare[-1] / cpu_full[-1]:.2f}{lean}"
             )
     finally:
         await dispatcher.stop(grace=0.5)
@@ -284,9 +312,15 @@ async def throughput(
         f"delivery (this process + Redis), best: the dispatcher does "
         f"{min(cpu_bare) / min(cpu_full):.2f} of the ceiling's work per CPU second"
     )
+    if cpu_lean:
+        print(
+            f"CPU          ceiling with http_post {min(cpu_lean) * 1e6:.0f} µs, best: the "
+            f"dispatcher does {min(cpu_lean) / min(cpu_full):.2f} of its work per CPU second"
+        )
     return {
         "cpu_us_per_delivery": {
             "ceiling": min(cpu_bare) * 1e6,
+            "ceiling_http_post": min(cpu_lean) * 1e6 if cpu_lean else None,
             "dispatcher": min(cpu_full) * 1e6,
             "redis": min(redis_full) * 1e6,
             "ratio": min(cpu_bare) / min(cpu_full),
