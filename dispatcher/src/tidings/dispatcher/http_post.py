@@ -5,8 +5,9 @@ Deliveries need little of a general client: POST a body already in memory,
 read a status, one header (Retry-After) and the start of the body. aiohttp's
 ClientSession does much more per request (request and response objects,
 cookie jar, tracing signals, header multidicts, a timeout context), which
-was ~56 % of a delivery's CPU (docs/benchmarks.md, "HTTP client"). This
-client keeps what deliveries rely on:
+was ~56 % of a delivery's CPU; this client costs ~0.3x its CPU per POST
+(hack/bench_http_client.py; docs/benchmarks.md, "The delivery HTTP client").
+It keeps what deliveries rely on:
 
 - the destination policy (tidings.dispatcher.guard): names resolve through
   its resolver, sockets come from its socket factory, so no connection is
