@@ -100,12 +100,25 @@ if #head > step then cut = head[step + 1][1] end
 -- loop below would take it before its first attempt. Such ids move over here, once
 -- (a moved id is no longer in :held): only those below the trim point matter to
 -- retention, the held loop looks at them anyway, and fetch and settle pay nothing.
+-- Whichever set is smaller is walked: most Triggers have nothing delayed.
 for i = 1, triggers do
   view(i)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[K_HELD], (parse(first)), (parse(cut)))) do
-    if redis.call('ZSCORE', KEYS[K_DELAYED], id) then
-      redis.call('ZREM', KEYS[K_HELD], id)
-      redis.call('ZADD', KEYS[K_DELAYED_HELD], id_ms(id), id)
+  local delayed = redis.call('ZCARD', KEYS[K_DELAYED])
+  if delayed > 0 then
+    local low, high = (parse(first)), (parse(cut))
+    local ids
+    if delayed < redis.call('ZCOUNT', KEYS[K_HELD], low, high) then
+      ids = redis.call('ZRANGE', KEYS[K_DELAYED], 0, -1)
+    else
+      ids = redis.call('ZRANGEBYSCORE', KEYS[K_HELD], low, high)
+    end
+    for _, id in ipairs(ids) do
+      local ms = id_ms(id)
+      if ms >= low and ms <= high and redis.call('ZSCORE', KEYS[K_HELD], id)
+          and redis.call('ZSCORE', KEYS[K_DELAYED], id) then
+        redis.call('ZREM', KEYS[K_HELD], id)
+        redis.call('ZADD', KEYS[K_DELAYED_HELD], ms, id)
+      end
     end
   end
 end
