@@ -26,6 +26,7 @@ from tidings.api.events import CloudEvent, encode
 from tidings.api.routes import CompiledSource, Route, compile_source, compile_trigger
 from tidings.api.sealing import Sealer
 from tidings.api.types import EventSourceSpec, TriggerSpec
+from tidings.dispatcher import deadletter
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
@@ -326,3 +327,14 @@ async def _bounded(step: Awaitable[None], what: str, seconds: float = 20.0) -> N
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def dead_letters(plane: Plane, route: Any, count: int) -> list[deadletter.DeadLetter]:
+    async def enough() -> bool:
+        return (
+            len(await deadletter.read(plane.redis, route.namespace, route.source, route.name))
+            >= count
+        )
+
+    await wait_until(enough, 15, f"{count} dead letters")
+    return await deadletter.read(plane.redis, route.namespace, route.source, route.name)

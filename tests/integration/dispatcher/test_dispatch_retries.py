@@ -7,11 +7,10 @@ import time
 from typing import Any
 
 from aiohttp import web
-from dispatch_harness import Plane, Subscriber, wait_until
+from dispatch_harness import Plane, Subscriber, dead_letters, wait_until
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent, encode
-from tidings.dispatcher import deadletter
 
 FAST = {"initialDelay": "50ms", "maxDelay": "1s", "jitter": 0}
 
@@ -162,17 +161,6 @@ async def test_dead_letters_go_to_the_dead_letter_sink_too(
         assert sink.received[0].headers["tidings-dead-letter-status"] == "422"
     finally:
         await sink.stop()
-
-
-async def dead_letters(plane: Plane, route: Any, count: int) -> list[deadletter.DeadLetter]:
-    async def enough() -> bool:
-        return (
-            len(await deadletter.read(plane.redis, route.namespace, route.source, route.name))
-            >= count
-        )
-
-    await wait_until(enough, 15, f"{count} dead letters")
-    return await deadletter.read(plane.redis, route.namespace, route.source, route.name)
 
 
 async def retry_keys_empty(plane: Plane, route: Any) -> bool:

@@ -5,7 +5,7 @@ carries it to the subscriber."""
 from __future__ import annotations
 
 import aiohttp
-from dispatch_harness import Plane, Subscriber, ingest_ready, wait_until
+from dispatch_harness import Plane, Subscriber, dead_letters, ingest_ready, wait_until
 
 from tidings.api import keys
 from tidings.api.events import CloudEvent, decode
@@ -66,3 +66,36 @@ async def test_ingest_with_tracing_off_stores_the_producers_context(plane: Plane
         stored[event.id] = event.extensions
     assert stored["good"]["traceparent"] == f"00-{TRACE}-{PRODUCER_SPAN}-01"
     assert "traceparent" not in stored["bad"]
+
+
+async def test_an_event_whose_request_cannot_be_encoded_is_dead_lettered_at_once(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """A lone surrogate in a stored tracestate (JSON accepts "\\ud800") can never be
+    sent, as a ce- attribute (binary) or a header (structured): the event is
+    dead-lettered on its first attempt, saying why, and the next is delivered."""
+    await plane.add_source()
+    await plane.dispatcher()
+    binary = await plane.add_trigger("b", subscriber.url)
+    structured = await plane.add_trigger("s", subscriber.url, delivery={"format": "structured"})
+    await plane.publish_events(
+        [
+            CloudEvent(
+                id=event_id,
+                source="/shop",
+                type="com.shop.x",
+                data={},
+                extensions={"traceparent": f"00-{TRACE}-{PRODUCER_SPAN}-01", "tracestate": state},
+            )
+            for event_id, state in (("unsendable", "shop=\ud800"), ("fine", "shop=1"))
+        ]
+    )
+    for route, where in ((binary, "attribute"), (structured, "header")):
+        letters = await dead_letters(plane, route, 1)
+        assert [letter.event["id"] for letter in letters] == ["unsendable"]
+        assert letters[0].attempts == 1
+        assert letters[0].error.startswith(
+            f"the request can never be sent: RequestError: {where} 'tracestate': "
+        ), letters[0].error
+        assert (await plane.redis.xpending(route.stream, route.group))["pending"] == 0
+    await wait_until(lambda: subscriber.ids() == ["fine", "fine"], 20, "the next event delivered")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from pki import TestCA
 from tidings.api.attempts import BODY_LIMIT
@@ -21,7 +23,14 @@ from tidings.api.destinations import CLUSTER, LOCAL
 from tidings.api.tls import client_context
 from tidings.dispatcher import delivery
 from tidings.dispatcher.guard import DestinationRefused, Guard
-from tidings.dispatcher.http_post import Client, RequestError, ResponseError, Target
+from tidings.dispatcher.http_post import (
+    DRAIN_LIMIT,
+    HEAD_LIMIT,
+    Client,
+    RequestError,
+    ResponseError,
+    Target,
+)
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 # An answer: the bytes to write and whether to close the connection after them;
@@ -270,7 +279,7 @@ async def test_a_header_that_would_split_the_request_is_refused_unsent(client: C
     with pytest.raises(RequestError, match="X-Evil"):
         await client.post(server.url(), {"X-Evil": "a\r\nHost: elsewhere"}, b"", 5)
     result = await delivery.send(client, server.url(), request(**{"X-Evil": "a\nb"}), 5)
-    assert result.failure is not None and result.failure.kind == "network"
+    assert result.failure is not None and result.failure.kind == "request"
     assert server.requests == []
     # Framing stays ours: a custom header cannot replace Content-Length or Host.
     await client.post(
@@ -357,3 +366,132 @@ async def test_a_second_answer_to_one_request_retires_the_connection(client: Cli
         assert result.ok and result.body == b"ok"
     assert server.connections == 2  # the first could no longer be trusted
     await server.stop()
+
+
+async def test_an_answer_head_over_the_limit_fails_fast_and_its_connection_is_dropped(
+    client: Client,
+) -> None:
+    endless_header = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (HEAD_LIMIT * 4)  # never ends
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" * 5000
+    huge_trailer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+        + b"X-Trailer: "
+        + b"t" * (DRAIN_LIMIT + HEAD_LIMIT)
+        + b"\r\n\r\n"
+    )
+    answers = iter([endless_header, early_hints + OK, huge_trailer])
+    server = await serve(lambda h, b: (next(answers), False))
+    started = time.monotonic()
+    for what in ("the answer's head is over", "the answer's head is over", "the answer is over"):
+        with pytest.raises(ResponseError, match=what):
+            await client.post(server.url(), {}, b"", 30)
+    assert time.monotonic() - started < 20  # not the deadline: at the limit
+    assert server.connections == 3 and client.idle_connections() == 0
+    await server.stop()
+
+
+async def test_answers_aiohttp_read_leniently_are_read(client: Client) -> None:
+    answers = iter(
+        [
+            b"HTTP/1.1 429 Slow\nRetry-After: 7\nContent-Length: 2\n\nno",  # LF-only lines
+            b"HTTP/1.1 200 OK\r\nX-Odd: a\x01b\r\nContent-Length: 2\r\n\r\nok",  # a control char
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 \r\nok\r\n0\r\n\r\n",
+        ]
+    )
+    server = await serve(lambda h, b: (next(answers), False))
+    limited = await delivery.send(client, server.url(), request(), 5)
+    assert limited.status == 429 and limited.body == b"no"
+    assert limited.failure is not None and limited.failure.retry_after == 7
+    for _ in range(2):
+        result = await delivery.send(client, server.url(), request(), 5)
+        assert result.ok and result.body == b"ok"
+    await server.stop()
+
+
+async def test_a_body_with_a_final_coding_other_than_chunked_is_read_to_the_close(
+    client: Client,
+) -> None:
+    gzip_to_eof = b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: gzip\r\n\r\nnot really gzip"
+    server = await serve(lambda h, b: (gzip_to_eof, True))
+    result = await delivery.send(client, server.url(), request(), 5)
+    assert result.status == 500 and result.body == b"not really gzip"
+    assert client.idle_connections() == 0
+    await server.stop()
+
+
+class OneName(AbstractResolver):
+    """Resolves `name` alone, to 127.0.0.1."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host != self.name:
+            raise OSError(f"test resolver: no such name {host}")
+        address = {"hostname": host, "host": "127.0.0.1", "port": port}
+        return [{**address, "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_tls_to_a_fully_qualified_name_with_its_final_dot(tmp_path: Path) -> None:
+    ca = TestCA()
+    server = await RawServer().start(ca.server_context(tmp_path, require_client_cert=False))
+    client = Client(Guard(LOCAL, OneName("localhost.")))
+    url = server.url(scheme="https", host="localhost.")
+    result = await delivery.send(client, url, request(), 5, tls=client_context(ca_pem=ca.cert))
+    assert result.ok, result.failure
+    assert f"Host: localhost.:{server.port}\r\n".encode() in server.requests[0][0]
+    await client.close()
+    await server.stop()
+
+
+async def test_a_name_that_does_not_resolve_is_named_in_the_failure(client: Client) -> None:
+    # .invalid never resolves (RFC 6761) and the system resolver answers that locally.
+    result = await delivery.send(client, "http://nonexistent.invalid/hook", request(), 10)
+    assert result.failure is not None and result.failure.kind == "network"
+    assert result.failure.message.startswith(
+        "ConnectionError: cannot resolve nonexistent.invalid: "
+    ), result.failure.message
+
+
+async def test_header_names_that_are_not_tokens_and_values_that_are_not_text_are_refused(
+    client: Client,
+) -> None:
+    server = await serve()
+    for name in ("Host:admin.internal", "Transfer-Encoding:", "X Y", "Ümlaut", ""):
+        with pytest.raises(RequestError, match="a header name is"):
+            await client.post(server.url(), {name: "x"}, b"", 5)
+    surrogate = await delivery.send(client, server.url(), request(tracestate="a=\ud800"), 5)
+    assert surrogate.failure is not None and surrogate.failure.kind == "request"
+    assert surrogate.failure.message.startswith("RequestError: header 'tracestate': ")
+    assert server.requests == [] and server.connections == 0
+    await server.stop()
+
+
+async def test_an_answer_before_the_body_is_all_sent_does_not_pool_the_connection(
+    client: Client,
+) -> None:
+    connections = 0
+
+    async def answer_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Answers on the request line, reads no body: the client's writes back up.
+        nonlocal connections
+        connections += 1
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(answer_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(2):
+        response = await client.post(url, {}, b"x" * 20_000_000, 10)
+        assert response.status == 200
+    assert connections == 2 and client.idle_connections() == 0
+    server.close()
+    await client.close()

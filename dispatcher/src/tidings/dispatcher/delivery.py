@@ -87,13 +87,18 @@ def build_request(
     signing_keys: list[bytes],
     now: float | None = None,
 ) -> Request:
-    """The request for `event` (its stored structured JSON is `raw`)."""
+    """The request for `event` (its stored structured JSON is `raw`); RequestError
+    when an attribute is not text (a lone surrogate JSON let in: no UTF-8 for it)."""
     out = {
         name: value
         for name, value in headers.items()
         if name.lower() not in _RESERVED and not name.lower().startswith(_RESERVED_PREFIXES)
     }
-    encoded, body = codec.encode(event, raw, format)
+    try:
+        encoded, body = codec.encode(event, raw, format)
+    except UnicodeEncodeError as error:
+        bad = next((name for name, value in event.items() if not _is_text(value)), "?")
+        raise RequestError(f"attribute {bad!r}: its value is not text ({error.reason})") from None
     out.update(encoded)
     # The stored trace context, in every format (a span of ours replaces it when on).
     tracing.forward_headers(event, out)
@@ -104,6 +109,14 @@ def build_request(
         out["webhook-timestamp"] = str(timestamp)
         out["webhook-signature"] = sign(signing_keys, event_id, timestamp, body)
     return Request(headers=out, body=body)
+
+
+def _is_text(value: Any) -> bool:
+    try:
+        str(value).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -136,7 +149,9 @@ async def send(
         )
     except TimeoutError:
         failure = Failure("timeout", None, f"no answer within {seconds:g}s")
-    except (OSError, ResponseError, RequestError) as error:
+    except RequestError as error:
+        failure = unsendable(error)
+    except (OSError, ResponseError) as error:
         refusal = refusal_in(error)
         if refusal is not None:
             failure = refused(refusal)
@@ -151,6 +166,12 @@ async def send(
         failure = Failure("status", status, f"HTTP {status}: {message}".strip(), retry_after)
         return Result(status, time.perf_counter() - started, failure, response.body)
     return Result(None, time.perf_counter() - started, failure)
+
+
+def unsendable(error: RequestError) -> Failure:
+    """The failure of a request that cannot be encoded (nothing was sent, and
+    never can be: tidings.dispatcher.retry dead-letters it at once)."""
+    return Failure("request", None, f"{type(error).__name__}: {error}"[:300])
 
 
 def refused(refusal: Refusal) -> Failure:

@@ -73,10 +73,18 @@ from tidings.dispatcher.cursor import (
     Origin,
     Outcome,
 )
-from tidings.dispatcher.delivery import Result, build_request, refused, send, signing_key
+from tidings.dispatcher.delivery import (
+    Request,
+    Result,
+    build_request,
+    refused,
+    send,
+    signing_key,
+    unsendable,
+)
 from tidings.dispatcher.filtering import Filter, FilterCounts, FilterFailed
 from tidings.dispatcher.guard import Guard
-from tidings.dispatcher.http_post import Client
+from tidings.dispatcher.http_post import Client, RequestError
 from tidings.dispatcher.metrics import DispatchMetrics, TriggerMetrics
 from tidings.dispatcher.replays import Replays
 from tidings.dispatcher.retry import Failure, decide, is_retryable
@@ -684,13 +692,17 @@ class TriggerWorker:
                 event,
                 ended=time.time(),
             )
-        request = build_request(
-            event,
-            entry.event_json,
-            format=delivery.format,
-            headers=self.headers,
-            signing_keys=self.signing_keys,
-        )
+        unsent = None
+        try:
+            request = build_request(
+                event,
+                entry.event_json,
+                format=delivery.format,
+                headers=self.headers,
+                signing_keys=self.signing_keys,
+            )
+        except RequestError as error:  # never sendable: dead-lettered, saying why
+            request, unsent = Request({}, b""), unsendable(error)
         tracer = self.dispatcher.tracer
         span = None
         if tracer is not None:
@@ -707,6 +719,8 @@ class TriggerWorker:
             )
         if self.refusal is not None:
             result = Result(None, 0.0, refused(self.refusal))
+        elif unsent is not None:
+            result = Result(None, 0.0, unsent)
         else:
             result = await send(
                 self.dispatcher.client,

@@ -21,7 +21,11 @@ It keeps what deliveries rely on:
 - the response body: the first `keep` bytes are kept, the rest read and
   dropped; past `DRAIN_LIMIT` the connection is closed instead of read on;
 - a malformed response or a connection closed before the answer ends is an
-  error (`ResponseError`, `Disconnected`) and the connection is not reused.
+  error (`ResponseError`, `Disconnected`) and the connection is not reused;
+  so is an answer whose head (1xx answers included) is over HEAD_LIMIT, or
+  whole over HEAD_LIMIT + DRAIN_LIMIT (endless trailers or chunk extensions);
+- parsing as lenient as aiohttp's was: LF-only line ends, control characters
+  in header values and spaces after a chunk size are accepted.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 import socket
 import ssl
 from collections import OrderedDict
@@ -43,6 +48,12 @@ from tidings.dispatcher.guard import AddrInfo, DestinationRefused, Guard
 
 # An answer body beyond this is not read to its end: the connection is closed.
 DRAIN_LIMIT = 1 << 20
+# The status line and headers of an answer, 1xx answers included, may take this
+# many bytes; the whole answer DRAIN_LIMIT more (chunk sizes, trailers). llhttp
+# joins the pieces of a header with `bytes +=`, quadratic in the pieces: capped
+# at 32 KiB a header costs at most a few ms of the event loop (40 MB cost 33 s).
+# aiohttp allowed 8190 bytes a line and 128 headers; Node 16 KiB in all.
+HEAD_LIMIT = 32 << 10
 KEEPALIVE_SECONDS = 15.0  # an idle connection is closed after this (aiohttp's default)
 DNS_TTL = 60.0  # resolved addresses are reused this long for new connections
 # Framing is ours: a Trigger's custom headers cannot replace these.
@@ -70,8 +81,10 @@ class Disconnected(ConnectionError):
 
 
 class RequestError(ValueError):
-    """The request cannot be sent as asked: a header name or value with CR, LF
-    or NUL in it (it would smuggle a header or a request), or not an http(s) URL."""
+    """The request cannot be sent as asked, now or ever: a header name that is not
+    an RFC 9110 token (`Host:x` would add a second Host line), a value with CR, LF
+    or NUL in it (it would smuggle a header or a request) or that is not text
+    (a lone surrogate), or not an http(s) URL."""
 
 
 @dataclass(slots=True)
@@ -134,8 +147,21 @@ class Target:
         return Target(tls, host, port, literal, head.encode(), authorization)
 
 
+# RFC 9110 5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+_TOKENS: set[str] = set()  # names seen to be tokens (headers repeat): checked once
+
+
 def encode_headers(headers: dict[str, str], length: int) -> bytes:
     """The request's own header lines and the blank line that ends them."""
+    for name in headers:
+        if name not in _TOKENS:
+            if _TOKEN.fullmatch(name) is None:
+                raise RequestError(
+                    f"header {name!r}: a header name is letters, digits and !#$%&'*+.^_`|~-"
+                )
+            if len(_TOKENS) < 10_000:
+                _TOKENS.add(name)
     lines = [
         f"{name}: {value}\r\n" for name, value in headers.items() if name.lower() not in _FRAMING
     ]
@@ -151,7 +177,19 @@ def encode_headers(headers: dict[str, str], length: int) -> bytes:
             "?",
         )
         raise RequestError(f"header {bad!r}: its name or value contains CR, LF or NUL")
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:  # a lone surrogate, e.g. from a JSON "\ud800"
+        bad = next((name for name, value in headers.items() if _unencodable(value)), "?")
+        raise RequestError(f"header {bad!r}: its value is not text ({error.reason})") from None
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class _Connection(asyncio.Protocol):
@@ -161,16 +199,26 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # What aiohttp's llhttp parser allowed in answers, so subscribers it
+        # could read are read.
+        self.parser.set_dangerous_leniencies(
+            lenient_headers=True,
+            lenient_optional_cr_before_lf=True,
+            lenient_spaces_after_chunk_size=True,
+        )
         self.closed = False
         self.idle_since = 0.0
         self.waiter: asyncio.Future[Response] | None = None
         self.keep = 0
+        self.fed = 0  # bytes of the current answer given to the parser, 1xx included
         self._reset()
 
     def _reset(self) -> None:
         self.reason = b""
         self.retry_after: bytes | None = None
         self.framed = False  # Content-Length or chunked: the body does not end at EOF
+        self.length_given = False
+        self.chunked: bool | None = None  # None: no Transfer-Encoding
         self.headers_done = False
         self.body = bytearray()
         self.received = 0
@@ -179,6 +227,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: list[bytes], keep: int) -> asyncio.Future[Response]:
         self._reset()
         self.keep = keep
+        self.fed = 0
         self.waiter = self.loop.create_future()
         assert self.transport is not None
         self.transport.writelines(data)
@@ -195,7 +244,21 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         try:
-            self.parser.feed_data(data)
+            while data and not self.closed:
+                # The head may take HEAD_LIMIT bytes, the answer DRAIN_LIMIT more; a
+                # piece at a time, so a head that ends within its limit is read on.
+                limit = HEAD_LIMIT + DRAIN_LIMIT if self.headers_done else HEAD_LIMIT
+                room = limit - self.fed
+                if room <= 0:
+                    what = "answer" if self.headers_done else "answer's head"
+                    self._fail(ResponseError(f"the {what} is over {limit} bytes"))
+                    return
+                if len(data) > room:
+                    piece, data = data[:room], data[room:]
+                else:
+                    piece, data = data, b""
+                self.fed += len(piece)
+                self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade:
             self._fail(ResponseError("the subscriber switched protocols (an Upgrade answer)"))
         except httptools.HttpParserError as error:
@@ -232,12 +295,19 @@ class _Connection(asyncio.Protocol):
         lowered = name.lower()
         if lowered == b"retry-after":
             self.retry_after = value
-        elif lowered == b"content-length" or lowered == b"transfer-encoding":
-            self.framed = True
+        elif lowered == b"content-length":
+            self.length_given = True
+        elif lowered == b"transfer-encoding":
+            # The final coding decides (RFC 9112 6.3): `gzip` alone is read to EOF.
+            self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         self.headers_done = True
+        if self.chunked is not None:
+            self.framed = self.chunked  # Transfer-Encoding overrides Content-Length
+        else:
+            self.framed = self.length_given
         if status in (204, 304) or 100 <= status < 200:
             self.framed = True
 
@@ -278,6 +348,17 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         self.close()
+
+    def idle(self) -> bool:
+        """Open, and nothing of the last request left to write: an answer that came
+        before the body was all sent leaves the rest in the buffer."""
+        transport = self.transport
+        return (
+            not self.closed
+            and transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -349,7 +430,7 @@ class Client:
             raise
         finally:
             expiry.cancel()
-        if connection.reusable and not connection.closed and not self._closed:
+        if connection.reusable and not connection.closed and not self._closed and connection.idle():
             connection.idle_since = loop.time()
             self._idle.setdefault(key, []).append(connection)
             if self._sweeper is None:
@@ -362,7 +443,7 @@ class Client:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # the most recently used: the others may age out
-            if not connection.closed and now - connection.idle_since < self.keepalive:
+            if connection.idle() and now - connection.idle_since < self.keepalive:
                 return connection
             connection.close()
         return None
@@ -384,9 +465,11 @@ class Client:
             )
         except DestinationRefused:
             raise
-        except OSError as error:
+        except (OSError, ValueError, RuntimeError) as error:
+            # aiohappyeyeballs raises ValueError for no addresses, RuntimeError under uvloop.
+            reason = (error.strerror if isinstance(error, OSError) else None) or error
             raise ConnectionError(
-                f"cannot connect to {target.host}:{target.port}: {error.strerror or error}"
+                f"cannot connect to {target.host}:{target.port}: {reason}"
             ) from error
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -394,7 +477,8 @@ class Client:
                 lambda: _Connection(loop),
                 sock=sock,
                 ssl=context,
-                server_hostname=target.host if context is not None else None,
+                # A fully qualified name's final dot is no part of its certificate's names.
+                server_hostname=target.host.rstrip(".") if context is not None else None,
             )
         except BaseException:
             sock.close()
@@ -410,9 +494,17 @@ class Client:
         if cached is not None and cached[0] > now:
             return cached[1]
         resolver = self.guard.guarded_resolver()
-        results = [
-            dict(r) for r in await resolver.resolve(target.host, target.port, socket.AF_UNSPEC)
-        ]
+        try:
+            found = await resolver.resolve(target.host, target.port, socket.AF_UNSPEC)
+        except DestinationRefused:
+            raise
+        except OSError as error:
+            raise ConnectionError(
+                f"cannot resolve {target.host}: {error.strerror or error}"
+            ) from error
+        results = [dict(r) for r in found]
+        if not results:
+            raise ConnectionError(f"cannot resolve {target.host}: no addresses")
         self._addresses[(target.host, target.port)] = (now + DNS_TTL, results)
         return results
 

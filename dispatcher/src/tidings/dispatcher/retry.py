@@ -24,7 +24,9 @@ from tidings.api.routes import CompiledRetry
 
 # "destination": the destination policy refused the connection, before any
 # packet (tidings.dispatcher.guard); never retried, dead-lettered at once.
-FailureKind = Literal["network", "timeout", "status", "destination"]
+# "request": the request cannot be encoded (tidings.dispatcher.http_post
+# RequestError); it never could be, so it is dead-lettered at once too.
+FailureKind = Literal["network", "timeout", "status", "destination", "request"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def decide(
     if failure.kind == "destination":
         # The policy will refuse it again; a fixed policy and `tidings replay` bring it back.
         return Decision(False, reason=DESTINATION_NOT_ALLOWED)
+    if failure.kind == "request":
+        return Decision(False, reason="the request can never be sent")
     if not is_retryable(policy.retry_on, failure):
         return Decision(False, reason=f"{failure.label()} is not in retryOn")
     if attempts >= policy.max_attempts:
