@@ -191,6 +191,15 @@ def test_tls_needs_an_https_subscriber() -> None:
             },
             "also set by delivery.headers.X-Key",
         ),
+        (
+            {"headers": {"Host:admin.internal": ""}},
+            "delivery.headers: 'Host:admin.internal' is not a header name; use letters",
+        ),
+        ({"headers": {"X Y": "1"}}, "'X Y' is not a header name"),
+        (
+            {"headers": {"X-Key": "a\r\nHost: elsewhere"}},
+            "delivery.headers.X-Key: a value may not contain CR, LF or NUL",
+        ),
     ],
 )
 def test_each_header_has_one_origin(delivery: dict[str, object], message: str) -> None:

@@ -545,6 +545,7 @@ class DeliveryAuth(ApiModel):
 
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+_HEADER_NAME = re.compile(HEADER_NAME)
 
 
 class HeaderFromSecret(ApiModel):
@@ -689,6 +690,19 @@ class DeliverySpec(ApiModel):
     @model_validator(mode="after")
     def _one_source_per_header(self) -> DeliverySpec:
         """Each header has one origin: headers, headersFrom or auth; never one Tidings sets."""
+        for name, value in (self.headers or {}).items():
+            # Checked as headersFrom names are: `Host:x` would put a second Host line
+            # on the wire, a CR or LF a header of its own; the client refuses both.
+            if _HEADER_NAME.fullmatch(name) is None:
+                raise ValueError(
+                    f"delivery.headers: {name!r} is not a header name; use letters, "
+                    "digits and !#$%&'*+.^_`|~- only (no ':', spaces or other characters)"
+                )
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(
+                    f"delivery.headers.{name}: a value may not contain CR, LF or NUL; "
+                    "put it on one line"
+                )
         taken = {name.lower(): f"headers.{name}" for name in self.headers or {}}
         if self.auth is not None and (self.auth.bearer or self.auth.basic):
             if "authorization" in taken:
