@@ -68,6 +68,39 @@ async def test_ingest_with_tracing_off_stores_the_producers_context(plane: Plane
     assert "traceparent" not in stored["bad"]
 
 
+async def test_ingest_drops_a_tracestate_that_could_never_be_delivered(plane: Plane) -> None:
+    """A structured event's tracestate with a line break or a control character
+    (JSON lets both in) is not stored; the event and its traceparent are. (A lone
+    surrogate is refused with the whole event: 400, "not valid Unicode".)"""
+    port = free_port()
+    await plane.add_source()
+    plane.spawn("plain", "--listen", f"127.0.0.1:{port}")
+    base = f"http://127.0.0.1:{port}"
+    parent = f"00-{TRACE}-{PRODUCER_SPAN}-01"
+    async with aiohttp.ClientSession() as http:
+        await ingest_ready(http, base)
+        for event_id, state in (("control", "shop=\\u0001"), ("newline", "shop=1\\r\\nX: y")):
+            body = (
+                '{"specversion": "1.0", "id": "%s", "source": "/shop", "type": "com.shop.x",'
+                ' "traceparent": "%s", "tracestate": "%s", "data": {"n": 1}}'
+                % (event_id, parent, state)
+            )
+            async with http.post(
+                f"{base}/sources/{plane.namespace}/src",
+                data=body.encode(),
+                headers={"Content-Type": "application/cloudevents+json"},
+            ) as response:
+                assert response.status == 202, await response.text()
+    stored = {}
+    for _, fields in await plane.redis.xrange(keys.stream(plane.namespace, "src")):
+        event, _ = decode(fields)
+        stored[event.id] = event
+    assert sorted(stored) == ["control", "newline"]
+    for event in stored.values():
+        assert event.extensions["traceparent"] == parent
+        assert "tracestate" not in event.extensions and event.data == {"n": 1}
+
+
 async def test_an_event_whose_request_cannot_be_encoded_is_dead_lettered_at_once(
     plane: Plane, subscriber: Subscriber
 ) -> None:

@@ -43,6 +43,14 @@ def test_an_invalid_traceparent_is_ignored(value: str) -> None:
     assert tracing.parse_traceparent(value) is None
 
 
+@pytest.mark.parametrize("state", ["a=1\r\nX-Evil: 1", "a=1\x01", "a=\ud800", "a=ü"])
+def test_a_tracestate_that_could_never_be_sent_is_dropped_and_the_traceparent_kept(
+    state: str,
+) -> None:
+    context = tracing.parse_traceparent(GOOD, state)
+    assert context is not None and context.traceparent == GOOD and context.state == ""
+
+
 def test_a_future_version_may_carry_more_fields() -> None:
     context = tracing.parse_traceparent("01" + GOOD[2:] + "-what-comes-next")
     assert context is not None and context.span_id == 0x00F067AA0BA902B7

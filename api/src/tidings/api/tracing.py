@@ -91,7 +91,13 @@ def parse_traceparent(value: str | None, state: str | None = None) -> Context | 
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    return Context(trace_id, span_id, int(flags_hex, 16), (state or "").strip()[:_TRACESTATE_MAX])
+    state = (state or "").strip()[:_TRACESTATE_MAX]
+    if not (state.isascii() and state.isprintable()):
+        # W3C: printable ASCII only. A CR, LF, control character or lone surrogate
+        # (JSON lets "\ud800" in) could never be sent on: the state is dropped, the
+        # traceparent and the event kept.
+        state = ""
+    return Context(trace_id, span_id, int(flags_hex, 16), state)
 
 
 def trace_id_of(event: Mapping[str, Any]) -> str | None:
