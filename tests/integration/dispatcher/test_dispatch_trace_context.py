@@ -4,6 +4,8 @@ carries it to the subscriber."""
 
 from __future__ import annotations
 
+import json
+
 import aiohttp
 from dispatch_harness import Plane, Subscriber, dead_letters, ingest_ready, wait_until
 
@@ -79,12 +81,10 @@ async def test_ingest_drops_a_tracestate_that_could_never_be_delivered(plane: Pl
     parent = f"00-{TRACE}-{PRODUCER_SPAN}-01"
     async with aiohttp.ClientSession() as http:
         await ingest_ready(http, base)
-        for event_id, state in (("control", "shop=\\u0001"), ("newline", "shop=1\\r\\nX: y")):
-            body = (
-                '{"specversion": "1.0", "id": "%s", "source": "/shop", "type": "com.shop.x",'
-                ' "traceparent": "%s", "tracestate": "%s", "data": {"n": 1}}'
-                % (event_id, parent, state)
-            )
+        for event_id, state in (("control", "shop=\x01"), ("newline", "shop=1\r\nX: y")):
+            event = {"specversion": "1.0", "id": event_id, "source": "/shop"}
+            event |= {"type": "com.shop.x", "traceparent": parent, "tracestate": state}
+            body = json.dumps({**event, "data": {"n": 1}})
             async with http.post(
                 f"{base}/sources/{plane.namespace}/src",
                 data=body.encode(),
