@@ -27,6 +27,7 @@ from tidings.dispatcher.http_post import (
     DRAIN_LIMIT,
     HEAD_LIMIT,
     Client,
+    Disconnected,
     RequestError,
     ResponseError,
     Target,
@@ -495,3 +496,20 @@ async def test_an_answer_before_the_body_is_all_sent_does_not_pool_the_connectio
     assert connections == 2 and client.idle_connections() == 0
     server.close()
     await client.close()
+
+
+async def test_a_kept_connection_closed_as_the_request_goes_out_is_retried_once_anew(
+    client: Client,
+) -> None:
+    # The server idles the kept connection out just as the second request arrives
+    # (read, then closed unanswered); the client sends it again on a new one.
+    answers = iter([(OK, False), (b"", True), (OK, False), (b"", True), (b"", True)])
+    server = await serve(lambda h, b: next(answers))
+    for _ in range(2):
+        assert (await client.post(server.url(), {}, b"x", 5)).status == 200
+    assert server.connections == 2 and len(server.requests) == 3
+    # Only once, and never for a new connection: the subscriber is down, not idle.
+    with pytest.raises(Disconnected, match="before answering"):
+        await client.post(server.url(), {}, b"x", 5)
+    assert server.connections == 3 and len(server.requests) == 5
+    await server.stop()

@@ -418,18 +418,20 @@ class Client:
         context = (tls or self.default_tls) if target.tls else None
         key = (target.host, target.port, target.tls, context)
         connection = self._take(key, loop.time())
+        if connection is not None:
+            try:
+                response = await _exchange(connection, data, keep, deadline)
+            except Disconnected:
+                if connection.fed:
+                    raise
+                # A kept connection closed as we wrote, before one byte of answer:
+                # the server idled it out (Node and uvicorn after 5 s). Once more, on
+                # a new connection, within the same deadline.
+                connection = None
         if connection is None:
             async with asyncio.timeout_at(deadline):
                 connection = await self._open(target, context, loop)
-        waiter = connection.send(data, keep)
-        expiry = loop.call_at(deadline, _expire, connection)
-        try:
-            response = await waiter
-        except BaseException:
-            connection.close()
-            raise
-        finally:
-            expiry.cancel()
+            response = await _exchange(connection, data, keep, deadline)
         if connection.reusable and not connection.closed and not self._closed and connection.idle():
             connection.idle_since = loop.time()
             self._idle.setdefault(key, []).append(connection)
@@ -535,6 +537,21 @@ class Client:
             for connection in idle:
                 connection.close()
         self._idle.clear()
+
+
+async def _exchange(
+    connection: _Connection, data: list[bytes], keep: int, deadline: float
+) -> Response:
+    """Send one request on `connection` and wait for its answer until `deadline`."""
+    waiter = connection.send(data, keep)
+    expiry = connection.loop.call_at(deadline, _expire, connection)
+    try:
+        return await waiter
+    except BaseException:
+        connection.close()
+        raise
+    finally:
+        expiry.cancel()
 
 
 def _expire(connection: _Connection) -> None:
