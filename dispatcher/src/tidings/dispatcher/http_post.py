@@ -24,6 +24,9 @@ It keeps what deliveries rely on:
   error (`ResponseError`, `Disconnected`) and the connection is not reused;
   so is an answer whose head (1xx answers included) is over HEAD_LIMIT, or
   whole over HEAD_LIMIT + DRAIN_LIMIT (endless trailers or chunk extensions);
+- a kept connection that closes before one byte of answer (the server idled
+  it out as we wrote) is tried once more on a new connection, same deadline;
+- a request that cannot be encoded is a RequestError (never sendable);
 - parsing as lenient as aiohttp's was: LF-only line ends, control characters
   in header values and spaces after a chunk size are accepted.
 """
