@@ -149,7 +149,11 @@ async def test_news_for_status_is_announced_and_rest_is_not(
         subscriber.behaviour = lambda request: (503, {}, 0.0)
         await plane.publish(1, prefix="failing")
         await wait_until(lambda: route.id in announced[len(before) :], 10, "news: a retry")
-        assert worker.published is not None and not worker.published.at_rest()
+        await wait_until(
+            lambda: worker.published is not None and not worker.published.at_rest(),
+            5,
+            "its state published off rest",
+        )
     finally:
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -47,3 +47,12 @@ def test_a_state_change_or_a_new_count_is_news_even_at_rest() -> None:
     # maxAttempts 1: a failure dead-letters at once and the Trigger is at rest again.
     assert news_for_status(REST, replace(REST, dead_lettered=1))
     assert news_for_status(REST, replace(REST, expired=4))
+
+
+def test_delayed_events_set_aside_or_all_come_due_are_news() -> None:
+    """A delayed event leaves the report at rest for the dispatcher (it is not due),
+    but status shows it (status.delivery.delayed) at once."""
+    assert news_for_status(REST, replace(REST, delayed=1))
+    assert news_for_status(None, replace(REST, delayed=1))
+    assert not news_for_status(replace(REST, delayed=1), replace(REST, delayed=3))
+    assert news_for_status(replace(REST, delayed=3), REST)

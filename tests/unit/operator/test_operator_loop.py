@@ -185,3 +185,32 @@ async def test_two_workers_drive_many_controllers_and_each_stops_alone() -> None
     for task, flag in zip(tasks[1:], flags[1:], strict=True):
         await stop(task, flag)
     assert len(queue) == 0 and len(wakeups) == 0
+
+
+async def test_a_hurried_controller_observes_at_once_and_a_failing_one_keeps_its_backoff() -> None:
+    """News for a report (keys.REPORT_NEWS) hurries its Trigger's round: an observe
+    now, not after the hour it asked for; one whose round failed waits its retry."""
+    wakeups, stopped, controller = Wakeups(), Flag(), Recorder(look_again=3600.0)
+    queue = WorkQueue(wakeups=wakeups, settings=settings(300.0), workers=2)
+    task = asyncio.create_task(queue.drive(controller, stopped))
+    await controller.until(lambda: controller.observed == 1)
+    queue.hurry(OWN)
+    await controller.until(lambda: controller.observed == 2, within=0.1)
+    assert controller.reconciled == [1]  # an observe, not a reconcile
+    queue.hurry_all("Trigger")
+    await controller.until(lambda: controller.observed == 3, within=0.1)
+    queue.hurry(("Trigger", "shop", "not-here"))  # not on the queue: ignored
+
+    # A failing round retries after its backoff (0.01 s doubling to 0.05 s here);
+    # news meanwhile does not run it early.
+    controller.failures_left = 1000
+    controller.gen = 2
+    wakeups.notify(OWN)
+    await controller.until(lambda: controller.failures_left <= 998)
+    left = controller.failures_left
+    for _ in range(20):
+        queue.hurry(OWN)
+    await asyncio.sleep(0.005)
+    assert controller.failures_left >= left - 1
+    await queue.close()
+    await stop(task, stopped)

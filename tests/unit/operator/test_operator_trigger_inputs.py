@@ -62,5 +62,10 @@ def test_only_a_fresh_delivering_report_with_nothing_waiting_is_at_rest() -> Non
         replace(AT_REST, state="Backoff"),
         replace(AT_REST, state="Paused"),
         replace(AT_REST, filter_recent_checked=4, filter_recent_errors=3),
+        replace(AT_REST, filter_recent_checked=40, filter_recent_errors=1),  # not failing
+        # What status does not show, but a dispatcher does not call at rest either:
+        # an event in flight, or one undelivered for under a minute.
+        replace(AT_REST, pending=1),
+        replace(AT_REST, oldest_ms=1_700_000_000_000),
     ):
         assert not inputs(busy).at_rest(), busy

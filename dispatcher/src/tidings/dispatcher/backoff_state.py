@@ -72,16 +72,19 @@ class Published:
 
 def news_for_status(before: Published | None, after: Published) -> bool:
     """Whether the operator should read this report now (keys.REPORT_NEWS): it reads
-    a report at rest only now and then, so whatever status would show differently
-    is announced — leaving rest, a state change, new dead letters or expiries. A
-    report still not at rest needs no news: the operator looks at those often."""
+    a report at rest only now and then (tidings.operator.health.Reading.at_rest), so
+    whatever status would show differently is announced — leaving rest, delayed
+    events set aside or all come due, a state change, new dead letters or
+    expiries. A report still busy needs no news: the operator looks at those often."""
     if before is None:
-        return not after.at_rest()
+        return not after.at_rest() or after.delayed > 0
     if (before.state, before.dead_lettered, before.expired) != (
         after.state,
         after.dead_lettered,
         after.expired,
     ):
+        return True
+    if (before.delayed > 0) != (after.delayed > 0):
         return True
     return before.at_rest() and not after.at_rest()
 

@@ -319,6 +319,7 @@ class TriggerWorker:
         self.published: Published | None = None
         self.published_at = 0.0  # monotonic
         self.filter_failed_at = -math.inf  # monotonic: the last publish with filter errors
+        self.news_owed = False  # news for the operator (keys.REPORT_NEWS) not announced yet
         self.fetched = False  # anything fetched since the last consumer cleanup
         self.update(route)
 
@@ -414,12 +415,20 @@ class TriggerWorker:
         (a replaced filter's first, under its own generation); counts that could not
         be published are kept for the next time."""
         active, self.active = self.active, False
+        # The operator reads a report with filter errors in its window often: only the
+        # first errors after a quiet window are news.
+        quiet_for = time.monotonic() - self.filter_failed_at
+        filter_was_quiet = quiet_for > 2 * self.dispatcher.filter_span
         try:
             published, filter_failed = await self._publish(retention_max_age)
-            if filter_failed or news_for_status(self.published, published):
-                # Before `self.published` moves on: an announcement that failed is
-                # made again by the next publish.
+            if (
+                self.news_owed
+                or (filter_failed and filter_was_quiet)
+                or news_for_status(self.published, published)
+            ):
+                self.news_owed = True  # until announced: a failed PUBLISH is made again
                 await self.redis.publish(keys.REPORT_NEWS, self.route.id)
+                self.news_owed = False
         except BaseException:
             self.active = active
             raise
@@ -1230,7 +1239,10 @@ class Dispatcher:
                     )
                     self._changed(trigger)
                     route = table.routes.get(trigger)
-                    if route is not None and route.delivery.ordering_key:
+                    if route is None:  # withdrawn: no worker publishes its new count
+                        with contextlib.suppress(RedisError, OSError):
+                            await self.redis.publish(keys.REPORT_NEWS, trigger)
+                    elif route.delivery.ordering_key:
                         # An ordering key an expired entry held passed on, due now:
                         # whichever replica rests on it looks.
                         with contextlib.suppress(RedisError, OSError):
@@ -1252,7 +1264,9 @@ class Dispatcher:
                 )
 
     def _changed(self, trigger_id: str) -> None:
-        """Retention changed a Trigger's counts: publish its state next time."""
+        """Retention changed a Trigger's counts: publish its state next time, and so
+        announce it (a Trigger withdrawn from the table has no worker here: its count
+        is announced by the retention pass)."""
         worker = self.workers.get(trigger_id)
         if worker is not None:
             worker.active = True

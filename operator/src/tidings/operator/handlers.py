@@ -4,6 +4,9 @@
   Services, Secrets, and the adapter Deployments this operator manages.
 - Every watch event on one of those kinds, and on Triggers, wakes the
   controllers that depend on that object (tidings.operator.world).
+- Every handler here is a coroutine: Kopf runs a plain function in its thread
+  pool, a thread hop per event, and a wake-up from there would touch the work
+  queue off the event loop.
 - One daemon per Trigger, EventSource and Replay puts its controller
   (tidings.operator.triggers, .sources, .replays) on the shared work queue
   (tidings.operator.loop) until Kopf asks it to stop; the queue's workers are
@@ -66,28 +69,28 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
     # --- indexes and wake-ups ----------------------------------------------------------
 
     @kopf.index(GROUP, VERSION, "eventsources", id="sources", registry=registry)
-    def index_source(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def index_source(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         return world.source_entry(namespace or "", name, body)
 
     @kopf.index("", "v1", "services", id="services", registry=registry)
-    def index_service(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    async def index_service(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
         return world.service_entry(namespace or "", name, spec)
 
     @kopf.index("", "v1", "secrets", id="secrets", registry=registry)
-    def index_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def index_secret(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         return world.secret_entry(namespace or "", name, body)
 
     @kopf.index(GROUP, VERSION, "triggergrants", id="grants", registry=registry)
-    def index_grant(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+    async def index_grant(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         return world.grant_entry(namespace or "", name, body)
 
     @kopf.on.event(GROUP, VERSION, "triggergrants", registry=registry)
-    def grant_event(namespace: str | None, **_: Any) -> None:
+    async def grant_event(namespace: str | None, **_: Any) -> None:
         # Granting and revoking take effect at once: the Triggers pointing here recompile.
         wake(world.grants_key(namespace or ""))
 
     @kopf.index("apps", "v1", "deployments", id="adapters", labels=MANAGED, registry=registry)
-    def index_adapter(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
+    async def index_adapter(namespace: str | None, body: kopf.Body, **_: Any) -> Any:
         return world.adapter_entry(
             namespace or "",
             body,
@@ -96,27 +99,27 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
         )
 
     @kopf.on.event(GROUP, VERSION, "eventsources", registry=registry)
-    def source_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def source_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("EventSource", namespace or "", name))
 
     @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
-    def trigger_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def trigger_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Trigger", namespace or "", name))
 
     @kopf.on.event(GROUP, VERSION, "replays", registry=registry)
-    def replay_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def replay_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Replay", namespace or "", name))
 
     @kopf.on.event("", "v1", "services", registry=registry)
-    def service_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def service_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Service", namespace or "", name))
 
     @kopf.on.event("", "v1", "secrets", registry=registry)
-    def secret_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def secret_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Secret", namespace or "", name))
 
     @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    def adapter_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    async def adapter_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         wake(("Deployment", namespace or "", labels.get(adapters.SOURCE_LABEL, "")))
 
     # --- controllers -------------------------------------------------------------------
@@ -292,7 +295,7 @@ def keep_bodies_small(registry: kopf.OperatorRegistry) -> None:
         )
 
 
-def forget_field_owners(event: kopf.RawEvent, **_: Any) -> None:
+async def forget_field_owners(event: kopf.RawEvent, **_: Any) -> None:
     """Remove the server's field-ownership bookkeeping from a watch event's object."""
     metadata: dict[str, Any] = cast(dict[str, Any], event.get("object", {}).get("metadata", {}))
     metadata.pop("managedFields", None)

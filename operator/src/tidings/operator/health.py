@@ -68,6 +68,20 @@ class Reading:
     # The filter window (keys.STATE_FILTER_SPAN_*, _PREVIOUS_*): not status fields.
     filter_recent_checked: int | None = None
     filter_recent_errors: int | None = None
+    # Not status fields either: what tells a report at rest (`at_rest`).
+    pending: int | None = None  # entries being delivered right now
+    oldest_ms: int | None = None  # the oldest undelivered event's due time, however young
+
+    def at_rest(self) -> bool:
+        """Delivering with nothing waiting, in flight, delayed or failing its filter
+        lately: what a dispatcher calls at rest (backoff_state.Published.at_rest), so
+        whatever moves it off is announced (keys.REPORT_NEWS)."""
+        return (
+            self.state == "Delivering"
+            and not (self.lag or self.pending or self.delayed)
+            and not (self.oldest_ms or self.oldest_undelivered)
+            and not self.filter_recent_errors
+        )
 
     def filter_failing(self) -> bool | None:
         """Whether the filter expression failed on most events of its recent window
@@ -162,6 +176,8 @@ def parse(raw: Mapping[Any, Any]) -> Reading | None:
         filter_recent_errors=_sum(
             fields, keys.STATE_FILTER_SPAN_ERRORS, keys.STATE_FILTER_PREVIOUS_ERRORS
         ),
+        pending=_int(fields.get(keys.STATE_PENDING)),
+        oldest_ms=oldest_ms,
     )
 
 
@@ -258,6 +274,10 @@ async def follow_news(
         except (RedisError, OSError) as error:
             if not lost:
                 log.warning("report news subscription lost (%s); retrying every 1s", error)
+            lost = True
+            await asyncio.sleep(1)
+        except Exception:  # a bug: keep its traceback, and the subscription going
+            log.exception("report news subscription failed; retrying in 1s")
             lost = True
             await asyncio.sleep(1)
 

@@ -156,9 +156,10 @@ class WorkQueue:
 
     def hurry(self, key: Key) -> None:
         """Run a round of `key`'s controller now (its observe reads what changed),
-        or right after the one in flight; a key not on the queue is ignored."""
+        or right after the one in flight; a key not on the queue, or whose last
+        round failed (it waits for its retry), is ignored."""
         slot = self._slots.get(key)
-        if slot is None:
+        if slot is None or slot.failures:  # a failing one keeps its backoff
             return
         if slot.running:
             slot.hurried = True
