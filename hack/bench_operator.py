@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +127,26 @@ def resource_versions(namespace: str) -> dict[str, str]:
     return out
 
 
-def wait_all_ready(namespace: str, count: int, started: float, limit: float) -> float:
+def wait_count(
+    counts: Callable[[], tuple[int, int]],
+    count: int,
+    started: float,
+    limit: float,
+    what: str,
+    every: float = 0.5,
+) -> float:
+    """Seconds since `started` until `counts()` reaches `count` Triggers that are `what`."""
     while True:
-        ready, _ = ready_counts(namespace)
-        if ready >= count:
+        done, _ = counts()
+        if done >= count:
             return time.monotonic() - started
         if time.monotonic() - started > limit:
-            raise SystemExit(f"only {ready}/{count} Triggers Ready after {limit:.0f}s")
-        time.sleep(0.5)
+            raise SystemExit(f"only {done}/{count} Triggers {what} after {limit:.0f}s")
+        time.sleep(every)
+
+
+def wait_all_ready(namespace: str, count: int, started: float, limit: float) -> float:
+    return wait_count(lambda: ready_counts(namespace), count, started, limit, "Ready")
 
 
 class Operator:

@@ -28,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_operator import REPO, WHOLE, Operator, cpu_seconds, kubectl, manifests
+from bench_operator import REPO, WHOLE, Operator, cpu_seconds, kubectl, manifests, wait_count
 
 from tidings.cli.redis_server import RedisServer
 
@@ -46,14 +46,9 @@ def reported(namespace: str) -> tuple[int, int]:
 
 
 def wait_reported(namespace: str, count: int, limit: float) -> float:
-    started = time.monotonic()
-    while True:
-        shown, _ = reported(namespace)
-        if shown >= count:
-            return time.monotonic() - started
-        if time.monotonic() - started > limit:
-            raise SystemExit(f"only {shown}/{count} Triggers show a report after {limit:.0f}s")
-        time.sleep(1.0)
+    return wait_count(
+        lambda: reported(namespace), count, time.monotonic(), limit, "show a report", every=1.0
+    )
 
 
 def wait_quiet(pid: int, limit: float) -> None:
