@@ -57,7 +57,8 @@ async def test_the_adapter_reads_its_eventsource_and_secret_and_follows_spec_cha
         assert applied.returncode == 0, applied.stderr
     source = compiled(k8s_namespace, name, "postgres")
     postgres = PostgresSource.model_validate(spec["postgres"])
-    slot = pgsetup.names(postgres, k8s_namespace, name).slot
+    names = pgsetup.names(postgres, k8s_namespace, name)
+    slot, publication = names.slot, names.publication
     # No TIDINGS_PG_DSN: the DSN must come from the Secret, through the API.
     process = start_adapter(
         "postgres",
@@ -74,14 +75,20 @@ async def test_the_adapter_reads_its_eventsource_and_secret_and_follows_spec_cha
     api = KubeApi.from_config(str(kubeconfig))
     try:
 
-        async def slot_pid() -> int | None:
+        async def streaming_pid() -> int | None:
+            # The walsender's pid only: while the slot is being created, the
+            # creating SQL session holds it, and a pid change from that to the
+            # stream is no restart.
             cursor = await pg.execute(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                "SELECT s.active_pid FROM pg_replication_slots s "
+                "JOIN pg_stat_activity a ON a.pid = s.active_pid "
+                "WHERE s.slot_name = %s AND a.backend_type = 'walsender'",
+                (slot,),
             )
             row = await cursor.fetchone()
             return row[0] if row else None
 
-        first_pid = await eventually(slot_pid, within=60)
+        first_pid = await eventually(streaming_pid, within=60)
         lease = await api.get(
             f"/apis/coordination.k8s.io/v1/namespaces/{k8s_namespace}/leases/{lease_name(name)}"
         )
@@ -93,11 +100,19 @@ async def test_the_adapter_reads_its_eventsource_and_secret_and_follows_spec_cha
         applied = kubectl("apply", "-f", "-", input=json.dumps(eventsource))
         assert applied.returncode == 0, applied.stderr
 
-        async def restarted() -> bool:
-            pid = await slot_pid()
-            return pid is not None and pid != first_pid
+        async def restarted_with_b() -> bool:
+            # A row written before the publication holds the table is never
+            # published, so the new session must have set it (any restart for
+            # another reason, a lost Lease under load, is not enough).
+            cursor = await pg.execute(
+                "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s AND tablename = %s",
+                (publication, f"{table_name}_b"),
+            )
+            row = await cursor.fetchone()
+            pid = await streaming_pid()
+            return bool(row and row[0]) and pid is not None and pid != first_pid
 
-        await eventually(restarted, within=60)
+        await eventually(restarted_with_b, within=60)
         await pg.execute(f"INSERT INTO {table_name}_b VALUES (2)")
         await pg.execute(f"INSERT INTO {table_name}_a VALUES (3)")
         events = await wait_for_events(redis_client, source, 3, within=60)
