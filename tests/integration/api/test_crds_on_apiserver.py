@@ -168,6 +168,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("unknown field", _trigger(colour="red"), 'unknown field "spec.colour"'),
     (
+        "header name with a colon",
+        _trigger(delivery={"headers": {"Host:admin.internal": "x"}}),
+        'spec.delivery.headers: Invalid value: "object": a header name is letters',
+    ),
+    (
+        "header name with a space",
+        _trigger(delivery={"headers": {"X Tenant": "x"}}),
+        'spec.delivery.headers: Invalid value: "object": a header name is letters',
+    ),
+    (
+        "header value on two lines",
+        _trigger(delivery={"headers": {"X-Tenant": "a\r\nHost: admin.internal"}}),
+        'spec.delivery.headers: Invalid value: "object": a header value may not contain CR',
+    ),
+    (
+        "too many headers",
+        _trigger(delivery={"headers": {f"X-{n}": "x" for n in range(65)}}),
+        "spec.delivery.headers: Too many: 65: must have at most 64 items",
+    ),
+    (
         "dead letter with both",
         _trigger(delivery={"deadLetter": {"uri": "http://x", "ref": {"name": "d"}}}),
         "spec.delivery.deadLetter: Invalid value",
@@ -187,6 +207,16 @@ def test_invalid_manifest_is_rejected_naming_the_field(
     result = _apply(kubectl, k8s_namespace, manifest, "--dry-run=server")
     assert result.returncode != 0, f"{case}: accepted"
     assert message in result.stderr, f"{case}: {result.stderr}"
+
+
+def test_ordinary_headers_are_accepted(
+    crds_installed: None, kubectl: Kubectl, k8s_namespace: str
+) -> None:
+    headers = {"X-Tenant": "acme", "x-api-version": "2024-01-01", "X_Odd!#$%&'*+.^`|~": "ok"}
+    result = _apply(
+        kubectl, k8s_namespace, _trigger(delivery={"headers": headers}), "--dry-run=server"
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_defaults_are_filled_by_the_api_server(

@@ -1,4 +1,5 @@
-"""What Kopf keeps per object: the body a daemon sees has no managedFields.
+"""What Kopf keeps per object: the body a daemon sees has no managedFields, and
+the strings of all bodies are shared.
 
 The operator keeps 10,000 Trigger bodies through Kopf (one per daemon), and the
 field-ownership bookkeeping the API server adds was most of each. This runs
@@ -24,7 +25,9 @@ from tidings.operator.kube import connection_info
 pytestmark = pytest.mark.integration
 
 
-async def test_a_daemon_body_keeps_no_managed_fields(cluster: Cluster, kubeconfig: Path) -> None:
+async def test_a_daemon_body_keeps_no_managed_fields_and_shares_its_strings(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
     registry = kopf.OperatorRegistry()
     handlers.keep_bodies_small(registry)
     bodies: dict[str, kopf.Body] = {}
@@ -42,7 +45,7 @@ async def test_a_daemon_body_keeps_no_managed_fields(cluster: Cluster, kubeconfi
         bodies[name] = body  # Kopf's live body: each event replaces its content
         await stopped.wait()
 
-    cluster.apply(http_source("users"), trigger("welcome", "users"))
+    cluster.apply(http_source("users"), trigger("welcome", "users"), trigger("goodbye", "users"))
     stop = asyncio.Event()
     running = asyncio.create_task(
         kopf.operator(
@@ -54,7 +57,7 @@ async def test_a_daemon_body_keeps_no_managed_fields(cluster: Cluster, kubeconfi
         )
     )
     try:
-        await eventually(lambda: "welcome" in bodies, within=30)
+        await eventually(lambda: {"welcome", "goodbye"} <= bodies.keys(), within=30)
         # An update: kubectl's and Kopf's owners are on the object by now.
         cluster.apply(trigger("welcome", "users", delivery={"timeout": "7s"}))
         await eventually(
@@ -73,6 +76,20 @@ async def test_a_daemon_body_keeps_no_managed_fields(cluster: Cluster, kubeconfi
         assert "kubectl-client-side-apply" in stored  # the server has them...
         assert "managedFields" not in bodies["welcome"]["metadata"]  # ...Kopf keeps none
         assert bodies["welcome"]["metadata"]["finalizers"] == [handlers.FINALIZER]
+        stored_metadata = cluster.kubectl(
+            "get", "-n", cluster.namespace, "trigger", "welcome", "-o", "jsonpath={.metadata}"
+        ).stdout
+        assert handlers.LAST_APPLIED in stored_metadata  # kubectl's copy is stored...
+        assert handlers.LAST_APPLIED not in bodies["welcome"]["metadata"].get("annotations", {})
+
+        # The update came in a watch event of its own, decoded apart from the
+        # other body, yet both hold one string object per key and short value.
+        welcome, goodbye = bodies["welcome"]["spec"], bodies["goodbye"]["spec"]
+        assert next(k for k in welcome if k == "source") is next(
+            k for k in goodbye if k == "source"
+        )
+        assert welcome["source"] == "users"
+        assert welcome["source"] is goodbye["source"]
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

@@ -196,6 +196,9 @@ def test_tls_needs_an_https_subscriber() -> None:
             "delivery.headers: 'Host:admin.internal' is not a header name; use letters",
         ),
         ({"headers": {"X Y": "1"}}, "'X Y' is not a header name"),
+        ({"headers": {"X" * 129: "1"}}, "is not a header name.*at most 128"),
+        ({"headers": {f"X-{n}": "1" for n in range(65)}}, "at most 64 items"),
+        ({"headers": {"X-Big": "v" * 8193}}, "at most 8192 characters"),
         (
             {"headers": {"X-Key": "a\r\nHost: elsewhere"}},
             "delivery.headers.X-Key: a value may not contain CR, LF or NUL",

@@ -49,6 +49,7 @@ _KEPT = (
     "exclusiveMaximum",
     "minItems",
     "maxItems",
+    "maxProperties",
     "format",
     "x-kubernetes-validations",
 )

@@ -545,12 +545,21 @@ class DeliveryAuth(ApiModel):
 
 
 HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+HEADER_NAME_MAX = 128
+HEADER_VALUE_MAX = 8192
 _HEADER_NAME = re.compile(HEADER_NAME)
+
+
+def _cel(pattern: str) -> str:
+    """`pattern` inside a single-quoted CEL string."""
+    return pattern.replace("\\", "\\\\").replace("'", "\\'")
 
 
 class HeaderFromSecret(ApiModel):
     name: str = Field(
-        pattern=HEADER_NAME, max_length=128, description="Request header, e.g. X-Api-Key."
+        pattern=HEADER_NAME,
+        max_length=HEADER_NAME_MAX,
+        description="Request header, e.g. X-Api-Key.",
     )
     secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value.")
 
@@ -665,7 +674,25 @@ class DeliverySpec(ApiModel):
     concurrency: int = Field(100, ge=1, le=100_000, description="In-flight limit, all replicas.")
     rate_limit: RateLimit | None = Field(None, description="Rate limit across all replicas.")
     ordering: Ordering | None = Field(None, description="Deliver in order per key.")
-    headers: dict[str, str] | None = Field(None, description="Extra request headers.")
+    headers: dict[str, Annotated[str, Field(max_length=HEADER_VALUE_MAX)]] | None = Field(
+        None,
+        max_length=64,
+        description="Extra request headers.",
+        # At `kubectl apply` already, as the compiler checks them again (a CRD has
+        # no schema for map keys, so CEL; the bounds keep its cost estimate low).
+        json_schema_extra=_validations(
+            (
+                f"self.all(k, size(k) <= {HEADER_NAME_MAX} && k.matches('{_cel(HEADER_NAME)}'))",
+                "a header name is letters, digits and !#$%&'*+.^_`|~- only (no ':', spaces "
+                f"or other characters), at most {HEADER_NAME_MAX}",
+            ),
+            (
+                r"self.all(k, !self[k].contains('\r') && !self[k].contains('\n') "
+                r"&& !self[k].contains('\x00'))",
+                "a header value may not contain CR, LF or NUL; put it on one line",
+            ),
+        ),
+    )
     auth: DeliveryAuth | None = Field(
         None, description="Credentials for the subscriber, from Secrets (bearer or basic)."
     )
@@ -693,10 +720,11 @@ class DeliverySpec(ApiModel):
         for name, value in (self.headers or {}).items():
             # Checked as headersFrom names are: `Host:x` would put a second Host line
             # on the wire, a CR or LF a header of its own; the client refuses both.
-            if _HEADER_NAME.fullmatch(name) is None:
+            if _HEADER_NAME.fullmatch(name) is None or len(name) > HEADER_NAME_MAX:
                 raise ValueError(
                     f"delivery.headers: {name!r} is not a header name; use letters, "
-                    "digits and !#$%&'*+.^_`|~- only (no ':', spaces or other characters)"
+                    "digits and !#$%&'*+.^_`|~- only (no ':', spaces or other characters), "
+                    f"at most {HEADER_NAME_MAX}"
                 )
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(

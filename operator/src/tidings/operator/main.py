@@ -348,7 +348,7 @@ async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
 async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     import kopf
 
-    from tidings.operator import handlers, health, orphans
+    from tidings.operator import handlers, health, kopf_toggles, orphans
     from tidings.operator.context import Context
     from tidings.operator.kube import Kube, connection_info, load_config
     from tidings.operator.loop import WorkQueue
@@ -404,6 +404,7 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     )
     ready, stop = asyncio.Event(), asyncio.Event()
     signals = asyncio.create_task(take_signals(ready, stop, queue), name="signals")
+    kopf_toggles.install()  # a restart with many objects: no O(N²) wake-ups
     try:
         await kopf.operator(
             registry=registry,
