@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable
 
 from kopf._cogs.aiokits import aiotoggles
@@ -61,6 +62,17 @@ async def test_a_toggle_turned_on_still_wakes_the_waiters() -> None:
     await asyncio.wait_for(pausing, 5)
     await paused.drop_toggles([peer])
     await asyncio.wait_for(paused.wait_for(False), 5)
+
+
+async def test_an_emptied_set_is_as_cheap_to_ask_as_a_new_one() -> None:
+    # Every worker started before readiness asks the set again on each event.
+    assert kopf_toggles.install()
+    barrier = aiotoggles.ToggleSet(all)
+    toggles = [await barrier.make_toggle(name=f"object {n}") for n in range(10_000)]
+    for toggle in toggles:  # as Kopf's workers do, one by one
+        await barrier.drop_toggle(toggle)
+    assert barrier.is_on() and len(barrier) == 0
+    assert sys.getsizeof(barrier._toggles) == sys.getsizeof(set())
 
 
 async def test_install_is_idempotent() -> None:

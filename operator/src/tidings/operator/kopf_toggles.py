@@ -42,6 +42,7 @@ async def _drop_toggle(self: aiotoggles.ToggleSet, toggle: aiotoggles.Toggle) ->
     async with self._condition:
         before = self.is_on()
         self._toggles.discard(toggle)
+        _shrink(self)
         if self.is_on() != before:
             self._condition.notify_all()
 
@@ -50,8 +51,16 @@ async def _drop_toggles(self: aiotoggles.ToggleSet, toggles: Iterable[aiotoggles
     async with self._condition:
         before = self.is_on()
         self._toggles.difference_update(toggles)
+        _shrink(self)
         if self.is_on() != before:
             self._condition.notify_all()
+
+
+def _shrink(toggle_set: aiotoggles.ToggleSet) -> None:
+    # A set never shrinks its table: emptied after 10,000 toggles it keeps 65,536
+    # slots, and every later is_on() (each worker, each event) scans them all.
+    if not toggle_set._toggles:
+        toggle_set._toggles = set()
 
 
 def install() -> bool:
