@@ -39,12 +39,7 @@ async def _make_toggle(
 
 
 async def _drop_toggle(self: aiotoggles.ToggleSet, toggle: aiotoggles.Toggle) -> None:
-    async with self._condition:
-        before = self.is_on()
-        self._toggles.discard(toggle)
-        _shrink(self)
-        if self.is_on() != before:
-            self._condition.notify_all()
+    await _drop_toggles(self, (toggle,))
 
 
 async def _drop_toggles(self: aiotoggles.ToggleSet, toggles: Iterable[aiotoggles.Toggle]) -> None:
