@@ -1,5 +1,6 @@
-"""Objects that vanished without their finalizer (stripped by hand while the
-operator was away) lose their data-plane state at the next resync."""
+"""Objects that vanished while no operator ran (a Trigger, which has no
+finalizer; an EventSource whose finalizer was stripped by hand) lose their
+data-plane state at the first pass after start."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from redis.asyncio import Redis
 
 from tidings.api import keys
 from tidings.cli.redis_server import RedisServer
+from tidings.operator import kube as kube_module
+from tidings.operator.kube import Kube, load_config
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +83,8 @@ async def test_routes_and_sources_without_their_object_are_removed_at_the_next_r
     await redis.hset(keys.ROUTES, "someone-else/t", "{}")  # type: ignore[misc]
 
     operator.stop()
-    force_delete(cluster, "trigger", "gone")
+    cluster.delete("trigger", "gone", wait=True)
+    assert cluster.get("trigger", "gone") is None  # no finalizer: gone at once
     force_delete(cluster, "eventsource", "old")
     await redis.xadd(keys.stream(ns, "old"), {"e": "{}", "t": "0"})
     operator.start()
@@ -98,3 +102,19 @@ async def test_routes_and_sources_without_their_object_are_removed_at_the_next_r
     assert await redis.hexists(keys.ROUTES, "someone-else/t")  # type: ignore[misc]
     assert "is gone but its route was still routed" in operator.logs()
     await redis.hdel(keys.ROUTES, "someone-else/t")  # type: ignore[misc]
+
+
+async def test_names_are_listed_page_by_page_with_metadata_only(
+    cluster: Cluster, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector's LIST: every name across pages (two objects a page here)."""
+    monkeypatch.setattr(kube_module, "LIST_PAGE", 2)
+    cluster.apply(http_source("web"), *(trigger(f"t{n}", "web") for n in range(5)))
+    kube = Kube(load_config(str(kubeconfig)))
+    try:
+        names = await kube.list_names("triggers", [cluster.namespace])
+        everywhere = await kube.list_names("triggers", [])
+    finally:
+        kube.close()
+    assert names == {(cluster.namespace, f"t{n}") for n in range(5)}
+    assert names <= everywhere

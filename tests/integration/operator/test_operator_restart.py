@@ -155,3 +155,43 @@ async def test_only_one_replica_is_active_and_the_other_takes_over(
         high.stop()
         print("----- high-priority operator log (tail) -----")
         print("\n".join(high.logs().splitlines()[-80:]))
+
+
+async def test_an_active_replica_paused_by_a_higher_priority_one_leaves_its_triggers(
+    cluster: Cluster, operator_process: OperatorProcess, redis: Redis, tmp_path: Any
+) -> None:
+    """Triggers are no Kopf daemons: when Kopf pauses a replica, their controllers
+    must leave its queue too, or its resync (every 2 s here) would publish again
+    the bodies it saw last, undoing what the active replica publishes."""
+    ns = cluster.namespace
+    low = operator_process
+    low.command += ["--priority", "10", "--resync-interval", "2"]
+    low.start()
+    cluster.apply(http_source("users"), service("mailer"), trigger("first", "users"))
+    await eventually(lambda: all_ready(cluster, "triggers", 1), within=20)
+    high = OperatorProcess(
+        namespaces=[cluster.namespace],
+        redis_url=low.command[low.command.index("--redis-url") + 1],
+        kubeconfig=low.command[low.command.index("--kubeconfig") + 1],  # type: ignore[arg-type]
+        seal_key=low.env["TIDINGS_SEAL_KEY"],
+        log_path=tmp_path / "high.log",
+        args=["--priority", "20"],
+    )
+    high.start()
+    try:
+        await eventually(lambda: "1 Triggers left to it" in low.logs(), within=30)
+        seen = len(low.logs())
+        cluster.apply(trigger("first", "users", delivery={"timeout": "4s"}))
+
+        async def four_seconds() -> bool:
+            route = (await routing_table(redis)).routes.get(f"{ns}/first")
+            return route is not None and route.delivery.timeout == 4.0
+
+        await eventually(four_seconds, within=20)  # high published it
+        await asyncio.sleep(5)  # two of low's resync intervals
+        assert await four_seconds()
+        assert "route published" not in low.logs()[seen:]
+    finally:
+        high.stop()
+        print("----- high-priority operator log (tail) -----")
+        print("\n".join(high.logs().splitlines()[-40:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -72,10 +73,11 @@ async def test_a_trigger_is_compiled_into_the_routing_table_with_every_default(
         "FilterErrors": "Unknown",  # it has an expression; no dispatcher has evaluated it
     }
     assert "kopf" not in str(status)  # Kopf's bookkeeping stays in annotations
-    # ...and there is little of it: the finalizer, but no copy of the spec for change
-    # detection (a second write per object; nothing here reacts to creation or update).
+    # ...and there is none on the object: no finalizer (deletion is seen in the watch),
+    # no copy of the spec for change detection. Each would be one more write per
+    # Trigger to the API server; the create and the status are the only ones.
     meta = (cluster.get("trigger", "welcome") or {})["metadata"]
-    assert meta["finalizers"] == ["tidings.dev/cleanup"]
+    assert "finalizers" not in meta
     assert not [a for a in meta.get("annotations") or {} if "last-handled" in a]
 
 
@@ -130,15 +132,68 @@ async def test_a_deleted_trigger_takes_its_route_cursor_and_state_with_it(
     await redis.hset(keys.trigger_state(ns, "users", "welcome"), mapping={"state": "Delivering"})
 
     cluster.delete("trigger", "welcome", wait=True)
+    assert cluster.get("trigger", "welcome") is None  # gone at once: no finalizer
 
-    assert cluster.get("trigger", "welcome") is None  # the finalizer was released
+    async def removed() -> bool:
+        return f"{ns}/welcome" not in (await routing_table(redis)).routes
+
+    await eventually(removed)
     table = await routing_table(redis)
-    assert f"{ns}/welcome" not in table.routes
     assert f"{ns}/other" in table.routes  # its neighbour is untouched
     assert await groups(redis, stream) == {"other"}
     for key in keys.trigger_keys(ns, "users", "welcome"):
         assert not await redis.exists(key), key
     assert not await redis.hexists(keys.CURSORS, f"{ns}/welcome")
+
+
+async def test_a_trigger_deleted_and_created_again_at_once_starts_afresh(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    """Two objects of one name, handled apart by Kopf in either order: the new one
+    is published once the old one's state is gone, and keeps its route."""
+    ns = cluster.namespace
+    cluster.apply(http_source("users"), service("mailer"), trigger("welcome", "users"))
+    await eventually(lambda: ready(cluster, "trigger", "welcome"))
+    old_uid = (cluster.get("trigger", "welcome") or {})["metadata"]["uid"]
+    await redis.zadd(keys.retries(ns, "users", "welcome"), {"1-0": 1})  # the old one's
+
+    cluster.delete("trigger", "welcome", wait=True)
+    cluster.apply(trigger("welcome", "users", delivery={"timeout": "4s"}))
+    new_uid = (cluster.get("trigger", "welcome") or {})["metadata"]["uid"]
+    assert new_uid != old_uid
+
+    async def republished() -> bool:
+        route = (await routing_table(redis)).routes.get(f"{ns}/welcome")
+        return route is not None and route.uid == new_uid
+
+    await eventually(republished)
+    await eventually(lambda: ready(cluster, "trigger", "welcome"))
+    await asyncio.sleep(2)  # a late cleanup of the old one would have removed it by now
+    route = (await routing_table(redis)).routes[f"{ns}/welcome"]
+    assert route.uid == new_uid and route.delivery.timeout == 4.0
+    assert "welcome" in await groups(redis, keys.stream(ns, "users"))
+    assert not await redis.exists(keys.retries(ns, "users", "welcome"))
+
+
+async def test_a_trigger_with_the_finalizer_of_an_earlier_version_has_it_removed(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    """Upgrading from a version that held Triggers with `tidings.dev/cleanup`: the
+    operator releases them (one write each, once), so deleting one never hangs."""
+    ns = cluster.namespace
+    old = trigger("welcome", "users")
+    old["metadata"]["finalizers"] = ["tidings.dev/cleanup"]
+    cluster.apply(http_source("users"), service("mailer"), old)
+    await eventually(lambda: ready(cluster, "trigger", "welcome"))
+    await eventually(
+        lambda: "finalizers" not in (cluster.get("trigger", "welcome") or {})["metadata"]
+    )
+    cluster.delete("trigger", "welcome", wait=True)
+
+    async def removed() -> bool:
+        return f"{ns}/welcome" not in (await routing_table(redis)).routes
+
+    await eventually(removed)
 
 
 async def test_a_trigger_moved_to_another_source_leaves_no_cursor_behind(

@@ -214,3 +214,36 @@ async def test_a_hurried_controller_observes_at_once_and_a_failing_one_keeps_its
     assert controller.failures_left >= left - 1
     await queue.close()
     await stop(task, stopped)
+
+
+async def test_controllers_added_without_a_daemon_are_dropped_by_kind_and_redone_on_demand() -> (
+    None
+):
+    """Triggers go on the queue from their watch events (no daemon): `drop`,
+    `drop_kind` (a peering pause) and `reconcile_again` (a same-name
+    predecessor's cleanup removed what was published) act on them directly."""
+    wakeups = Wakeups()
+    queue = WorkQueue(wakeups=wakeups, settings=settings(300.0), workers=2)
+    triggers = [Recorder(key=("Trigger", "shop", f"t{n}")) for n in range(3)]
+    source = Recorder(key=("EventSource", "shop", "users"))
+    for controller in [*triggers, source]:
+        queue.add(controller)
+    for controller in [*triggers, source]:
+        await controller.until(lambda c=controller: c.observed == 1)  # type: ignore[misc]
+    assert queue.controller(triggers[0].key) is triggers[0]
+
+    queue.reconcile_again(triggers[0].key)  # same generation, yet a full reconcile
+    await triggers[0].until(lambda: triggers[0].reconciled == [1, 1])
+
+    assert queue.drop(triggers[0].key) is None  # not in a round: nothing to wait for
+    assert queue.controller(triggers[0].key) is None
+    assert queue.drop_kind("Trigger") == 2
+    assert len(queue) == 1 and queue.controller(source.key) is source
+    wakeups.notify(SERVICE)  # everyone depended on it; only the EventSource is left
+    await source.until(lambda: len(source.reconciled) == 2)
+    await asyncio.sleep(0.01)
+    assert [len(t.reconciled) for t in triggers] == [2, 1, 1]
+
+    await queue.close()
+    queue.add(Recorder(key=("Trigger", "shop", "late")))  # after the halt: ignored
+    assert len(queue) == 0

@@ -71,6 +71,15 @@ class Settings:
         return delay * random.uniform(0.8, 1.2)
 
 
+class CleanupPending(Exception):
+    """A deleted object's data-plane cleanup has not finished; the new object of
+    the same name must wait for it (the loop retries the round)."""
+
+
+# How long a round waits for a predecessor's cleanup before it is retried later.
+CLEANUP_WAIT = 5.0
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -85,6 +94,9 @@ class Context:
     # finalizer runs, and the slot must still be dropped.
     dsns: dict[tuple[str, str], str] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Cleanups of deleted objects still running, by key: an object created again
+    # under the same name publishes only after its predecessor's state is gone.
+    _cleanups: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def running(self, key: Key) -> Iterator[None]:
@@ -102,6 +114,36 @@ class Context:
         task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def clean_up(self, key: Key, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a deleted object's cleanup in the background, known by `key`
+        until it ends (a second deletion of the key waits for the first)."""
+        before = self._cleanups.get(key)
+
+        async def in_turn() -> None:
+            if before is not None:
+                await asyncio.wait({before})
+            await work
+
+        task = asyncio.create_task(in_turn(), name=f"clean up {'/'.join(key)}")
+        self._cleanups[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._cleanups.get(key) is done:
+                del self._cleanups[key]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def cleaned_up(self, key: Key, limit: float = CLEANUP_WAIT) -> None:
+        """Return once no cleanup of `key` runs; raise CleanupPending if one
+        still does after `limit` seconds."""
+        task = self._cleanups.get(key)
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            raise CleanupPending(f"{'/'.join(key)}: the deleted predecessor is still being removed")
 
     async def stopped(self, key: Key, limit: float = 10.0) -> None:
         """Wait (at most `limit` seconds) until the controller of `key`, if any, has exited."""
@@ -122,7 +164,9 @@ class ObjectController(Generic[Status]):
     CONDITIONS: ClassVar[tuple[str, ...]]  # the condition types this operator owns
 
     ctx: Context
-    body: Mapping[str, Any]  # Kopf's live view: always the newest object seen
+    # The newest object seen: Kopf's live view (a daemon's), or replaced by each
+    # watch event (a Trigger's, tidings.operator.handlers.TriggerEvents).
+    body: Mapping[str, Any]
     world: IndexWorld
     post_event: Callable[[Transition], None] = field(kw_only=True)
 

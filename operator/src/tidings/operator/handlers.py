@@ -7,14 +7,23 @@
 - Every handler here is a coroutine: Kopf runs a plain function in its thread
   pool, a thread hop per event, and a wake-up from there would touch the work
   queue off the event loop.
-- One daemon per Trigger, EventSource and Replay puts its controller
-  (tidings.operator.triggers, .sources, .replays) on the shared work queue
-  (tidings.operator.loop) until Kopf asks it to stop; the queue's workers are
-  stopped at the operator's cleanup.
-- Deletion handlers (Kopf holds the finalizer `tidings.dev/cleanup` until they
-  succeed) remove the object's data-plane state (tidings.operator.publishing).
-- The bodies Kopf keeps (`keep_bodies_small`) lose `metadata.managedFields`
-  and share their strings.
+- Triggers: their watch events put each one's controller
+  (tidings.operator.triggers) on the shared work queue (tidings.operator.loop)
+  with the newest body, and a deletion takes it off and removes its
+  data-plane state in the background (`TriggerEvents`). No daemon and no
+  finalizer: at 10,000 Triggers, Kopf's finalizer was a third of the writes
+  to the API server during an apply, and its daemons most of Kopf's own work
+  per object. A Trigger deleted while no operator runs is cleaned up by the
+  orphan collector (tidings.operator.orphans); Kopf's peering pause takes
+  them off the queue (tidings.operator.kopf_pause).
+- EventSources and Replays: one daemon each puts its controller (.sources,
+  .replays) on the queue until Kopf asks it to stop; their deletion handlers
+  (Kopf holds the finalizer `tidings.dev/cleanup` until they succeed) remove
+  the object's data-plane state, a Postgres source's replication slot
+  included, which must not be left behind. The queue's workers are stopped at
+  the operator's cleanup.
+- The bodies kept for controllers (`keep_bodies_small`) lose
+  `metadata.managedFields` and share their strings.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from tidings.operator.health import Transition
 from tidings.operator.loop import Controller, WorkQueue
 from tidings.operator.sources import SourceController
 from tidings.operator.triggers import TriggerController
+from tidings.operator.world import Key
 
 FINALIZER = "tidings.dev/cleanup"
 ANNOTATIONS_PREFIX = "tidings.dev"
@@ -54,11 +64,16 @@ SWEEP_MARGIN = 5.0
 log = logging.getLogger(__name__)
 
 
-# The kinds with a daemon: Kopf keeps the newest body of each such object.
-DAEMON_PLURALS = ("triggers", "eventsources", "replays")
+# The kinds whose bodies are kept: by Kopf for each daemon (EventSources,
+# Replays), by the work queue for each Trigger.
+KEPT_PLURALS = ("triggers", "eventsources", "replays")
 
 
-def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
+def build_registry(
+    ctx: Context, queue: WorkQueue, paused: Callable[[], bool] = lambda: False
+) -> kopf.OperatorRegistry:
+    """`paused`: whether Kopf's peering has paused this replica
+    (tidings.operator.kopf_pause); Triggers are not taken on meanwhile."""
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
     keep_bodies_small(registry)
@@ -104,10 +119,6 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
     async def source_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("EventSource", namespace or "", name))
 
-    @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
-    async def trigger_event(namespace: str | None, name: str, **_: Any) -> None:
-        wake(("Trigger", namespace or "", name))
-
     @kopf.on.event(GROUP, VERSION, "replays", registry=registry)
     async def replay_event(namespace: str | None, name: str, **_: Any) -> None:
         wake(("Replay", namespace or "", name))
@@ -149,10 +160,11 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
             registry=registry,
         )
 
-    @daemon("triggers")
-    async def trigger(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        controller = TriggerController(ctx, body, the_world(kwargs), post_event=poster(body))
-        await drive(controller, stopped)
+    triggers = TriggerEvents(ctx, queue, paused)
+
+    @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
+    async def trigger_event(event: kopf.RawEvent, **kwargs: Any) -> None:
+        triggers.saw(event, the_world(kwargs))
 
     @daemon("eventsources")
     async def eventsource(body: kopf.Body, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
@@ -165,15 +177,6 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
         await drive(controller, stopped)
 
     # --- deletion ----------------------------------------------------------------------
-
-    @kopf.on.delete(GROUP, VERSION, "triggers", registry=registry)
-    async def trigger_deleted(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
-        namespace = namespace or ""
-        await ctx.stopped(("Trigger", namespace, name))
-        source = spec.get("source")
-        await publishing.remove_trigger(ctx.redis, namespace, name, source)
-        if source:
-            ctx.spawn(sweep_later(ctx, namespace, name, source, timeout_of(spec)), f"sweep {name}")
 
     @kopf.on.delete(GROUP, VERSION, "replays", registry=registry)
     async def replay_deleted(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> None:
@@ -225,11 +228,12 @@ def build_registry(ctx: Context, queue: WorkQueue) -> kopf.OperatorRegistry:
     return registry
 
 
-def poster(body: kopf.Body) -> Callable[[Transition], None]:
-    """Posts a controller's Events (BackoffStarted, RetainedWalOverThreshold …) on its object."""
+def poster(body: Mapping[str, Any]) -> Callable[[Transition], None]:
+    """Posts a controller's Events (BackoffStarted, RetainedWalOverThreshold …) on its
+    object (Kopf reads only the object's reference from `body`)."""
 
     def post(t: Transition) -> None:
-        kopf.event(body, type=t.type, reason=t.reason, message=t.message)
+        kopf.event(cast(kopf.Body, body), type=t.type, reason=t.reason, message=t.message)
 
     return post
 
@@ -243,10 +247,84 @@ def timeout_of(spec: Mapping[str, Any]) -> float:
         return 10.0
 
 
-async def sweep_later(ctx: Context, namespace: str, name: str, source: str, after: float) -> None:
-    await asyncio.sleep(after + SWEEP_MARGIN)
-    with contextlib.suppress(RedisError, OSError):
-        await publishing.sweep_trigger(ctx.redis, namespace, name, source)
+class TriggerEvents:
+    """Triggers on the work queue, driven by their watch events.
+
+    Every event but a deletion puts the Trigger's controller on the queue with
+    the event's body (the newest), or gives the one there that body, and wakes
+    what depends on the Trigger. A deletion takes the controller off and
+    removes the route, cursor and per-Trigger keys in the background, retried
+    until Redis answers (`Context.clean_up`).
+
+    A Trigger deleted and created again under the same name: Kopf handles the
+    two objects (two uids) apart, in either order. The new controller publishes
+    only once the old one's cleanup has ended (`TriggerController.reconcile`);
+    a cleanup that ran after the new one published has it publish again.
+    """
+
+    def __init__(self, ctx: Context, queue: WorkQueue, paused: Callable[[], bool]) -> None:
+        self._ctx, self._queue, self._paused = ctx, queue, paused
+
+    def saw(self, event: kopf.RawEvent, world_now: world.IndexWorld) -> None:
+        body = cast(dict[str, Any], event.get("object") or {})
+        meta = body.get("metadata") or {}
+        key: Key = ("Trigger", meta.get("namespace") or "", meta.get("name") or "")
+        if event.get("type") == "DELETED":
+            self.deleted(key, body)
+        elif not self._paused():
+            current = self._queue.controller(key)
+            if isinstance(current, TriggerController) and current.uid == meta.get("uid"):
+                current.body = body
+            else:
+                self._queue.add(
+                    TriggerController(self._ctx, body, world_now, post_event=poster(body))
+                )
+        self._ctx.wakeups.notify(key)
+
+    def deleted(self, key: Key, body: Mapping[str, Any]) -> None:
+        current = self._queue.controller(key)
+        in_flight = None
+        if isinstance(current, TriggerController) and current.uid == body["metadata"].get("uid"):
+            in_flight = self._queue.drop(key)
+        spec = body.get("spec") or {}
+        self._ctx.clean_up(key, self.remove(key, spec.get("source"), timeout_of(spec), in_flight))
+
+    async def remove(
+        self, key: Key, source: str | None, sweep_after: float, in_flight: asyncio.Event | None
+    ) -> None:
+        _, namespace, name = key
+        # A round in flight could publish again after the removal.
+        await self._queue.round_ended(in_flight)
+        failures = 0
+        while True:
+            try:
+                await publishing.remove_trigger(self._ctx.redis, namespace, name, source)
+                break
+            except (RedisError, OSError) as error:
+                failures += 1
+                delay = self._ctx.settings.retry_after(failures)
+                log.warning(
+                    "[Trigger/%s/%s] deleted; removing its route failed, will retry in %.1fs: %s",
+                    namespace,
+                    name,
+                    delay,
+                    error,
+                )
+                await asyncio.sleep(delay)
+        log.info("[Trigger/%s/%s] deleted: route, cursor and keys removed", namespace, name)
+        if self._queue.controller(key) is not None:
+            # Created again meanwhile; had it published already, that is gone now.
+            self._queue.reconcile_again(key)
+        elif source:
+            self._ctx.spawn(self.sweep_later(key, source, sweep_after), f"sweep {name}")
+
+    async def sweep_later(self, key: Key, source: str, after: float) -> None:
+        await asyncio.sleep(after + SWEEP_MARGIN)
+        if self._queue.controller(key) is not None:
+            return  # created again: these keys are the new Trigger's now
+        _, namespace, name = key
+        with contextlib.suppress(RedisError, OSError):
+            await publishing.sweep_trigger(self._ctx.redis, namespace, name, source)
 
 
 async def remove_owned(ctx: Context, namespace: str, source: str) -> None:
@@ -296,7 +374,7 @@ def keep_bodies_small(registry: kopf.OperatorRegistry) -> None:
       repeated short value ("True", "Ready", a source's name): 11.5 KiB a
       Trigger, 5.3 KiB with those strings shared (`share_strings`).
     """
-    for plural in DAEMON_PLURALS:
+    for plural in KEPT_PLURALS:
         kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-trim", registry=registry)(
             compact_event_object
         )

@@ -12,10 +12,12 @@ delay (Settings.retry_after) and reconciles in full.
 
 Rounds run on a fixed pool of workers (`WorkQueue`), not on a task per
 object: with 10,000 objects, one task each sleeping between rounds cost
-memory, and stopping them all took longer than a pod's grace period. Each
-object's Kopf daemon only puts its controller on the queue and waits for
-Kopf to ask it to stop (deletion, peering pause, exit) — returning at once,
-so Kopf never has to cancel it — and takes it off again.
+memory, and stopping them all took longer than a pod's grace period.
+EventSources and Replays: each object's Kopf daemon only puts its controller
+on the queue and waits for Kopf to ask it to stop (deletion, peering pause,
+exit) — returning at once, so Kopf never has to cancel it — and takes it off
+again. Triggers have no daemon: their watch events put them on the queue
+and take them off (tidings.operator.handlers).
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ from typing import Protocol
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from redis.exceptions import RedisError
 
-from tidings.operator.context import ObjectLog, Settings
+from tidings.operator.context import CleanupPending, ObjectLog, Settings
 from tidings.operator.world import Key, Stopped, Subscription, Wakeups, worth_reconciling
 
 # Errors a later round may not meet again; anything else is a bug, logged with
 # its traceback and retried like them.
-RETRYABLE = (RedisError, OSError, ApiException)
+RETRYABLE = (RedisError, OSError, ApiException, CleanupPending)
 # Rounds in flight at once: as many as the shared Redis pool has connections
 # (tidings.operator.main.REDIS_CONNECTIONS), so none waits long for one.
 WORKERS = 32
@@ -130,8 +132,16 @@ class WorkQueue:
             asked.cancel()
             await self.withdraw(controller.key)
 
+    def controller(self, key: Key) -> Controller | None:
+        """The controller of `key` on the queue, if any."""
+        slot = self._slots.get(key)
+        return slot.controller if slot is not None else None
+
     def add(self, controller: Controller) -> None:
-        """Put `controller` on the queue, due at once (replacing one of its key)."""
+        """Put `controller` on the queue, due at once (replacing one of its key);
+        nothing once the queue has halted."""
+        if self._closed:
+            return
         self._start()
         old = self._slots.pop(controller.key, None)
         if old is not None:
@@ -146,13 +156,23 @@ class WorkQueue:
     async def withdraw(self, key: Key, grace: float = WITHDRAW_GRACE) -> None:
         """Take the controller of `key` off the queue; wait (at most `grace`) for
         a round in flight to end."""
+        await self.round_ended(self.drop(key), grace)
+
+    def drop(self, key: Key) -> asyncio.Event | None:
+        """Take the controller of `key` off the queue now; if a round of it is in
+        flight, the event set when that round ends (see `round_ended`)."""
         slot = self._slots.pop(key, None)
         if slot is None:
-            return
+            return None
         self._retire(slot)
-        if slot.running:
+        return slot.idle if slot.running else None
+
+    @staticmethod
+    async def round_ended(idle: asyncio.Event | None, grace: float = WITHDRAW_GRACE) -> None:
+        """Wait (at most `grace`) for the round `drop` reported in flight."""
+        if idle is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(slot.idle.wait(), grace)
+                await asyncio.wait_for(idle.wait(), grace)
 
     def hurry(self, key: Key) -> None:
         """Run a round of `key`'s controller now (its observe reads what changed),
@@ -165,6 +185,26 @@ class WorkQueue:
             slot.hurried = True
         else:
             self._enqueue(slot)
+
+    def reconcile_again(self, key: Key) -> None:
+        """Make the next round of `key`'s controller reconcile in full (something
+        it published was removed behind its back), and run it soon."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return
+        slot.reconciled = None
+        if slot.running:
+            slot.hurried = True
+        else:
+            self._enqueue(slot)
+
+    def drop_kind(self, kind: str) -> int:
+        """Take every controller of `kind` off the queue at once (a round in
+        flight ends on its own); how many were."""
+        dropped = [key for key in self._slots if key[0] == kind]
+        for key in dropped:
+            self._retire(self._slots.pop(key))
+        return len(dropped)
 
     def hurry_all(self, kind: str) -> None:
         """`hurry` every controller of `kind` (announcements may have been missed)."""

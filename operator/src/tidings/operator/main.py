@@ -348,7 +348,7 @@ async def ensure_peering(kube: Kube, name: str, namespaces: list[str]) -> None:
 async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     import kopf
 
-    from tidings.operator import handlers, health, kopf_toggles, orphans
+    from tidings.operator import handlers, health, kopf_pause, kopf_toggles, orphans
     from tidings.operator.context import Context
     from tidings.operator.kube import Kube, connection_info, load_config
     from tidings.operator.loop import WorkQueue
@@ -368,7 +368,21 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
         await ensure_peering(kube, options.peering_name, namespaces)
     ctx = Context(settings=settings_from(options), redis=redis, kube=kube, sealer=sealer)
     queue = WorkQueue(wakeups=ctx.wakeups, settings=ctx.settings)
-    registry = handlers.build_registry(ctx, queue)
+
+    def paused() -> None:
+        dropped = queue.drop_kind("Trigger")
+        log.info("paused by a peer of higher priority: %d Triggers left to it", dropped)
+
+    pause = kopf_pause.install(paused)
+    if pause is None and not options.standalone:
+        raise PeeringError(
+            "this Kopf version's peering pause cannot be followed (Triggers would stay "
+            "active on a paused replica): run with --standalone, or the Kopf version "
+            "Tidings locks"
+        )
+    registry = handlers.build_registry(
+        ctx, queue, paused=(lambda: pause.paused) if pause is not None else (lambda: False)
+    )
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:

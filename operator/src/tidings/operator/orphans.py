@@ -1,10 +1,13 @@
-"""Routing-table entries whose Trigger or EventSource is gone without its finalizer.
+"""Routing-table entries whose Trigger or EventSource is gone.
 
-The finalizer `tidings.dev/cleanup` removes an object's data-plane state. When
-someone strips it (a stuck namespace "fixed" by removing finalizers, a forced
-GitOps prune), the object vanishes and its route stays: dispatchers would go on
-delivering for a Trigger that no longer exists. So every `--resync-interval`
-the operator compares the table with the API and removes what has no object.
+A Trigger has no finalizer (tidings.operator.handlers): one deleted while no
+operator ran, or while this one was paused and its peer had not seen it yet,
+leaves its route behind. An EventSource's finalizer `tidings.dev/cleanup`
+removes its data-plane state, unless someone strips it (a stuck namespace
+"fixed" by removing finalizers, a forced GitOps prune). Either way dispatchers
+would go on delivering for an object that no longer exists. So shortly after
+start (FIRST_PASS) and then every `--resync-interval` the operator compares
+the table with the API and removes what has no object.
 
 Safe whatever this replica knows: an entry is a candidate when its object is
 not in a fresh LIST, and is removed only after a GET of that very object
@@ -30,6 +33,10 @@ from tidings.operator import publishing
 from tidings.operator.kube import Kube
 
 log = logging.getLogger(__name__)
+
+# Seconds from start to the first pass: a Trigger deleted while no operator ran
+# stops being delivered within about this long of its return.
+FIRST_PASS = 30.0
 
 
 @dataclass
@@ -85,8 +92,8 @@ async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collec
             await publishing.sweep_trigger(redis, namespace, name, source)
         done.routes.append(f"{namespace}/{name}")
         log.warning(
-            "[Trigger/%s/%s] is gone but its route was still routed (its finalizer was "
-            "removed by hand?): route, consumer group and keys removed",
+            "[Trigger/%s/%s] is gone but its route was still routed (deleted while no "
+            "operator ran?): route, consumer group and keys removed",
             namespace,
             name,
         )
@@ -107,9 +114,12 @@ async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collec
 async def keep_collecting(
     redis: Redis, kube: Kube, namespaces: Sequence[str], interval: float
 ) -> None:
-    """`collect` every `interval` seconds (jittered), until cancelled."""
+    """`collect` soon after start, then every `interval` seconds (jittered),
+    until cancelled."""
+    wait = min(interval, FIRST_PASS)
     while True:
-        await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+        await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+        wait = interval
         try:
             await collect(redis, kube, namespaces)
         except (RedisError, OSError, ApiException) as error:

@@ -139,8 +139,15 @@ class TriggerController(ObjectController[TriggerStatus]):
             return {self.key}
         return trigger_dependencies(self.namespace, self.name, spec)
 
+    @property
+    def uid(self) -> str | None:
+        uid: str | None = self.body["metadata"].get("uid")
+        return uid
+
     async def reconcile(self) -> None:
         """Compile and publish (or withdraw) the route."""
+        # A deleted Trigger of the same name: its cleanup removes what we would publish.
+        await self.ctx.cleaned_up(self.key)
         redis = self.ctx.redis
         current = await publishing.current_route(redis, self.namespace, self.name)
         self.ctx.sealer.learn(publishing.sealed_in_route(current))
