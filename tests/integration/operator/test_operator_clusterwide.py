@@ -140,7 +140,11 @@ async def test_all_namespaces_with_cluster_peering_and_cluster_rbac(
         peers = run("get", "clusterkopfpeering", "tidings", "-o", "yaml")
         assert peers.returncode == 0 and "lastseen" in peers.stdout  # peering is live
         Cluster(run, "shop").delete("trigger", "t", wait=True)
-        assert "shop/t" not in (await routing_table(redis)).routes
+
+        async def removed() -> bool:
+            return "shop/t" not in (await routing_table(redis)).routes
+
+        await eventually(removed)
     finally:
         operator.stop()
         logs = operator.logs()

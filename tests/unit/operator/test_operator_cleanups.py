@@ -35,9 +35,9 @@ async def test_a_new_object_waits_for_its_predecessors_cleanup_which_run_in_turn
         order.append(f"{name} ended")
 
     await ctx.cleaned_up(KEY)  # nothing running: returns at once
-    ctx.clean_up(KEY, cleanup("first", first_may_end))
-    ctx.clean_up(KEY, cleanup("second"))  # deleted again meanwhile: after the first
-    ctx.clean_up(("Trigger", "shop", "other"), cleanup("other"))
+    ctx.clean_up(KEY, lambda: cleanup("first", first_may_end))
+    ctx.clean_up(KEY, lambda: cleanup("second"))  # deleted again meanwhile: after the first
+    ctx.clean_up(("Trigger", "shop", "other"), lambda: cleanup("other"))
     with pytest.raises(CleanupPending):
         await ctx.cleaned_up(KEY, limit=0.05)
     assert order == ["first started", "other started", "other ended"]

@@ -247,3 +247,36 @@ async def test_controllers_added_without_a_daemon_are_dropped_by_kind_and_redone
     await queue.close()
     queue.add(Recorder(key=("Trigger", "shop", "late")))  # after the halt: ignored
     assert len(queue) == 0
+
+
+async def test_a_controller_replacing_one_in_a_round_starts_after_that_round() -> None:
+    """A Trigger deleted and created again, the new one seen first: the old
+    controller's round in flight must not publish (or write status) after the
+    new one's first round."""
+    queue = WorkQueue(wakeups=Wakeups(), settings=settings(300.0), workers=2)
+    events: list[str] = []
+    may_end = asyncio.Event()
+
+    class Slow(Recorder):
+        async def reconcile(self) -> None:
+            events.append("old round started")
+            await may_end.wait()
+            events.append("old round ended")
+
+    class New(Recorder):
+        async def reconcile(self) -> None:
+            events.append("new round")
+            await super().reconcile()
+
+    old, new = Slow(), New()
+    queue.add(old)
+    while not events:
+        await asyncio.sleep(0.001)
+    queue.add(new)  # same key: replaces the old one while its round runs
+    await asyncio.sleep(0.02)
+    assert events == ["old round started"]  # the new one waits
+    may_end.set()
+    await new.until(lambda: new.reconciled == [1])
+    assert events == ["old round started", "old round ended", "new round"]
+    assert queue.controller(OWN) is new
+    await queue.close()

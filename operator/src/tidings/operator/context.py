@@ -97,6 +97,9 @@ class Context:
     # Cleanups of deleted objects still running, by key: an object created again
     # under the same name publishes only after its predecessor's state is gone.
     _cleanups: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    # A Trigger found gone without its deletion event (key, its last body):
+    # taken off the queue and cleaned up (tidings.operator.handlers.TriggerEvents).
+    vanished: Callable[[Key, Mapping[str, Any]], None] = lambda key, body: None
 
     @contextlib.contextmanager
     def running(self, key: Key) -> Iterator[None]:
@@ -115,15 +118,17 @@ class Context:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def clean_up(self, key: Key, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a deleted object's cleanup in the background, known by `key`
-        until it ends (a second deletion of the key waits for the first)."""
+    def clean_up(
+        self, key: Key, work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> asyncio.Task[None]:
+        """Run a deleted object's cleanup (`work()`) in the background, known by
+        `key` until it ends (a second deletion of the key waits for the first)."""
         before = self._cleanups.get(key)
 
         async def in_turn() -> None:
             if before is not None:
                 await asyncio.wait({before})
-            await work
+            await work()
 
         task = asyncio.create_task(in_turn(), name=f"clean up {'/'.join(key)}")
         self._cleanups[key] = task

@@ -70,10 +70,14 @@ KEPT_PLURALS = ("triggers", "eventsources", "replays")
 
 
 def build_registry(
-    ctx: Context, queue: WorkQueue, paused: Callable[[], bool] = lambda: False
+    ctx: Context,
+    queue: WorkQueue,
+    paused: Callable[[], bool] = lambda: False,
+    triggers: TriggerEvents | None = None,
 ) -> kopf.OperatorRegistry:
     """`paused`: whether Kopf's peering has paused this replica
-    (tidings.operator.kopf_pause); Triggers are not taken on meanwhile."""
+    (tidings.operator.kopf_pause); Triggers are not taken on meanwhile.
+    `triggers`: what drives them (made here if not given)."""
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
     keep_bodies_small(registry)
@@ -160,7 +164,8 @@ def build_registry(
             registry=registry,
         )
 
-    triggers = TriggerEvents(ctx, queue, paused)
+    triggers = triggers if triggers is not None else TriggerEvents(ctx, queue, paused)
+    ctx.vanished = triggers.deleted
 
     @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
     async def trigger_event(event: kopf.RawEvent, **kwargs: Any) -> None:
@@ -230,10 +235,17 @@ def build_registry(
 
 def poster(body: Mapping[str, Any]) -> Callable[[Transition], None]:
     """Posts a controller's Events (BackoffStarted, RetainedWalOverThreshold …) on its
-    object (Kopf reads only the object's reference from `body`)."""
+    object. Keeps only what Kopf reads of it (the reference), not the whole body:
+    a Trigger's controller is handed a new body by every event."""
+    meta = body.get("metadata") or {}
+    reference = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {key: meta.get(key) for key in ("name", "namespace", "uid")},
+    }
 
     def post(t: Transition) -> None:
-        kopf.event(cast(kopf.Body, body), type=t.type, reason=t.reason, message=t.message)
+        kopf.event(cast(kopf.Body, reference), type=t.type, reason=t.reason, message=t.message)
 
     return post
 
@@ -287,7 +299,8 @@ class TriggerEvents:
         if isinstance(current, TriggerController) and current.uid == body["metadata"].get("uid"):
             in_flight = self._queue.drop(key)
         spec = body.get("spec") or {}
-        self._ctx.clean_up(key, self.remove(key, spec.get("source"), timeout_of(spec), in_flight))
+        source, sweep_after = spec.get("source"), timeout_of(spec)
+        self._ctx.clean_up(key, lambda: self.remove(key, source, sweep_after, in_flight))
 
     async def remove(
         self, key: Key, source: str | None, sweep_after: float, in_flight: asyncio.Event | None
@@ -312,11 +325,21 @@ class TriggerEvents:
                 )
                 await asyncio.sleep(delay)
         log.info("[Trigger/%s/%s] deleted: route, cursor and keys removed", namespace, name)
+        self._ctx.wakeups.notify(key)  # its Replays see the route gone
         if self._queue.controller(key) is not None:
             # Created again meanwhile; had it published already, that is gone now.
             self._queue.reconcile_again(key)
         elif source:
             self._ctx.spawn(self.sweep_later(key, source, sweep_after), f"sweep {name}")
+
+    def tracked(self) -> dict[tuple[str, str], object]:
+        """The Triggers on the queue, for the orphan collector (orphans.Tracked)."""
+        return {(key[1], key[2]): c for key, c in self._queue.controllers("Trigger").items()}
+
+    def forget(self, namespace: str, name: str, token: object) -> None:
+        key: Key = ("Trigger", namespace, name)
+        if self._queue.controller(key) is token:  # not one created since
+            self._queue.drop(key)
 
     async def sweep_later(self, key: Key, source: str, after: float) -> None:
         await asyncio.sleep(after + SWEEP_MARGIN)

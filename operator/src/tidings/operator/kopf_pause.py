@@ -8,7 +8,8 @@ bodies it no longer sees change.
 
 Kopf keeps the pause in a private `ToggleSet` it hands only to its daemon
 killer. `install()` wraps that task to follow the same set: `Pause.paused`
-reads it, and `on_pause` runs each time the replica pauses. It relies on
+reads it, `on_pause` runs each time the replica pauses and `on_resume` each
+time it resumes. It relies on
 Kopf 1.45's private `daemons.daemon_killer(operator_paused=...)`; without it
 (another Kopf version) `install()` returns None, and the operator refuses to
 run with peering rather than run two active replicas.
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 class Pause:
     """Whether Kopf has paused this replica, and what to do when it does."""
 
-    def __init__(self, on_pause: Callable[[], None]) -> None:
-        self.on_pause = on_pause
+    def __init__(
+        self, on_pause: Callable[[], None], on_resume: Callable[[], None] = lambda: None
+    ) -> None:
+        self.on_pause, self.on_resume = on_pause, on_resume
         self._toggles: aiotoggles.ToggleSet | None = None
 
     @property
@@ -41,18 +44,22 @@ class Pause:
         return self._toggles is not None and self._toggles.is_on()
 
     async def follow(self, toggles: aiotoggles.ToggleSet) -> None:
-        """Run `on_pause` each time `toggles` turns on, until cancelled."""
+        """Run `on_pause` each time `toggles` turns on, `on_resume` each time it
+        turns off again, until cancelled."""
         self._toggles = toggles
         while True:
             await toggles.wait_for(True)
             self.on_pause()
             await toggles.wait_for(False)
+            self.on_resume()
 
 
 _ORIGINAL = "_tidings_original"
 
 
-def install(on_pause: Callable[[], None]) -> Pause | None:
+def install(
+    on_pause: Callable[[], None], on_resume: Callable[[], None] = lambda: None
+) -> Pause | None:
     """Follow Kopf's pause from now on (the newest `install` wins); None if this
     Kopf has no daemon killer to follow it through."""
     current = daemons.daemon_killer
@@ -60,7 +67,7 @@ def install(on_pause: Callable[[], None]) -> Pause | None:
     if "operator_paused" not in inspect.signature(original).parameters:
         log.warning("Kopf's daemon killer has changed: its peering pause cannot be followed")
         return None
-    pause = Pause(on_pause)
+    pause = Pause(on_pause, on_resume)
 
     async def daemon_killer(*, operator_paused: aiotoggles.ToggleSet, **kwargs: Any) -> None:
         follower = asyncio.create_task(pause.follow(operator_paused), name="peering pause")

@@ -210,7 +210,8 @@ class Kube:
         Triggers in full were 46 MB of JSON, and several times that decoded)."""
 
         def page_in(namespace: str | None, token: str | None) -> Callable[[], Any]:
-            paging: dict[str, Any] = {"limit": LIST_PAGE, "_headers": METADATA_ONLY}
+            # A copy: the client adds its default headers into the dict it is given.
+            paging: dict[str, Any] = {"limit": LIST_PAGE, "_headers": dict(METADATA_ONLY)}
             if token:
                 paging["_continue"] = token
             if namespace is None:

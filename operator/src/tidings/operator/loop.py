@@ -93,6 +93,9 @@ class _Slot:
     hurried: bool = False  # asked to look again while its round was running
     removed: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # The round in flight of the controller this one replaced (a Trigger deleted
+    # and created again): the first round waits for it, so it cannot land after.
+    after: asyncio.Event | None = None
 
 
 class WorkQueue:
@@ -137,6 +140,10 @@ class WorkQueue:
         slot = self._slots.get(key)
         return slot.controller if slot is not None else None
 
+    def controllers(self, kind: str) -> dict[Key, Controller]:
+        """The controllers of `kind` on the queue, by key."""
+        return {key: slot.controller for key, slot in self._slots.items() if key[0] == kind}
+
     def add(self, controller: Controller) -> None:
         """Put `controller` on the queue, due at once (replacing one of its key);
         nothing once the queue has halted."""
@@ -144,9 +151,10 @@ class WorkQueue:
             return
         self._start()
         old = self._slots.pop(controller.key, None)
+        slot = _Slot(controller, self._wakeups.subscribe())
         if old is not None:
             self._retire(old)
-        slot = _Slot(controller, self._wakeups.subscribe())
+            slot.after = old.idle if old.running else None
         slot.subscription.on_fire = lambda: self._woken(slot)
         slot.subscription.follow({controller.key})
         slot.idle.set()
@@ -292,6 +300,9 @@ class WorkQueue:
             slot.hurried = False
             slot.idle.clear()
             try:
+                if slot.after is not None:
+                    await self.round_ended(slot.after)
+                    slot.after = None
                 delay = await self._round(slot)
             finally:
                 slot.running = False

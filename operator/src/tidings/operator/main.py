@@ -369,20 +369,26 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     ctx = Context(settings=settings_from(options), redis=redis, kube=kube, sealer=sealer)
     queue = WorkQueue(wakeups=ctx.wakeups, settings=ctx.settings)
 
-    def paused() -> None:
-        dropped = queue.drop_kind("Trigger")
-        log.info("paused by a peer of higher priority: %d Triggers left to it", dropped)
+    # A resumed replica saw no deletion while paused: the orphan collector looks soon.
+    resumed = asyncio.Event()
 
-    pause = kopf_pause.install(paused)
+    def paused() -> None:
+        # Also at every start with peering: Kopf starts paused until it has seen the peers.
+        dropped = queue.drop_kind("Trigger")
+        if dropped:
+            log.info("paused by a peer of higher priority: %d Triggers left to it", dropped)
+
+    pause = kopf_pause.install(paused, resumed.set)
     if pause is None and not options.standalone:
         raise PeeringError(
             "this Kopf version's peering pause cannot be followed (Triggers would stay "
             "active on a paused replica): run with --standalone, or the Kopf version "
             "Tidings locks"
         )
-    registry = handlers.build_registry(
-        ctx, queue, paused=(lambda: pause.paused) if pause is not None else (lambda: False)
+    triggers = handlers.TriggerEvents(
+        ctx, queue, (lambda: pause.paused) if pause is not None else (lambda: False)
     )
+    registry = handlers.build_registry(ctx, queue, triggers=triggers)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -404,7 +410,9 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     )
     # Entries whose object vanished without its finalizer (tidings.operator.orphans).
     collector = asyncio.create_task(
-        orphans.keep_collecting(redis, kube, namespaces, options.resync_interval),
+        orphans.keep_collecting(
+            redis, kube, namespaces, options.resync_interval, triggers, resumed
+        ),
         name="orphan collector",
     )
     # Reports with news for status (a Trigger at rest is otherwise read seldom).

@@ -18,10 +18,12 @@ depend on peering. Only namespaces this operator watches are looked at.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from redis.asyncio import Redis
@@ -78,13 +80,36 @@ async def gone(
     ]
 
 
-async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collected:
-    """One pass. Reads the table first, then the API: an object created in
-    between has its entry written after the table was read, so it is not seen."""
+class Tracked(Protocol):
+    """The Triggers this operator drives (tidings.operator.handlers.TriggerEvents)."""
+
+    def tracked(self) -> dict[tuple[str, str], object]:
+        """(namespace, name) of each, with a token for `forget`."""
+        ...
+
+    def forget(self, namespace: str, name: str, token: object) -> None:
+        """Stop driving it, if it is still the one `token` named."""
+        ...
+
+
+async def collect(
+    redis: Redis, kube: Kube, namespaces: Sequence[str], tracked: Tracked | None = None
+) -> Collected:
+    """One pass. Reads the table (and what is driven) first, then the API: an
+    object created in between has its entry written after the table was read,
+    so it is not seen.
+
+    The Triggers driven are looked at too: one deleted while a watch was down
+    (Kopf's watch, restarted after "410 Gone", lists again and says nothing of
+    what vanished) would publish its route again at every resync."""
+    driven = tracked.tracked() if tracked is not None else {}
     route_ids = _ids(await redis.hkeys(keys.ROUTES))  # type: ignore[misc]
     source_ids = _ids(await redis.hkeys(keys.SOURCES))  # type: ignore[misc]
+    trigger_ids = list(dict.fromkeys([*route_ids, *driven]))
     done = Collected()
-    for namespace, name in await gone(kube, "triggers", route_ids, namespaces):
+    for namespace, name in await gone(kube, "triggers", trigger_ids, namespaces):
+        if tracked is not None and (namespace, name) in driven:
+            tracked.forget(namespace, name, driven[(namespace, name)])
         route = await publishing.current_route(redis, namespace, name)
         source = route.source if route is not None else None
         await publishing.remove_trigger(redis, namespace, name, source)
@@ -93,7 +118,7 @@ async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collec
         done.routes.append(f"{namespace}/{name}")
         log.warning(
             "[Trigger/%s/%s] is gone but its route was still routed (deleted while no "
-            "operator ran?): route, consumer group and keys removed",
+            "operator ran, or unseen?): route, consumer group and keys removed",
             namespace,
             name,
         )
@@ -112,15 +137,25 @@ async def collect(redis: Redis, kube: Kube, namespaces: Sequence[str]) -> Collec
 
 
 async def keep_collecting(
-    redis: Redis, kube: Kube, namespaces: Sequence[str], interval: float
+    redis: Redis,
+    kube: Kube,
+    namespaces: Sequence[str],
+    interval: float,
+    tracked: Tracked | None = None,
+    soon: asyncio.Event | None = None,
 ) -> None:
     """`collect` soon after start, then every `interval` seconds (jittered),
-    until cancelled."""
+    until cancelled; when `soon` is set (a paused replica resumed: what was
+    deleted meanwhile was not seen here), a pass comes soon again."""
+    soon = soon if soon is not None else asyncio.Event()
     wait = min(interval, FIRST_PASS)
     while True:
-        await asyncio.sleep(wait * random.uniform(0.8, 1.2))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(soon.wait(), wait * random.uniform(0.8, 1.2))
+            soon.clear()
+            await asyncio.sleep(min(interval, FIRST_PASS))  # Kopf lists everything again first
         wait = interval
         try:
-            await collect(redis, kube, namespaces)
+            await collect(redis, kube, namespaces, tracked)
         except (RedisError, OSError, ApiException) as error:
             log.warning("orphan collection failed, will retry: %s", error)

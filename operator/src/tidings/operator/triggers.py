@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from tidings.api.destinations import DestinationPolicy
@@ -207,7 +208,16 @@ class TriggerController(ObjectController[TriggerStatus]):
         desired = status.trigger_status(
             facts, known, now=health.now_rfc3339(), stale_after=settings.stale_after
         )
-        written = await self.writer.write(self.body, desired, known)
+        try:
+            written = await self.writer.write(self.body, desired, known)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            # Deleted, and the watch missed it (a watch restarted after "410 Gone"
+            # lists again, and says nothing of what vanished meanwhile).
+            self.log.warning("is gone, though no deletion was seen: cleaning up")
+            self.ctx.vanished(self.key, self.body)
+            return settings.health_interval
         if written and desired.delivery != known.delivery:
             self.delivery_written = loop.time()
         state = desired.delivery.state if desired.delivery is not None else None
