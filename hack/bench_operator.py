@@ -272,6 +272,18 @@ def main() -> int:
         if not args.skip_delete:
             # 5. Deletion of everything: routes, cursors, streams cleaned up.
             operator.start()
+            # Only once it has listed everything: a Trigger deleted before that is
+            # never seen (no finalizer); the orphan collector's first pass takes it.
+            marker = f"listed-{uuid.uuid4().hex[:4]}"
+            kubectl(
+                "apply", "-n", namespace, "-f", "-",
+                input=yaml.safe_dump({
+                    "apiVersion": "tidings.dev/v1alpha1", "kind": "Trigger",
+                    "metadata": {"name": marker},
+                    "spec": {"source": "src-0", "subscriber": {"ref": {"name": "mailer"}}},
+                }),
+            )  # fmt: skip
+            wait_all_ready(namespace, args.triggers + 2, time.monotonic(), args.limit)
             started = time.monotonic()
             # --wait=false and poll: kubectl's own wait goes object by object (minutes).
             kubectl("delete", "triggers,eventsources", "--all", "-n", namespace, "--wait=false")

@@ -255,11 +255,12 @@ async def test_a_controller_replacing_one_in_a_round_starts_after_that_round() -
     new one's first round."""
     queue = WorkQueue(wakeups=Wakeups(), settings=settings(300.0), workers=2)
     events: list[str] = []
-    may_end = asyncio.Event()
+    started, may_end = asyncio.Event(), asyncio.Event()
 
     class Slow(Recorder):
         async def reconcile(self) -> None:
             events.append("old round started")
+            started.set()
             await may_end.wait()
             events.append("old round ended")
 
@@ -270,8 +271,7 @@ async def test_a_controller_replacing_one_in_a_round_starts_after_that_round() -
 
     old, new = Slow(), New()
     queue.add(old)
-    while not events:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(started.wait(), 1.0)
     queue.add(new)  # same key: replaces the old one while its round runs
     await asyncio.sleep(0.02)
     assert events == ["old round started"]  # the new one waits

@@ -140,6 +140,12 @@ class Context:
         task.add_done_callback(forget)
         return task
 
+    def cancel_background(self) -> None:
+        """The operator is exiting: cancel cleanups and sweeps (Kopf would wait 5 s
+        for them). A cleanup left undone is the orphan collector's next time."""
+        for task in [*self._background, *self._cleanups.values()]:
+            task.cancel()
+
     async def cleaned_up(self, key: Key, limit: float = CLEANUP_WAIT) -> None:
         """Return once no cleanup of `key` runs; raise CleanupPending if one
         still does after `limit` seconds."""

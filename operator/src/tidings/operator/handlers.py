@@ -86,6 +86,7 @@ def build_registry(
     async def stop_queue(**_: Any) -> None:
         # Before Kopf's wait for leftover tasks: the workers would be 5 s of it.
         await queue.close()
+        ctx.cancel_background()
 
     # --- indexes and wake-ups ----------------------------------------------------------
 

@@ -150,8 +150,11 @@ async def keep_collecting(
     soon = soon if soon is not None else asyncio.Event()
     wait = min(interval, FIRST_PASS)
     while True:
+        # asyncio.timeout, not wait_for: no task per wait (Kopf, exiting, waits 5 s
+        # for every task created after it started).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(soon.wait(), wait * random.uniform(0.8, 1.2))
+            async with asyncio.timeout(wait * random.uniform(0.8, 1.2)):
+                await soon.wait()
             soon.clear()
             await asyncio.sleep(min(interval, FIRST_PASS))  # Kopf lists everything again first
         wait = interval
