@@ -22,7 +22,7 @@
   the object's data-plane state, a Postgres source's replication slot
   included, which must not be left behind. The queue's workers are stopped at
   the operator's cleanup.
-- The bodies kept for controllers (`keep_bodies_small`) lose
+- The bodies kept for controllers (`keep_bodies_small`, `trim`) lose
   `metadata.managedFields` and share their strings.
 """
 
@@ -67,6 +67,10 @@ log = logging.getLogger(__name__)
 # The kinds whose bodies are kept: by Kopf for each daemon (EventSources,
 # Replays), by the work queue for each Trigger.
 KEPT_PLURALS = ("triggers", "eventsources", "replays")
+# Made small by a handler of their own; a Trigger's event handler does it itself
+# (one handler per event instead of two: Kopf's handling of each is most of its
+# work per event).
+TRIMMED_BY_HANDLER = ("eventsources", "replays")
 
 
 def build_registry(
@@ -80,7 +84,7 @@ def build_registry(
     `triggers`: what drives them (made here if not given)."""
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
-    keep_bodies_small(registry)
+    keep_bodies_small(registry, TRIMMED_BY_HANDLER)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_queue(**_: Any) -> None:
@@ -279,6 +283,7 @@ class TriggerEvents:
         self._ctx, self._queue, self._paused = ctx, queue, paused
 
     def saw(self, event: kopf.RawEvent, world_now: world.IndexWorld) -> None:
+        trim(event)
         body = cast(dict[str, Any], event.get("object") or {})
         meta = body.get("metadata") or {}
         key: Key = ("Trigger", meta.get("namespace") or "", meta.get("name") or "")
@@ -384,7 +389,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
         pass
 
 
-def keep_bodies_small(registry: kopf.OperatorRegistry) -> None:
+def keep_bodies_small(
+    registry: kopf.OperatorRegistry, plurals: Iterable[str] = KEPT_PLURALS
+) -> None:
     """Make every event of a kind with a daemon small before Kopf keeps it.
 
     Kopf keeps the newest body of each such object for its daemon (the very dict
@@ -398,7 +405,7 @@ def keep_bodies_small(registry: kopf.OperatorRegistry) -> None:
       repeated short value ("True", "Ready", a source's name): 11.5 KiB a
       Trigger, 5.3 KiB with those strings shared (`share_strings`).
     """
-    for plural in KEPT_PLURALS:
+    for plural in plurals:
         kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-trim", registry=registry)(
             compact_event_object
         )
@@ -408,6 +415,11 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 async def compact_event_object(event: kopf.RawEvent, **_: Any) -> None:
+    """Kopf's handler form of `trim`."""
+    trim(event)
+
+
+def trim(event: kopf.RawEvent) -> None:
     """Remove the server's field-ownership bookkeeping and kubectl's last-applied
     copy from a watch event's object and share its strings, in place (Kopf holds
     this very dict)."""
