@@ -316,6 +316,15 @@ async def test_a_slot_dropped_by_hand_is_reported_as_recreated_by_this_and_later
     streamed_up_to = (await journal.read_state(redis_client, source))["lsn"]
     assert streamed_up_to != "0/0"
 
+    async def slot_released() -> bool:
+        # The adapter has stopped; its walsender lets go of the slot a moment later.
+        cursor = await pg.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
+        row = await cursor.fetchone()
+        return row is not None and not row[0]
+
+    await eventually(slot_released)
     await pg.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     await pg.execute(f"INSERT INTO {table_name} VALUES (2)")  # nobody captures this one
     before = datetime.now(UTC).replace(microsecond=0)
