@@ -1,10 +1,12 @@
 """What Kopf keeps per object: the body a daemon sees has no managedFields, and
 the strings of all bodies are shared.
 
-The operator keeps 10,000 Trigger bodies through Kopf (one per daemon), and the
-field-ownership bookkeeping the API server adds was most of each. This runs
-the real Kopf in this process against the real kube-apiserver, with the
-operator's own trimming registered, and looks at the body a daemon is handed.
+Kopf keeps the body of every object with a daemon (EventSources, Replays; the
+work queue keeps each Trigger's, trimmed the same way: test_operator_trim.py),
+and the field-ownership bookkeeping the API server adds was most of each. This
+runs the real Kopf in this process against the real kube-apiserver, with the
+operator's own trimming registered, and looks at the body a daemon is handed
+(a daemon on Triggers here: the test's own, two specs to compare).
 """
 
 from __future__ import annotations
