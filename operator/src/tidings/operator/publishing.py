@@ -85,9 +85,12 @@ async def _current(
 # --- Triggers --------------------------------------------------------------------------
 
 
-async def publish_route(redis: Redis, route: Route) -> int | None:
+async def publish_route(redis: Redis, route: Route, current: Route | None = None) -> int | None:
     """Make `route` live: its cursor first, then the route. The new table version,
-    or None when the route was already there unchanged."""
+    or None when the route was already there unchanged. `current`: the table's
+    entry as just read; when it is `route`, the table is not written (the
+    change-only script would compare the same: a round trip per Trigger saved
+    at every restart and resync), but the cursor is still made sure of."""
     cursor = text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
     if cursor is not None and cursor != route.source:
         log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
@@ -96,6 +99,8 @@ async def publish_route(redis: Redis, route: Route) -> int | None:
         log.info("trigger %s: consumer group created on %s", route.id, route.stream)
     if cursor != route.source:
         await redis.hset(keys.CURSORS, route.id, route.source)  # type: ignore[misc]
+    if current is not None and current == route:
+        return None
     return await table.put_route(redis, route)
 
 

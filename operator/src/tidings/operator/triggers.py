@@ -154,7 +154,7 @@ class TriggerController(ObjectController[TriggerStatus]):
         self.ctx.sealer.learn(publishing.sealed_in_route(current))
         compiled, route = compile_body(self.body, self.world, self.ctx)
         if route is not None:
-            version = await publishing.publish_route(redis, route)
+            version = await publishing.publish_route(redis, route, current)
             if version is not None:
                 self.log.info("route published (table version %d)", version)
         else:
