@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from tidings.api import keys
 from tidings.cli.redis_server import RedisServer
 from tidings.operator import kube as kube_module
+from tidings.operator import orphans
 from tidings.operator.kube import Kube, load_config
 
 pytestmark = pytest.mark.integration
@@ -118,3 +119,51 @@ async def test_names_are_listed_page_by_page_with_metadata_only(
         kube.close()
     assert names == {(cluster.namespace, f"t{n}") for n in range(5)}
     assert names <= everywhere
+
+
+class Driven:
+    """What the collector asks of the Triggers this operator drives
+    (orphans.Tracked), as a record of its questions and answers."""
+
+    def __init__(self, tokens: dict[tuple[str, str], object], now: set[tuple[str, str]]) -> None:
+        self.tokens, self.now = tokens, now
+        self.vanished_calls: list[tuple[str, str]] = []
+
+    def tracked(self) -> dict[tuple[str, str], object]:
+        return dict(self.tokens)
+
+    def vanished(self, namespace: str, name: str, token: object) -> bool:
+        self.vanished_calls.append((namespace, name))
+        return True
+
+    def driving(self, namespace: str, name: str) -> bool:
+        return (namespace, name) in self.now
+
+    def paused(self) -> bool:
+        return False
+
+
+async def test_a_driven_trigger_that_is_gone_is_cleaned_up_as_a_deletion_and_a_new_one_kept(
+    cluster: Cluster, kubeconfig: Path, redis: Redis
+) -> None:
+    """Deletions no watch event reported: a Trigger on the queue whose object is
+    gone goes through the deletion path (after its round in flight, in turn
+    with a successor); a name driven again since is left to its new Trigger."""
+    ns = cluster.namespace
+    cluster.apply(http_source("web"), trigger("kept", "web"))
+    for name in ("unseen", "recreated", "kept"):
+        await redis.hset(keys.ROUTES, f"{ns}/{name}", "{}")  # type: ignore[misc]
+    driven = Driven(
+        tokens={(ns, "unseen"): object(), (ns, "kept"): object()}, now={(ns, "recreated")}
+    )
+    kube = Kube(load_config(str(kubeconfig)))
+    try:
+        done = await orphans.collect(redis, kube, [ns], driven)
+    finally:
+        kube.close()
+    assert driven.vanished_calls == [(ns, "unseen")]  # the deletion path, not removed here
+    assert done.routes == [f"{ns}/unseen"]
+    assert await redis.hexists(keys.ROUTES, f"{ns}/unseen")  # type: ignore[misc]
+    assert await redis.hexists(keys.ROUTES, f"{ns}/recreated")  # type: ignore[misc]
+    assert await redis.hexists(keys.ROUTES, f"{ns}/kept")  # type: ignore[misc]
+    await redis.hdel(keys.ROUTES, f"{ns}/unseen", f"{ns}/recreated", f"{ns}/kept")  # type: ignore[misc]

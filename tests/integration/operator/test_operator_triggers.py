@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
+from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from operator_harness import (
     Cluster,
     OperatorProcess,
@@ -18,6 +20,8 @@ from operator_harness import (
 from redis.asyncio import Redis
 
 from tidings.api import keys
+from tidings.operator.kube import Kube, load_config
+from tidings.operator.triggers import names_this_object
 
 pytestmark = pytest.mark.integration
 
@@ -236,3 +240,22 @@ async def test_a_trigger_outliving_its_source_is_deleted_at_once(
     await eventually(cursor_gone, within=20)
     # Cleaned up at once, not after a retry backoff (the stream is gone: no group to destroy).
     assert time.monotonic() - started < 10
+
+
+async def test_a_status_404_is_taken_for_deletion_only_when_it_names_the_trigger(
+    cluster: Cluster, kubeconfig: Path
+) -> None:
+    """A missed deletion shows as a 404 on the status write; a 404 for a path the
+    API server does not serve (a CRD being registered again) must not."""
+    kube = Kube(load_config(str(kubeconfig)))
+    try:
+        with pytest.raises(ApiException) as gone:
+            await kube.apply_status("Trigger", "triggers", cluster.namespace, "nobody", {})
+        with pytest.raises(ApiException) as unserved:
+            await kube.apply_status("Trigger", "triggerz", cluster.namespace, "nobody", {})
+    finally:
+        kube.close()
+    assert gone.value.status == unserved.value.status == 404
+    assert names_this_object(gone.value, "nobody")
+    assert not names_this_object(gone.value, "somebody")
+    assert not names_this_object(unserved.value, "nobody")

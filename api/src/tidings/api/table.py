@@ -32,6 +32,11 @@ async def put_route(redis: Redis, route: Route) -> int | None:
     return await _put(redis, keys.ROUTES, route.id, route.model_dump_json())
 
 
+async def put_route_json(redis: Redis, route_id: str, encoded: str) -> int | None:
+    """`put_route` of a route already encoded (`Route.model_dump_json()`)."""
+    return await _put(redis, keys.ROUTES, route_id, encoded)
+
+
 async def delete_route(redis: Redis, namespace: str, name: str) -> int | None:
     return await _put(redis, keys.ROUTES, keys.source_id(namespace, name), "")
 

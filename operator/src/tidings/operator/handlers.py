@@ -342,10 +342,18 @@ class TriggerEvents:
         """The Triggers on the queue, for the orphan collector (orphans.Tracked)."""
         return {(key[1], key[2]): c for key, c in self._queue.controllers("Trigger").items()}
 
-    def forget(self, namespace: str, name: str, token: object) -> None:
+    def vanished(self, namespace: str, name: str, token: object) -> bool:
         key: Key = ("Trigger", namespace, name)
-        if self._queue.controller(key) is token:  # not one created since
-            self._queue.drop(key)
+        if not isinstance(token, TriggerController) or self._queue.controller(key) is not token:
+            return False  # created again since
+        self.deleted(key, token.body)
+        return True
+
+    def driving(self, namespace: str, name: str) -> bool:
+        return self._queue.controller(("Trigger", namespace, name)) is not None
+
+    def paused(self) -> bool:
+        return self._paused()
 
     async def sweep_later(self, key: Key, source: str, after: float) -> None:
         await asyncio.sleep(after + SWEEP_MARGIN)

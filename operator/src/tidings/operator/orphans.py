@@ -85,11 +85,21 @@ class Tracked(Protocol):
     """The Triggers this operator drives (tidings.operator.handlers.TriggerEvents)."""
 
     def tracked(self) -> dict[tuple[str, str], object]:
-        """(namespace, name) of each, with a token for `forget`."""
+        """(namespace, name) of each, with a token for `vanished`."""
         ...
 
-    def forget(self, namespace: str, name: str, token: object) -> None:
-        """Stop driving it, if it is still the one `token` named."""
+    def vanished(self, namespace: str, name: str, token: object) -> bool:
+        """It is gone: clean it up as its deletion would have (in the background),
+        if it is still the one `token` named; False if another one of that name
+        is driven now."""
+        ...
+
+    def driving(self, namespace: str, name: str) -> bool:
+        """Whether a Trigger of that name is driven now (created again)."""
+        ...
+
+    def paused(self) -> bool:
+        """Whether this replica is paused (its peer collects)."""
         ...
 
 
@@ -109,8 +119,20 @@ async def collect(
     trigger_ids = list(dict.fromkeys([*route_ids, *driven]))
     done = Collected()
     for namespace, name in await gone(kube, "triggers", trigger_ids, namespaces):
-        if tracked is not None and (namespace, name) in driven:
-            tracked.forget(namespace, name, driven[(namespace, name)])
+        if tracked is not None:
+            if (namespace, name) in driven:
+                # As a deletion event would: after its round in flight, in turn
+                # with a successor's first publication.
+                if tracked.vanished(namespace, name, driven[(namespace, name)]):
+                    done.routes.append(f"{namespace}/{name}")
+                    log.warning(
+                        "[Trigger/%s/%s] is gone, though no deletion was seen: cleaning up",
+                        namespace,
+                        name,
+                    )
+                continue
+            if tracked.driving(namespace, name):
+                continue  # created again since the GET: the name is the new one's
         route = await publishing.current_route(redis, namespace, name)
         source = route.source if route is not None else None
         await publishing.remove_trigger(redis, namespace, name, source)
@@ -159,6 +181,8 @@ async def keep_collecting(
             soon.clear()
             await asyncio.sleep(min(interval, FIRST_PASS))  # Kopf lists everything again first
         wait = interval
+        if tracked is not None and tracked.paused():
+            continue  # the active replica collects; ours would race its publications
         try:
             await collect(redis, kube, namespaces, tracked)
         except (RedisError, OSError, ApiException) as error:

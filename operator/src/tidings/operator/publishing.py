@@ -64,6 +64,20 @@ async def current_route(redis: Redis, namespace: str, name: str) -> Route | None
     return await _current(redis, keys.ROUTES, Route, namespace, name)
 
 
+async def current_route_entry(
+    redis: Redis, namespace: str, name: str
+) -> tuple[Route | None, str | None]:
+    """The table's entry for a Trigger: parsed (None when absent or in another
+    format), and as stored (None when absent)."""
+    raw = await redis.hget(keys.ROUTES, keys.source_id(namespace, name))  # type: ignore[misc]
+    if raw is None:
+        return None, None
+    try:
+        return Route.model_validate_json(raw), text(raw)
+    except ValueError:
+        return None, text(raw)
+
+
 async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSource | None:
     return await _current(redis, keys.SOURCES, CompiledSource, namespace, name)
 
@@ -85,12 +99,12 @@ async def _current(
 # --- Triggers --------------------------------------------------------------------------
 
 
-async def publish_route(redis: Redis, route: Route, current: Route | None = None) -> int | None:
+async def publish_route(redis: Redis, route: Route, stored: str | None = None) -> int | None:
     """Make `route` live: its cursor first, then the route. The new table version,
-    or None when the route was already there unchanged. `current`: the table's
-    entry as just read; when it is `route`, the table is not written (the
-    change-only script would compare the same: a round trip per Trigger saved
-    at every restart and resync), but the cursor is still made sure of."""
+    or None when the route was already there unchanged. `stored`: the table's
+    entry as just read; when it is `route`'s very bytes, the table is not written
+    (the change-only script would compare the same: a round trip per Trigger
+    saved at every restart and resync), but the cursor is still made sure of."""
     cursor = text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
     if cursor is not None and cursor != route.source:
         log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
@@ -99,9 +113,10 @@ async def publish_route(redis: Redis, route: Route, current: Route | None = None
         log.info("trigger %s: consumer group created on %s", route.id, route.stream)
     if cursor != route.source:
         await redis.hset(keys.CURSORS, route.id, route.source)  # type: ignore[misc]
-    if current is not None and current == route:
+    encoded = route.model_dump_json()
+    if stored is not None and stored == encoded:
         return None
-    return await table.put_route(redis, route)
+    return await table.put_route_json(redis, route.id, encoded)
 
 
 async def withdraw_route(redis: Redis, namespace: str, name: str) -> int | None:

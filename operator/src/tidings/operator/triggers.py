@@ -14,6 +14,7 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -150,11 +151,11 @@ class TriggerController(ObjectController[TriggerStatus]):
         # A deleted Trigger of the same name: its cleanup removes what we would publish.
         await self.ctx.cleaned_up(self.key)
         redis = self.ctx.redis
-        current = await publishing.current_route(redis, self.namespace, self.name)
+        current, stored = await publishing.current_route_entry(redis, self.namespace, self.name)
         self.ctx.sealer.learn(publishing.sealed_in_route(current))
         compiled, route = compile_body(self.body, self.world, self.ctx)
         if route is not None:
-            version = await publishing.publish_route(redis, route, current)
+            version = await publishing.publish_route(redis, route, stored)
             if version is not None:
                 self.log.info("route published (table version %d)", version)
         else:
@@ -211,7 +212,7 @@ class TriggerController(ObjectController[TriggerStatus]):
         try:
             written = await self.writer.write(self.body, desired, known)
         except ApiException as error:
-            if error.status != 404:
+            if not names_this_object(error, self.name):
                 raise
             # Deleted, and the watch missed it (a watch restarted after "410 Gone"
             # lists again, and says nothing of what vanished meanwhile).
@@ -245,6 +246,19 @@ class TriggerController(ObjectController[TriggerStatus]):
             stale_in = fresh.updated_ms / 1000 + settings.stale_after - time.time()
             interval = min(interval, max(settings.health_interval, stale_in + 0.5))
         return interval
+
+
+def names_this_object(error: ApiException, name: str) -> bool:
+    """A 404 that says this very Trigger is not found, not one for a path the
+    API server does not serve (a CRD being registered again, a new server that
+    has not loaded it yet)."""
+    if error.status != 404:
+        return False
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(details.get("name") == name and details.get("kind") == "triggers")
 
 
 def without_time(reading: Reading | None) -> Reading | None:
