@@ -151,6 +151,20 @@ def wait_all_ready(namespace: str, count: int, started: float, limit: float) -> 
     return wait_count(lambda: ready_counts(namespace), count, started, limit, "Ready")
 
 
+def apply_marker(namespace: str, prefix: str) -> str:
+    """Create one more Trigger (named `prefix`-…); its name."""
+    marker = f"{prefix}-{uuid.uuid4().hex[:4]}"
+    kubectl(
+        "apply", "-n", namespace, "-f", "-",
+        input=yaml.safe_dump({
+            "apiVersion": "tidings.dev/v1alpha1", "kind": "Trigger",
+            "metadata": {"name": marker},
+            "spec": {"source": "src-0", "subscriber": {"ref": {"name": "mailer"}}},
+        }),
+    )  # fmt: skip
+    return marker
+
+
 class Operator:
     def __init__(self, namespace: str, redis_url: str, log: Path) -> None:
         self.command = [
@@ -239,17 +253,9 @@ def main() -> int:
         results["sigterm_s"] = operator.stop()
         operator.start()
         started = time.monotonic()
-        marker = f"late-{uuid.uuid4().hex[:4]}"
         # A Trigger created after the restart, last in every queue, proves the
         # operator has gone through the backlog (Kopf lists objects in order).
-        kubectl(
-            "apply", "-n", namespace, "-f", "-",
-            input=yaml.safe_dump({
-                "apiVersion": "tidings.dev/v1alpha1", "kind": "Trigger",
-                "metadata": {"name": marker},
-                "spec": {"source": "src-0", "subscriber": {"ref": {"name": "mailer"}}},
-            }),
-        )  # fmt: skip
+        marker = apply_marker(namespace, "late")
         results["restart_ready_s"] = wait_all_ready(
             namespace, args.triggers + 1, started, args.limit
         )
@@ -274,15 +280,7 @@ def main() -> int:
             operator.start()
             # Only once it has listed everything: a Trigger deleted before that is
             # never seen (no finalizer); the orphan collector's first pass takes it.
-            marker = f"listed-{uuid.uuid4().hex[:4]}"
-            kubectl(
-                "apply", "-n", namespace, "-f", "-",
-                input=yaml.safe_dump({
-                    "apiVersion": "tidings.dev/v1alpha1", "kind": "Trigger",
-                    "metadata": {"name": marker},
-                    "spec": {"source": "src-0", "subscriber": {"ref": {"name": "mailer"}}},
-                }),
-            )  # fmt: skip
+            apply_marker(namespace, "listed")
             wait_all_ready(namespace, args.triggers + 2, time.monotonic(), args.limit)
             started = time.monotonic()
             # --wait=false and poll: kubectl's own wait goes object by object (minutes).

@@ -53,6 +53,21 @@ def all_ready(cluster: Cluster, kind: str, count: int) -> bool:
     return len(ready) == count
 
 
+def peer_of(
+    operator: OperatorProcess, cluster: Cluster, log_path: Any, priority: int
+) -> OperatorProcess:
+    """A second replica beside `operator`: the same Redis, cluster and seal key."""
+    command = operator.command
+    return OperatorProcess(
+        namespaces=[cluster.namespace],
+        redis_url=command[command.index("--redis-url") + 1],
+        kubeconfig=command[command.index("--kubeconfig") + 1],  # type: ignore[arg-type]
+        seal_key=operator.env["TIDINGS_SEAL_KEY"],
+        log_path=log_path,
+        args=["--priority", str(priority)],
+    )
+
+
 def versions(cluster: Cluster) -> dict[str, str]:
     out = {}
     for kind in ("triggers", "eventsources", "secrets"):
@@ -126,14 +141,7 @@ async def test_only_one_replica_is_active_and_the_other_takes_over(
 ) -> None:
     low = operator_process
     low.command += ["--priority", "10", "--log-level", "DEBUG"]  # logs every handler call
-    high = OperatorProcess(
-        namespaces=[cluster.namespace],
-        redis_url=low.command[low.command.index("--redis-url") + 1],
-        kubeconfig=low.command[low.command.index("--kubeconfig") + 1],  # type: ignore[arg-type]
-        seal_key=low.env["TIDINGS_SEAL_KEY"],
-        log_path=tmp_path / "high.log",
-        args=["--priority", "20"],
-    )
+    high = peer_of(low, cluster, tmp_path / "high.log", priority=20)
     high.start()
     try:
         cluster.apply(http_source("users"), service("mailer"), trigger("first", "users"))
@@ -169,14 +177,7 @@ async def test_an_active_replica_paused_by_a_higher_priority_one_leaves_its_trig
     low.start()
     cluster.apply(http_source("users"), service("mailer"), trigger("first", "users"))
     await eventually(lambda: all_ready(cluster, "triggers", 1), within=20)
-    high = OperatorProcess(
-        namespaces=[cluster.namespace],
-        redis_url=low.command[low.command.index("--redis-url") + 1],
-        kubeconfig=low.command[low.command.index("--kubeconfig") + 1],  # type: ignore[arg-type]
-        seal_key=low.env["TIDINGS_SEAL_KEY"],
-        log_path=tmp_path / "high.log",
-        args=["--priority", "20"],
-    )
+    high = peer_of(low, cluster, tmp_path / "high.log", priority=20)
     high.start()
     try:
         await eventually(lambda: "1 Triggers left to it" in low.logs(), within=30)
