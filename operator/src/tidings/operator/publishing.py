@@ -24,7 +24,9 @@ this module adds what only the control plane does:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -64,18 +66,27 @@ async def current_route(redis: Redis, namespace: str, name: str) -> Route | None
     return await _current(redis, keys.ROUTES, Route, namespace, name)
 
 
-async def current_route_entry(
-    redis: Redis, namespace: str, name: str
-) -> tuple[Route | None, str | None]:
-    """The table's entry for a Trigger: parsed (None when absent or in another
-    format), and as stored (None when absent)."""
-    raw = await redis.hget(keys.ROUTES, keys.source_id(namespace, name))  # type: ignore[misc]
-    if raw is None:
-        return None, None
-    try:
-        return Route.model_validate_json(raw), text(raw)
-    except ValueError:
-        return None, text(raw)
+@dataclass(frozen=True)
+class RouteEntry:
+    """What the table holds for a Trigger, read in one round trip (the route and
+    cursor hashes share a hash tag, so this holds in a Redis Cluster too)."""
+
+    route: Route | None  # None when absent or in another format
+    stored: str | None  # the route as stored; None when absent
+    cursor: str | None  # the source its consumer group is on
+
+
+async def current_route_entry(redis: Redis, namespace: str, name: str) -> RouteEntry:
+    trigger_id = keys.source_id(namespace, name)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.ROUTES, trigger_id)
+        pipe.hget(keys.CURSORS, trigger_id)
+        raw, cursor = await pipe.execute()
+    route = None
+    if raw is not None:
+        with contextlib.suppress(ValueError):
+            route = Route.model_validate_json(raw)
+    return RouteEntry(route, text(raw), text(cursor))
 
 
 async def current_source(redis: Redis, namespace: str, name: str) -> CompiledSource | None:
@@ -99,13 +110,16 @@ async def _current(
 # --- Triggers --------------------------------------------------------------------------
 
 
-async def publish_route(redis: Redis, route: Route, stored: str | None = None) -> int | None:
+async def publish_route(redis: Redis, route: Route, entry: RouteEntry | None = None) -> int | None:
     """Make `route` live: its cursor first, then the route. The new table version,
-    or None when the route was already there unchanged. `stored`: the table's
-    entry as just read; when it is `route`'s very bytes, the table is not written
-    (the change-only script would compare the same: a round trip per Trigger
-    saved at every restart and resync), but the cursor is still made sure of."""
-    cursor = text(await redis.hget(keys.CURSORS, route.id))  # type: ignore[misc]
+    or None when the route was already there unchanged. `entry`: the table's
+    entry as just read (else read here); when its route is `route`'s very bytes,
+    the table is not written (the change-only script would compare the same: a
+    round trip per Trigger saved at every restart and resync), but the consumer
+    group is still made sure of."""
+    if entry is None:
+        entry = await current_route_entry(redis, route.namespace, route.name)
+    cursor = entry.cursor
     if cursor is not None and cursor != route.source:
         log.info("trigger %s moved from source %s to %s", route.id, cursor, route.source)
         await _remove_cursor(redis, route.namespace, cursor, route.name)
@@ -114,7 +128,7 @@ async def publish_route(redis: Redis, route: Route, stored: str | None = None) -
     if cursor != route.source:
         await redis.hset(keys.CURSORS, route.id, route.source)  # type: ignore[misc]
     encoded = route.model_dump_json()
-    if stored is not None and stored == encoded:
+    if entry.stored is not None and entry.stored == encoded:
         return None
     return await table.put_route_json(redis, route.id, encoded)
 

@@ -151,11 +151,11 @@ class TriggerController(ObjectController[TriggerStatus]):
         # A deleted Trigger of the same name: its cleanup removes what we would publish.
         await self.ctx.cleaned_up(self.key)
         redis = self.ctx.redis
-        current, stored = await publishing.current_route_entry(redis, self.namespace, self.name)
-        self.ctx.sealer.learn(publishing.sealed_in_route(current))
+        entry = await publishing.current_route_entry(redis, self.namespace, self.name)
+        self.ctx.sealer.learn(publishing.sealed_in_route(entry.route))
         compiled, route = compile_body(self.body, self.world, self.ctx)
         if route is not None:
-            version = await publishing.publish_route(redis, route, stored)
+            version = await publishing.publish_route(redis, route, entry)
             if version is not None:
                 self.log.info("route published (table version %d)", version)
         else:
