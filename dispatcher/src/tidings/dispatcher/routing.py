@@ -36,6 +36,9 @@ class TableWatcher:
         self._resubscribe_listeners: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Checked between messages and rounds: a cancel swallowed inside redis-py
+        # (below) must not keep a task going while changes keep arriving.
+        self._stopping = False
 
     def on_change(self, listener: Listener) -> None:
         """Call `listener(table)` after every load that changed the version."""
@@ -60,6 +63,7 @@ class TableWatcher:
     async def stop(self) -> None:
         # Cancel until done: on Python 3.11 a cancel landing inside redis-py's own
         # wait_for (pub/sub reads) can be swallowed, leaving the task running.
+        self._stopping = True
         pending = {task for task in self._tasks if not task.done()}
         for _ in range(20):
             if not pending:
@@ -87,7 +91,7 @@ class TableWatcher:
 
     async def _subscribe(self) -> None:
         lost = False
-        while True:
+        while not self._stopping:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.TABLE_CHANGED, keys.TRIGGER_WAKE)
@@ -98,6 +102,8 @@ class TableWatcher:
                         for listener in self._resubscribe_listeners:
                             listener()
                     async for message in pubsub.listen():
+                        if self._stopping:
+                            return
                         if message.get("type") != "message":
                             continue
                         if text(message.get("channel")) == keys.TRIGGER_WAKE:
@@ -120,7 +126,7 @@ class TableWatcher:
             return True
 
     async def _resync(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.resync_interval)
             try:
                 # The version is bumped by every change: reading the whole table (10 MB
