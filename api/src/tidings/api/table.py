@@ -29,7 +29,7 @@ async def _put(redis: Redis, table: str, entry: str, value: str) -> int | None:
 
 
 async def put_route(redis: Redis, route: Route) -> int | None:
-    return await _put(redis, keys.ROUTES, route.id, route.model_dump_json())
+    return await put_route_json(redis, route.id, route.model_dump_json())
 
 
 async def put_route_json(redis: Redis, route_id: str, encoded: str) -> int | None:

@@ -74,14 +74,10 @@ TRIMMED_BY_HANDLER = ("eventsources", "replays")
 
 
 def build_registry(
-    ctx: Context,
-    queue: WorkQueue,
-    paused: Callable[[], bool] = lambda: False,
-    triggers: TriggerEvents | None = None,
+    ctx: Context, queue: WorkQueue, triggers: TriggerEvents
 ) -> kopf.OperatorRegistry:
-    """`paused`: whether Kopf's peering has paused this replica
-    (tidings.operator.kopf_pause); Triggers are not taken on meanwhile.
-    `triggers`: what drives them (made here if not given)."""
+    """`triggers`: what drives the Triggers from their watch events (it knows
+    whether Kopf's peering has paused this replica)."""
     registry = kopf.OperatorRegistry()
     wake = ctx.wakeups.notify
     keep_bodies_small(registry, TRIMMED_BY_HANDLER)
@@ -169,7 +165,6 @@ def build_registry(
             registry=registry,
         )
 
-    triggers = triggers if triggers is not None else TriggerEvents(ctx, queue, paused)
     ctx.vanished = triggers.deleted
 
     @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
