@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tidings.api import sealing
-from tidings.api.process import connect_redis, wait_until_reachable
+from tidings.api.process import (
+    connect_redis,
+    event_loop_choice,
+    run_event_loop,
+    wait_until_reachable,
+)
 from tidings.api.sealing import StableSealer
 from tidings.api.settings import (
     CommonSettings,
@@ -224,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = load(OperatorSettings, args)
         options.destination_policy()
+        event_loop_choice()
     except SettingsError as error:
         log.error("%s", error)
         return 2
@@ -254,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limit_malloc_arenas()
     try:
-        asyncio.run(serve(options, sealer))
+        run_event_loop(serve(options, sealer))
     except PeeringError as error:
         log.error("%s", error)
         return 2
