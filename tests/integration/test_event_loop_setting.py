@@ -1,6 +1,7 @@
-"""`TIDINGS_EVENT_LOOP` is read at start by every long-running process: an
-unknown loop stops it at once, naming the variable and the choices, before it
-connects anywhere (tidings.api.process.event_loop_choice)."""
+"""`TIDINGS_EVENT_LOOP` is checked with the other settings by the dispatcher and
+the operator: an unknown loop stops the process at once with one line naming
+the variable and the choices — not a traceback from the event loop's start —
+before it connects anywhere (tidings.api.process.event_loop_choice)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_an_unknown_event_loop_stops_the_process_naming_the_variable(
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0
+    assert done.returncode == (2 if argv[0] == "operator" else 1), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     assert "TIDINGS_EVENT_LOOP: 'trio'" in done.stderr, done.stderr
     assert "use uvloop (the default) or asyncio" in done.stderr, done.stderr
