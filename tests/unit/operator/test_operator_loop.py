@@ -50,6 +50,7 @@ class Recorder:
         self.failures_left = failures
         self.reconciled: list[int] = []
         self.observed = 0
+        self.retired_count = 0
         self.changed = asyncio.Event()
 
     def generation(self) -> int:
@@ -70,6 +71,9 @@ class Recorder:
         self.observed += 1
         self.changed.set()
         return self.look_again
+
+    def retired(self) -> None:
+        self.retired_count += 1
 
     async def until(self, done: Callable[[], bool], within: float = 1.0) -> None:
         deadline = time.monotonic() + within
@@ -239,6 +243,8 @@ async def test_controllers_added_without_a_daemon_are_dropped_by_kind_and_redone
     assert queue.controller(triggers[0].key) is None
     assert queue.drop_kind("Trigger") == 2
     assert len(queue) == 1 and queue.controller(source.key) is source
+    # Each let go of what it held (its status write's turn).
+    assert [t.retired_count for t in triggers] == [1, 1, 1] and source.retired_count == 0
     wakeups.notify(SERVICE)  # everyone depended on it; only the EventSource is left
     await source.until(lambda: len(source.reconciled) == 2)
     await asyncio.sleep(0.01)

@@ -17,6 +17,7 @@ from tidings.api.destinations import CLUSTER, DestinationPolicy
 from tidings.operator.adapters import AdapterSettings
 from tidings.operator.health import Transition
 from tidings.operator.kube import Kube, StatusWriter
+from tidings.operator.pacing import BulkCreates
 from tidings.operator.publishing import StableSealer
 from tidings.operator.status import Status
 from tidings.operator.world import IndexWorld, Key, Wakeups
@@ -87,6 +88,9 @@ class Context:
     kube: Kube
     sealer: StableSealer
     wakeups: Wakeups = field(default_factory=Wakeups)
+    # New Triggers and EventSources as they arrive: status writes yield to a
+    # mass apply (tidings.operator.pacing).
+    creates: BulkCreates = field(default_factory=BulkCreates)
     # Controllers running now, by key, so deletion waits for its daemon to stop.
     _running: dict[Key, asyncio.Event] = field(default_factory=dict)
     # The last DSN each Postgres EventSource was reconciled with, by (namespace,
@@ -100,6 +104,8 @@ class Context:
     # A Trigger found gone without its deletion event (key, its last body):
     # taken off the queue and cleaned up (tidings.operator.handlers.TriggerEvents).
     vanished: Callable[[Key, Mapping[str, Any]], None] = lambda key, body: None
+    # Run a round of a controller now (tidings.operator.loop.WorkQueue.hurry).
+    hurry: Callable[[Key], None] = lambda key: None
 
     @contextlib.contextmanager
     def running(self, key: Key) -> Iterator[None]:
@@ -188,8 +194,16 @@ class ObjectController(Generic[Status]):
         self.key: Key = (self.KIND, self.namespace, self.name)
         self.log = ObjectLog(logging.getLogger(type(self).__module__), *self.key)
         self.writer: StatusWriter[Status] = StatusWriter(
-            self.ctx.kube, self.key, model=self.STATUS, plural=self.PLURAL, types=self.CONDITIONS
+            self.ctx.kube,
+            self.key,
+            model=self.STATUS,
+            plural=self.PLURAL,
+            types=self.CONDITIONS,
+            wake=lambda: self.ctx.hurry(self.key),
         )
 
     def generation(self) -> int:
         return int(self.body["metadata"].get("generation") or 0)
+
+    def retired(self) -> None:
+        self.writer.close()

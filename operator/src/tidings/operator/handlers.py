@@ -121,7 +121,9 @@ def build_registry(
         )
 
     @kopf.on.event(GROUP, VERSION, "eventsources", registry=registry)
-    async def source_event(namespace: str | None, name: str, **_: Any) -> None:
+    async def source_event(namespace: str | None, name: str, type: str | None, **_: Any) -> None:
+        if type == "ADDED":
+            ctx.creates.saw()
         wake(("EventSource", namespace or "", name))
 
     @kopf.on.event(GROUP, VERSION, "replays", registry=registry)
@@ -166,6 +168,8 @@ def build_registry(
         )
 
     ctx.vanished = triggers.deleted
+    ctx.hurry = queue.hurry
+    ctx.kube.status_turns.wake_with(ctx.spawn)
 
     @kopf.on.event(GROUP, VERSION, "triggers", registry=registry)
     async def trigger_event(event: kopf.RawEvent, **kwargs: Any) -> None:
@@ -282,7 +286,10 @@ class TriggerEvents:
         body = cast(dict[str, Any], event.get("object") or {})
         meta = body.get("metadata") or {}
         key: Key = ("Trigger", meta.get("namespace") or "", meta.get("name") or "")
-        if event.get("type") == "DELETED":
+        kind = event.get("type")
+        if kind == "ADDED":  # new (the first listing's events have no type)
+            self._ctx.creates.saw()
+        if kind == "DELETED":
             self.deleted(key, body)
         elif not self._paused():
             current = self._queue.controller(key)

@@ -24,6 +24,7 @@ import kubernetes  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
 from tidings.api.types import GROUP, VERSION
+from tidings.operator.pacing import RECHECK, TurnPending, Turns
 from tidings.operator.status import Status, owned, same
 from tidings.operator.world import Key
 
@@ -81,11 +82,14 @@ def connection_info(kubeconfig: str | None = None) -> kopf.ConnectionInfo:
 
 
 class Kube:
-    def __init__(self, configuration: Any) -> None:
+    def __init__(self, configuration: Any, *, status_turns: Turns | None = None) -> None:
         configuration.connection_pool_maxsize = WORKERS
         self._client = kubernetes.client.ApiClient(configuration)
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="kube")
+        # Status writes are most of the operator's API calls (one per Trigger
+        # applied); the few others are not paced.
+        self.status_turns = status_turns or Turns(lambda: 0.0, 1)
 
     # Built on first use: the client's generated CoreV1Api and AppsV1Api take about
     # a second of CPU to build (their models and validators), which Kopf's start
@@ -263,11 +267,15 @@ class Kube:
 
 class StatusWriter(Generic[Status]):
     """Writes one object's status (a typed model, tidings.api.types) only when it
-    differs from the newest known one.
+    differs from the newest known one, in its turn (tidings.operator.pacing).
 
     "Newest known" is the live status from the watch, except in the moment
     between our own write and its watch event: then it is what we wrote (while
     the live resourceVersion is still the one we wrote over).
+
+    With `wake`, a write whose turn has not come raises TurnPending and `wake`
+    is called at the turn: the round ends instead of holding a worker of the
+    queue. Without it, the write waits for its turn.
     """
 
     def __init__(
@@ -278,12 +286,15 @@ class StatusWriter(Generic[Status]):
         model: type[Status],
         plural: str,
         types: tuple[str, ...],
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._kube = kube
         self._kind, self._namespace, self._name = key
         self._model, self._plural, self._types = model, plural, types
+        self._wake = wake
         self._applied: Status | None = None
         self._applied_over: str | None = None
+        self._ticket: int | None = None  # its turn for the next write, kept across rounds
 
     def known(self, body: Mapping[str, Any]) -> Status:
         """The status this operator owns, as it stands now."""
@@ -294,6 +305,12 @@ class StatusWriter(Generic[Status]):
             self._applied = None  # the watch brought our write (or a newer one): not needed
         return owned(body.get("status"), self._model, self._types)
 
+    def close(self) -> None:
+        """The object is no longer driven here: give up its turn, if it holds one."""
+        if self._ticket is not None:
+            self._kube.status_turns.done(self._ticket)
+            self._ticket = None
+
     async def write(
         self, body: Mapping[str, Any], desired: Status, known: Status | None = None
     ) -> bool:
@@ -301,9 +318,24 @@ class StatusWriter(Generic[Status]):
         read it: parsing status is a tenth of a restart's CPU); True if written."""
         if same(desired, known if known is not None else self.known(body)):
             return False
+        await self.apply(body, desired)
+        return True
+
+    async def apply(self, body: Mapping[str, Any], desired: Status) -> None:
+        """Write `desired` (known to differ) in this object's turn."""
+        turns = self._kube.status_turns
+        if self._ticket is None:
+            self._ticket = turns.ticket()
+        if self._wake is None:
+            await turns.wait(self._ticket)
+        elif (delay := turns.due_in(self._ticket)) > 0:
+            if not turns.call_when_due(self._ticket, self._wake):
+                delay = min(delay, RECHECK)  # nothing will wake it: look again soon
+            raise TurnPending(delay)
+        turns.done(self._ticket)
+        self._ticket = None
         version = (body.get("metadata") or {}).get("resourceVersion")
         await self._kube.apply_status(
             self._kind, self._plural, self._namespace, self._name, desired.to_wire()
         )
         self._applied, self._applied_over = desired, version
-        return True

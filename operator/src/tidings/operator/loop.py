@@ -36,6 +36,7 @@ from kubernetes.client.exceptions import ApiException  # type: ignore[import-unt
 from redis.exceptions import RedisError
 
 from tidings.operator.context import CleanupPending, ObjectLog, Settings
+from tidings.operator.pacing import TurnPending
 from tidings.operator.world import Key, Stopped, Subscription, Wakeups, worth_reconciling
 
 # Errors a later round may not meet again; anything else is a bug, logged with
@@ -44,6 +45,10 @@ RETRYABLE = (RedisError, OSError, ApiException, CleanupPending)
 # Rounds in flight at once: as many as the shared Redis pool has connections
 # (tidings.operator.main.REDIS_CONNECTIONS), so none waits long for one.
 WORKERS = 32
+# A controller waiting for its turn to write status is woken then
+# (tidings.operator.pacing); it looks again after this at the latest (a safety
+# net: a look is a full round, and a mass apply may hold 10,000 of them).
+TURN_LOOK = 300.0
 # A controller taken off the queue in the middle of a round (deletion, exit)
 # waits this long for that round to end; a hung Redis call is left to its worker.
 WITHDRAW_GRACE = 2.0
@@ -75,6 +80,10 @@ class Controller(Protocol):
     async def observe(self) -> float | None:
         """Read reports and write status if it changed; seconds until the next
         look, or None to wait for a wake-up or the resync."""
+        ...
+
+    def retired(self) -> None:
+        """Taken off the queue: let go of what it holds (its status write's turn)."""
         ...
 
 
@@ -252,6 +261,7 @@ class WorkQueue:
     def _retire(self, slot: _Slot) -> None:
         slot.removed = True
         slot.subscription.close()
+        slot.controller.retired()
 
     def _woken(self, slot: _Slot) -> None:
         # While running, the round's end sees the fired keys and goes again at once.
@@ -341,6 +351,10 @@ class WorkQueue:
             if look_again is not None:
                 delay = min(delay, look_again)
             return delay
+        except TurnPending as pending:
+            # Status to write, in its turn: woken then (a mass apply holds it).
+            slot.failures = 0
+            return min(pending.delay, TURN_LOOK)
         except RETRYABLE as error:
             return self._failed(slot, error)
         except Exception as error:  # a bug: keep its traceback, and the other controllers going

@@ -41,7 +41,7 @@ from tidings.api.settings import (
     load,
     setting,
 )
-from tidings.operator import peering
+from tidings.operator import pacing, peering
 
 # Kopf, the Kubernetes client and the controllers are imported where the
 # operator starts (serve), not here: `tidings operator --help` and a bad flag
@@ -64,6 +64,10 @@ M_ARENA_MAX = -8
 EXIT_DEADLINE = 8.0
 # Also put in adapters' config Secret (adapter_redis_env): the adapters read it too.
 CLUSTER_ENV = "TIDINGS_REDIS_CLUSTER"
+# Status writes during a mass apply (tidings.operator.pacing; docs/benchmarks.md,
+# 2026-12-01, status writes yield to a mass apply).
+BULK_STATUS_WRITE_QPS = 5.0
+STATUS_WRITE_BURST = 20
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,26 @@ class OperatorSettings(CommonSettings, DestinationSettings):
         60,
         "seconds after which a silent (killed) replica is presumed dead",
     )
+    bulk_status_write_qps: float = setting(
+        "--bulk-status-write-qps",
+        "TIDINGS_BULK_STATUS_WRITE_QPS",
+        BULK_STATUS_WRITE_QPS,
+        f"status writes a second while Triggers and EventSources are being created in bulk "
+        f"({pacing.BULK_CREATES} or more a second): the rest wait until the apply is over, "
+        f"rather than slow it down (0: do not hold back)",
+    )
+    status_write_qps: float = setting(
+        "--status-write-qps",
+        "TIDINGS_STATUS_WRITE_QPS",
+        0.0,
+        "status writes a second at most, at any time, after --status-write-burst (0: no cap)",
+    )
+    status_write_burst: int = setting(
+        "--status-write-burst",
+        "TIDINGS_STATUS_WRITE_BURST",
+        STATUS_WRITE_BURST,
+        "status writes at once before a rate applies",
+    )
     liveness: str = setting(
         "--liveness",
         "TIDINGS_OPERATOR_LIVENESS",
@@ -204,6 +228,16 @@ class OperatorSettings(CommonSettings, DestinationSettings):
         "serve a liveness probe at http://HOST:PORT/healthz",
         metavar="HOST:PORT",
     )
+
+    def check_status_write_limits(self) -> None:
+        for flag, qps in (
+            ("--status-write-qps", self.status_write_qps),
+            ("--bulk-status-write-qps", self.bulk_status_write_qps),
+        ):
+            if not qps >= 0:  # also NaN
+                raise SettingsError(f"{flag}={qps}: use 0 (no limit) or a rate above 0")
+        if self.status_write_burst < 1:
+            raise SettingsError(f"--status-write-burst={self.status_write_burst}: use 1 or more")
 
 
 def register(subparsers: Any, summary: str) -> None:
@@ -230,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         options = load(OperatorSettings, args)
         options.destination_policy()
         event_loop_choice()
+        options.check_status_write_limits()
     except SettingsError as error:
         log.error("%s", error)
         return 2
@@ -363,7 +398,11 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     # Started before its API server (a fresh cluster, a control-plane restart):
     # wait, do not crash into a restart loop.
     await wait_until_reachable("the Kubernetes API", lambda: _api_version(configuration))
-    kube = Kube(configuration)
+    creates = pacing.BulkCreates()
+    rate = pacing.status_rate(
+        creates, qps=options.status_write_qps, bulk_qps=options.bulk_status_write_qps
+    )
+    kube = Kube(configuration, status_turns=pacing.Turns(rate, options.status_write_burst))
     # A cluster client's per-node pool raises when full instead of waiting:
     # it keeps redis-py's default bound (100 a node) rather than ours.
     pool = {} if options.redis_cluster else {"max_connections": REDIS_CONNECTIONS, "timeout": None}
@@ -372,7 +411,9 @@ async def serve(options: OperatorSettings, sealer: StableSealer) -> None:
     priority = options.priority if options.priority is not None else random.randint(1, 2**31 - 1)
     if not options.standalone:
         await ensure_peering(kube, options.peering_name, namespaces)
-    ctx = Context(settings=settings_from(options), redis=redis, kube=kube, sealer=sealer)
+    ctx = Context(
+        settings=settings_from(options), redis=redis, kube=kube, sealer=sealer, creates=creates
+    )
     queue = WorkQueue(wakeups=ctx.wakeups, settings=ctx.settings)
 
     # A resumed replica saw no deletion while paused: the orphan collector looks soon.

@@ -209,8 +209,10 @@ class TriggerController(ObjectController[TriggerStatus]):
         desired = status.trigger_status(
             facts, known, now=health.now_rfc3339(), stale_after=settings.stale_after
         )
+        written = not status.same(desired, known)
         try:
-            written = await self.writer.write(self.body, desired, known)
+            if written:
+                await self.writer.apply(self.body, desired)
         except ApiException as error:
             if not names_this_object(error, self.name):
                 raise
