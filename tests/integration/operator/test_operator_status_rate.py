@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from operator_harness import Cluster, OperatorProcess, eventually, routing_table
@@ -17,7 +16,6 @@ from redis.asyncio import Redis
 from test_operator_restart import all_ready, world
 
 from tidings.api.sealing import new_key
-from tidings.cli.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -30,42 +28,28 @@ def with_status(cluster: Cluster) -> int:
 
 
 async def test_status_writes_wait_their_turn_while_routes_go_out_at_once(
-    cluster: Cluster,
-    redis: Redis,
-    kubeconfig: Path,
-    operator_redis: RedisServer,
-    tmp_path: Path,
+    cluster: Cluster, redis: Redis, operator_process: OperatorProcess
 ) -> None:
-    operator = OperatorProcess(
-        namespaces=[cluster.namespace],
-        redis_url=operator_redis.url,
-        kubeconfig=kubeconfig,
-        seal_key=new_key(),
-        log_path=tmp_path / "operator.log",
-        args=["--status-write-qps", str(QPS), "--status-write-burst", "1"],
-    )
-    try:
-        operator.start()
-        cluster.apply(*world(TRIGGERS))
-        names = {f"{cluster.namespace}/t{i}" for i in range(TRIGGERS)}
+    operator = operator_process
+    operator.command += ["--status-write-qps", str(QPS), "--status-write-burst", "1"]
+    operator.start()
+    cluster.apply(*world(TRIGGERS))
+    names = {f"{cluster.namespace}/t{i}" for i in range(TRIGGERS)}
 
-        async def all_routed() -> bool:
-            return names <= set((await routing_table(redis)).routes)
+    async def all_routed() -> bool:
+        return names <= set((await routing_table(redis)).routes)
 
-        await eventually(all_routed, within=60)
-        # Two EventSources and four Triggers: six writes at least, 2 s apart after
-        # the first. All routes are out long before the last of them.
-        assert not all_ready(cluster, "triggers", TRIGGERS), "no status write waited"
-        await eventually(lambda: with_status(cluster) > 0, within=60)
-        first = time.monotonic()
-        await eventually(lambda: all_ready(cluster, "triggers", TRIGGERS), within=120)
-        took = time.monotonic() - first
-        print(f"all Ready {took:.1f}s after the first Trigger's status")
-        # At least the last three Triggers' writes came after the first one's.
-        assert took >= 3 / QPS - 1, f"{took:.1f}s from the first status: not spaced"
-    finally:
-        operator.stop()
-        print("\n".join(operator.logs().splitlines()[-60:]))
+    await eventually(all_routed, within=60)
+    # Two EventSources and four Triggers: six writes at least, 2 s apart after
+    # the first. All routes are out long before the last of them.
+    assert not all_ready(cluster, "triggers", TRIGGERS), "no status write waited"
+    await eventually(lambda: with_status(cluster) > 0, within=60)
+    first = time.monotonic()
+    await eventually(lambda: all_ready(cluster, "triggers", TRIGGERS), within=120)
+    took = time.monotonic() - first
+    print(f"all Ready {took:.1f}s after the first Trigger's status")
+    # At least the last three Triggers' writes came after the first one's.
+    assert took >= 3 / QPS - 1, f"{took:.1f}s from the first status: not spaced"
 
 
 @pytest.mark.parametrize(
@@ -96,35 +80,25 @@ MASS = 150
 
 
 async def test_a_mass_apply_holds_status_writes_back_until_it_ends(
-    cluster: Cluster, kubeconfig: Path, operator_redis: RedisServer, tmp_path: Path
+    cluster: Cluster, operator_process: OperatorProcess
 ) -> None:
-    operator = OperatorProcess(
-        namespaces=[cluster.namespace],
-        redis_url=operator_redis.url,
-        kubeconfig=kubeconfig,
-        seal_key=new_key(),
-        log_path=tmp_path / "operator.log",
-        args=["--bulk-status-write-qps", "0.2", "--status-write-burst", "5"],
-    )
-    try:
-        operator.start()
-        cluster.apply(*world(2))  # sources, Service, Secret: the operator is up and idle
-        await eventually(lambda: all_ready(cluster, "triggers", 2), within=60)
-        started = time.monotonic()
-        cluster.apply(*world(MASS))  # 148 new Triggers, faster than 20 a second
-        written = with_status(cluster)
-        took = time.monotonic() - started
-        print(f"when the apply returned after {took:.1f}s: {written} with status")
-        # Before the operator saw 20 new Triggers within a second, up to 19 went
-        # out at once; then the rest of the burst of 5, and one every 5 s.
-        bound = 2 + 19 + 5 + math.ceil(took * 0.2)
-        assert written <= bound, f"{written} of {MASS} had status when the apply returned"
-        returned = time.monotonic()
-        await eventually(lambda: all_ready(cluster, "triggers", MASS), within=60)
-        print(f"all Ready {time.monotonic() - returned:.1f}s after the apply returned")
-        logs = operator.logs()
-        assert "a mass apply: status writes keep to 0.2 a second" in logs
-        assert "the mass apply is over" in logs
-    finally:
-        operator.stop()
-        print("\n".join(operator.logs().splitlines()[-40:]))
+    operator = operator_process
+    operator.command += ["--bulk-status-write-qps", "0.2", "--status-write-burst", "5"]
+    operator.start()
+    cluster.apply(*world(2))  # sources, Service, Secret: the operator is up and idle
+    await eventually(lambda: all_ready(cluster, "triggers", 2), within=60)
+    started = time.monotonic()
+    cluster.apply(*world(MASS))  # 148 new Triggers, faster than 20 a second
+    written = with_status(cluster)
+    took = time.monotonic() - started
+    print(f"when the apply returned after {took:.1f}s: {written} with status")
+    # Before the operator saw 20 new Triggers within a second, up to 19 went
+    # out at once; then the rest of the burst of 5, and one every 5 s.
+    bound = 2 + 19 + 5 + math.ceil(took * 0.2)
+    assert written <= bound, f"{written} of {MASS} had status when the apply returned"
+    returned = time.monotonic()
+    await eventually(lambda: all_ready(cluster, "triggers", MASS), within=60)
+    print(f"all Ready {time.monotonic() - returned:.1f}s after the apply returned")
+    logs = operator.logs()
+    assert "a mass apply: status writes keep to 0.2 a second" in logs
+    assert "the mass apply is over" in logs

@@ -60,15 +60,6 @@ def test_no_rate_means_every_turn_is_due() -> None:
     assert {turns.due_in(turns.ticket()) for _ in range(1000)} == {0.0}
 
 
-async def test_waiting_returns_at_the_turn() -> None:
-    turns = Turns(lambda: 20.0, burst=1)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    for _ in range(3):
-        await turns.wait()
-    assert loop.time() - started >= 0.09  # two waits of 1/20 s (timer slack aside)
-
-
 def test_a_mass_apply_is_new_objects_arriving_faster_than_the_threshold() -> None:
     clock = Clock()
     creates = BulkCreates(threshold=5, hold=3.0, clock=clock)

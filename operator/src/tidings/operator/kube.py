@@ -273,9 +273,8 @@ class StatusWriter(Generic[Status]):
     between our own write and its watch event: then it is what we wrote (while
     the live resourceVersion is still the one we wrote over).
 
-    With `wake`, a write whose turn has not come raises TurnPending and `wake`
-    is called at the turn: the round ends instead of holding a worker of the
-    queue. Without it, the write waits for its turn.
+    A write whose turn has not come raises TurnPending, and `wake` is called at
+    the turn: the round ends instead of holding a worker of the queue.
     """
 
     def __init__(
@@ -286,7 +285,7 @@ class StatusWriter(Generic[Status]):
         model: type[Status],
         plural: str,
         types: tuple[str, ...],
-        wake: Callable[[], None] | None = None,
+        wake: Callable[[], None],
     ) -> None:
         self._kube = kube
         self._kind, self._namespace, self._name = key
@@ -326,9 +325,7 @@ class StatusWriter(Generic[Status]):
         turns = self._kube.status_turns
         if self._ticket is None:
             self._ticket = turns.ticket()
-        if self._wake is None:
-            await turns.wait(self._ticket)
-        elif (delay := turns.due_in(self._ticket)) > 0:
+        if (delay := turns.due_in(self._ticket)) > 0:
             if not turns.call_when_due(self._ticket, self._wake):
                 delay = min(delay, RECHECK)  # nothing will wake it: look again soon
             raise TurnPending(delay)

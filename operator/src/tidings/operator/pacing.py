@@ -34,7 +34,7 @@ from typing import Any
 # the last such second it still counts as one.
 BULK_CREATES = 20
 BULK_HOLD = 3.0
-# Seconds a waiter sleeps at most before it checks its turn again (the rate
+# Seconds at most between the releaser's looks at the waiting turns (the rate
 # changes when a mass apply ends).
 RECHECK = 1.0
 
@@ -172,17 +172,6 @@ class Turns:
             self._admitted = min(ceiling, self._admitted + (now - self._at) * rate)
         self._at = now
         return rate
-
-    async def wait(self, ticket: int | None = None) -> None:
-        """Sleep until the turn of `ticket` (None: a new one). The rate may change
-        meanwhile (a mass apply ends): look again every RECHECK seconds."""
-        if ticket is None:
-            ticket = self.ticket()
-        while True:
-            delay = self.due_in(ticket)
-            if delay <= 0:
-                return
-            await asyncio.sleep(min(delay, RECHECK))
 
 
 def status_rate(bulk: BulkCreates, *, qps: float, bulk_qps: float) -> Callable[[], float]:
