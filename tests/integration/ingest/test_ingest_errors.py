@@ -3,6 +3,7 @@ changes nothing: the stream stays empty."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,3 +167,51 @@ async def test_a_source_that_is_not_http_is_404(ingest: IngestUnderTest) -> None
     response = await ingest.client.post(ingest.url("tick"), json={}, headers=AUTH)
     assert response.status == 404
     assert "takes no POSTs (not http, not objectStore notify)" in (await response.json())["error"]
+
+
+async def raw_post(ingest: IngestUnderTest, path: str, headers: bytes, body: bytes) -> bytes:
+    """A request as bytes on a socket: headers no HTTP client would send."""
+    server = ingest.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + headers
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("expect", [b"\x80", b"fast-please", b"100-continue, and more"])
+async def test_an_expect_header_other_than_100_continue_is_417_not_a_500(
+    ingest: IngestUnderTest, expect: bytes
+) -> None:
+    await ingest.add_source("shop", http={"auth": {"allowAnonymous": True}})
+    path = f"/sources/{ingest.namespace}/shop"
+    answer = await raw_post(
+        ingest, path, b"Content-Type: application/json\r\nExpect: " + expect + b"\r\n", b"{}"
+    )
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 417 Expectation Failed", answer
+    assert b"only 100-continue is understood" in answer, answer
+    assert await ingest.stored("shop") == []
+
+
+async def test_expect_100_continue_is_answered_and_the_event_stored(
+    ingest: IngestUnderTest,
+) -> None:
+    await ingest.add_source("shop", http={"auth": {"allowAnonymous": True}})
+    path = f"/sources/{ingest.namespace}/shop"
+    answer = await raw_post(
+        ingest, path, b"Content-Type: application/json\r\nExpect: 100-Continue\r\n", b'{"a": 1}'
+    )
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 "), answer
+    assert len(await ingest.stored("shop")) == 1
