@@ -4,6 +4,7 @@ a 3-master Redis Cluster, with the CPU of every process per delivery (issue 17, 
 
     .venv/bin/python hack/bench_scale.py [--events 40000] [--sources 12] [--rounds 2]
                                           [--redis-cluster] [--receiver go|python]
+                                          [--cpu-limit CORES]
 
 Starts a private redis-server (and, with --redis-cluster, a private 3-master
 cluster through hack/redis-cluster.sh) and a subscriber: by default the Go
@@ -23,6 +24,14 @@ Each case then:
    dispatchers and the subscriber, INFO for each Redis), and the machine's busy
    CPU (/proc/stat: other users of the machine included).
 
+With `--cpu-limit CORES` every dispatcher process runs in a cgroup of its own
+capped at that many cores (CFS quota), as a pod with `resources.limits.cpu`
+runs: on this 2-core machine, where Redis, the subscriber and this script share
+the cores with the dispatchers, one unlimited process already leaves too little
+for a second one to show what it adds; capped processes show how delivery
+scales with processes while the machine has room (needs root and the cgroup
+`cpu` controller, v1 or v2).
+
 Cases are interleaved per round (1, 2 processes; single Redis, then cluster)
 as the shared machine's load drifts; best of the rounds for each. Ratios are
 against the same run. Not a pass/fail test.
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -227,14 +237,98 @@ async def wait_http(url: str, what: str, limit: float = 60) -> None:
             await asyncio.sleep(0.1)
 
 
+# --- CPU limits, as a pod's resources.limits.cpu -----------------------------------------
+
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+
+
+class CpuLimit:
+    """A cgroup per process capped at `cores` (CFS quota over a 100 ms period)."""
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        if (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v1 = CGROUP_V1 / "tidings-bench-scale", True
+        elif "cpu" in _read(CGROUP_V2 / "cgroup.controllers").split():
+            self.root, self.v1 = CGROUP_V2 / "tidings-bench-scale", False
+        else:
+            raise SystemExit(
+                "bench_scale: --cpu-limit needs the cgroup cpu controller (v1 at "
+                f"{CGROUP_V1} or v2 at {CGROUP_V2}); neither is there"
+            )
+        try:
+            self.root.mkdir(exist_ok=True)
+            if not self.v1:
+                (self.root / "cgroup.subtree_control").write_text("+cpu")
+        except OSError as error:
+            raise SystemExit(
+                f"bench_scale: --cpu-limit: cannot set up {self.root}: {error}"
+            ) from None
+        self.groups: list[Path] = []
+
+    def put(self, pid: int) -> None:
+        group = self.root / f"dispatcher-{pid}"
+        group.mkdir()
+        quota = int(self.cores * PERIOD_US)
+        if self.v1:
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+        (group / "cgroup.procs").write_text(str(pid))  # every thread of it
+        self.groups.append(group)
+
+    def throttled_seconds(self) -> float:
+        """Time the processes spent throttled so far, summed over their groups."""
+        total = 0.0
+        for group in self.groups:
+            for line in _read(group / "cpu.stat").splitlines():
+                name, _, value = line.partition(" ")
+                if name == "throttled_time":  # v1, ns
+                    total += int(value) / 1e9
+                elif name == "throttled_usec":  # v2
+                    total += int(value) / 1e6
+        return total
+
+    def release(self) -> None:
+        """Remove the groups of processes that have exited."""
+        for group in self.groups:
+            # Still populated if the process outlived its stop: left for the next run.
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups = []
+
+    def close(self) -> None:
+        self.release()
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 # --- dispatcher processes ------------------------------------------------------------
 
 
 class Dispatchers:
     """N `tidings dispatcher --no-ingest` processes, as a Deployment would run them."""
 
-    def __init__(self, count: int, target: Target, seal_key: str, logs: Path) -> None:
+    def __init__(
+        self,
+        count: int,
+        target: Target,
+        seal_key: str,
+        logs: Path,
+        limit: CpuLimit | None = None,
+    ) -> None:
         self.count, self.target, self.seal_key, self.logs = count, target, seal_key, logs
+        self.limit = limit
         self.processes: list[subprocess.Popen[bytes]] = []
 
     async def start(self) -> None:
@@ -277,6 +371,8 @@ class Dispatchers:
                         start_new_session=True,
                     )
                 )
+            if self.limit is not None:
+                self.limit.put(self.processes[-1].pid)
             ports.append(port)
         return ports
 
@@ -294,6 +390,8 @@ class Dispatchers:
                 process.kill()
                 process.wait()
         self.processes = []
+        if self.limit is not None:
+            self.limit.release()
 
 
 # --- one case --------------------------------------------------------------------------
@@ -338,6 +436,8 @@ async def run_case(
     subscriber: Subscriber,
     seal_key: str,
     logs: Path,
+    limit: CpuLimit | None = None,
+    concurrency: int = 100,
 ) -> dict[str, Any]:
     world, sealer = World(), Sealer(seal_key)
     redis = target.client
@@ -348,7 +448,9 @@ async def run_case(
     for name in names:
         stream = await add_source(redis, name, world, sealer)
         await fill(redis, stream, per_source)
-        route = trigger(name, name, f"{subscriber.base}/hook", world, sealer)
+        route = trigger(
+            name, name, f"{subscriber.base}/hook", world, sealer, concurrency=concurrency
+        )
         await redis.xgroup_create(route.stream, route.group, id="0")
         routes.append(route)
         streams.append(stream)
@@ -358,7 +460,7 @@ async def run_case(
     # This process's pool grows to its size in the run before the count starts.
     await asyncio.gather(*(delivered(redis, r) for r in routes))
     clients_before = {n: await redis_clients(c) for n, c in target.nodes.items()}
-    dispatchers = Dispatchers(processes, target, seal_key, logs)
+    dispatchers = Dispatchers(processes, target, seal_key, logs, limit)
     try:
         await dispatchers.start()
         await asyncio.sleep(1.0)  # start-up work done before the clock starts
@@ -367,6 +469,7 @@ async def run_case(
         redis0 = {n: await redis_cpu(c) for n, c in target.nodes.items()}
         busy0, all0 = machine_cpu()
         own0 = time.process_time()
+        throttled0 = limit.throttled_seconds() if limit else 0.0
         started = time.perf_counter()
         for route in routes:
             await table.put_route(redis, route)
@@ -377,6 +480,7 @@ async def run_case(
                 break
             await asyncio.sleep(0.1)
         own = time.process_time() - own0
+        throttled = (limit.throttled_seconds() if limit else 0.0) - throttled0
         busy1, all1 = machine_cpu()
         redis_used = {n: await redis_cpu(c) - redis0[n] for n, c in target.nodes.items()}
         sub_used = process_cpu(subscriber.pid) - sub0
@@ -418,6 +522,8 @@ async def run_case(
         "redis_connections_per_process": sum(clients.values()) / processes,
         "dispatcher_rss_mib": rss,
         "load_average": os.getloadavg(),
+        "cpu_limit": limit.cores if limit else None,
+        "throttled_seconds": throttled,
     }
 
 
@@ -539,6 +645,12 @@ def describe(case: dict[str, Any]) -> str:
         f"{case['redis_connections_per_process']:.0f}, RSS "
         f"{'/'.join(f'{m:.0f}' for m in case['dispatcher_rss_mib'])} MiB; "
         f"load {case['load_average'][0]:.1f}"
+        + (
+            f"; capped at {case['cpu_limit']:g} core each, throttled "
+            f"{case['throttled_seconds']:.1f} s"
+            if case["cpu_limit"]
+            else ""
+        )
     )
 
 
@@ -548,6 +660,7 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
     targets: list[Target] = []
     seal_key = new_key()
     cases: list[dict[str, Any]] = []
+    limit = CpuLimit(options.cpu_limit) if options.cpu_limit else None
     try:
         await wait_http(f"{subscriber.base}/stats", "the subscriber")
         targets.append(await single_target(work / "redis-state"))
@@ -566,6 +679,8 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
                         subscriber,
                         seal_key,
                         work,
+                        limit,
+                        options.concurrency,
                     )
                     case["round"] = round_ + 1
                     cases.append(case)
@@ -588,6 +703,8 @@ async def main(options: argparse.Namespace) -> dict[str, Any]:
         if options.redis_cluster:
             redis_down("redis-cluster.sh", work / "cluster-state")
         subscriber.stop()
+        if limit is not None:
+            limit.close()
     return {"cases": cases, "summary": summary}
 
 
@@ -654,6 +771,19 @@ if __name__ == "__main__":
         "--redis-cluster", action="store_true", help="also run on a 3-master Redis Cluster"
     )
     parser.add_argument("--receiver", choices=("go", "python"), default="go")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=100,
+        help="each Trigger's delivery.concurrency: in flight over all processes (default 100)",
+    )
+    parser.add_argument(
+        "--cpu-limit",
+        type=float,
+        default=0.0,
+        metavar="CORES",
+        help="cap each dispatcher process at this many cores, as a pod's CPU limit (0: none)",
+    )
     parser.add_argument(
         "--idle-sources",
         type=int,
