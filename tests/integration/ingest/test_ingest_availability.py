@@ -205,3 +205,53 @@ async def test_with_redis_hanging_ingest_answers_503_after_its_timeout(
         assert response.status == 202, await response.text()
     await watcher.stop()
     await redis.aclose()
+
+
+async def test_with_redis_hanging_a_gathered_request_waits_one_timeout_not_two(
+    throwaway: RedisServer,
+) -> None:
+    # Requests that gather behind a call still on its way share one deadline, their
+    # first one's (streams.Coalescer): the gathered call must not get a timeout of
+    # its own when it finally starts, or they would wait for the hung call and then
+    # for their own, twice redis_timeout.
+    timeout = 2.0
+    redis = Redis.from_url(throwaway.url)
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    ingest_app = build_app(
+        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=timeout
+    )
+    assert throwaway.process is not None
+    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
+        under_test = IngestUnderTest(
+            client=client,
+            redis=redis,
+            watcher=watcher,
+            sealer=ingest_app[INGEST].sealer,
+            registry=CollectorRegistry(),
+            namespace=f"t-{uuid.uuid4().hex[:10]}",
+        )
+        await under_test.add_source("orders")
+        throwaway.process.send_signal(signal.SIGSTOP)
+        try:
+
+            async def post() -> tuple[int, float]:
+                started = time.monotonic()
+                response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
+                return response.status, time.monotonic() - started
+
+            first = asyncio.ensure_future(post())
+            await asyncio.sleep(0.2)  # the first call is on its way: the rest gather
+            gathered = await asyncio.gather(*(post() for _ in range(4)))
+            status, took = await first
+        finally:
+            throwaway.process.send_signal(signal.SIGCONT)
+        assert status == 503
+        assert timeout <= took < timeout + 1.0
+        assert [s for s, _ in gathered] == [503] * 4
+        # Each within one timeout of its own start (twice would be 4 s).
+        assert all(t < timeout + 1.0 for _, t in gathered), gathered
+        response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
+        assert response.status == 202, await response.text()
+    await watcher.stop()
+    await redis.aclose()

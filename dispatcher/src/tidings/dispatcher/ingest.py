@@ -643,9 +643,8 @@ class Ingest:
 
     async def _append(self, source: CompiledSource, events: list[CloudEvent]) -> AppendResult:
         try:
-            waiting = self.wait_timeout if self.wait_replicas > 0 else 0.0
-            async with asyncio.timeout(self.redis_timeout + waiting):
-                result = await self.appender.append(source, events)
+            # Within redis_timeout (+ WAIT's): the appender holds every call to it.
+            result = await self.appender.append(source, events)
         except (RedisError, OSError, TimeoutError) as error:
             log.warning("ingest into %s failed: Redis: %s", source.id, error or type(error))
             raise IngestError(
@@ -700,20 +699,15 @@ class Ingest:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, or IngestError(413) as soon as it exceeds `limit` bytes."""
-    too_large = IngestError(
-        413,
-        f"body: larger than this EventSource's limit of {limit} bytes "
-        "(spec.http.maxBodyBytes); send smaller events or split the batch",
-    )
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
-                raise too_large
+                raise _too_large(limit)
             chunks.append(chunk)
     except web.RequestPayloadError as error:
         # A Content-Encoding that does not decode (found by the fuzzer: it was a 500).
@@ -727,6 +721,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         # The client went away mid-body: nothing is stored, and nobody reads the answer.
         raise IngestError(400, "body: the connection closed before the body ended") from None
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> IngestError:
+    return IngestError(
+        413,
+        f"body: larger than this EventSource's limit of {limit} bytes "
+        "(spec.http.maxBodyBytes); send smaller events or split the batch",
+    )
 
 
 class _QuietBadRequests(logging.Filter):
