@@ -159,3 +159,54 @@ async def test_news_for_status_is_announced_and_rest_is_not(
         with contextlib.suppress(asyncio.CancelledError):
             await listening
         await listener.aclose()
+
+
+async def test_the_first_report_is_announced_once_even_at_rest(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """The operator rests on a Trigger no dispatcher has reported yet (it would read
+    thousands of missing reports every few seconds): the first report, though at rest
+    with no event ever sent, is announced; a second dispatcher's is not."""
+    listener = Redis.from_url(plane.redis_url)
+    announced: list[str] = []
+    subscribed = asyncio.Event()
+
+    async def listen() -> None:
+        async with listener.pubsub() as pubsub:
+            await pubsub.subscribe(keys.REPORT_NEWS)
+            subscribed.set()
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    announced.append(text(message.get("data")))
+
+    listening = asyncio.create_task(listen())
+    try:
+        await subscribed.wait()
+        await plane.add_source()
+        one = await plane.dispatcher(consumer="one")
+        route = await plane.add_trigger("t", subscriber.url)
+        await wait_until(
+            lambda: route.id in one.workers and one.workers[route.id].published is not None,
+            10,
+            "its first report",
+        )
+        first = one.workers[route.id].published
+        assert first is not None and first.at_rest() and first.first
+        await wait_until(lambda: route.id in announced, 5, "news of the first report")
+        # Another replica starting on the same Trigger: its first publish is not the
+        # Trigger's first report, and at rest it is no news.
+        two = await plane.dispatcher(consumer="two")
+        await wait_until(
+            lambda: route.id in two.workers and two.workers[route.id].published is not None,
+            10,
+            "the second replica's report",
+        )
+        second = two.workers[route.id].published
+        assert second is not None and not second.first
+        await asyncio.sleep(1.0)
+        assert announced.count(route.id) == 1, announced
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await listener.aclose()

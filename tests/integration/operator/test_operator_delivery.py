@@ -165,6 +165,25 @@ async def test_a_report_at_rest_is_read_again_when_news_is_announced(
     await eventually(lambda: delivery(cluster).get("state") == "Paused", within=5)
 
 
+async def test_a_trigger_without_a_report_rests_until_the_first_is_announced(
+    cluster: Cluster, operator: OperatorProcess, redis: Redis
+) -> None:
+    """No dispatcher has reported the Trigger yet: the operator looks only every
+    health_rest_interval, not every health interval (at 10,000 such Triggers that
+    cost it a third of a core); a dispatcher announces its first report."""
+    ns = cluster.namespace
+    await ready_trigger(cluster)
+    await asyncio.sleep(1.5)  # several health intervals (0.3 s): settled without a report
+    assert delivery(cluster) == {}
+
+    await report(redis, ns, announce=False, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 4})
+    await asyncio.sleep(3.0)  # ten health intervals
+    assert delivery(cluster) == {}, "read although no report was announced"
+
+    await redis.publish(keys.REPORT_NEWS, f"{ns}/t")
+    await eventually(lambda: delivery(cluster).get("lag") == 4, within=5)
+
+
 async def test_a_stale_report_is_shown_as_unknown(
     cluster: Cluster, operator: OperatorProcess, redis: Redis
 ) -> None:

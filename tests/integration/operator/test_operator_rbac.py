@@ -147,6 +147,7 @@ async def test_the_documented_rbac_is_enough_for_a_whole_lifecycle(
             keys.trigger_state(ns, "users", "t"),
             mapping={keys.STATE_STATE: "Backoff", keys.STATE_UPDATED: int(time.time() * 1000)},
         )
+        await redis.publish(keys.REPORT_NEWS, f"{ns}/t")  # a first report is announced
         await eventually(
             lambda: any(e["reason"] == "BackoffStarted" for e in cluster.events("t")), within=10
         )

@@ -56,3 +56,14 @@ def test_delayed_events_set_aside_or_all_come_due_are_news() -> None:
     assert news_for_status(None, replace(REST, delayed=1))
     assert not news_for_status(replace(REST, delayed=1), replace(REST, delayed=3))
     assert news_for_status(replace(REST, delayed=3), REST)
+
+
+def test_the_first_report_of_a_trigger_is_news_even_at_rest() -> None:
+    # Until a dispatcher reports, the operator looks only now and then: the first
+    # report (at rest or not) is announced, whoever publishes it.
+    first = replace(REST, first=True)
+    assert news_for_status(None, first)
+    assert news_for_status(REST, first)
+    # Not part of the state: the next publish of the same state is not a change.
+    assert first == REST
+    assert not news_for_status(first, REST)

@@ -20,6 +20,7 @@ def inputs(report: Reading | None, **changes: object) -> Inputs:
         compiled=COMPILED,
         source_entry=None,
         resource_version="7",
+        reported=report is not None and report.updated_ms is not None,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -53,7 +54,11 @@ def test_only_a_fresh_delivering_report_with_nothing_waiting_is_at_rest() -> Non
     """At rest, a report is read only every health_rest_interval (dispatchers announce
     news); anything that may move without an announcement is read often."""
     assert inputs(AT_REST).at_rest()
-    assert not inputs(None).at_rest()  # no dispatcher reported yet
+    # No dispatcher reported yet (none runs, or the route is withdrawn): the first
+    # report is announced, so there is nothing to look for often either.
+    assert inputs(None).at_rest()
+    assert inputs(replace(AT_REST, state=None, updated_ms=None)).at_rest()  # settled only
+    assert not inputs(AT_REST).same_as(inputs(AT_REST, reported=False))
     assert not inputs(AT_REST, stale=True).at_rest()
     for busy in (
         replace(AT_REST, lag=3),

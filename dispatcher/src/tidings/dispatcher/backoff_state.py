@@ -32,7 +32,7 @@ their times are Redis's clock (TIME), except `updated`, the publisher's.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -61,6 +61,9 @@ class Published:
     oldest_ms: int
     expires_ms: int  # when it will hit maxAge or the source's retention; 0: none
     delayed: int = 0  # delayed events not due yet (deliverafter, delivery.delay)
+    # The Trigger's first report: no dispatcher had published one before. Not part of
+    # the state (two reports that differ only in this are the same report).
+    first: bool = field(default=False, compare=False)
 
     def at_rest(self) -> bool:
         """Delivering with nothing waiting: the state stays true until an event comes
@@ -75,7 +78,11 @@ def news_for_status(before: Published | None, after: Published) -> bool:
     a report at rest only now and then (tidings.operator.health.Reading.at_rest), so
     whatever status would show differently is announced — leaving rest, delayed
     events set aside or all come due, a state change, new dead letters or
-    expiries. A report still busy needs no news: the operator looks at those often."""
+    expiries. A report still busy needs no news: the operator looks at those often.
+    The Trigger's first report is news too: until there is one, the operator looks
+    only now and then (a Trigger no dispatcher has taken up yet)."""
+    if after.first:
+        return True
     if before is None:
         return not after.at_rest() or after.delayed > 0
     if (before.state, before.dead_lettered, before.expired) != (
@@ -183,4 +190,18 @@ class BackoffState:
                 int(self.route.delay * 1000),
             ],
         )
-        return Published(text(raw[0]), *(int(v) for v in raw[1:]))
+        numbers = [int(v) for v in raw[1:11]]
+        return Published(
+            text(raw[0]),
+            lag=numbers[0],
+            pending=numbers[1],
+            retries=numbers[2],
+            parked=numbers[3],
+            dlq_size=numbers[4],
+            dead_lettered=numbers[5],
+            expired=numbers[6],
+            oldest_ms=numbers[7],
+            expires_ms=numbers[8],
+            delayed=numbers[9],
+            first=int(raw[11]) == 1,
+        )

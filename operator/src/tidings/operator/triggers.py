@@ -184,6 +184,7 @@ class TriggerController(ObjectController[TriggerStatus]):
             compiled=compiled,
             source_entry=source_entry,
             resource_version=self.body["metadata"].get("resourceVersion"),
+            reported=fresh is not None and fresh.updated_ms is not None,
         )
         if self.settled is not None and self.settled.same_as(inputs):
             # Status would come out as it is: skip building and comparing it (most
@@ -278,10 +279,17 @@ class Inputs:
     compiled: Compiled
     source_entry: SourceEntry | None
     resource_version: str | None
+    # A dispatcher has published a report (`report` has no time: see without_time).
+    reported: bool = True
 
     def at_rest(self) -> bool:
         """A fresh report at rest: the dispatchers announce whatever moves it off
-        (and `rest_interval` looks again before it would go stale)."""
+        (and `rest_interval` looks again before it would go stale). No report yet is
+        at rest too: the first one a dispatcher publishes is announced (at 10,000
+        Triggers no dispatcher has taken up, looking every `health_interval` cost the
+        operator a third of a core)."""
+        if not self.reported:
+            return True
         return self.report is not None and not self.stale and self.report.at_rest()
 
     def same_as(self, other: Inputs) -> bool:
@@ -292,4 +300,5 @@ class Inputs:
             and self.compiled is other.compiled
             and self.source_entry is other.source_entry
             and self.resource_version == other.resource_version
+            and self.reported == other.reported
         )

@@ -20,7 +20,9 @@
 --   and unread entries; an event not due yet is not undelivered. When it will be lost:
 --   the earliest due time + maxAge and, for an unread (due or not), held or delayed
 --   and due entry, its time stored + the source's retention (retention_trim.lua
---   takes them all).
+--   takes them all). Then 1 when this is the Trigger's first report (no dispatcher
+--   had published one: the operator rests on a Trigger without a report until news
+--   of it, tidings.dispatcher.backoff_state.news_for_status), else 0.
 --#include _now.lua
 local lag, pending, last = 0, 0, nil
 local function id_ms(id) return tonumber(string.match(id, '^(%d+)')) end
@@ -131,6 +133,7 @@ if due_delayed[2] then
   if retention > 0 then lose_at(id_ms(due_delayed[1]) + retention) end
 end
 
+local first = redis.call('HEXISTS', KEYS[2], {{STATE_UPDATED}}) == 0
 redis.call('HSET', KEYS[2], {{STATE_STATE}}, state, {{STATE_LAG}}, total, {{STATE_PENDING}}, pending,
   {{STATE_RETRIES}}, retries, {{STATE_DELAYED}}, delayed, {{STATE_UPDATED}}, ARGV[3],
   {{STATE_OLDEST}}, oldest,
@@ -170,4 +173,5 @@ end
 
 local counts = redis.call('HMGET', KEYS[2], {{STATE_DEAD_LETTERED}}, {{STATE_EXPIRED}})
 return {state, total, pending, retries, parked, redis.call('XLEN', KEYS[5]),
-  tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires, delayed}
+  tonumber(counts[1] or '0'), tonumber(counts[2] or '0'), oldest, expires, delayed,
+  first and 1 or 0}
