@@ -58,9 +58,6 @@ from tidings.dispatcher.cursor import Fetched
 from tidings.dispatcher.engine import Dispatcher
 from tidings.dispatcher.routing import TableWatcher
 
-# Seconds for 10,000 workers woken at once to look and rest again.
-REST_AGAIN = 15.0
-
 
 @contextlib.contextmanager
 def previous_idle_rules() -> Iterator[None]:
@@ -106,6 +103,17 @@ async def every_worker_published(dispatcher: Dispatcher) -> None:
         if all(w.published is not None for w in dispatcher.workers.values()):
             return
         await asyncio.sleep(0.5)
+
+
+async def all_quiet(dispatcher: Dispatcher, limit: float = 120) -> None:
+    """Until every worker is quiet (nothing to publish), twice in a row 1 s apart."""
+    calm = 0
+    for _ in range(int(limit)):
+        calm = calm + 1 if all(w.quiet() for w in dispatcher.workers.values()) else 0
+        if calm >= 2:
+            return
+        await asyncio.sleep(1.0)
+    raise SystemExit(f"bench_routes: the workers were not all quiet within {limit:g} s")
 
 
 async def add_hot(redis: Redis, n: int, url: str, world: World, sealer: Sealer) -> list[Route]:
@@ -217,10 +225,10 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
             # Long enough for every worker's block to reach 8 s.
             previous = await idle_cost(probe, seconds, settle=16)
         dispatcher.wake_all()  # the traffic phase with the shipped rules
-        # Every worker looks once on that wake-up (10,000 fetches): let them come to
-        # rest again first, or the traffic below measures their looks too. Traffic
-        # comes to Triggers at rest.
-        await asyncio.sleep(REST_AGAIN)
+        # Every worker looks once on that wake-up (10,000 fetches) and may publish
+        # after it: let them all come to rest first, or the traffic below measures
+        # their looks too. Traffic comes to Triggers at rest.
+        await all_quiet(dispatcher)
         for what, cost in (("idle, the previous rules", previous), ("idle", idle)):
             print(
                 f"{what}: this process {cost['process_pct']:.1f}% of a core, Redis "
