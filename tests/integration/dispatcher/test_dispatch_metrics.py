@@ -99,3 +99,43 @@ async def test_latency_age_backlog_and_time_to_expiry_have_the_right_values(
     await wait_until(lambda: value(ok, "tidings_backlog_events") == 0, 10, "ok's backlog 0")
     assert value(ok, "tidings_oldest_undelivered_age_seconds") == 0
     assert value(ok, "tidings_time_to_expiry_seconds") == math.inf
+
+
+async def test_an_idle_triggers_histograms_appear_with_its_first_attempt(
+    plane: Plane, subscriber: Subscriber
+) -> None:
+    """Histogram children are most of an idle Trigger's memory in the process: they
+    are made on the first attempt; the counters and gauges are there from the start."""
+    registry = CollectorRegistry()
+    await plane.add_source()
+    dispatcher = await plane.dispatcher(registry=registry, publish_interval=0.2)
+    route = await plane.add_trigger("t", subscriber.url)
+    labels = {"trigger": route.id}
+    await wait_until(lambda: route.id in dispatcher.workers, 10, "its worker")
+    await wait_until(
+        lambda: registry.get_sample_value("tidings_trigger_lag", labels) == 0, 5, "its state"
+    )
+    assert (
+        registry.get_sample_value("tidings_deliveries_total", {**labels, "outcome": "delivered"})
+        == 0
+    )
+
+    def histogram_samples() -> list[str]:
+        return [
+            sample.name
+            for family in registry.collect()
+            if family.type == "histogram"
+            for sample in family.samples
+            if sample.labels.get("trigger") == route.id
+        ]
+
+    assert histogram_samples() == []
+    await plane.publish(1)
+    await wait_until(
+        lambda: registry.get_sample_value("tidings_delivery_attempt_seconds_count", labels) == 1,
+        10,
+        "the attempt observed",
+    )
+    first = {**labels, "attempt": "first"}
+    assert registry.get_sample_value("tidings_delivery_latency_seconds_count", first) == 1
+    assert "tidings_delivery_attempt_seconds_bucket" in histogram_samples()

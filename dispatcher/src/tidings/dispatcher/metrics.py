@@ -39,7 +39,10 @@ never per event, subscriber URL or status code.
 
 They go into the CollectorRegistry the process serves on /metrics (the ingest
 app serves the same registry). Labelled children are cached per Trigger: a
-label lookup costs more than the increment on the hot path.
+label lookup costs more than the increment on the hot path. A Trigger's
+histogram series appear with its first attempt: three histograms of 15 buckets
+were most of an idle Trigger's memory in the process (docs/benchmarks.md,
+"Triggers at rest"); the counters and gauges are there from the start.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ class DispatchMetrics:
             dead_lettered=self.deliveries.labels(trigger, "dead_lettered"),
             filtered=self.deliveries.labels(trigger, "filtered"),
             unreadable=self.deliveries.labels(trigger, "unreadable"),
-            attempt_seconds=self.attempt_seconds.labels(trigger),
+            attempt_seconds=LazyHistogram(self.attempt_seconds, trigger),
             retries=self.retries.labels(trigger),
             refused=lambda rule: self.refused.labels(trigger, rule),
             lag=self.lag.labels(trigger),
@@ -170,8 +173,8 @@ class DispatchMetrics:
             expired=self.expired.labels(trigger),
             states={state: self.state.labels(trigger, state) for state in STATES},
             filter_errors={r: self.filter_errors.labels(trigger, r) for r in REASONS},
-            latency_first=self.latency.labels(trigger, "first"),
-            latency_final=self.latency.labels(trigger, "final"),
+            latency_first=LazyHistogram(self.latency, trigger, "first"),
+            latency_final=LazyHistogram(self.latency, trigger, "final"),
             oldest_age=self.oldest_age.labels(trigger),
             delayed=self.delayed.labels(trigger),
             backlog=self.backlog.labels(trigger),
@@ -208,6 +211,23 @@ class DispatchMetrics:
                 single.remove(trigger)
 
 
+class LazyHistogram:
+    """A Trigger's child of a labelled histogram, made on its first observation."""
+
+    __slots__ = ("_child", "_labels", "_parent")
+
+    def __init__(self, parent: Histogram, *labels: str) -> None:
+        self._parent = parent
+        self._labels = labels
+        self._child: Histogram | None = None
+
+    def observe(self, value: float) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._parent.labels(*self._labels)
+        child.observe(value)
+
+
 @dataclass
 class TriggerMetrics:
     delivered: Counter
@@ -215,7 +235,7 @@ class TriggerMetrics:
     dead_lettered: Counter
     filtered: Counter
     unreadable: Counter
-    attempt_seconds: Histogram
+    attempt_seconds: LazyHistogram
     retries: Counter
     refused: Callable[[str], Counter]  # by rule
     lag: Gauge
@@ -223,8 +243,8 @@ class TriggerMetrics:
     expired: Gauge
     states: dict[str, Gauge]
     filter_errors: dict[str, Counter]
-    latency_first: Histogram
-    latency_final: Histogram
+    latency_first: LazyHistogram
+    latency_final: LazyHistogram
     oldest_age: Gauge
     delayed: Gauge
     backlog: Gauge
