@@ -255,3 +255,48 @@ async def test_with_redis_hanging_a_gathered_request_waits_one_timeout_not_two(
         assert response.status == 202, await response.text()
     await watcher.stop()
     await redis.aclose()
+
+
+async def test_with_redis_stalling_a_late_request_keeps_its_own_time(
+    throwaway: RedisServer,
+) -> None:
+    # A gathering ends by its first caller's deadline. A request arriving when half of
+    # that is gone goes on its own instead: Redis back after the gathering's deadline
+    # but within the late request's own time, the late request is stored.
+    timeout = 2.0
+    redis = Redis.from_url(throwaway.url)
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    ingest_app = build_app(
+        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=timeout
+    )
+    assert throwaway.process is not None
+    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
+        under_test = IngestUnderTest(
+            client=client,
+            redis=redis,
+            watcher=watcher,
+            sealer=ingest_app[INGEST].sealer,
+            registry=CollectorRegistry(),
+            namespace=f"t-{uuid.uuid4().hex[:10]}",
+        )
+        await under_test.add_source("orders")
+
+        async def post(delay: float) -> int:
+            await asyncio.sleep(delay)
+            response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
+            return response.status
+
+        throwaway.process.send_signal(signal.SIGSTOP)
+        try:
+            # 0 s: a call on its way (deadline 2 s); 0.1 s: gathers behind it (its
+            # gathering must end by 2.1 s); 1.5 s: the gathering has 0.6 s left.
+            posts = [asyncio.ensure_future(post(d)) for d in (0.0, 0.1, 1.5)]
+            await asyncio.sleep(2.6)  # past the gathering's deadline
+        finally:
+            throwaway.process.send_signal(signal.SIGCONT)
+        first, gathered, late = await asyncio.gather(*posts)
+        assert (first, gathered) == (503, 503)
+        assert late == 202  # stored at 2.6 s, within its own 3.5 s
+    await watcher.stop()
+    await redis.aclose()
