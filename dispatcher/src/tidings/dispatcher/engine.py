@@ -282,6 +282,30 @@ def stored_event(entry: Entry) -> dict[str, Any] | Done:
     return event
 
 
+def routes_by_source(table: RoutingTable) -> dict[str, list[Route]]:
+    """The table's routes by source id, each list in id order (one pass over the
+    routes; `RoutingTable.routes_of` scans them all for every source)."""
+    index: dict[str, list[Route]] = {}
+    for route in sorted(table.routes.values(), key=lambda r: r.id):
+        index.setdefault(keys.source_id(route.namespace, route.source), []).append(route)
+    return index
+
+
+def changed_sources(
+    old: RoutingTable,
+    old_routes: dict[str, list[Route]],
+    new: RoutingTable,
+    new_routes: dict[str, list[Route]],
+) -> set[str]:
+    """The sources whose entry or Triggers differ between two tables."""
+    return {
+        source_id
+        for source_id in old.sources.keys() | new.sources.keys()
+        if old.sources.get(source_id) != new.sources.get(source_id)
+        or old_routes.get(source_id, []) != new_routes.get(source_id, [])
+    }
+
+
 class TriggerWorker:
     def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
         self.dispatcher = dispatcher
@@ -1207,12 +1231,23 @@ class Dispatcher:
 
     async def _retention_loop(self) -> None:
         version = -1
+        seen: tuple[RoutingTable, dict[str, list[Route]]] | None = None
         while True:
             await asyncio.sleep(self.retention_interval)
             table = self.watcher.current
-            if table.version != version:  # Triggers or limits changed: look at all
+            if table.version != version:
+                # The sources whose Triggers or limits changed look at once; one
+                # Trigger applied must not cost a pass over every source.
                 version = table.version
-                self._retention_next.clear()
+                by_source = routes_by_source(table)
+                if seen is None:
+                    self._retention_next.clear()
+                else:
+                    for source_id in changed_sources(seen[0], seen[1], table, by_source):
+                        self._retention_next.pop(source_id, None)
+                seen = (table, by_source)
+            assert seen is not None
+            by_source = seen[1]
             # Sources with a Trigger not at rest (lagging, paused, in Backoff) may grow
             # past maxEvents with nothing fetched here: trimmed every interval.
             unsettled = {
@@ -1223,7 +1258,7 @@ class Dispatcher:
             for source in table.sources.values():
                 if not self._retention_wanted(source.id, time.monotonic(), unsettled):
                     continue
-                routes = table.routes_of(source.namespace, source.name)
+                routes = by_source.get(source.id, [])
                 try:
                     kept = await retention.trim(self.redis, source, routes)
                 except (RedisError, OSError) as error:
