@@ -5,6 +5,7 @@ meaningfully, with an Event on every move into and out of Backoff. And pausing."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ from operator_harness import (
 from redis.asyncio import Redis
 
 from tidings.api import heartbeat, keys
+from tidings.cli.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -165,23 +167,69 @@ async def test_a_report_at_rest_is_read_again_when_news_is_announced(
     await eventually(lambda: delivery(cluster).get("state") == "Paused", within=5)
 
 
-async def test_a_trigger_without_a_report_rests_until_the_first_is_announced(
-    cluster: Cluster, operator: OperatorProcess, redis: Redis
+async def reads_of_report(redis_url: str, ns: str, name: str, seconds: float) -> int:
+    """How many times the operator read Trigger `name`'s report (MONITOR)."""
+    key = keys.trigger_state(ns, "users", name)
+    client = Redis.from_url(redis_url)
+    reads = 0
+    try:
+        async with client.monitor() as monitor:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    async for entry in monitor.listen():
+                        command = str(entry.get("command", ""))
+                        if command.upper().startswith("HGETALL") and key in command:
+                            reads += 1
+    finally:
+        await client.aclose()
+    return reads
+
+
+async def test_a_trigger_without_a_report_rests_once_older_than_the_rest_interval(
+    cluster: Cluster,
+    operator_process: OperatorProcess,
+    operator_redis: RedisServer,
+    redis: Redis,
 ) -> None:
-    """No dispatcher has reported the Trigger yet: the operator looks only every
-    health_rest_interval, not every health interval (at 10,000 such Triggers that
-    cost it a third of a core); a dispatcher announces its first report."""
+    """No dispatcher has reported the Trigger: a new one is still read every health
+    interval (a dispatcher older than the first-report announcement is seen at once),
+    one older than health_rest_interval only every rest interval (at 10,000 such
+    Triggers, reading each every 5 s cost the operator a third of a core)."""
+    operator_process.command += ["--health-rest-interval", "4"]
+    operator_process.start()
     ns = cluster.namespace
-    await ready_trigger(cluster)
-    await asyncio.sleep(1.5)  # several health intervals (0.3 s): settled without a report
-    assert delivery(cluster) == {}
-
+    cluster.apply(http_source("users"), service("mailer"), trigger("t", "users"))
+    created = time.monotonic()
+    await eventually(
+        lambda: (cluster.condition("trigger", "t", "Ready") or {}).get("status") == "True"
+    )
+    # New: an unannounced first report shows within a few health intervals (0.3 s).
     await report(redis, ns, announce=False, **{keys.STATE_STATE: "Delivering", keys.STATE_LAG: 4})
-    await asyncio.sleep(3.0)  # ten health intervals
-    assert delivery(cluster) == {}, "read although no report was announced"
+    await eventually(lambda: delivery(cluster).get("lag") == 4, within=3)
 
-    await redis.publish(keys.REPORT_NEWS, f"{ns}/t")
-    await eventually(lambda: delivery(cluster).get("lag") == 4, within=5)
+    cluster.apply(trigger("u", "users"))
+    await eventually(
+        lambda: (cluster.condition("trigger", "u", "Ready") or {}).get("status") == "True"
+    )
+    assert time.monotonic() - created < 30
+    young = await reads_of_report(operator_redis.url, ns, "u", 2.0)
+    assert young >= 4, f"a new Trigger without a report was read {young} times in 2 s"
+    await asyncio.sleep(4.0)  # older than the rest interval now
+    old = await reads_of_report(operator_redis.url, ns, "u", 6.0)
+    assert old <= 3, f"read {old} times in 6 s although at rest without a report"
+    # Its first report announced: shown at once.
+    values = {keys.STATE_UPDATED: int(time.time() * 1000), keys.STATE_STATE: "Delivering"}
+    await redis.hset(keys.trigger_state(ns, "users", "u"), mapping={**values, keys.STATE_LAG: 6})
+    await redis.publish(keys.REPORT_NEWS, f"{ns}/u")
+    await eventually(
+        lambda: (
+            (((cluster.get("trigger", "u") or {}).get("status") or {}).get("delivery") or {}).get(
+                "lag"
+            )
+            == 6
+        ),
+        within=5,
+    )
 
 
 async def test_a_stale_report_is_shown_as_unknown(

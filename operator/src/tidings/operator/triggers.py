@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException  # type: ignore[import-unt
 from pydantic import ValidationError
 
 from tidings.api.destinations import DestinationPolicy
+from tidings.api.events import parse_rfc3339_ms
 from tidings.api.routes import (
     CompileError,
     Route,
@@ -190,7 +191,7 @@ class TriggerController(ObjectController[TriggerStatus]):
             # Status would come out as it is: skip building and comparing it (most
             # of a round's CPU; at 10,000 Triggers at rest, over a core). At rest,
             # look again only now and then: news is announced (keys.REPORT_NEWS).
-            return self.rest_interval(fresh) if inputs.at_rest() else settings.health_interval
+            return self.rest_interval(fresh) if self.resting(inputs) else settings.health_interval
         shown = health.settle(self.shown, fresh, loop.time() - self.delivery_written)
         facts = status.TriggerFacts(
             namespace=self.namespace,
@@ -238,6 +239,20 @@ class TriggerController(ObjectController[TriggerStatus]):
         held_back = health.settle(shown, fresh, math.inf) != shown
         self.settled = None if held_back else inputs
         return settings.health_interval
+
+    def resting(self, inputs: Inputs) -> bool:
+        """At rest, and for a Trigger no dispatcher has reported yet, also older than
+        `health_rest_interval`: a dispatcher announces a first report, but one older
+        than that announcement does not, and a new Trigger's first status must not
+        wait a rest interval for it (e.g. `kubectl wait` in a pipeline)."""
+        if not inputs.at_rest():
+            return False
+        if inputs.reported:
+            return True
+        created_ms = parse_rfc3339_ms(self.body["metadata"].get("creationTimestamp") or "")
+        if created_ms is None:
+            return True
+        return time.time() - created_ms / 1000 >= self.ctx.settings.health_rest_interval
 
     def rest_interval(self, fresh: Reading | None) -> float:
         """When to look again at a report at rest: after `health_rest_interval`, but
