@@ -264,13 +264,14 @@ class CpuLimit:
                 (self.root / "cgroup.subtree_control").write_text("+cpu")
         except OSError as error:
             raise SystemExit(
-                f"bench_scale: --cpu-limit: cannot set up {self.root}: {error}"
+                f"bench_scale: --cpu-limit: cannot set up {self.root}: {error} (on cgroup v2 "
+                "the parent group must delegate the cpu controller: cgroup.subtree_control)"
             ) from None
         self.groups: list[Path] = []
 
     def put(self, pid: int) -> None:
         group = self.root / f"dispatcher-{pid}"
-        group.mkdir()
+        group.mkdir(exist_ok=True)  # a PID reused from an earlier run's leftover
         quota = int(self.cores * PERIOD_US)
         if self.v1:
             (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
@@ -295,9 +296,10 @@ class CpuLimit:
     def release(self) -> None:
         """Remove the groups of processes that have exited."""
         for group in self.groups:
-            # Still populated if the process outlived its stop: left for the next run.
-            with contextlib.suppress(OSError):
+            try:
                 group.rmdir()
+            except OSError as error:  # still populated: the process outlived its stop
+                print(f"bench_scale: left {group} behind: {error}", file=sys.stderr)
         self.groups = []
 
     def close(self) -> None:
