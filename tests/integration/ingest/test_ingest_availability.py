@@ -4,11 +4,13 @@ follows Redis and the routing table; WAIT for replicas when configured."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -29,6 +31,35 @@ async def throwaway(tmp_path: Path) -> AsyncIterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@contextlib.asynccontextmanager
+async def ingest_beside(
+    server: RedisServer, *, redis_timeout: float
+) -> AsyncIterator[tuple[TestClient[Any, Any], IngestUnderTest]]:
+    """Ingest on `server` through a client without socket timeouts, as `tidings
+    dispatcher` makes it (only ingest's own deadline holds), with a source "orders"."""
+    redis = Redis.from_url(server.url)
+    watcher = TableWatcher(redis)
+    await watcher.start()
+    ingest_app = build_app(
+        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=redis_timeout
+    )
+    try:
+        async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
+            under_test = IngestUnderTest(
+                client=client,
+                redis=redis,
+                watcher=watcher,
+                sealer=ingest_app[INGEST].sealer,
+                registry=CollectorRegistry(),
+                namespace=f"t-{uuid.uuid4().hex[:10]}",
+            )
+            await under_test.add_source("orders")
+            yield client, under_test
+    finally:
+        await watcher.stop()
+        await redis.aclose()
 
 
 async def serve(
@@ -167,23 +198,8 @@ async def test_with_redis_hanging_ingest_answers_503_after_its_timeout(
 ) -> None:
     # A client without socket timeouts, as `tidings dispatcher` makes it: the
     # ingest's own deadline must still hold when Redis stops answering.
-    redis = Redis.from_url(throwaway.url)
-    watcher = TableWatcher(redis)
-    await watcher.start()
-    ingest_app = build_app(
-        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=0.5
-    )
     assert throwaway.process is not None
-    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
-        under_test = IngestUnderTest(
-            client=client,
-            redis=redis,
-            watcher=watcher,
-            sealer=ingest_app[INGEST].sealer,
-            registry=CollectorRegistry(),
-            namespace=f"t-{uuid.uuid4().hex[:10]}",
-        )
-        await under_test.add_source("orders")
+    async with ingest_beside(throwaway, redis_timeout=0.5) as (client, under_test):
         throwaway.process.send_signal(signal.SIGSTOP)
         try:
             for _ in range(3):
@@ -203,8 +219,6 @@ async def test_with_redis_hanging_ingest_answers_503_after_its_timeout(
         # Nothing stays stuck behind the calls that hung.
         response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
         assert response.status == 202, await response.text()
-    await watcher.stop()
-    await redis.aclose()
 
 
 async def test_with_redis_hanging_a_gathered_request_waits_one_timeout_not_two(
@@ -215,23 +229,8 @@ async def test_with_redis_hanging_a_gathered_request_waits_one_timeout_not_two(
     # its own when it finally starts, or they would wait for the hung call and then
     # for their own, twice redis_timeout.
     timeout = 2.0
-    redis = Redis.from_url(throwaway.url)
-    watcher = TableWatcher(redis)
-    await watcher.start()
-    ingest_app = build_app(
-        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=timeout
-    )
     assert throwaway.process is not None
-    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
-        under_test = IngestUnderTest(
-            client=client,
-            redis=redis,
-            watcher=watcher,
-            sealer=ingest_app[INGEST].sealer,
-            registry=CollectorRegistry(),
-            namespace=f"t-{uuid.uuid4().hex[:10]}",
-        )
-        await under_test.add_source("orders")
+    async with ingest_beside(throwaway, redis_timeout=timeout) as (client, under_test):
         throwaway.process.send_signal(signal.SIGSTOP)
         try:
 
@@ -253,8 +252,6 @@ async def test_with_redis_hanging_a_gathered_request_waits_one_timeout_not_two(
         assert all(t < timeout + 1.0 for _, t in gathered), gathered
         response = await client.post(under_test.url("orders"), json={}, headers=AUTH)
         assert response.status == 202, await response.text()
-    await watcher.stop()
-    await redis.aclose()
 
 
 async def test_with_redis_stalling_a_late_request_keeps_its_own_time(
@@ -264,23 +261,8 @@ async def test_with_redis_stalling_a_late_request_keeps_its_own_time(
     # that is gone goes on its own instead: Redis back after the gathering's deadline
     # but within the late request's own time, the late request is stored.
     timeout = 2.0
-    redis = Redis.from_url(throwaway.url)
-    watcher = TableWatcher(redis)
-    await watcher.start()
-    ingest_app = build_app(
-        redis, watcher, CollectorRegistry(), Sealer(new_key()), redis_timeout=timeout
-    )
     assert throwaway.process is not None
-    async with TestClient(TestServer(ingest_app, host="127.0.0.1")) as client:
-        under_test = IngestUnderTest(
-            client=client,
-            redis=redis,
-            watcher=watcher,
-            sealer=ingest_app[INGEST].sealer,
-            registry=CollectorRegistry(),
-            namespace=f"t-{uuid.uuid4().hex[:10]}",
-        )
-        await under_test.add_source("orders")
+    async with ingest_beside(throwaway, redis_timeout=timeout) as (client, under_test):
 
         async def post(delay: float) -> int:
             await asyncio.sleep(delay)
@@ -298,5 +280,3 @@ async def test_with_redis_stalling_a_late_request_keeps_its_own_time(
         first, gathered, late = await asyncio.gather(*posts)
         assert (first, gathered) == (503, 503)
         assert late == 202  # stored at 2.6 s, within its own 3.5 s
-    await watcher.stop()
-    await redis.aclose()
