@@ -169,13 +169,16 @@ async def test_a_source_that_is_not_http_is_404(ingest: IngestUnderTest) -> None
     assert "takes no POSTs (not http, not objectStore notify)" in (await response.json())["error"]
 
 
-async def raw_post(ingest: IngestUnderTest, path: str, headers: bytes, body: bytes) -> bytes:
+async def raw_post(
+    ingest: IngestUnderTest, path: str, headers: bytes, body: bytes, method: bytes = b"POST"
+) -> bytes:
     """A request as bytes on a socket: headers no HTTP client would send."""
     server = ingest.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
         writer.write(
-            b"POST "
+            method
+            + b" "
             + path.encode()
             + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             + headers
@@ -202,6 +205,32 @@ async def test_an_expect_header_other_than_100_continue_is_417_not_a_500(
     status_line = answer.split(b"\r\n", 1)[0]
     assert status_line == b"HTTP/1.1 417 Expectation Failed", answer
     assert b"only 100-continue is understood" in answer, answer
+    assert await ingest.stored("shop") == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        (b"GET", "/sources/{ns}/shop"),  # the fuzz test's: a 500 before (aiohttp's 405)
+        (b"POST", "/elsewhere"),  # aiohttp's 404
+        (b"GET", "/healthz"),
+    ],
+)
+async def test_a_bad_expect_header_off_the_ingest_route_is_417_not_a_500(
+    ingest: IngestUnderTest, method: bytes, path: str
+) -> None:
+    """aiohttp's own 404 and 405 answers, and the health routes, take `Expect` as
+    ingest's route does: its default handler raised on a value that is not ASCII."""
+    await ingest.add_source("shop", http={"auth": {"allowAnonymous": True}})
+    answer = await raw_post(
+        ingest,
+        path.format(ns=ingest.namespace),
+        b"Content-Type: application/json\r\nExpect: \x92\r\n",
+        b"{}",
+        method=method,
+    )
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line == b"HTTP/1.1 417 Expectation Failed", answer
     assert await ingest.stored("shop") == []
 
 

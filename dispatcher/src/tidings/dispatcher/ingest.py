@@ -61,7 +61,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -771,6 +771,21 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+def _refused(
+    status: int, message: str, **headers: str
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def refuse(request: web.Request) -> web.Response:
+        return IngestError(status, message, headers).response()
+
+    return refuse
+
+
+_NOT_FOUND = _refused(
+    404,
+    "no such path: POST events to /sources/<namespace>/<name>; GET /healthz, /readyz and /metrics",
+)
+
+
 def build_app(
     redis: Redis,
     watcher: TableWatcher,
@@ -812,8 +827,20 @@ def build_app(
     app = web.Application()
     app[INGEST] = ingest
     app.on_response_prepare.append(ingest.close_while_draining)
+    # Every path and method has a route of ours, with ingest's Expect handler: for
+    # aiohttp's own 404 and 405, its default handler answered a value that is not
+    # ASCII with a 500 (found by the fuzz test).
     app.router.add_post(ROUTE, ingest.post_events, expect_handler=expect_continue)
-    app.router.add_get("/healthz", ingest.healthz)
-    app.router.add_get("/readyz", ingest.readyz)
-    app.router.add_get("/metrics", ingest.metrics_text)
+    not_post = _refused(405, "method not allowed: POST events here", Allow="POST")
+    app.router.add_route("*", ROUTE, not_post, expect_handler=expect_continue)
+    for path, handler in (
+        ("/healthz", ingest.healthz),
+        ("/readyz", ingest.readyz),
+        ("/metrics", ingest.metrics_text),
+    ):
+        app.router.add_get(path, handler, expect_handler=expect_continue)
+        not_get = _refused(405, f"method not allowed: GET {path}", Allow="GET, HEAD")
+        app.router.add_route("*", path, not_get, expect_handler=expect_continue)
+    # Last: subapplications (the console of `tidings dev`) resolve before it.
+    app.router.add_route("*", "/{path:.*}", _NOT_FOUND, expect_handler=expect_continue)
     return app
