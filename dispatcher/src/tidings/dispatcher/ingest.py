@@ -503,7 +503,6 @@ class Ingest:
         self.sealer = sealer
         self.wait_replicas = wait_replicas
         self.wait_timeout = wait_timeout
-        self.redis_timeout = redis_timeout
         self.on_append = on_append
         self.metrics = IngestMetrics(registry)
         # Concurrent requests to one source share script calls (streams.Coalescer).
