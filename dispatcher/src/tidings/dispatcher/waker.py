@@ -10,6 +10,11 @@ Triggers of the streams that grew. Connections: one per chunk of streams being
 waited on (per slot on a cluster), plus one for streams that start being waited
 on while the others block.
 
+Streams woken in the last HOT_SECONDS wait in reads of their own: a busy stream's
+Trigger waits for a moment between batches, and in the read of the idle streams
+it would end that read at its next entry, which then sends all of them again
+(bench_routes: 182 reads of ~1,000 streams in 2.6 s of traffic on 100 routes).
+
 A blocking XREAD is never cancelled (that would drop its connection, and Redis
 Cluster clients finish the command anyway); one that covers streams nobody
 waits for any more simply runs out its block.
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1000  # streams per XREAD
 BLOCK_MS = 1000  # how long one XREAD blocks
+HOT_SECONDS = 10.0  # a stream woken this recently waits apart from the idle ones
 
 
 def _id(stream_id: str) -> tuple[int, int]:
@@ -59,6 +65,7 @@ class StreamWaker:
         self.block_ms = block_ms
         self.waiting: dict[str, set[Waiter]] = {}
         self._covered: dict[str, int] = {}  # stream -> readers blocking on it now
+        self._woken: dict[str, float] = {}  # stream -> when a read last found entries
         self._readers: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,8 +101,14 @@ class StreamWaker:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            uncovered = [s for s in self.waiting if s not in self._covered]
-            for group in self._groups(uncovered):
+            now = asyncio.get_running_loop().time()
+            self._woken = {s: t for s, t in self._woken.items() if now - t < HOT_SECONDS}
+            hot: list[str] = []
+            idle: list[str] = []
+            for stream in self.waiting:
+                if stream not in self._covered:
+                    (hot if stream in self._woken else idle).append(stream)
+            for group in (*self._groups(hot), *self._groups(idle)):
                 self._start_reader(group)
 
     def _groups(self, streams: list[str]) -> list[list[str]]:
@@ -133,7 +146,10 @@ class StreamWaker:
                 log.debug("waiting for %d streams failed: %s", len(ids), error)
                 await asyncio.sleep(min(1.0, self.block_ms / 1000))
                 reply = [(stream, []) for stream in ids]
-            for stream, _entries in _streams(reply):
+            now = asyncio.get_running_loop().time()
+            for stream, entries in _streams(reply):
+                if entries:
+                    self._woken[stream] = now
                 for waiter in self.waiting.get(stream, ()):
                     waiter.event.set()
         finally:
