@@ -153,6 +153,12 @@ async def idle_cost(redis: Redis, seconds: float, settle: float = 2) -> dict[str
     }
 
 
+async def xread_stats(redis: Redis) -> tuple[int, int]:
+    """XREAD calls and their Redis µs so far (the StreamWaker's reads)."""
+    stats = (await redis.info("commandstats")).get("cmdstat_xread", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
 async def traffic(redis: Redis, routes: list[Route], events: int) -> float:
     """Deliveries/s of `events` spread over `routes`, from the first event stored
     (their sources filled now; delivery starts while the rest is stored)."""
@@ -244,8 +250,14 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
         hot_n = max(1, routes_n // 100)
         hot = await add_hot(redis, hot_n, f"{base}/hook", world, sealer)
         await until_workers(dispatcher, hot)
+        reads_before = await xread_stats(probe)
         rate = await traffic(redis, hot, events)
-        print(f"traffic on {hot_n} routes beside {routes_n} idle ones: {rate:.0f} deliveries/s")
+        reads_after = await xread_stats(probe)
+        print(
+            f"traffic on {hot_n} routes beside {routes_n} idle ones: {rate:.0f} deliveries/s; "
+            f"XREADs {reads_after[0] - reads_before[0]}, "
+            f"{(reads_after[1] - reads_before[1]) / 1000:.0f} ms of Redis"
+        )
         await dispatcher.stop(grace=1.0)
         await watcher.stop()
         await redis.flushall()
@@ -266,9 +278,13 @@ async def main(routes_n: int, sources_n: int, seconds: float, events: int) -> No
         )
         await dispatcher.start()
         await until_workers(dispatcher, hot)
+        reads_before = await xread_stats(probe)
         baseline = await traffic(redis, hot, events)
+        reads_after = await xread_stats(probe)
         print(
-            f"baseline: the same traffic with 100 routes in all: {baseline:.0f} deliveries/s; "
+            f"baseline: the same traffic with 100 routes in all: {baseline:.0f} deliveries/s "
+            f"(XREADs {reads_after[0] - reads_before[0]}, "
+            f"{(reads_after[1] - reads_before[1]) / 1000:.0f} ms of Redis); "
             f"with {routes_n}: {rate / baseline:.2f} of it"
         )
         await dispatcher.stop(grace=1.0)
