@@ -254,17 +254,18 @@ async def follow_news(
     redis: Redis, news: Callable[[str, str], None], missed: Callable[[], None]
 ) -> None:
     """Call `news(namespace, trigger)` for each report a dispatcher announces has
-    news for status (keys.REPORT_NEWS), and `missed()` when the subscription is
-    made again after a loss (announcements were missed meanwhile). Runs until
+    news for status (keys.REPORT_NEWS), and `missed()` each time the subscription is
+    made: announcements before it were not heard, whether it was lost meanwhile or
+    is made for the first time while the operator has already read some Triggers
+    (a Trigger read then, with no report yet, rests until announced). Runs until
     cancelled."""
     lost = False
     while True:
         try:
             async with redis.pubsub() as pubsub:
                 await pubsub.subscribe(keys.REPORT_NEWS)
-                if lost:
-                    lost = False
-                    missed()
+                lost = False
+                missed()
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
